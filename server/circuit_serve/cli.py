@@ -1,0 +1,32 @@
+"""`circuit-serve` console script: dispatches to one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module under circuit_serve.commands
+_COMMANDS = {
+    "serve": "serve",
+    "demo-model": "demo_model",
+    "attribute": "attribute",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="circuit-serve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in _COMMANDS.items():
+        mod = importlib.import_module(f"circuit_serve.commands.{module}")
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Config dataclasses: the only code that reads command-line flags and environment."""
