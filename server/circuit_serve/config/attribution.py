@@ -1,0 +1,110 @@
+"""Configuration of the attribution service: transcoders, limits, workers, graph cache,
+Redis and the served-completions store.
+
+The only reader of these flags and of `CIRCUIT_TRANSCODERS` / `CIRCUIT_REDIS_URL`.
+`serve` adds the flags with `AttributionConfig.add_arguments` and builds the
+config with `AttributionConfig.from_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_MIB = 1 << 20
+_GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    transcoders: Path | None = None  # None: Attribution RPCs answer FAILED_PRECONDITION
+    device: str = "auto"  # where the replacement model runs: auto (cuda when present), cpu, cuda, cuda:1
+    dtype: str | None = None  # None: the same dtype as generation (float32 when that is "auto")
+    # ---- admission
+    workers: int = 1  # graphs computed at once on this device
+    max_queued: int = 8  # graphs waiting for a worker; more -> RESOURCE_EXHAUSTED
+    max_prompt_tokens: int = 512  # attribution input length (BOS included)
+    max_feature_nodes_limit: int = 16384  # largest max_feature_nodes a request may ask for
+    max_batch_size: int = 1024  # largest backward batch a request may ask for
+    memory_budget_bytes: int = 8 * _GIB  # engine's peak-memory estimate must fit this
+    # ---- graph cache
+    redis_url: str | None = None  # None: an in-process LRU serves as the cache
+    redis_prefix: str = "circuit:"  # every Redis key this server writes starts with it
+    redis_timeout_s: float = 0.5  # connect/read timeout of each Redis command
+    cache_ttl_s: float = 7 * 24 * 3600.0
+    cache_max_entry_bytes: int = 64 * _MIB  # larger graphs are served but not cached
+    memory_cache_bytes: int = 512 * _MIB  # size of the in-process LRU (used without Redis)
+    lock_ttl_s: float = 30.0  # replica lock expiry (renewed while computing)
+    lock_wait_s: float = 120.0  # longest wait for another replica's graph before computing it here
+    # ---- served completions
+    completions_ttl_s: float = 24 * 3600.0
+    completions_max: int = 100_000  # in-process records kept (LRU)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        env = os.environ.get
+        d = AttributionConfig
+        g = parser.add_argument_group("attribution")
+        g.add_argument("--transcoders", type=Path, default=env("CIRCUIT_TRANSCODERS"),
+                       help="transcoder directory (circuit-tracer format; env CIRCUIT_TRANSCODERS); "
+                            "without it the attribution RPCs answer FAILED_PRECONDITION")
+        g.add_argument("--attribution-device", default=d.device, help="auto, cpu, cuda or cuda:N")
+        g.add_argument("--attribution-dtype", default=None,
+                       help="dtype of the replacement model (default: generation's dtype)")
+        g.add_argument("--attribution-workers", type=int, default=d.workers,
+                       help="graphs computed at once (default %(default)s)")
+        g.add_argument("--attribution-max-queued", type=int, default=d.max_queued,
+                       help="graphs waiting for a worker before RESOURCE_EXHAUSTED (default %(default)s)")
+        g.add_argument("--attribution-max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+        g.add_argument("--attribution-max-feature-nodes", type=int, default=d.max_feature_nodes_limit,
+                       help="largest max_feature_nodes a request may ask for (default %(default)s)")
+        g.add_argument("--attribution-max-batch-size", type=int, default=d.max_batch_size)
+        g.add_argument("--attribution-memory-budget-gib", type=float, default=d.memory_budget_bytes / _GIB,
+                       help="peak memory one graph may need (default %(default)s GiB)")
+
+        c = parser.add_argument_group("graph cache and Redis")
+        c.add_argument("--redis-url", default=env("CIRCUIT_REDIS_URL"),
+                       help="redis://host:port/db for the graph cache, locks and served completions "
+                            "(env CIRCUIT_REDIS_URL); without it an in-process LRU is used")
+        c.add_argument("--redis-prefix", default=d.redis_prefix)
+        c.add_argument("--redis-timeout", type=float, default=d.redis_timeout_s, dest="redis_timeout_s")
+        c.add_argument("--graph-cache-ttl", type=float, default=d.cache_ttl_s, dest="graph_cache_ttl_s",
+                       help="seconds a cached graph lives (default %(default)s)")
+        c.add_argument("--graph-cache-max-entry-mib", type=float, default=d.cache_max_entry_bytes / _MIB)
+        c.add_argument("--graph-cache-memory-mib", type=float, default=d.memory_cache_bytes / _MIB,
+                       help="size of the in-process cache used without Redis")
+        c.add_argument("--completions-ttl", type=float, default=d.completions_ttl_s, dest="completions_ttl_s",
+                       help="seconds a served generation can be audited by request_id (default %(default)s)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AttributionConfig:
+        config = cls(
+            transcoders=Path(args.transcoders) if args.transcoders else None,
+            device=args.attribution_device,
+            dtype=args.attribution_dtype,
+            workers=args.attribution_workers,
+            max_queued=args.attribution_max_queued,
+            max_prompt_tokens=args.attribution_max_prompt_tokens,
+            max_feature_nodes_limit=args.attribution_max_feature_nodes,
+            max_batch_size=args.attribution_max_batch_size,
+            memory_budget_bytes=int(args.attribution_memory_budget_gib * _GIB),
+            redis_url=args.redis_url or None,
+            redis_prefix=args.redis_prefix,
+            redis_timeout_s=args.redis_timeout_s,
+            cache_ttl_s=args.graph_cache_ttl_s,
+            cache_max_entry_bytes=int(args.graph_cache_max_entry_mib * _MIB),
+            memory_cache_bytes=int(args.graph_cache_memory_mib * _MIB),
+            completions_ttl_s=args.completions_ttl_s,
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--attribution-workers must be >= 1, got {self.workers}")
+        if self.max_queued < 0:
+            raise ValueError(f"--attribution-max-queued must be >= 0, got {self.max_queued}")
+        if self.transcoders is not None and not self.transcoders.is_dir():
+            raise ValueError(f"--transcoders {self.transcoders} is not a directory")

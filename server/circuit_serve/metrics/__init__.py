@@ -1,0 +1,1 @@
+"""Prometheus metrics: one class per component, each taking the one registry passed in."""

@@ -1,0 +1,1 @@
+"""Helpers shared by test packages (real services the tests start themselves)."""
