@@ -1,0 +1,119 @@
+"""Token ids of recently served generations, kept for auditing by `request_id`.
+
+The generation path records (prompt ids, completion ids) for each finished
+request. An auditor later names the request and a completion token index; the
+attribution service then explains that token given everything before it.
+
+Records live in a bounded in-process LRU with a TTL and, when Redis is
+configured, also in Redis under `<prefix>completion:<request_id>` with the same
+TTL, so any replica can audit any replica's responses. Recording never fails a
+generation: a Redis error is counted and the in-memory copy remains.
+The Redis value is JSON (`{"v": 1, "prompt": [...], "completion": [...]}`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from circuit_serve.cache.redis_link import RedisLink, RedisUnavailable
+from circuit_serve.errors import InvalidRequest, NotFound
+from circuit_serve.metrics.attribution import AttributionMetrics
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ServedCompletion:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    completion_token_ids: tuple[int, ...]
+
+    def context_for(self, token_index: int) -> list[int]:
+        """The token ids the model saw before emitting completion token `token_index`."""
+        n = len(self.completion_token_ids)
+        if not 0 <= token_index < n:
+            raise InvalidRequest(
+                f"must be in [0, {n - 1}] for request {self.request_id!r}, whose completion has {n} tokens; got {token_index}"
+                if n
+                else f"request {self.request_id!r} has an empty completion; there is no token to attribute",
+                field="token_index",
+            )
+        return [*self.prompt_token_ids, *self.completion_token_ids[:token_index]]
+
+    def to_json(self) -> bytes:
+        doc = {"v": _FORMAT, "prompt": list(self.prompt_token_ids), "completion": list(self.completion_token_ids)}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, request_id: str, raw: bytes) -> ServedCompletion | None:
+        try:
+            doc = json.loads(raw)
+            if doc.get("v") != _FORMAT:
+                return None
+            return cls(request_id, tuple(int(t) for t in doc["prompt"]), tuple(int(t) for t in doc["completion"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+class CompletionStore:
+    def __init__(
+        self,
+        *,
+        ttl_s: float,
+        max_entries: int,
+        metrics: AttributionMetrics,
+        link: RedisLink | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.metrics = metrics
+        self.link = link
+        self._clock = clock
+        self._local: OrderedDict[str, tuple[ServedCompletion, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    async def record(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> None:
+        """Remember a served generation; never raises for a Redis problem."""
+        item = ServedCompletion(request_id, tuple(int(t) for t in prompt_token_ids), tuple(int(t) for t in completion_token_ids))
+        self._local.pop(request_id, None)
+        self._local[request_id] = (item, self._clock() + self.ttl_s)
+        while len(self._local) > self.max_entries:
+            self._local.popitem(last=False)
+        if self.link is not None:
+            name = self.link.key("completion", request_id)
+            px = max(1, int(self.ttl_s * 1000))
+            try:
+                await self.link.call("completion_put", lambda r: r.set(name, item.to_json(), px=px))
+            except RedisUnavailable:
+                self.metrics.completion_store_errors.labels("put").inc()
+
+    async def get(self, request_id: str) -> ServedCompletion:
+        """The record of `request_id`; `NotFound` when unknown or expired."""
+        local = self._local.get(request_id)
+        if local is not None:
+            item, expires_at = local
+            if self._clock() < expires_at:
+                return item
+            del self._local[request_id]
+        if self.link is not None:
+            name = self.link.key("completion", request_id)
+            try:
+                raw = await self.link.call("completion_get", lambda r: r.get(name))
+            except RedisUnavailable:
+                self.metrics.completion_store_errors.labels("get").inc()
+                raw = None
+            if raw is not None:
+                found = ServedCompletion.from_json(request_id, raw)
+                if found is not None:
+                    return found
+        raise NotFound(
+            f"request_id {request_id!r} is not a generation this server remembers "
+            f"(unknown, or older than the {self.ttl_s:.0f}s retention)"
+        )
