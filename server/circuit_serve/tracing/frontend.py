@@ -1,0 +1,89 @@
+"""The frontend graph JSON (`metadata`, `qParams`, `nodes`, `links`) of a pruned graph.
+
+Field meanings follow the open attribution-graph frontends. Node ids are unique by
+construction: features `"{layer}_{feature}_{pos}"`, errors `"err_{layer}_{pos}"`, embeddings
+`"E_{token}_{pos}"`, logits `"{L+1}_{token}_{pos}"` (the reference spells error ids
+`"0_{layer}_{pos}"`, which collides with a layer-0 feature; we do not).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from circuit_serve.tracing.graph import AttributionGraph
+    from circuit_serve.tracing.prune import PruneResult
+
+
+def _cantor(x: int, y: int) -> int:
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def frontend_json(
+    graph: AttributionGraph, pr: PruneResult, *, slug: str, labels: dict[tuple[int, int], str], thresholds: tuple[float, float]
+) -> dict:
+    L = graph.n_layers
+    infl = pr.cumulative_scores.tolist()
+    nodes: dict[int, dict] = {}
+    for i in pr.node_mask.nonzero().flatten().tolist():
+        kind, layer, pos, idx = graph.node(i)
+        base = {"ctx_idx": pos, "influence": infl[i], "token_prob": 0.0, "is_target_logit": False,
+                "run_idx": 0, "reverse_ctx_idx": 0, "clerp": ""}
+        if kind == "feature":
+            act = float(graph.activation_values[graph.selected_features[i]])
+            nid = f"{layer}_{idx}_{pos}"
+            base.update(node_id=nid, feature=_cantor(layer, idx), layer=str(layer), feature_type="cross layer transcoder",
+                        jsNodeId=f"{layer}_{idx}-0", activation=act, clerp=labels.get((layer, idx), ""))
+        elif kind == "error":
+            nid = f"err_{layer}_{pos}"
+            base.update(node_id=nid, feature=-1, layer=str(layer), feature_type="mlp reconstruction error",
+                        jsNodeId=nid, activation=None)
+        elif kind == "embedding":
+            nid = f"E_{idx}_{pos}"
+            base.update(node_id=nid, feature=pos, layer="E", feature_type="embedding", jsNodeId=f"E_{idx}-{pos}",
+                        activation=None)
+        else:
+            k = i - graph.logit_offset
+            p = float(graph.logit_probabilities[k])
+            nid = f"{L + 1}_{idx}_{pos}" if graph.logit_contrast_ids[k] is None else f"{L + 1}_{idx}_vs_{graph.logit_contrast_ids[k]}_{pos}"
+            base.update(node_id=nid, feature=idx, layer=str(L + 1), feature_type="logit", jsNodeId=f"L_{idx}-{pos}",
+                        token_prob=p, is_target_logit=k == 0, activation=None, influence=None,
+                        clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})')
+        nodes[i] = base
+
+    M = graph.compact_adjacency().cpu()
+    rows = graph.layout.row_nodes()
+    r_idx, c_idx = pr.edge_mask.nonzero(as_tuple=True)
+    links = []
+    for r, c in zip(r_idx.tolist(), c_idx.tolist()):
+        t, s = int(rows[r]), c
+        wgt = float(M[r, c])
+        if s in nodes and t in nodes and wgt != 0.0:
+            links.append({"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": wgt})
+    used = {x for link in links for x in (link["source"], link["target"])}
+    node_list = [n for n in nodes.values() if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
+    rep, comp = graph.scores()
+    return {
+        "metadata": {
+            "slug": slug,
+            "scan": graph.scan or "",
+            "transcoder_list": [],
+            "prompt_tokens": graph.input_token_strs,
+            "prompt": graph.prompt,
+            "node_threshold": thresholds[0],
+            "schema_version": 1,
+            "info": {
+                "model_id": graph.model_id,
+                "transcoder_id": graph.transcoder_id,
+                "model_name": graph.model_name,
+                "replacement_score": rep,
+                "completeness_score": comp,
+                "edge_threshold": thresholds[1],
+                "settings": graph.settings.as_dict(),
+            },
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": node_list,
+        "links": links,
+    }
+

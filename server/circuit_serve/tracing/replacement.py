@@ -1,0 +1,261 @@
+"""ReplacementModel: a Hugging Face model plus its transcoders, ready to attribute.
+
+It holds the HF model as loaded (no weight copies, no TransformerLens / nnsight) and the
+transcoder set, validates requests, and exposes:
+
+1. `tokenize(prompt)`: the model's tokenizer with its own special tokens (as generation does),
+   with BOS prepended when the tokenizer does not add one.
+2. `attribute(tokens, ...)`: the attribution graph (attribution.py).
+3. `feature_activations(tokens)`: the same sparse activations the graph would use.
+4. `estimate_memory(n_tokens, settings)`: the request's peak working memory (memory.py), which
+   `attribute` checks against `memory_budget_bytes` before allocating the edge matrix.
+
+One forward pass at a time runs on the shared model (a lock), so threads may share one instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from circuit_serve.errors import InvalidRequest
+from circuit_serve.tracing.architecture import Architecture, describe
+from circuit_serve.tracing.graph import AttributionGraph
+from circuit_serve.tracing.local_model import PromptRecord, compute_activations, record
+from circuit_serve.tracing.memory import estimate_bytes
+from circuit_serve.tracing.settings import AttributionSettings
+from circuit_serve.tracing.targets import TargetSpec
+from circuit_serve.tracing.transcoders import TranscoderSet, file_identity, load_transcoders
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class FeatureActivations:
+    """Sparse transcoder activations of one token sequence (position 0 zeroed, as in graphs)."""
+
+    indices: torch.Tensor  # (n, 3) long: layer, pos, feature (layer-major, then pos, feature)
+    values: torch.Tensor  # (n,) float32
+    n_layers: int
+    n_pos: int
+    d_transcoder: int
+    layer_offsets: list[int]  # rows of layer l are indices[layer_offsets[l]:layer_offsets[l+1]]
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(positions, features, values) of one layer."""
+        lo, hi = self.layer_offsets[layer], self.layer_offsets[layer + 1]
+        return self.indices[lo:hi, 1], self.indices[lo:hi, 2], self.values[lo:hi]
+
+    def to_sparse(self) -> torch.Tensor:
+        """torch sparse COO tensor (n_layers, n_pos, d_transcoder)."""
+        shape = (self.n_layers, self.n_pos, self.d_transcoder)
+        return torch.sparse_coo_tensor(self.indices.T, self.values, shape).coalesce()
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise InvalidRequest(f"dtype {dtype!r} is not one of {sorted(DTYPES)}", field="dtype")
+    return DTYPES[dtype]
+
+
+def model_identity(model_dir: str | Path) -> str:
+    d = Path(model_dir)
+    files = sorted(list(d.glob("*.safetensors")) + list(d.glob("*.bin")) + [d / "config.json"])
+    return file_identity([f for f in files if f.is_file()])
+
+
+def _tensor_identity(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ReplacementModel:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        transcoders: TranscoderSet,
+        *,
+        model_id: str | None = None,
+        memory_budget_bytes: int | None = None,
+        expected_l0: int = 256,
+        max_prompt_tokens: int | None = None,
+    ):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.arch: Architecture = describe(model)
+        transcoders.check_matches(self.arch.n_layers, self.arch.d_model, f"model {self.model_name or 'given'}")
+        dev = self.arch.embed.weight.device
+        if transcoders.device != dev:
+            transcoders.to(device=dev)
+        self.transcoders = transcoders
+        self.model_id = model_id or _tensor_identity(model)
+        self.transcoder_id = transcoders.identity
+        self.memory_budget_bytes = memory_budget_bytes
+        self.expected_l0 = expected_l0
+        self.max_prompt_tokens = max_prompt_tokens or self.arch.max_positions or None
+        self._lock = threading.Lock()
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        transcoders: TranscoderSet | str | Path,
+        *,
+        dtype: torch.dtype | str = torch.float32,
+        device: torch.device | str = "cpu",
+        **kwargs,
+    ) -> ReplacementModel:
+        """Load an HF checkpoint directory (eager attention) and a transcoder directory."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dt = _dtype(dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dt, attn_implementation="eager").to(device)
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        if not isinstance(transcoders, TranscoderSet):
+            transcoders = load_transcoders(transcoders, dtype=dt, device=device)
+        return cls(model, tok, transcoders, model_id=model_identity(model_dir), **kwargs)
+
+    @classmethod
+    def from_hf(cls, model: torch.nn.Module, tokenizer, transcoders: TranscoderSet, **kwargs) -> ReplacementModel:
+        """Wrap an already-loaded HF causal LM (its weights are used in place)."""
+        return cls(model, tokenizer, transcoders, **kwargs)
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.model.config, "_name_or_path", "") or "")
+
+    # -- tokens ---------------------------------------------------------------------------
+    def bos_id(self) -> int | None:
+        tok = self.tokenizer
+        for cand in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, *tok.all_special_ids):
+            if cand is not None:
+                return int(cand)
+        return None
+
+    def tokenize(self, prompt: str) -> list[int]:
+        """Token ids as generation sees them, starting with a special (BOS) token."""
+        if not isinstance(prompt, str):
+            raise InvalidRequest("prompt must be text", field="prompt")
+        ids = list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+        return self._with_bos(ids)
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        if not ids or ids[0] not in set(self.tokenizer.all_special_ids):
+            bos = self.bos_id()
+            if bos is not None:
+                ids = [bos, *ids]
+        return ids
+
+    def decode_token(self, t: int) -> str:
+        return self.tokenizer.decode([int(t)])
+
+    def decode_tokens(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def check_tokens(self, tokens: str | Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        """Validate a prompt or token ids; returns (tokens (P,) long with BOS first, prompt text)."""
+        prompt = None
+        if isinstance(tokens, str):
+            prompt = tokens
+            if not tokens.strip():
+                raise InvalidRequest("the prompt is empty; give some text to attribute", field="prompt")
+            ids = self.tokenize(tokens)
+        else:
+            ids = [int(x) for x in (tokens.flatten().tolist() if isinstance(tokens, torch.Tensor) else tokens)]
+            ids = self._with_bos(ids) if ids else ids
+        V = self.arch.lm_head.weight.shape[0]
+        if len(ids) < 2:
+            raise InvalidRequest("the prompt is empty; give at least one token after BOS", field="prompt")
+        bad = [x for x in ids if not 0 <= x < V]
+        if bad:
+            raise InvalidRequest(f"token ids {bad[:5]} are outside the vocabulary [0, {V})", field="token_ids")
+        if self.max_prompt_tokens and len(ids) > self.max_prompt_tokens:
+            raise InvalidRequest(
+                f"the prompt has {len(ids)} tokens (with BOS) but the model accepts at most "
+                f"{self.max_prompt_tokens}; shorten it",
+                field="prompt",
+            )
+        return torch.tensor(ids, dtype=torch.long), prompt
+
+    # -- memory ---------------------------------------------------------------------------
+    def estimate_memory(
+        self, n_tokens: int, settings: AttributionSettings | None = None, *, n_active: int | None = None, n_logits: int | None = None
+    ) -> int:
+        """Estimated peak working memory in bytes of attributing `n_tokens` tokens."""
+        s = settings or AttributionSettings()
+        return estimate_bytes(
+            self.arch, self.transcoders, n_tokens, s, n_active=n_active, n_logits=n_logits, expected_l0=self.expected_l0
+        )
+
+    def check_memory(self, n_tokens: int, settings: AttributionSettings, **kw) -> None:
+        if self.memory_budget_bytes is None:
+            return
+        need = self.estimate_memory(n_tokens, settings, **kw)
+        if need > self.memory_budget_bytes:
+            raise InvalidRequest(
+                f"this graph needs about {need / 2**20:.0f} MiB but the budget is "
+                f"{self.memory_budget_bytes / 2**20:.0f} MiB; lower max_feature_nodes or shorten the prompt",
+                field="max_feature_nodes",
+            )
+
+    # -- the work -------------------------------------------------------------------------
+    def record(self, tokens: torch.Tensor) -> PromptRecord:
+        with self._lock:
+            return record(self.model, self.arch, self.transcoders, tokens)
+
+    def attribute(
+        self,
+        tokens: str | Sequence[int] | torch.Tensor,
+        *,
+        max_n_logits: int = 10,
+        desired_logit_prob: float = 0.95,
+        max_feature_nodes: int | None = None,
+        batch_size: int = 256,
+        targets: Sequence[TargetSpec] | None = None,
+        progress: Callable[[str, float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+    ) -> AttributionGraph:
+        """Attribution graph of the next-token prediction after `tokens` (text or ids)."""
+        from circuit_serve.tracing.attribution import run_attribution
+
+        settings = AttributionSettings(
+            max_n_logits=max_n_logits,
+            desired_logit_prob=desired_logit_prob,
+            max_feature_nodes=max_feature_nodes,
+            batch_size=batch_size,
+            node_threshold=node_threshold,
+            edge_threshold=edge_threshold,
+        ).validate()
+        ids, prompt = self.check_tokens(tokens)
+        self.check_memory(len(ids), settings)
+        return run_attribution(
+            self, ids, settings, targets=targets, progress=progress, should_stop=should_stop, prompt=prompt
+        )
+
+    def feature_activations(self, tokens: str | Sequence[int] | torch.Tensor) -> FeatureActivations:
+        ids, _ = self.check_tokens(tokens)
+        acts = compute_activations(self.transcoders, self.record(ids))
+        return FeatureActivations(
+            indices=acts.indices,
+            values=acts.values.float().cpu(),
+            n_layers=self.arch.n_layers,
+            n_pos=len(ids),
+            d_transcoder=self.transcoders.d_transcoder,
+            layer_offsets=acts.layer_offsets,
+        )
