@@ -107,7 +107,9 @@ class WorkerPool:
         finally:
             self.metrics.duration.labels("queued").observe(time.perf_counter() - queued_at)
 
-    def _on_work_done(self, _future: object) -> None:
+    def _on_work_done(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            pass  # retrieved here: callers that left early never look at it
         self.metrics.running.dec()
         self._release_slot()
 

@@ -1,0 +1,48 @@
+"""Assemble the attribution service from its config: Redis link (optional), graph cache,
+worker pool, replica locks, served-completions store and metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from circuit_serve.attribution.service import AttributionService
+from circuit_serve.attribution.types import GraphEngine
+from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink
+from circuit_serve.completions.store import CompletionStore
+from circuit_serve.config.attribution import AttributionConfig
+from circuit_serve.jobs import GraphJobs, ReplicaLocks, WorkerPool
+from circuit_serve.metrics.attribution import AttributionMetrics
+
+
+def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None) -> AttributionService:
+    """The service; `engine` is None when the server runs without transcoders.
+
+    Must be called inside the server's event loop (the Redis client binds to it).
+    """
+    metrics = AttributionMetrics(registry)
+    link = (
+        RedisLink(config.redis_url, prefix=config.redis_prefix, timeout_s=config.redis_timeout_s)
+        if config.redis_url
+        else None
+    )
+    backend = RedisBackend(link) if link is not None else MemoryBackend(config.memory_cache_bytes)
+    cache = GraphCache(
+        backend,
+        graph_format=engine.graph_format if engine is not None else 0,
+        ttl_s=config.cache_ttl_s,
+        max_entry_bytes=config.cache_max_entry_bytes,
+        metrics=metrics,
+    )
+    jobs = GraphJobs(
+        cache=cache,
+        pool=WorkerPool(workers=config.workers, max_queued=config.max_queued, metrics=metrics),
+        locks=ReplicaLocks(link, ttl_s=config.lock_ttl_s),
+        metrics=metrics,
+        lock_wait_s=config.lock_wait_s,
+    )
+    completions = CompletionStore(
+        ttl_s=config.completions_ttl_s, max_entries=config.completions_max, metrics=metrics, link=link
+    )
+    return AttributionService(
+        engine=engine, jobs=jobs, completions=completions, config=config, metrics=metrics, redis=link
+    )
