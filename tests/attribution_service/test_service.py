@@ -40,7 +40,7 @@ class StubEngine:
     def estimate_memory(self, n_tokens, settings):
         return n_tokens * settings.max_feature_nodes * 100_000
 
-    def compute(self, tokens, settings, targets, progress, should_stop):
+    def compute(self, tokens, settings, targets, progress, should_stop, *, slug):
         self.seen.append((tuple(tokens), settings, targets))
         for i in range(3):
             if should_stop():

@@ -83,7 +83,7 @@ class AttributionService:
             key = self.key_for(engine, tokens, settings, request.targets)
 
             def work(progress, should_stop):
-                return engine.compute(tokens, settings, request.targets, progress, should_stop)
+                return engine.compute(tokens, settings, request.targets, progress, should_stop, slug=key)
 
             if request.background:
                 self._pin(key, work)

@@ -69,5 +69,7 @@ class GraphEngine(Protocol):
         targets: Sequence[Target] | None,
         progress: Progress,
         should_stop: ShouldStop,
+        *,
+        slug: str,
     ) -> Computed:
         """Attribute, prune, serialize (GRAPH_PROTO and GRAPH_JSON sections); runs in a worker thread."""
