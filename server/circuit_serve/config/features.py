@@ -1,0 +1,52 @@
+"""Configuration of the features service: labels, watchlist monitoring and request limits.
+
+Flags of `circuit-serve serve` (the only reader of them is this module):
+
+    --labels FILE            feature labels (JSON or YAML: layer, index, label)
+    --watchlist FILE         watched features (JSON or YAML: name, layer, index, threshold, action)
+    --monitor-all            monitor every generation request, not only those that ask
+    --monitor-interval N     with a `stop` rule, check (and release) a monitored stream every N tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    labels: Path | None = None
+    watchlist: Path | None = None
+    monitor_all: bool = False  # monitor every generation request (needs a watchlist)
+    monitor_interval: int = 4  # tokens per checked group of a monitored stream with `stop` rules
+    max_top_k: int = 64  # largest FeatureActivations top_k
+    max_listed_features: int = 256  # most features one FeatureActivations call may list
+    max_steer_new_tokens: int = 256  # largest Steer max_new_tokens
+    max_interventions: int = 64  # most interventions in one Steer call
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        g = parser.add_argument_group("features (needs --transcoders)")
+        g.add_argument("--labels", type=Path, default=None, help="feature labels file (JSON or YAML)")
+        g.add_argument("--watchlist", type=Path, default=None, help="watched features file (JSON or YAML)")
+        g.add_argument("--monitor-all", action="store_true", help="monitor every generation request")
+        g.add_argument("--monitor-interval", type=int, default=4,
+                       help="with a stop rule, monitored streams are checked and released every N tokens "
+                            "(default %(default)s)")
+        g.add_argument("--max-steer-new-tokens", type=int, default=256)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FeaturesConfig:
+        if args.monitor_interval < 1:
+            raise argparse.ArgumentTypeError(f"--monitor-interval must be >= 1, got {args.monitor_interval}")
+        if args.monitor_all and args.watchlist is None:
+            raise argparse.ArgumentTypeError("--monitor-all needs --watchlist")
+        return cls(
+            labels=args.labels,
+            watchlist=args.watchlist,
+            monitor_all=args.monitor_all,
+            monitor_interval=args.monitor_interval,
+            max_steer_new_tokens=args.max_steer_new_tokens,
+        )

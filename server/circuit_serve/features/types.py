@@ -1,0 +1,74 @@
+"""Plain data of the features package (no protobuf, no torch)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class FeatureRef:
+    """One transcoder feature: the layer it is read at and its index in that layer."""
+
+    layer: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.layer}:{self.index}"
+
+
+@dataclass(frozen=True)
+class TranscoderShape:
+    """What a feature reference is validated against."""
+
+    n_layers: int
+    d_transcoder: int  # features per layer
+
+    def check(self, feature: FeatureRef, *, where: str) -> str | None:
+        """None when `feature` exists, else a message naming `where` and the allowed range."""
+        if not 0 <= feature.layer < self.n_layers:
+            return f"{where}: layer {feature.layer} does not exist; layers are 0..{self.n_layers - 1}"
+        if not 0 <= feature.index < self.d_transcoder:
+            return (f"{where}: index {feature.index} does not exist; "
+                    f"each layer has features 0..{self.d_transcoder - 1}")
+        return None
+
+
+class Action(enum.StrEnum):
+    RECORD = "record"  # metrics and the report only
+    FLAG = "flag"  # also mark the response as flagged
+    STOP = "stop"  # also end the generation at the firing token
+
+
+@dataclass(frozen=True)
+class WatchedFeature:
+    name: str
+    feature: FeatureRef
+    threshold: float  # fires where activation > threshold
+    action: Action
+    label: str = ""  # from the labels file, when it has one
+
+
+@dataclass(frozen=True)
+class FeatureReport:
+    """One watched feature over one monitored request."""
+
+    watched: WatchedFeature
+    max_activation: float  # over prompt and completion positions
+    prompt_positions: tuple[int, ...]  # prompt positions above threshold
+    completion_positions: tuple[int, ...]  # completion positions (0 = first generated token) above threshold
+
+    @property
+    def fired(self) -> bool:
+        return bool(self.prompt_positions or self.completion_positions)
+
+
+@dataclass(frozen=True)
+class MonitorReport:
+    features: tuple[FeatureReport, ...]
+    stopped_by: str | None = None  # name of the `stop` feature that ended the generation
+
+    @property
+    def flagged(self) -> bool:
+        """A `flag` or `stop` feature fired."""
+        return any(r.fired and r.watched.action is not Action.RECORD for r in self.features)
