@@ -49,7 +49,8 @@ def test_redis_store_is_shared_between_replicas(redis_service, redis_prefix, met
         a_link, b_link = RedisLink(redis_service, prefix=redis_prefix), RedisLink(redis_service, prefix=redis_prefix)
         a = CompletionStore(ttl_s=0.5, max_entries=10, metrics=metrics, link=a_link)
         b = CompletionStore(ttl_s=0.5, max_entries=10, metrics=metrics, link=b_link)
-        await a.record("req-1", [1, 2], [3, 4])
+        a.record_nowait("req-1", [1, 2], [3, 4])
+        await asyncio.sleep(0.05)  # the Redis copy is written in a task
         got = await b.get("req-1")
         assert got.prompt_token_ids == (1, 2) and got.completion_token_ids == (3, 4)
         await asyncio.sleep(0.7)

@@ -108,7 +108,7 @@ def test_audit_a_served_completion_token(registry):
 
     async def go():
         service = build_service(config(), registry, engine)
-        await service.record_completion("req-1", [BOS, 10, 11], [20, 21, 22])
+        service.on_completion("req-1", [BOS, 10, 11], [20, 21, 22])
         audited = await run(service, req(request_id="req-1", token_index=2))
         direct = await run(service, req(token_ids=(BOS, 10, 11, 20, 21)))
         errors = []

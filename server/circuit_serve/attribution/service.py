@@ -213,10 +213,10 @@ class AttributionService:
 
     # ------------------------------------------------------------------ served completions
 
-    async def record_completion(self, request_id: str, prompt_token_ids, completion_token_ids) -> None:
-        """Called by the generation path for every finished generation; never raises."""
+    def on_completion(self, request_id: str, prompt_token_ids, completion_token_ids) -> None:
+        """Finish listener of the generation engine (runs on the event loop); never raises."""
         try:
-            await self.completions.record(request_id, prompt_token_ids, completion_token_ids)
+            self.completions.record_nowait(request_id, prompt_token_ids, completion_token_ids)
         except Exception:  # auditing must never break serving
             log.exception("could not record served completion %s", request_id)
 

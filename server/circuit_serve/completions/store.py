@@ -13,6 +13,7 @@ The Redis value is JSON (`{"v": 1, "prompt": [...], "completion": [...]}`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -75,24 +76,42 @@ class CompletionStore:
         self.link = link
         self._clock = clock
         self._local: OrderedDict[str, tuple[ServedCompletion, float]] = OrderedDict()
+        self._pending: set[asyncio.Task] = set()
 
     def __len__(self) -> int:
         return len(self._local)
 
     async def record(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> None:
         """Remember a served generation; never raises for a Redis problem."""
+        item = self._keep(request_id, prompt_token_ids, completion_token_ids)
+        await self._put_redis(item)
+
+    def record_nowait(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> None:
+        """`record` for synchronous callers on the event loop: the local copy is there at once,
+        the Redis copy follows in a task."""
+        item = self._keep(request_id, prompt_token_ids, completion_token_ids)
+        if self.link is not None:
+            task = asyncio.get_running_loop().create_task(self._put_redis(item))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    def _keep(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> ServedCompletion:
         item = ServedCompletion(request_id, tuple(int(t) for t in prompt_token_ids), tuple(int(t) for t in completion_token_ids))
         self._local.pop(request_id, None)
         self._local[request_id] = (item, self._clock() + self.ttl_s)
         while len(self._local) > self.max_entries:
             self._local.popitem(last=False)
-        if self.link is not None:
-            name = self.link.key("completion", request_id)
-            px = max(1, int(self.ttl_s * 1000))
-            try:
-                await self.link.call("completion_put", lambda r: r.set(name, item.to_json(), px=px))
-            except RedisUnavailable:
-                self.metrics.completion_store_errors.labels("put").inc()
+        return item
+
+    async def _put_redis(self, item: ServedCompletion) -> None:
+        if self.link is None:
+            return
+        name = self.link.key("completion", item.request_id)
+        px = max(1, int(self.ttl_s * 1000))
+        try:
+            await self.link.call("completion_put", lambda r: r.set(name, item.to_json(), px=px))
+        except RedisUnavailable:
+            self.metrics.completion_store_errors.labels("put").inc()
 
     async def get(self, request_id: str) -> ServedCompletion:
         """The record of `request_id`; `NotFound` when unknown or expired."""
