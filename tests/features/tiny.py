@@ -10,12 +10,19 @@ D_MODEL, N_LAYERS, D_TC, VOCAB = 64, 3, 48, 96
 
 
 class ByteTokenizer:
-    """Enough of a tokenizer for steering: ids are printed as `<id>`."""
+    """Enough of a tokenizer for the replacement model: BOS = 0, byte b -> id b % 95 + 1, printed `<id>`."""
 
-    eos_token_id = None
+    bos_token_id, pad_token_id, eos_token_id = 0, None, None
+    all_special_ids = [0]
+
+    def __call__(self, text, add_special_tokens=True):
+        from types import SimpleNamespace
+
+        ids = [b % (VOCAB - 1) + 1 for b in text.encode()]
+        return SimpleNamespace(input_ids=([0] if add_special_tokens else []) + ids)
 
     def decode(self, ids, skip_special_tokens=True):
-        return "".join(f"<{i}>" for i in ids)
+        return "".join(f"<{i}>" for i in ids if not (skip_special_tokens and i == 0))
 
 
 def tiny_llama(seed: int = 0):

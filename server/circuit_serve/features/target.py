@@ -7,6 +7,8 @@ feature's "current value" is exactly its activation in the attribution graph.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 from circuit_serve.features.types import FeatureRef, TranscoderShape
 from circuit_serve.tracing.architecture import Architecture, describe
 from circuit_serve.tracing.local_model import transcoder_input
+from circuit_serve.tracing.replacement import ReplacementModel
 from circuit_serve.tracing.transcoders import TranscoderSet
 
 
@@ -26,16 +29,25 @@ class ModelTarget:
     """`steering.InterventionTarget` over an HF causal LM and its transcoder set."""
 
     def __init__(self, model: torch.nn.Module, transcoders: TranscoderSet, tokenizer: Any,
-                 arch: Architecture | None = None) -> None:
+                 arch: Architecture | None = None, lock: threading.Lock | None = None) -> None:
         self.model = model
         self.tcs = transcoders
         self.tokenizer = tokenizer
         self.arch = arch or describe(model)
         self.shape = TranscoderShape(transcoders.n_layers, transcoders.d_transcoder)
         self._device = self.arch.embed.weight.device
+        self._lock = lock or contextlib.nullcontext()
+
+    @classmethod
+    def of(cls, rm: ReplacementModel) -> ModelTarget:
+        """Over the engine's replacement model, sharing its one-forward-pass-at-a-time lock (the
+        engine's recording hooks must never see a steering pass, and the reverse is handled by
+        the steering hooks acting only in their own thread)."""
+        return cls(rm.model, rm.transcoders, rm.tokenizer, rm.arch, rm._lock)
 
     def forward(self, input_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
-        out = self.model(input_ids=input_ids.to(self._device), past_key_values=past, use_cache=True)
+        with self._lock:
+            out = self.model(input_ids=input_ids.to(self._device), past_key_values=past, use_cache=True)
         return out.logits, out.past_key_values
 
     def hook_input(self, layer: int, fn: Callable[[torch.Tensor], None]) -> Any:

@@ -1,0 +1,161 @@
+"""FeaturesEngine: feature activations, watched-feature activations and steering on the
+attribution engine's `ReplacementModel` (synchronous; callers run it off the event loop).
+
+Every activation here comes from `ReplacementModel.feature_activations`, the values the
+attribution graph of the same tokens uses (position 0, the BOS token, is zero there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from circuit_serve.config.features import FeaturesConfig
+from circuit_serve.errors import InvalidRequest
+from circuit_serve.features import steering
+from circuit_serve.features.labels import Labels
+from circuit_serve.features.steering import Intervention, Sampling, SteerResult
+from circuit_serve.features.target import ModelTarget
+from circuit_serve.features.types import FeatureRef, TranscoderShape
+from circuit_serve.tracing.replacement import FeatureActivations, ReplacementModel
+
+
+@dataclass(frozen=True)
+class TokensInput:
+    """Exactly one of a prompt (tokenized as generation does, BOS first) and token ids."""
+
+    prompt: str | None = None
+    token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class FeatureValue:
+    feature: FeatureRef
+    activation: float
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class PositionActivations:
+    position: int
+    token_id: int
+    token: str
+    values: tuple[FeatureValue, ...]
+
+
+@dataclass(frozen=True)
+class SteerQuery:
+    input: TokensInput
+    interventions: tuple[Intervention, ...]
+    sampling: Sampling = Sampling()
+    with_default: bool = False
+
+
+class FeaturesEngine:
+    def __init__(self, rm: ReplacementModel, *, labels: Labels | None = None,
+                 config: FeaturesConfig | None = None) -> None:
+        self.rm = rm
+        self.labels = labels or Labels()
+        self.config = config or FeaturesConfig()
+        self.shape = TranscoderShape(rm.transcoders.n_layers, rm.transcoders.d_transcoder)
+        self.target = ModelTarget.of(rm)
+
+    # ---- inputs --------------------------------------------------------------------------
+
+    def tokens(self, given: TokensInput) -> list[int]:
+        """The ids the replacement model runs on (BOS first), validated."""
+        if bool(given.prompt) == bool(given.token_ids):
+            raise InvalidRequest("give exactly one of prompt and prompt_token_ids", field="prompt")
+        if given.prompt is not None and given.prompt and not given.prompt.strip():
+            raise InvalidRequest("the prompt is blank; give some text", field="prompt")
+        ids, _ = self.rm.check_tokens(given.prompt if given.prompt else list(given.token_ids or ()))
+        return ids.tolist()
+
+    def check_features(self, features: Sequence[FeatureRef], *, field: str = "features") -> None:
+        for i, f in enumerate(features):
+            if (problem := self.shape.check(f, where=f"{field}[{i}]")) is not None:
+                raise InvalidRequest(problem)
+
+    # ---- activations ---------------------------------------------------------------------
+
+    def _sparse(self, token_ids: Sequence[int]) -> tuple[FeatureActivations, int]:
+        """Engine activations of `token_ids` and how many leading positions it added (BOS)."""
+        fa = self.rm.feature_activations(list(token_ids))
+        return fa, fa.n_pos - len(token_ids)
+
+    def activations(self, token_ids: Sequence[int], features: Sequence[FeatureRef]) -> torch.Tensor:
+        """`monitor.ActivationSource`: `(len(token_ids), len(features))` dense activations."""
+        fa, shift = self._sparse(token_ids)
+        return _dense(fa, features)[shift:]
+
+    def feature_activations(self, given: TokensInput, *, features: Sequence[FeatureRef] = (),
+                            top_k: int = 0) -> list[PositionActivations]:
+        """Per position: the listed features' values (zeros included) or the top-k active ones."""
+        if bool(features) == bool(top_k):
+            raise InvalidRequest("give exactly one of features (a list) and top_k (> 0)", field="features")
+        if len(features) > self.config.max_listed_features:
+            raise InvalidRequest(f"lists {len(features)} features; the limit is {self.config.max_listed_features}",
+                                 field="features")
+        if top_k > self.config.max_top_k:
+            raise InvalidRequest(f"is {top_k}; allowed range is [1, {self.config.max_top_k}]", field="top_k")
+        self.check_features(features)
+        ids = self.tokens(given)
+        fa, _ = self._sparse(ids)
+        tokens = [self.rm.decode_token(t) for t in ids]
+        if features:
+            dense = _dense(fa, features)  # (P, k)
+            rows = [[FeatureValue(f, float(dense[p, j]), self.labels.get(f)) for j, f in enumerate(features)]
+                    for p in range(len(ids))]
+        else:
+            rows = [[] for _ in ids]
+            for (layer, pos, index), value in zip(fa.indices.tolist(), fa.values.tolist()):
+                f = FeatureRef(layer, index)
+                rows[pos].append(FeatureValue(f, value, self.labels.get(f)))
+            rows = [sorted(r, key=lambda v: (-v.activation, v.feature))[:top_k] for r in rows]
+        return [PositionActivations(p, t, tokens[p], tuple(rows[p])) for p, t in enumerate(ids)]
+
+    # ---- steering ------------------------------------------------------------------------
+
+    def check_steer(self, query: SteerQuery, max_tokens: int) -> list[int]:
+        """Validate a steering request before it is admitted; returns the prompt ids."""
+        s, cfg = query.sampling, self.config
+        if not 1 <= s.max_new_tokens <= cfg.max_steer_new_tokens:
+            raise InvalidRequest(f"is {s.max_new_tokens}; allowed range is [1, {cfg.max_steer_new_tokens}]",
+                                 field="max_new_tokens")
+        if not (math.isfinite(s.temperature) and s.temperature >= 0):
+            raise InvalidRequest(f"is {s.temperature}; must be >= 0 (0 = greedy)", field="temperature")
+        if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
+            raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="top_p")
+        if len(query.interventions) > cfg.max_interventions:
+            raise InvalidRequest(f"has {len(query.interventions)} entries; the limit is {cfg.max_interventions}",
+                                 field="interventions")
+        ids = self.tokens(query.input)
+        if len(ids) + s.max_new_tokens > max_tokens:
+            raise InvalidRequest(
+                f"prompt ({len(ids)} tokens with BOS) + max_new_tokens ({s.max_new_tokens}) is above this "
+                f"server's limit of {max_tokens} tokens; shorten the prompt or ask for fewer tokens",
+                field="max_new_tokens",
+            )
+        steering.validate(query.interventions, len(ids), self.shape)
+        return ids
+
+    def steer(self, query: SteerQuery, prompt_ids: Sequence[int]) -> SteerResult:
+        return steering.steer(self.target, prompt_ids, query.interventions, query.sampling,
+                              with_default=query.with_default)
+
+
+def _dense(fa: FeatureActivations, features: Sequence[FeatureRef]) -> torch.Tensor:
+    """`(n_pos, len(features))` values of `features` from the sparse activations."""
+    out = torch.zeros(fa.n_pos, len(features))
+    if not features or fa.values.numel() == 0:
+        return out
+    width = fa.d_transcoder
+    keys = fa.indices[:, 0] * width + fa.indices[:, 2]  # (n,)
+    wanted = torch.tensor([f.layer * width + f.index for f in features])  # (k,)
+    match = keys[:, None] == wanted[None, :]  # (n, k)
+    rows, cols = match.nonzero(as_tuple=True)
+    out[fa.indices[rows, 1], cols] = fa.values[rows]
+    return out
