@@ -122,3 +122,11 @@ def test_seeded_sampling_is_reproducible(target):
 def test_bad_interventions(target, iv, message):
     with pytest.raises(InvalidRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
         steer(target, PROMPT, [iv], Sampling())
+
+
+def test_all_prompt_positions_is_every_position(target):
+    f = FeatureRef(2, 4)
+    every = intervened_logits(target, PROMPT, [Intervention(f, Op.SCALE, 3.0, all_prompt=True)], len(PROMPT))
+    listed = intervened_logits(target, PROMPT, [Intervention(f, Op.SCALE, 3.0, tuple(range(len(PROMPT))))],
+                               len(PROMPT))
+    assert torch.equal(every, listed)

@@ -44,6 +44,7 @@ class Intervention:
     value: float
     positions: tuple[int, ...] = ()  # prompt positions (0-based, BOS included)
     generated: bool = False  # also at every generated token, as it is fed back
+    all_prompt: bool = False  # at every prompt position (`positions` is then ignored)
 
     def apply(self, a: torch.Tensor) -> torch.Tensor:
         if self.op is Op.SET:
@@ -114,8 +115,9 @@ def validate(interventions: Sequence[Intervention], n_prompt: int, shape: Transc
             raise InvalidRequest(problem)
         if not math.isfinite(iv.value):
             raise InvalidRequest(f"is {iv.value}; must be a finite number", field=f"{where}.value")
-        if not iv.positions and not iv.generated:
-            raise InvalidRequest("set positions (prompt positions) and/or generated (every generated token)",
+        if not iv.positions and not iv.generated and not iv.all_prompt:
+            raise InvalidRequest("set positions (prompt positions), all_prompt_positions and/or generated "
+                                 "(every generated token)",
                                  field=f"{where}.positions")
         for p in iv.positions:
             if not 0 <= p < n_prompt:
@@ -143,6 +145,8 @@ class _Hooks:
     def mask(self, iv: Intervention, n: int, device: torch.device) -> torch.Tensor:
         pos = torch.arange(self.start, self.start + n, device=device)  # (T,)
         m = pos >= self.n_prompt if iv.generated else torch.zeros(n, dtype=torch.bool, device=device)
+        if iv.all_prompt:
+            return m | (pos < self.n_prompt)
         for p in iv.positions:
             m |= pos == p
         return m

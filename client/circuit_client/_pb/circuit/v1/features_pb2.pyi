@@ -69,18 +69,20 @@ class FeatureActivationsResponse(_message.Message):
     def __init__(self, positions: _Optional[_Iterable[_Union[PositionActivations, _Mapping]]] = ...) -> None: ...
 
 class Intervention(_message.Message):
-    __slots__ = ("feature", "op", "value", "positions", "generated_tokens")
+    __slots__ = ("feature", "op", "value", "positions", "generated_tokens", "all_prompt_positions")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ALL_PROMPT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     feature: FeatureRef
     op: InterventionOp
     value: float
     positions: _containers.RepeatedScalarFieldContainer[int]
     generated_tokens: bool
-    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., op: _Optional[_Union[InterventionOp, str]] = ..., value: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ..., generated_tokens: _Optional[bool] = ...) -> None: ...
+    all_prompt_positions: bool
+    def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., op: _Optional[_Union[InterventionOp, str]] = ..., value: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ..., generated_tokens: _Optional[bool] = ..., all_prompt_positions: _Optional[bool] = ...) -> None: ...
 
 class SteerRequest(_message.Message):
     __slots__ = ("prompt", "prompt_token_ids", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "include_default")

@@ -1,0 +1,175 @@
+"""Client of circuit.v1.Features: feature activations on any text, and steering.
+
+    from circuit_client import CircuitClient
+    from circuit_client.features import FeaturesClient, Intervention
+
+    with CircuitClient("localhost:50051") as client:
+        features = FeaturesClient(client)
+        for pos in features.activations("The capital of France is", top_k=5):
+            print(pos.position, pos.token, [(v.layer, v.index, v.activation) for v in pos.values])
+        result = features.steer("The capital of France is", [Intervention(2, 17, "set", 0.0, positions=(5,))],
+                                include_default=True)
+        print(result.default.text, "->", result.steered.text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+
+from circuit_client._channel import DEFAULT_TIMEOUT_S, channel_options
+from circuit_client._pb.circuit.v1 import features_pb2 as pb
+from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
+from circuit_client.errors import CircuitRpcError
+
+Op = Literal["set", "scale", "add"]
+_OPS = {"set": pb.INTERVENTION_OP_SET, "scale": pb.INTERVENTION_OP_SCALE, "add": pb.INTERVENTION_OP_ADD}
+
+
+@dataclass(frozen=True)
+class FeatureValue:
+    layer: int
+    index: int
+    activation: float
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class PositionActivations:
+    position: int
+    token_id: int
+    token: str
+    values: tuple[FeatureValue, ...]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """On feature (layer, index): `set` to value, `scale` by value, or `add` value; at prompt
+    `positions` (BOS is position 0) or every prompt position, and/or at every generated token."""
+
+    layer: int
+    index: int
+    op: Op
+    value: float
+    positions: tuple[int, ...] = ()
+    generated_tokens: bool = False
+    all_prompt_positions: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> Intervention:
+        """`L:I:OP:VALUE[@WHERE]`; WHERE is a comma list of prompt positions, `prompt` (all of them)
+        and `gen` (every generated token); without it: everywhere (`prompt,gen`).
+        E.g. `2:17:set:0`, `2:17:set:0@3,4`, `1:5:scale:3@gen`."""
+        body, _, where = spec.partition("@")
+        parts = [p for p in (where or "prompt,gen").split(",") if p]
+        try:
+            layer, index, op, value = body.split(":")
+            if op.lower() not in _OPS:
+                raise ValueError
+            positions = tuple(int(p) for p in parts if p not in ("gen", "prompt"))
+            return cls(int(layer), int(index), op.lower(), float(value), positions,  # type: ignore[arg-type]
+                       generated_tokens="gen" in parts, all_prompt_positions="prompt" in parts)
+        except ValueError:
+            raise ValueError(f"expected L:I:OP:VALUE[@P,P,..|@prompt|@gen] with OP set, scale or add; "
+                             f"got {spec!r}") from None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SteerResult:
+    prompt_token_ids: tuple[int, ...]
+    steered: Completion
+    default: Completion | None
+
+
+class FeaturesClient:
+    """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
+
+    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3) -> None:
+        self._own_channel = isinstance(target, str)
+        if isinstance(target, str):
+            self.channel = grpc.insecure_channel(target, options=channel_options(retries))
+        else:
+            self.channel = getattr(target, "channel", target)
+        self.timeout = timeout
+        self._stub = pb_grpc.FeaturesStub(self.channel)
+
+    def __enter__(self) -> FeaturesClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def _call(self, method, request, timeout: float | None):
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+
+    def activations(
+        self,
+        prompt: str | None = None,
+        *,
+        prompt_token_ids: Sequence[int] | None = None,
+        features: Sequence[tuple[int, int]] = (),
+        top_k: int = 0,
+        timeout: float | None = None,
+    ) -> list[PositionActivations]:
+        """Per position: the listed (layer, index) features' values, or the top_k active ones."""
+        req = pb.FeatureActivationsRequest(
+            prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), top_k=top_k,
+            features=[pb.FeatureRef(layer=layer, index=index) for layer, index in features],
+        )
+        resp = self._call(self._stub.FeatureActivations, req, timeout)
+        return [
+            PositionActivations(p.position, p.token_id, p.token, tuple(
+                FeatureValue(v.layer, v.index, v.activation, v.label) for v in p.features))
+            for p in resp.positions
+        ]
+
+    def steer(
+        self,
+        prompt: str | None,
+        interventions: Sequence[Intervention],
+        *,
+        prompt_token_ids: Sequence[int] | None = None,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        seed: int | None = None,
+        include_default: bool = False,
+        timeout: float | None = None,
+    ) -> SteerResult:
+        """Generate on the replacement model with the interventions (greedy unless temperature > 0)."""
+        req = pb.SteerRequest(
+            prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), temperature=temperature,
+            include_default=include_default,
+            interventions=[
+                pb.Intervention(feature=pb.FeatureRef(layer=iv.layer, index=iv.index), op=_OPS[iv.op],
+                                value=iv.value, positions=iv.positions, generated_tokens=iv.generated_tokens,
+                                all_prompt_positions=iv.all_prompt_positions)
+                for iv in interventions
+            ],
+        )
+        for name, value in (("max_new_tokens", max_new_tokens), ("top_p", top_p), ("seed", seed)):
+            if value is not None:
+                setattr(req, name, value)
+        resp = self._call(self._stub.Steer, req, timeout)
+        default = getattr(resp, "default")
+        return SteerResult(
+            tuple(resp.prompt_token_ids),
+            Completion(resp.steered.text, tuple(resp.steered.token_ids)),
+            Completion(default.text, tuple(default.token_ids)) if resp.HasField("default") else None,
+        )
