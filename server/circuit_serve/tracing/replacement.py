@@ -54,7 +54,7 @@ class FeatureActivations:
     def to_sparse(self) -> torch.Tensor:
         """torch sparse COO tensor (n_layers, n_pos, d_transcoder)."""
         shape = (self.n_layers, self.n_pos, self.d_transcoder)
-        return torch.sparse_coo_tensor(self.indices.T, self.values, shape).coalesce()
+        return torch.sparse_coo_tensor(self.indices.T, self.values, shape, check_invariants=True).coalesce()
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:
