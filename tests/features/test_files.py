@@ -22,7 +22,7 @@ def write(tmp_path, name, text):
 
 def test_labels_json_and_yaml(tmp_path):
     j = write(tmp_path, "l.json", json.dumps([{"layer": 1, "index": 7, "label": "Paris"}]))
-    y = write(tmp_path, "l.yaml", "labels:\n  - {layer: 1, index: 7, label: Paris}\n  - {layer: 3, index: 99, label: x}\n")
+    y = write(tmp_path, "l.yaml", "labels:\n  - {layer: 1, index: 7, label: Paris, selectivity: 0.9}\n  - {layer: 3, index: 99, label: x}\n")
     assert load_labels(j, SHAPE).get(FeatureRef(1, 7)) == "Paris"
     labels = load_labels(y, SHAPE)
     assert len(labels) == 2 and labels.get(FeatureRef(0, 0)) == ""
@@ -36,7 +36,6 @@ def test_labels_json_and_yaml(tmp_path):
      "entry 1: layer 4 does not exist; layers are 0..3"),
     ('[{"layer": 1, "index": 100, "label": "a"}]', "entry 0: index 100 does not exist; each layer has features 0..99"),
     ('[{"layer": 1, "index": 7, "label": "a"}, {"layer": 1, "index": 7, "label": "b"}]', "already has the label 'a'"),
-    ('[{"layer": 1, "index": 7, "label": "a", "colour": 1}]', "field 'colour': unknown field"),
     ('{"layer": 1}', "expected a list of entries"),
     ('[1, 2]', "entry 0: expected a mapping"),
     ('[{"layer": 1,', "not valid JSON"),
@@ -77,6 +76,7 @@ def test_watchlist_loads_with_labels(tmp_path):
     ("- {name: a, layer: 9, index: 5, threshold: 1, action: stop}", "layer 9 does not exist"),
     ("- {name: a, layer: 1, index: -1, threshold: 1, action: stop}", "field 'index': must be a non-negative integer"),
     ("- {layer: 1, index: 1, threshold: 1, action: stop}", "field 'name': is missing"),
+    ("- {name: a, layer: 1, index: 1, treshold: 1, action: stop}", "field 'treshold': unknown field"),
     ("[]", "the watchlist is empty"),
     ("- {name: a, layer: [1, index: 1}", "not valid YAML"),
 ])

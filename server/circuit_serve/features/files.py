@@ -49,13 +49,14 @@ def read_entries(path: Path, *, key: str) -> list[Mapping[str, Any]]:
 class EntryReader:
     """Typed field access for one entry, with errors that say where."""
 
-    def __init__(self, path: Path, position: int, entry: Mapping[str, Any], *, fields: set[str]) -> None:
+    def __init__(self, path: Path, position: int, entry: Mapping[str, Any], *, fields: set[str] | None) -> None:
+        """`fields`: the allowed field names (None: any; unknown ones are ignored)."""
         self.path = path
         self.entry = entry
         name = entry.get("name")
         self.where = f"{path}: entry {position}" + (f" ({name!r})" if isinstance(name, str) else "")
-        unknown = sorted(str(k) for k in entry if k not in fields)
-        if unknown:
+        unknown = sorted(str(k) for k in entry if k not in fields) if fields is not None else []
+        if unknown and fields is not None:
             raise self.error(unknown[0], f"unknown field; allowed fields are {', '.join(sorted(fields))}")
 
     def error(self, field: str, message: str) -> FeatureFileError:

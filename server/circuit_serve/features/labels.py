@@ -1,6 +1,8 @@
 """The labels file: human-readable names of features, shown in results, graphs and metrics.
 
     [{"layer": 2, "index": 17, "label": "unknown entity"}, ...]      (JSON or YAML)
+
+Other fields (the demo's `selectivity`, a description, ...) are allowed and ignored.
 """
 
 from __future__ import annotations
@@ -9,9 +11,6 @@ from pathlib import Path
 
 from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
 from circuit_serve.features.types import FeatureRef, TranscoderShape
-
-_FIELDS = {"layer", "index", "label"}
-
 
 class Labels:
     """Feature -> label; features without an entry have the label ""."""
@@ -34,7 +33,7 @@ def load_labels(path: Path, shape: TranscoderShape) -> Labels:
     """Read and validate a labels file against the loaded transcoder set."""
     labels: dict[FeatureRef, str] = {}
     for i, entry in enumerate(read_entries(path, key="labels")):
-        r = EntryReader(path, i, entry, fields=_FIELDS)
+        r = EntryReader(path, i, entry, fields=None)
         feature = FeatureRef(r.int("layer"), r.int("index"))
         label = r.str("label")
         if (problem := shape.check(feature, where=r.where)) is not None:
