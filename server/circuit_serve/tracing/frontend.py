@@ -19,6 +19,19 @@ def _cantor(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
+def node_id(graph: AttributionGraph, i: int) -> str:
+    """The unique frontend id of node i (see the module docstring)."""
+    kind, layer, pos, idx = graph.node(i)
+    if kind == "feature":
+        return f"{layer}_{idx}_{pos}"
+    if kind == "error":
+        return f"err_{layer}_{pos}"
+    if kind == "embedding":
+        return f"E_{idx}_{pos}"
+    c = graph.logit_contrast_ids[i - graph.logit_offset]
+    return f"{graph.n_layers + 1}_{idx}_{pos}" if c is None else f"{graph.n_layers + 1}_{idx}_vs_{c}_{pos}"
+
+
 def frontend_json(
     graph: AttributionGraph, pr: PruneResult, *, slug: str, labels: dict[tuple[int, int], str], thresholds: tuple[float, float]
 ) -> dict:
@@ -31,22 +44,19 @@ def frontend_json(
                 "run_idx": 0, "reverse_ctx_idx": 0, "clerp": ""}
         if kind == "feature":
             act = float(graph.activation_values[graph.selected_features[i]])
-            nid = f"{layer}_{idx}_{pos}"
-            base.update(node_id=nid, feature=_cantor(layer, idx), layer=str(layer), feature_type="cross layer transcoder",
+            base.update(node_id=node_id(graph, i), feature=_cantor(layer, idx), layer=str(layer), feature_type="cross layer transcoder",
                         jsNodeId=f"{layer}_{idx}-0", activation=act, clerp=labels.get((layer, idx), ""))
         elif kind == "error":
-            nid = f"err_{layer}_{pos}"
+            nid = node_id(graph, i)
             base.update(node_id=nid, feature=-1, layer=str(layer), feature_type="mlp reconstruction error",
                         jsNodeId=nid, activation=None)
         elif kind == "embedding":
-            nid = f"E_{idx}_{pos}"
-            base.update(node_id=nid, feature=pos, layer="E", feature_type="embedding", jsNodeId=f"E_{idx}-{pos}",
+            base.update(node_id=node_id(graph, i), feature=pos, layer="E", feature_type="embedding", jsNodeId=f"E_{idx}-{pos}",
                         activation=None)
         else:
             k = i - graph.logit_offset
             p = float(graph.logit_probabilities[k])
-            nid = f"{L + 1}_{idx}_{pos}" if graph.logit_contrast_ids[k] is None else f"{L + 1}_{idx}_vs_{graph.logit_contrast_ids[k]}_{pos}"
-            base.update(node_id=nid, feature=idx, layer=str(L + 1), feature_type="logit", jsNodeId=f"L_{idx}-{pos}",
+            base.update(node_id=node_id(graph, i), feature=idx, layer=str(L + 1), feature_type="logit", jsNodeId=f"L_{idx}-{pos}",
                         token_prob=p, is_target_logit=k == 0, activation=None, influence=None,
                         clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})')
         nodes[i] = base
