@@ -27,6 +27,7 @@ from circuit_serve.cache.redis_link import RedisLink
 from circuit_serve.completions.store import CompletionStore
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.errors import (
+    BackendUnavailable,
     CapacityExceeded,
     Cancelled,
     CircuitError,
@@ -124,6 +125,8 @@ class AttributionService:
 
     def _engine(self) -> GraphEngine:
         if self.engine is None:
+            if self.config.transcoders is not None:
+                raise BackendUnavailable("the attribution engine is still loading; retry shortly")
             raise NotConfigured(NO_TRANSCODERS)
         return self.engine
 
@@ -219,6 +222,12 @@ class AttributionService:
             self.completions.record_nowait(request_id, prompt_token_ids, completion_token_ids)
         except Exception:  # auditing must never break serving
             log.exception("could not record served completion %s", request_id)
+
+    def shutdown(self) -> None:
+        """Synchronous part of `close` (for a runtime that shuts down outside the loop)."""
+        for task in list(self._background):
+            task.cancel()
+        self.jobs.pool.shutdown()
 
     async def close(self) -> None:
         for task in list(self._background):

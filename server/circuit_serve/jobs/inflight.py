@@ -77,11 +77,11 @@ class InFlight:
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
-                    raise DeadlineExceeded(f"the graph was not ready within the {timeout_s:.3g}s deadline")
+                    raise DeadlineExceeded(f"the graph was not ready before the call's deadline ({timeout_s:.2f}s)")
                 try:
                     item = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
-                    raise DeadlineExceeded(f"the graph was not ready within the {timeout_s:.3g}s deadline") from None
+                    raise DeadlineExceeded(f"the graph was not ready before the call's deadline ({timeout_s:.2f}s)") from None
                 if item is _DONE:
                     break
                 yield item

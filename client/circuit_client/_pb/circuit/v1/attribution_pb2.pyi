@@ -1,0 +1,134 @@
+from circuit_client._pb.circuit.v1 import graph_pb2 as _graph_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GraphOutput(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRAPH_OUTPUT_UNSPECIFIED: _ClassVar[GraphOutput]
+    GRAPH_OUTPUT_PROTO: _ClassVar[GraphOutput]
+    GRAPH_OUTPUT_JSON: _ClassVar[GraphOutput]
+    GRAPH_OUTPUT_BOTH: _ClassVar[GraphOutput]
+GRAPH_OUTPUT_UNSPECIFIED: GraphOutput
+GRAPH_OUTPUT_PROTO: GraphOutput
+GRAPH_OUTPUT_JSON: GraphOutput
+GRAPH_OUTPUT_BOTH: GraphOutput
+
+class ContrastTarget(_message.Message):
+    __slots__ = ("token_id", "versus_token_id")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSUS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    versus_token_id: int
+    def __init__(self, token_id: _Optional[int] = ..., versus_token_id: _Optional[int] = ...) -> None: ...
+
+class AttributionTarget(_message.Message):
+    __slots__ = ("token_id", "contrast")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTRAST_FIELD_NUMBER: _ClassVar[int]
+    token_id: int
+    contrast: ContrastTarget
+    def __init__(self, token_id: _Optional[int] = ..., contrast: _Optional[_Union[ContrastTarget, _Mapping]] = ...) -> None: ...
+
+class AttributionSettings(_message.Message):
+    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold", "targets")
+    MAX_N_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_LOGIT_PROB_FIELD_NUMBER: _ClassVar[int]
+    MAX_FEATURE_NODES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NODE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    EDGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    max_n_logits: int
+    desired_logit_prob: float
+    max_feature_nodes: int
+    batch_size: int
+    node_threshold: float
+    edge_threshold: float
+    targets: _containers.RepeatedCompositeFieldContainer[AttributionTarget]
+    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ...) -> None: ...
+
+class AttributeRequest(_message.Message):
+    __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    request_id: str
+    token_index: int
+    settings: AttributionSettings
+    output: GraphOutput
+    background: bool
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., token_index: _Optional[int] = ..., settings: _Optional[_Union[AttributionSettings, _Mapping]] = ..., output: _Optional[_Union[GraphOutput, str]] = ..., background: _Optional[bool] = ...) -> None: ...
+
+class AttributeAccepted(_message.Message):
+    __slots__ = ("key", "token_ids", "audited_token_id")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    AUDITED_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    audited_token_id: int
+    def __init__(self, key: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., audited_token_id: _Optional[int] = ...) -> None: ...
+
+class AttributeQueued(_message.Message):
+    __slots__ = ("position",)
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    def __init__(self, position: _Optional[int] = ...) -> None: ...
+
+class AttributeRunning(_message.Message):
+    __slots__ = ("phase", "fraction")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    fraction: float
+    def __init__(self, phase: _Optional[str] = ..., fraction: _Optional[float] = ...) -> None: ...
+
+class AttributionResult(_message.Message):
+    __slots__ = ("graph", "frontend_json", "source")
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_JSON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    graph: _graph_pb2.Graph
+    frontend_json: bytes
+    source: str
+    def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., frontend_json: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
+
+class AttributeResponse(_message.Message):
+    __slots__ = ("key", "accepted", "queued", "running", "result")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    accepted: AttributeAccepted
+    queued: AttributeQueued
+    running: AttributeRunning
+    result: AttributionResult
+    def __init__(self, key: _Optional[str] = ..., accepted: _Optional[_Union[AttributeAccepted, _Mapping]] = ..., queued: _Optional[_Union[AttributeQueued, _Mapping]] = ..., running: _Optional[_Union[AttributeRunning, _Mapping]] = ..., result: _Optional[_Union[AttributionResult, _Mapping]] = ...) -> None: ...
+
+class GetGraphRequest(_message.Message):
+    __slots__ = ("key", "output")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    output: GraphOutput
+    def __init__(self, key: _Optional[str] = ..., output: _Optional[_Union[GraphOutput, str]] = ...) -> None: ...
+
+class GetGraphResponse(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: AttributionResult
+    def __init__(self, result: _Optional[_Union[AttributionResult, _Mapping]] = ...) -> None: ...

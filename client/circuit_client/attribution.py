@@ -1,0 +1,195 @@
+"""Client of circuit.v1.Attribution: attribution graphs with live progress, and graphs by key.
+
+    from circuit_client import CircuitClient
+    from circuit_client.attribution import AttributionClient, AttributionSettings
+
+    with CircuitClient("localhost:50051") as client:
+        graphs = AttributionClient(client)
+        result = graphs.attribute("The capital of France is", AttributionSettings(max_feature_nodes=512),
+                                  on_event=print)
+        result.frontend()        # the frontend JSON as a dict
+        result.graph             # circuit.v1.Graph
+        graphs.get_graph(result.key)
+
+    # audit token 3 of a completion this server served:
+    graphs.attribute(request_id=generation.request_id, token_index=3)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import grpc
+
+from circuit_client._channel import channel_options
+from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
+from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_client.errors import CircuitRpcError
+
+DEFAULT_ATTRIBUTION_TIMEOUT_S = 600.0
+Output = Literal["both", "proto", "json"]
+_OUTPUT = {"both": pb.GRAPH_OUTPUT_BOTH, "proto": pb.GRAPH_OUTPUT_PROTO, "json": pb.GRAPH_OUTPUT_JSON}
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Unset (None) fields take the server's defaults. A target is a token id or
+    a (token, versus) pair meaning "logit(token) - logit(versus)"."""
+
+    max_n_logits: int | None = None
+    desired_logit_prob: float | None = None
+    max_feature_nodes: int | None = None
+    batch_size: int | None = None
+    node_threshold: float | None = None
+    edge_threshold: float | None = None
+    targets: Sequence[int | tuple[int, int]] = ()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    key: str  # the graph's content address (for get_graph)
+    token_ids: tuple[int, ...]  # what the graph explains the continuation of (BOS first)
+    audited_token_id: int | None  # with request_id input: the completion token explained
+
+
+@dataclass(frozen=True)
+class Queued:
+    key: str
+    position: int  # 1 = next
+
+
+@dataclass(frozen=True)
+class Running:
+    key: str
+    phase: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class GraphResult:
+    key: str
+    graph: Any | None  # circuit.v1.Graph (circuit_client._pb.circuit.v1.graph_pb2.Graph), when asked for
+    frontend_json: bytes  # UTF-8 JSON, when asked for
+    source: str  # "cache", "computed" or "replica"
+
+    def frontend(self) -> dict:
+        return json.loads(self.frontend_json)
+
+    def save_json(self, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(self.frontend_json)
+
+
+Event = Accepted | Queued | Running | GraphResult
+
+
+class AttributionClient:
+    """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
+
+    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3) -> None:
+        self._own_channel = isinstance(target, str)
+        if isinstance(target, str):
+            self.channel = grpc.insecure_channel(target, options=channel_options(retries))
+        else:
+            self.channel = getattr(target, "channel", target)
+        self.timeout = timeout
+        self._stub = pb_grpc.AttributionStub(self.channel)
+
+    def __enter__(self) -> AttributionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def stream(
+        self,
+        prompt: str | None = None,
+        settings: AttributionSettings | None = None,
+        *,
+        prompt_token_ids: Sequence[int] | None = None,
+        request_id: str | None = None,
+        token_index: int | None = None,
+        output: Output = "both",
+        background: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """Accepted, then Queued/Running progress, then the GraphResult. Leaving early cancels
+        the call (the server stops the work unless `background` or another caller waits)."""
+        req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
+                       output, background)
+        call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
+        try:
+            for msg in call:
+                yield _event(msg)
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    def attribute(
+        self,
+        prompt: str | None = None,
+        settings: AttributionSettings | None = None,
+        *,
+        on_event: Callable[[Event], None] | None = None,
+        **kwargs: Any,
+    ) -> GraphResult:
+        """The finished graph (see `stream` for the arguments); `on_event` sees every event."""
+        for event in self.stream(prompt, settings, **kwargs):
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, GraphResult):
+                return event
+        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the Attribute stream ended without a graph")
+
+    def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> GraphResult:
+        """A cached graph by key; CircuitRpcError(NOT_FOUND) when it is not (or no longer) cached."""
+        try:
+            resp = self._stub.GetGraph(pb.GetGraphRequest(key=key, output=_OUTPUT[output]),
+                                       timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        return _result(key, resp.result)
+
+
+def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSettings, output, background):
+    settings = pb.AttributionSettings()
+    for name in ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold",
+                 "edge_threshold"):
+        value = getattr(s, name)
+        if value is not None:
+            setattr(settings, name, value)
+    for target in s.targets:
+        if isinstance(target, (tuple, list)):
+            settings.targets.add(contrast=pb.ContrastTarget(token_id=target[0], versus_token_id=target[1]))
+        else:
+            settings.targets.add(token_id=target)
+    req = pb.AttributeRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()),
+                              request_id=request_id or "", settings=settings, output=_OUTPUT[output],
+                              background=background)
+    if token_index is not None:
+        req.token_index = token_index
+    return req
+
+
+def _event(msg: pb.AttributeResponse) -> Event:
+    kind = msg.WhichOneof("event")
+    if kind == "accepted":
+        a = msg.accepted
+        return Accepted(a.key, tuple(a.token_ids), a.audited_token_id if a.HasField("audited_token_id") else None)
+    if kind == "queued":
+        return Queued(msg.key, msg.queued.position)
+    if kind == "running":
+        return Running(msg.key, msg.running.phase, msg.running.fraction)
+    return _result(msg.key, msg.result)
+
+
+def _result(key: str, r: pb.AttributionResult) -> GraphResult:
+    return GraphResult(key, r.graph if r.HasField("graph") else None, bytes(r.frontend_json), r.source)

@@ -1,0 +1,130 @@
+"""`circuit attribute` and `circuit graph`: attribution graphs from the terminal.
+
+    circuit attribute --prompt "The capital of France is" --out graph.json
+    circuit attribute --request-id 3f2a... --token-index 4 --out audit.json --max-feature-nodes 1024
+    circuit graph KEY --out graph.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from circuit_client.attribution import (
+    DEFAULT_ATTRIBUTION_TIMEOUT_S,
+    Accepted,
+    AttributionClient,
+    AttributionSettings,
+    Event,
+    GraphResult,
+    Queued,
+    Running,
+)
+
+Command = Callable[[object, argparse.Namespace], int]
+
+
+def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Command]:
+    """Add the subcommands with `add(name, help)` (which adds --target/--timeout); return name -> handler."""
+    a = add("attribute", "compute an attribution graph (live progress) and write its frontend JSON")
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="text to explain the next token of")
+    src.add_argument("--token-ids", help="comma-separated token ids (BOS is added when missing)")
+    src.add_argument("--request-id", help="a generation this server served (with --token-index)")
+    a.add_argument("--token-index", type=int, help="completion token to explain (0-based)")
+    a.add_argument("--max-n-logits", type=int)
+    a.add_argument("--desired-logit-prob", type=float)
+    a.add_argument("--max-feature-nodes", type=int)
+    a.add_argument("--batch-size", type=int)
+    a.add_argument("--node-threshold", type=float)
+    a.add_argument("--edge-threshold", type=float)
+    a.add_argument("--target-token", type=int, action="append", default=[], help="explicit target (repeatable)")
+    a.add_argument("--contrast", action="append", default=[], metavar="A,B",
+                   help='target "logit(A) - logit(B)" (repeatable)')
+    a.add_argument("--out", required=True, help="where to write the frontend graph JSON")
+    a.add_argument("--proto-out", help="also write the circuit.v1.Graph protobuf here")
+    a.add_argument("--background", action="store_true",
+                   help="keep computing if this command is interrupted (fetch later with `circuit graph KEY`)")
+    a.set_defaults(timeout=DEFAULT_ATTRIBUTION_TIMEOUT_S)
+
+    g = add("graph", "fetch a cached graph by key and write its frontend JSON")
+    g.add_argument("key")
+    g.add_argument("--out", required=True)
+    g.add_argument("--proto-out")
+    return {"attribute": _attribute, "graph": _graph}
+
+
+def _attribute(client: object, args: argparse.Namespace) -> int:
+    if args.request_id and args.token_index is None:
+        print("error: --request-id needs --token-index", file=sys.stderr)
+        return 2
+    settings = AttributionSettings(
+        max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
+        max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
+        node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
+        targets=[*args.target_token, *(_pair(c) for c in args.contrast)],
+    )
+    token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
+    progress = _Progress(sys.stderr)
+    result = AttributionClient(client, timeout=args.timeout).attribute(
+        args.prompt, settings, prompt_token_ids=token_ids, request_id=args.request_id,
+        token_index=args.token_index, background=args.background, on_event=progress, timeout=args.timeout,
+        output="both" if args.proto_out else "json",
+    )
+    progress.done()
+    _write(result, args)
+    print(result.key)
+    return 0
+
+
+def _graph(client: object, args: argparse.Namespace) -> int:
+    result = AttributionClient(client, timeout=args.timeout).get_graph(args.key, output="both" if args.proto_out else "json")
+    _write(result, args)
+    return 0
+
+
+def _write(result: GraphResult, args: argparse.Namespace) -> None:
+    result.save_json(args.out)
+    if args.proto_out and result.graph is not None:
+        with open(args.proto_out, "wb") as f:
+            f.write(result.graph.SerializeToString())
+    print(f"wrote {args.out} ({len(result.frontend_json)} bytes, {result.source})", file=sys.stderr)
+
+
+def _pair(text: str) -> tuple[int, int]:
+    a, _, b = text.partition(",")
+    return int(a), int(b)
+
+
+class _Progress:
+    """One status line, redrawn in place on a terminal (plain lines otherwise)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last = ""
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Accepted):
+            line = f"graph {event.key[:16]}… over {len(event.token_ids)} tokens"
+        elif isinstance(event, Queued):
+            line = f"queued: position {event.position}"
+        elif isinstance(event, Running):
+            filled = int(event.fraction * 30)
+            line = f"{event.phase:<20} [{'#' * filled}{'.' * (30 - filled)}] {event.fraction:4.0%}"
+        else:
+            line = f"done ({event.source})"
+        if line == self._last:
+            return
+        self._last = line
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,45 @@
+"""Load the replacement model (HF model + transcoders) for the attribution engine at start-up."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from circuit_serve.attribution.engine import GraphSerializer, TracingEngine
+from circuit_serve.config.attribution import AttributionConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(config: AttributionConfig, serve_dtype: str) -> str:
+    """The attribution dtype: explicit, else generation's, with "auto" meaning float32."""
+    dtype = config.dtype or serve_dtype
+    return "float32" if dtype in ("auto", "float", "") else dtype
+
+
+def load_replacement(config: AttributionConfig, model_dir: Path, *, serve_dtype: str = "auto"):
+    """The `ReplacementModel` of `model_dir` with `config.transcoders` (blocking; seconds)."""
+    from circuit_serve.tracing import ReplacementModel
+
+    assert config.transcoders is not None
+    device, dtype = resolve_device(config.device), resolve_dtype(config, serve_dtype)
+    started = time.perf_counter()
+    rm = ReplacementModel.from_pretrained(
+        model_dir, config.transcoders, dtype=dtype, device=device, memory_budget_bytes=config.memory_budget_bytes
+    )
+    log.info("replacement model loaded on %s in %s (%.1fs): transcoders %s", device, dtype,
+             time.perf_counter() - started, config.transcoders)
+    return rm
+
+
+def make_engine(rm, *, serialize: GraphSerializer, graph_format: int) -> TracingEngine:
+    return TracingEngine(rm, serialize=serialize, graph_format=graph_format)

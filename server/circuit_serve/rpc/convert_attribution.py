@@ -1,0 +1,64 @@
+"""circuit.v1.Attribution messages <-> the attribution service's domain types."""
+
+from __future__ import annotations
+
+from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
+from circuit_client._pb.circuit.v1 import graph_pb2
+from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO, Accepted, AttributeRequest, AttributionInput
+from circuit_serve.jobs.events import Finished, Queued, Running
+from circuit_serve.tracing.settings import AttributionSettings
+from circuit_serve.tracing.targets import Contrast
+
+_DEFAULTS = AttributionSettings()
+
+# Version of the cached sections (circuit.v1.Graph bytes + frontend JSON); part of every
+# graph key and checked on every cache read. Bump it when either serialization changes.
+GRAPH_FORMAT = 1
+
+
+def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
+    s = msg.settings
+    settings = AttributionSettings(
+        max_n_logits=s.max_n_logits if s.HasField("max_n_logits") else _DEFAULTS.max_n_logits,
+        desired_logit_prob=s.desired_logit_prob if s.HasField("desired_logit_prob") else _DEFAULTS.desired_logit_prob,
+        max_feature_nodes=s.max_feature_nodes if s.HasField("max_feature_nodes") else None,
+        batch_size=s.batch_size if s.HasField("batch_size") else _DEFAULTS.batch_size,
+        node_threshold=s.node_threshold if s.HasField("node_threshold") else _DEFAULTS.node_threshold,
+        edge_threshold=s.edge_threshold if s.HasField("edge_threshold") else _DEFAULTS.edge_threshold,
+    )
+    targets = tuple(_target(t) for t in s.targets) or None
+    given = AttributionInput(
+        prompt=msg.prompt or None,
+        token_ids=tuple(msg.prompt_token_ids) or None,
+        request_id=msg.request_id or None,
+        token_index=msg.token_index if msg.HasField("token_index") else None,
+    )
+    return AttributeRequest(given, settings, targets, background=msg.background)
+
+
+def _target(msg: pb.AttributionTarget) -> int | Contrast:
+    if msg.WhichOneof("target") == "contrast":
+        return Contrast(msg.contrast.token_id, msg.contrast.versus_token_id)
+    return msg.token_id
+
+
+def event_to_pb(event: Accepted | Queued | Running | Finished, key: str, output: int) -> pb.AttributeResponse:
+    if isinstance(event, Accepted):
+        accepted = pb.AttributeAccepted(key=event.key, token_ids=event.token_ids)
+        if event.audited_token_id is not None:
+            accepted.audited_token_id = event.audited_token_id
+        return pb.AttributeResponse(key=event.key, accepted=accepted)
+    if isinstance(event, Queued):
+        return pb.AttributeResponse(key=key, queued=pb.AttributeQueued(position=event.position))
+    if isinstance(event, Running):
+        return pb.AttributeResponse(key=key, running=pb.AttributeRunning(phase=event.phase, fraction=event.fraction))
+    return pb.AttributeResponse(key=key, result=result_to_pb(event.sections, event.source, output))
+
+
+def result_to_pb(sections: dict[str, bytes], source: str, output: int) -> pb.AttributionResult:
+    result = pb.AttributionResult(source=source)
+    if output in (pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_PROTO):
+        result.graph.MergeFrom(graph_pb2.Graph.FromString(sections[GRAPH_PROTO]))
+    if output in (pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_JSON):
+        result.frontend_json = sections[GRAPH_JSON]
+    return result
