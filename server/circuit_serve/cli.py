@@ -11,6 +11,7 @@ _COMMANDS = {
     "serve": "serve",
     "demo-model": "demo_model",
     "attribute": "attribute",
+    "train-demo": "train_demo",
 }
 
 

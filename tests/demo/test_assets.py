@@ -1,0 +1,76 @@
+"""The committed demo assets: the manifest's gates, file hashes, size, and that they load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from circuit_serve.demo.pipeline import ASSETS, file_hashes
+
+MANIFEST = ASSETS / "manifest.json"
+pytestmark = pytest.mark.skipif(not MANIFEST.exists(), reason="demo assets not committed yet")
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads(MANIFEST.read_text())
+
+
+def test_accuracy_gates(manifest):
+    assert manifest["heldout_sentence_accuracy"] >= 0.95
+    assert manifest["heldout_template_accuracy"] >= 0.85
+    assert 0.0 <= manifest["far_template_accuracy"] <= 1.0  # reported, not gated
+
+
+def test_transcoder_gates(manifest):
+    n_layers = json.loads((ASSETS / "model" / "config.json").read_text())["num_hidden_layers"]
+    assert len(manifest["transcoder_fvu"]) == len(manifest["transcoder_l0"]) == n_layers
+    assert all(f <= 0.05 for f in manifest["transcoder_fvu"])
+    assert all(0 < n <= 16 for n in manifest["transcoder_l0"])
+
+
+def test_circuit_keys_present(manifest):
+    for key in ("circuit_recovery_rate", "ablation_dependence_rate", "ablation_control_rate"):
+        assert key in manifest
+
+
+def test_files_match_their_hashes_and_fit_the_budget(manifest):
+    assert file_hashes(ASSETS) == manifest["files"]
+    total = sum((ASSETS / name).stat().st_size for name in manifest["files"]) + MANIFEST.stat().st_size
+    assert total <= 20 * 2**20
+
+
+def test_model_and_tokenizer_load_with_transformers():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ASSETS / "model"))
+    model = AutoModelForCausalLM.from_pretrained(str(ASSETS / "model"), dtype=torch.float32)
+    cfg = model.config
+    assert cfg.model_type == "llama" and cfg.tie_word_embeddings
+    assert cfg.hidden_size // cfg.num_attention_heads in (32, 64, 80, 96, 112, 128)  # vLLM CPU head sizes
+    ids = tok("The capital of").input_ids
+    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+
+
+def test_transcoders_are_in_the_on_disk_format():
+    tdir = ASSETS / "transcoders"
+    cfg = yaml.safe_load((tdir / "config.yaml").read_text())
+    assert cfg["model_kind"] == "transcoder_set"
+    assert (cfg["feature_input_hook"], cfg["feature_output_hook"]) == ("hook_resid_mid", "mlp.hook_out")
+    layers = sorted(tdir.glob("layer_*.safetensors"))
+    for path in layers:
+        t = load_file(str(path))
+        d_tc, d = t["W_enc"].shape
+        assert t["W_dec"].shape == (d_tc, d) and t["b_enc"].shape == (d_tc,) and t["b_dec"].shape == (d,)
+        assert (t["activation_function.threshold"] > 0).all()
+
+
+def test_labels_name_features_with_a_selectivity():
+    labels = json.loads((ASSETS / "labels.json").read_text())
+    assert labels and all(set(e) == {"layer", "index", "label", "selectivity"} for e in labels)
+    assert all(0.0 <= e["selectivity"] <= 1.0 for e in labels)
+    assert any(" of " in e["label"] and "->" in e["label"] for e in labels)  # fact features exist
