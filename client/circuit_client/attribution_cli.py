@@ -112,7 +112,10 @@ class _Progress:
             line = f"queued: position {event.position}"
         elif isinstance(event, Running):
             filled = int(event.fraction * 30)
-            line = f"{event.phase:<20} [{'#' * filled}{'.' * (30 - filled)}] {event.fraction:4.0%}"
+            if self.tty:
+                line = f"{event.phase:<20} [{'#' * filled}{'.' * (30 - filled)}] {event.fraction:4.0%}"
+            else:  # a log, not a bar: one line per phase quarter
+                line = f"{event.phase}: {int(event.fraction * 4) * 25}%"
         else:
             line = f"done ({event.source})"
         if line == self._last:
