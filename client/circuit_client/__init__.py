@@ -1,0 +1,36 @@
+"""circuit-serve's Python client: typed results, deadlines, retries on UNAVAILABLE.
+
+Needs only grpcio and protobuf (health checks also need grpcio-health-checking).
+"""
+
+from circuit_client.aio import AsyncCircuitClient
+from circuit_client.errors import CircuitRpcError
+from circuit_client.sync import CircuitClient
+from circuit_client.types import (
+    FinishReason,
+    Generation,
+    ModelInfo,
+    Sampling,
+    StreamChunk,
+    Tokenization,
+    TokenLogprob,
+    TopLogprob,
+    TranscoderSet,
+    Usage,
+)
+
+__all__ = [
+    "AsyncCircuitClient",
+    "CircuitClient",
+    "CircuitRpcError",
+    "FinishReason",
+    "Generation",
+    "ModelInfo",
+    "Sampling",
+    "StreamChunk",
+    "Tokenization",
+    "TokenLogprob",
+    "TopLogprob",
+    "TranscoderSet",
+    "Usage",
+]

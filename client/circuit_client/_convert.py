@@ -1,0 +1,100 @@
+"""Protobuf <-> the client's dataclasses."""
+
+from __future__ import annotations
+
+from circuit_client._pb.circuit.v1 import generation_pb2 as pb
+from circuit_client.types import (
+    FinishReason,
+    Generation,
+    ModelInfo,
+    Sampling,
+    StreamChunk,
+    Tokenization,
+    TokenLogprob,
+    TopLogprob,
+    TranscoderSet,
+    Usage,
+)
+
+_FINISH = {
+    pb.FINISH_REASON_UNSPECIFIED: FinishReason.UNSPECIFIED,
+    pb.FINISH_REASON_STOP: FinishReason.STOP,
+    pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
+    pb.FINISH_REASON_ABORT: FinishReason.ABORT,
+}
+
+
+def generate_request(
+    prompt: str | None, prompt_token_ids: list[int] | tuple[int, ...] | None, sampling: Sampling
+) -> pb.GenerateRequest:
+    s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
+    for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
+        value = getattr(sampling, name)
+        if value is not None:
+            setattr(s, name, value)
+    req = pb.GenerateRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), sampling=s)
+    if sampling.top_logprobs is not None:
+        req.top_logprobs = sampling.top_logprobs
+    return req
+
+
+def _usage(u: pb.Usage) -> Usage:
+    return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+
+
+def _logprobs(items) -> tuple[TokenLogprob, ...]:
+    return tuple(
+        TokenLogprob(
+            token_id=t.token_id,
+            logprob=t.logprob,
+            top=tuple(TopLogprob(token_id=x.token_id, token=x.token, logprob=x.logprob) for x in t.top),
+        )
+        for t in items
+    )
+
+
+def generation(msg: pb.GenerateResponse) -> Generation:
+    return Generation(
+        request_id=msg.request_id,
+        text=msg.text,
+        token_ids=tuple(msg.token_ids),
+        finish_reason=_FINISH[msg.finish_reason],
+        usage=_usage(msg.usage),
+        stop_sequence=msg.stop_sequence or None,
+        logprobs=_logprobs(msg.logprobs),
+    )
+
+
+def stream_chunk(msg: pb.GenerateStreamResponse) -> StreamChunk:
+    if msg.WhichOneof("event") == "end":
+        end = msg.end
+        return StreamChunk(
+            request_id=msg.request_id,
+            finish_reason=_FINISH[end.finish_reason],
+            stop_sequence=end.stop_sequence or None,
+            usage=_usage(end.usage),
+        )
+    d = msg.delta
+    return StreamChunk(
+        request_id=msg.request_id, text=d.text, token_ids=tuple(d.token_ids), logprobs=_logprobs(d.logprobs)
+    )
+
+
+def tokenization(msg: pb.TokenizeResponse) -> Tokenization:
+    return Tokenization(token_ids=tuple(msg.token_ids), tokens=tuple(msg.tokens))
+
+
+def model_info(msg: pb.ModelInfoResponse) -> ModelInfo:
+    tc = msg.transcoders if msg.HasField("transcoders") else None
+    return ModelInfo(
+        model_name=msg.model_name,
+        model_path=msg.model_path,
+        architecture=msg.architecture,
+        max_model_len=msg.max_model_len,
+        vocab_size=msg.vocab_size,
+        dtype=msg.dtype,
+        server_version=msg.server_version,
+        max_new_tokens_limit=msg.max_new_tokens_limit,
+        max_top_logprobs=msg.max_top_logprobs,
+        transcoders=TranscoderSet(tc.name, tc.path, tc.kind, tc.num_layers, tc.features_per_layer) if tc else None,
+    )

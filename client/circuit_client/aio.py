@@ -1,0 +1,101 @@
+"""asyncio client: the same calls as `CircuitClient`, awaitable.
+
+    async with AsyncCircuitClient("localhost:50051") as client:
+        async for chunk in client.stream("Once upon a time", Sampling(max_new_tokens=32)):
+            print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from circuit_client import _convert
+from circuit_client._channel import DEFAULT_TIMEOUT_S, channel_options, health_messages
+from circuit_client._pb.circuit.v1 import generation_pb2 as pb
+from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
+from circuit_client.errors import CircuitRpcError
+from circuit_client.types import Generation, ModelInfo, Sampling, StreamChunk, Tokenization
+
+
+class AsyncCircuitClient:
+    def __init__(self, target: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(retries))
+        self._generation = pb_grpc.GenerationStub(self.channel)
+
+    async def __aenter__(self) -> AsyncCircuitClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout
+
+    async def generate(
+        self,
+        prompt: str | None = None,
+        sampling: Sampling | None = None,
+        *,
+        prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        timeout: float | None = None,
+    ) -> Generation:
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling())
+        try:
+            return _convert.generation(await self._generation.Generate(req, timeout=self._deadline(timeout)))
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+
+    async def stream(
+        self,
+        prompt: str | None = None,
+        sampling: Sampling | None = None,
+        *,
+        prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StreamChunk]:
+        """Chunks as they are generated; leaving early (break, aclose, cancel) cancels the call."""
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling())
+        call = self._generation.GenerateStream(req, timeout=self._deadline(timeout))
+        try:
+            async for msg in call:
+                yield _convert.stream_chunk(msg)
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def tokenize(
+        self, text: str, *, add_special_tokens: bool = True, timeout: float | None = None
+    ) -> Tokenization:
+        req = pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens)
+        try:
+            return _convert.tokenization(await self._generation.Tokenize(req, timeout=self._deadline(timeout)))
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+
+    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        try:
+            msg = await self._generation.ModelInfo(pb.ModelInfoRequest(), timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        return _convert.model_info(msg)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        health_pb2 = health_messages()
+        check = self.channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            resp = await check(health_pb2.HealthCheckRequest(service=service), timeout=self._deadline(timeout))
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

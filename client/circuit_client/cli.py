@@ -1,0 +1,106 @@
+"""`circuit`: call a circuit-serve server from the terminal.
+
+    circuit generate "The capital of France is" --max-new-tokens 16 --temperature 0
+    circuit tokenize "Hello world"
+    circuit info
+    circuit health            # exit status 0 only when SERVING (used by the Docker HEALTHCHECK)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from circuit_client.errors import CircuitRpcError
+from circuit_client.sync import CircuitClient
+from circuit_client.types import Sampling
+
+DEFAULT_TARGET = "localhost:50051"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="circuit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--target", default=DEFAULT_TARGET, help="server host:port (default %(default)s)")
+        p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+        return p
+
+    g = add("generate", "stream a completion to the terminal")
+    g.add_argument("prompt")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    g.add_argument("--usage", action="store_true", help="print request id, finish reason and token counts")
+
+    t = add("tokenize", "show how the served tokenizer splits a text")
+    t.add_argument("text")
+    t.add_argument("--no-special-tokens", action="store_true")
+
+    add("info", "describe the served model")
+
+    h = add("health", "print the health status; exit 0 only when SERVING")
+    h.add_argument("--service", default="", help="a service name (default: the whole server)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    retries = 0 if args.command == "health" else 3
+    with CircuitClient(args.target, timeout=args.timeout, retries=retries) as client:
+        try:
+            return _COMMANDS[args.command](client, args)
+        except CircuitRpcError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+
+
+def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+    for chunk in client.stream(args.prompt, sampling):
+        if chunk.text:
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+        if chunk.finished:
+            sys.stdout.write("\n")
+            if args.usage and chunk.usage:
+                print(f"[{chunk.request_id}] finish={chunk.finish_reason} prompt_tokens={chunk.usage.prompt_tokens} "
+                      f"completion_tokens={chunk.usage.completion_tokens}", file=sys.stderr)
+    return 0
+
+
+def _tokenize(client: CircuitClient, args: argparse.Namespace) -> int:
+    result = client.tokenize(args.text, add_special_tokens=not args.no_special_tokens)
+    for token_id, token in zip(result.token_ids, result.tokens, strict=True):
+        print(f"{token_id}\t{token!r}")
+    return 0
+
+
+def _info(client: CircuitClient, args: argparse.Namespace) -> int:
+    print(json.dumps(asdict(client.model_info()), indent=2))
+    return 0
+
+
+def _health(client: CircuitClient, args: argparse.Namespace) -> int:
+    try:
+        status = client.health(args.service)
+    except CircuitRpcError as err:
+        print(f"UNREACHABLE ({err.code.name})")
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+_COMMANDS = {"generate": _generate, "tokenize": _tokenize, "info": _info, "health": _health}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Results as plain Python objects (no protobuf)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FinishReason(enum.StrEnum):
+    UNSPECIFIED = "unspecified"
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_new_tokens or the model's maximum length
+    ABORT = "abort"  # aborted by the server
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation parameters; None leaves the server's default (16 tokens, temperature 1, top_p 1)."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None  # 0 = greedy
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    top_logprobs: int | None = None  # return per-token logprobs with this many alternatives
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generation:
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    usage: Usage
+    stop_sequence: str | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """New tokens; the last chunk of a stream has no tokens and carries finish reason and usage."""
+
+    request_id: str
+    text: str = ""
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None
+    usage: Usage | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    token_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TranscoderSet:
+    name: str
+    path: str
+    kind: str
+    num_layers: int
+    features_per_layer: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_name: str
+    model_path: str
+    architecture: str
+    max_model_len: int
+    vocab_size: int
+    dtype: str
+    server_version: str
+    max_new_tokens_limit: int
+    max_top_logprobs: int
+    transcoders: TranscoderSet | None = None

@@ -1,0 +1,153 @@
+"""Assemble and run the server: runtime (engines + metrics), gRPC services, health, shutdown.
+
+    runtime = Runtime.create(config)              # registry, metrics, engines (not loaded yet)
+    server, port, health = await build_server("127.0.0.1:0", runtime)
+    await runtime.start()                         # load the model; then mark SERVING
+    await mark_serving(health, runtime.service_names)
+
+`serve(config)` does all of that, serves /metrics, and on SIGTERM/SIGINT stops
+accepting calls, gives in-flight calls `grace_period_s`, then shuts the engine down.
+
+Adding a service: write `add_to_server(runtime, server) -> full_service_name` next to
+its servicer in `circuit_serve.rpc` and append it to `SERVICES` below. Put what it
+needs (an engine, a cache, its metrics object) on `Runtime`, built in `Runtime.create`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from circuit_serve.config.serve import ServeConfig
+from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.metrics import CollectorRegistry, new_registry
+from circuit_serve.metrics.exporter import start_metrics_server
+from circuit_serve.metrics.generation import GenerationMetrics
+from circuit_serve.metrics.rpc import RpcMetrics
+from circuit_serve.rpc import generation_servicer
+from circuit_serve.rpc.interceptors import ServingInterceptor
+
+log = logging.getLogger(__name__)
+
+_SERVER_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a taken port is an error, not a silently shared one
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+]
+
+
+@dataclass
+class Runtime:
+    """Everything loaded once at start-up and shared by the servicers."""
+
+    config: ServeConfig
+    registry: CollectorRegistry
+    rpc_metrics: RpcMetrics
+    generation: GenerationEngine
+    generation_metrics: GenerationMetrics
+    service_names: list[str] = field(default_factory=list)  # filled by build_server
+
+    @classmethod
+    def create(cls, config: ServeConfig, registry: CollectorRegistry | None = None) -> Runtime:
+        registry = registry or new_registry()
+        generation_metrics = GenerationMetrics(registry)
+        engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step)
+        generation_metrics.track_load(engine.load)
+        return cls(
+            config=config,
+            registry=registry,
+            rpc_metrics=RpcMetrics(registry),
+            generation=engine,
+            generation_metrics=generation_metrics,
+        )
+
+    async def start(self) -> None:
+        """Load the model(s). Calls made before this finishes get UNAVAILABLE."""
+        await self.generation.start()
+
+    def shutdown(self) -> None:
+        self.generation.shutdown()
+
+
+# Each entry registers one servicer on the server and returns its full service name.
+ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
+
+SERVICES: list[ServiceRegistration] = [
+    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server),
+]
+
+
+async def build_server(
+    address: str, runtime: Runtime, *, services: list[ServiceRegistration] | None = None
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """A started grpc.aio server on `address` ("host:0" picks a free port): the services,
+    health (NOT_SERVING until `mark_serving`) and reflection. Returns (server, port, health)."""
+    server = grpc.aio.server(interceptors=[ServingInterceptor(runtime.rpc_metrics)], options=_SERVER_OPTIONS)
+    names = [register(runtime, server) for register in (SERVICES if services is None else services)]
+    runtime.service_names = names
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
+
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    await server.start()
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, names: list[str]) -> None:
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(config: ServeConfig) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit status."""
+    runtime = Runtime.create(config)
+    metrics_server = None
+    if config.metrics_port:
+        metrics_server = start_metrics_server(runtime.registry, host=config.metrics_host, port=config.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_server.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    server, port, health_servicer = await build_server(config.address, runtime)
+    log.info("gRPC listening on %s:%d (NOT_SERVING until the model is loaded)", config.host, port)
+    try:
+        loading = asyncio.create_task(runtime.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()  # raise a load failure
+            await mark_serving(health_servicer, runtime.service_names)
+            log.info("SERVING %s", ", ".join(runtime.service_names))
+            await stopping
+        else:
+            loading.cancel()
+        log.info("shutting down: no new calls; in-flight calls get %.1fs", config.grace_period_s)
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace_period_s)
+        runtime.shutdown()
+        if metrics_server is not None:
+            metrics_server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        log.info("stopped")
+    return 0

@@ -1,0 +1,24 @@
+"""`circuit-serve serve`: the gRPC server (generation + health + reflection) and /metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+from circuit_serve.config.serve import ServeConfig
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="serve a model over gRPC", description=__doc__)
+    ServeConfig.add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from circuit_serve.app import serve
+
+    config = ServeConfig.from_args(args)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(config))

@@ -1,0 +1,100 @@
+"""Plain data the generation engine takes and returns (no protobuf, no vLLM types)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_new_tokens or the model's maximum length
+    ABORT = "abort"  # aborted (caller went away, or shutdown)
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_new_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    top_logprobs: int | None = None  # None: no logprobs; n: chosen token + n alternatives
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Exactly one of `prompt` and `prompt_token_ids` is set."""
+
+    prompt: str | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()  # (token_id, token, logprob), most likely first
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One step of a stream: new tokens, and on the last chunk the finish reason and usage."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    finish_reason: FinishReason | None = None  # set on the last chunk only
+    stop_sequence: str | None = None
+    usage: Usage | None = None  # set on the last chunk only
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    usage: Usage
+    stop_sequence: str | None = None
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    """What was served under a request id; handed to finish listeners (auditing, monitoring)."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    text: str
+    finish_reason: FinishReason
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    running: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    path: str
+    architecture: str
+    max_model_len: int
+    vocab_size: int
+    dtype: str
+    max_new_tokens_limit: int
+    max_top_logprobs: int

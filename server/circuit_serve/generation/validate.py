@@ -1,0 +1,70 @@
+"""Request checks: every rejection names the field and the allowed range."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from circuit_serve.errors import InvalidRequest
+from circuit_serve.generation.types import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Limits:
+    vocab_size: int
+    max_model_len: int
+    max_new_tokens_limit: int
+    max_top_logprobs: int
+
+
+def check_request(request: GenerationRequest, limits: Limits) -> None:
+    """Checks that need no tokenizer; raises InvalidRequest."""
+    has_text = bool(request.prompt)
+    has_ids = bool(request.prompt_token_ids)
+    if has_text and has_ids:
+        raise InvalidRequest("set either prompt or prompt_token_ids, not both", field="prompt")
+    if not has_text and not has_ids:
+        raise InvalidRequest(
+            "is empty; set prompt to non-empty text or prompt_token_ids to 1 or more token ids",
+            field="prompt",
+        )
+    if has_ids:
+        bad = [t for t in request.prompt_token_ids or () if not 0 <= t < limits.vocab_size]
+        if bad:
+            raise InvalidRequest(
+                f"unknown token id {bad[0]}; ids must be in [0, {limits.vocab_size - 1}]",
+                field="prompt_token_ids",
+            )
+
+    s = request.sampling
+    if not 1 <= s.max_new_tokens <= limits.max_new_tokens_limit:
+        raise InvalidRequest(
+            f"is {s.max_new_tokens}; allowed range is [1, {limits.max_new_tokens_limit}]",
+            field="sampling.max_new_tokens",
+        )
+    if not (math.isfinite(s.temperature) and s.temperature >= 0):
+        raise InvalidRequest(f"is {s.temperature}; must be >= 0 (0 = greedy)", field="sampling.temperature")
+    if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
+        raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="sampling.top_p")
+    if not 0 <= s.top_k <= limits.vocab_size:
+        raise InvalidRequest(
+            f"is {s.top_k}; allowed range is [0, {limits.vocab_size}] (0 disables top-k)",
+            field="sampling.top_k",
+        )
+    if any(not stop for stop in s.stop):
+        raise InvalidRequest("contains an empty string; every stop sequence must be non-empty", field="sampling.stop")
+    if s.top_logprobs is not None and not 0 <= s.top_logprobs <= limits.max_top_logprobs:
+        raise InvalidRequest(
+            f"is {s.top_logprobs}; allowed range is [0, {limits.max_top_logprobs}]", field="top_logprobs"
+        )
+
+
+def check_prompt_length(num_tokens: int, limits: Limits, *, field: str) -> None:
+    """The prompt must leave room for at least one generated token."""
+    longest = limits.max_model_len - 1
+    if num_tokens > longest:
+        raise InvalidRequest(
+            f"is {num_tokens} tokens; allowed range is [1, {longest}] tokens "
+            f"(max_model_len {limits.max_model_len} minus at least one generated token)",
+            field=field,
+        )

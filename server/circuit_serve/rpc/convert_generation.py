@@ -1,0 +1,97 @@
+"""Protobuf <-> domain objects for the Generation service (the only place that knows both)."""
+
+from __future__ import annotations
+
+from circuit_client._pb.circuit.v1 import generation_pb2 as pb
+from circuit_serve.generation.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationResult,
+    ModelDescription,
+    SamplingOptions,
+    TokenLogprobs,
+    Usage,
+)
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+}
+
+
+def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
+    s = msg.sampling
+    defaults = SamplingOptions()
+    sampling = SamplingOptions(
+        max_new_tokens=s.max_new_tokens if s.HasField("max_new_tokens") else defaults.max_new_tokens,
+        temperature=s.temperature if s.HasField("temperature") else defaults.temperature,
+        top_p=s.top_p if s.HasField("top_p") else defaults.top_p,
+        top_k=s.top_k if s.HasField("top_k") else defaults.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+        ignore_eos=s.ignore_eos,
+        top_logprobs=msg.top_logprobs if msg.HasField("top_logprobs") else None,
+    )
+    return GenerationRequest(
+        prompt=msg.prompt or None,
+        prompt_token_ids=tuple(msg.prompt_token_ids) or None,
+        sampling=sampling,
+    )
+
+
+def _usage(u: Usage) -> pb.Usage:
+    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+
+
+def _logprobs(items: tuple[TokenLogprobs, ...]) -> list[pb.TokenLogprobs]:
+    return [
+        pb.TokenLogprobs(
+            token_id=t.token_id,
+            logprob=t.logprob,
+            top=[pb.TopLogprob(token_id=tid, token=tok, logprob=lp) for tid, tok, lp in t.top],
+        )
+        for t in items
+    ]
+
+
+def result_to_pb(r: GenerationResult) -> pb.GenerateResponse:
+    return pb.GenerateResponse(
+        request_id=r.request_id,
+        text=r.text,
+        token_ids=r.token_ids,
+        finish_reason=_FINISH[r.finish_reason],
+        stop_sequence=r.stop_sequence or "",
+        usage=_usage(r.usage),
+        logprobs=_logprobs(r.logprobs),
+    )
+
+
+def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
+    """A chunk becomes a delta message (if it has tokens) and, on the last chunk, an end message."""
+    out = []
+    if c.token_ids or c.text:
+        delta = pb.TokenDelta(text=c.text, token_ids=c.token_ids, logprobs=_logprobs(c.logprobs))
+        out.append(pb.GenerateStreamResponse(request_id=c.request_id, delta=delta))
+    if c.finish_reason is not None:
+        assert c.usage is not None
+        end = pb.GenerationEnd(
+            finish_reason=_FINISH[c.finish_reason], stop_sequence=c.stop_sequence or "", usage=_usage(c.usage)
+        )
+        out.append(pb.GenerateStreamResponse(request_id=c.request_id, end=end))
+    return out
+
+
+def model_info_to_pb(d: ModelDescription, *, server_version: str) -> pb.ModelInfoResponse:
+    return pb.ModelInfoResponse(
+        model_name=d.name,
+        model_path=d.path,
+        architecture=d.architecture,
+        max_model_len=d.max_model_len,
+        vocab_size=d.vocab_size,
+        dtype=d.dtype,
+        server_version=server_version,
+        max_new_tokens_limit=d.max_new_tokens_limit,
+        max_top_logprobs=d.max_top_logprobs,
+    )

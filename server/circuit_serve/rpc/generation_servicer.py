@@ -1,0 +1,45 @@
+"""circuit.v1.Generation: convert, await the generation engine, convert back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from circuit_client._pb.circuit.v1 import generation_pb2 as pb
+from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
+from circuit_serve import __version__
+from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.rpc import convert_generation as convert
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
+
+
+class GenerationServicer(pb_grpc.GenerationServicer):
+    def __init__(self, engine: GenerationEngine) -> None:
+        self._engine = engine
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
+        result = await self._engine.generate(convert.request_from_pb(request))
+        return convert.result_to_pb(result)
+
+    async def GenerateStream(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        async for chunk in self._engine.stream(convert.request_from_pb(request)):
+            for message in convert.chunk_to_pb(chunk):
+                yield message
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
+        ids, tokens = self._engine.tokenize(request.text, add_special_tokens=add_special)
+        return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
+
+    async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
+        return convert.model_info_to_pb(self._engine.describe(), server_version=__version__)
+
+
+def add_to_server(engine: GenerationEngine, server: grpc.aio.Server) -> str:
+    """Register the servicer; return its full service name (for health and reflection)."""
+    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine), server)
+    return SERVICE_NAME

@@ -1,0 +1,166 @@
+"""Shared fixtures: free ports, the demo model (built once), and a real server process.
+
+    def test_x(server):                 # one `circuit-serve serve` for the whole session
+        with CircuitClient(server.target) as client: ...
+        server.metrics()                # the /metrics text
+
+    def test_y(launch_server, demo_model_dir):   # a server with other flags
+        srv = launch_server("--max-new-tokens-limit", "8")
+
+Servers run the real CLI (`python -m circuit_serve.cli serve`) with real vLLM on
+127.0.0.1, float32, max_model_len 512, eager mode and a 1 GiB KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MAX_MODEL_LEN = 512
+MAX_NEW_TOKENS_LIMIT = 256
+STARTUP_TIMEOUT_S = 240.0
+
+# vLLM settings for these small CPU machines; a GPU run overrides nothing it needs.
+TEST_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model (Llama variant), built once per session."""
+    from circuit_serve.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("demo-model") / "llama", arch="llama", seed=0)
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:
+            return resp.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample (`circuit_x_total`, `circuit_y_count`, ...); 0.0 when absent."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            key, _, value = line.rpartition(" ")
+            sample, _, label_text = key.partition("{")
+            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if sample == name and got == want:
+                return float(value)
+        return 0.0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, then wait; SIGKILL if it does not exit. Returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def start_server(model_dir: Path, log_path: Path, *extra_args: str) -> ServerProcess:
+    """Start `circuit-serve serve` on free ports and wait until health says SERVING."""
+    from circuit_client import CircuitClient, CircuitRpcError
+
+    port, metrics_port = free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "circuit_serve.cli", "serve",
+        "--model", str(model_dir),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
+        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
+        "--kv-cache-gib", "1", "--max-new-tokens-limit", str(MAX_NEW_TOKENS_LIMIT),
+        "--grace-period", "5",
+        *extra_args,
+    ]
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **TEST_ENV}, start_new_session=True
+    )
+    server = ServerProcess(process, port, metrics_port, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with CircuitClient(server.target, timeout=2, retries=0) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
+            try:
+                if client.health() == "SERVING":
+                    return server
+            except CircuitRpcError:
+                pass
+            if time.monotonic() > deadline:
+                server.stop()
+                raise TimeoutError(f"server not SERVING after {STARTUP_TIMEOUT_S}s:\n{server.log()[-4000:]}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def launch_server(
+    demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: `launch_server(*extra_cli_args, model_dir=None)`; every server is stopped at session end."""
+    started: list[ServerProcess] = []
+
+    def launch(*extra_args: str, model_dir: Path | None = None) -> ServerProcess:
+        log_path = tmp_path_factory.mktemp("server") / "server.log"
+        server = start_server(model_dir or demo_model_dir, log_path, *extra_args)
+        started.append(server)
+        return server
+
+    yield launch
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(launch_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """One real server on the demo model for the whole session."""
+    return launch_server()

@@ -1,0 +1,63 @@
+"""Health, reflection and metrics: what generic tools see."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from circuit_client import CircuitClient, Sampling
+
+
+def test_health_serving(server):
+    with CircuitClient(server.target) as client:
+        assert client.health() == "SERVING"
+        assert client.health("circuit.v1.Generation") == "SERVING"
+
+
+def test_reflection_lists_and_describes_generation(server):
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="circuit.v1.Generation"),
+        ]
+        listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=10))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"circuit.v1.Generation", "grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # a generic client can build stubs
+
+
+def test_metrics_move_after_calls(server):
+    gen = dict(method="circuit.v1.Generation/Generate", code="OK")
+    names = [
+        "circuit_prompt_tokens_total",
+        "circuit_generation_tokens_total",
+        "circuit_time_to_first_token_seconds_count",
+        "circuit_inter_token_latency_seconds_count",
+        "circuit_e2e_request_latency_seconds_count",
+        "circuit_request_queue_time_seconds_count",
+        "circuit_request_prefill_time_seconds_count",
+        "circuit_request_decode_time_seconds_count",
+    ]
+    before = {n: server.metric(n) for n in names}
+    finished_before = server.metric("circuit_request_success_total", finished_reason="length")
+    rpc_before = server.metric("circuit_rpc_requests_total", **gen)
+    rpc_hist_before = server.metric("circuit_rpc_duration_seconds_count", **gen)
+
+    with CircuitClient(server.target) as client:
+        client.generate("The capital of France is", Sampling(max_new_tokens=5, temperature=0, ignore_eos=True))
+
+    after = {n: server.metric(n) for n in names}
+    assert after["circuit_prompt_tokens_total"] >= before["circuit_prompt_tokens_total"] + 1
+    assert after["circuit_generation_tokens_total"] == before["circuit_generation_tokens_total"] + 5
+    assert after["circuit_inter_token_latency_seconds_count"] == before["circuit_inter_token_latency_seconds_count"] + 4
+    for name in names[2:]:
+        if name != "circuit_inter_token_latency_seconds_count":
+            assert after[name] == before[name] + 1, name
+    assert server.metric("circuit_request_success_total", finished_reason="length") == finished_before + 1
+    assert server.metric("circuit_rpc_requests_total", **gen) == rpc_before + 1
+    assert server.metric("circuit_rpc_duration_seconds_count", **gen) == rpc_hist_before + 1
+    text = server.metrics()
+    for family in ("circuit_num_requests_running", "circuit_num_requests_waiting",
+                   "circuit_rpc_duration_seconds_bucket", "circuit_time_to_first_token_seconds_bucket"):
+        assert family in text

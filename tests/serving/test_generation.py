@@ -1,0 +1,164 @@
+"""Generation against a real server (real vLLM, demo model, float32) over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from circuit_client import AsyncCircuitClient, CircuitClient, FinishReason, Sampling
+
+PROMPTS = [
+    "The capital of France is",
+    "One, two, three,",
+    "A transcoder reads the input of",
+    "Michael Jordan played",
+]
+GREEDY = Sampling(max_new_tokens=16, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with CircuitClient(server.target, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def hf_greedy(demo_model_dir):
+    """Greedy token ids from Hugging Face transformers in float32, per prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(demo_model_dir, dtype=torch.float32).eval()
+    out = {}
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            gen = model.generate(ids, do_sample=False, max_new_tokens=GREEDY.max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+            new = gen[0, ids.shape[1]:].tolist()
+            if tokenizer.eos_token_id in new:  # both stop at (and include) the first EOS
+                new = new[: new.index(tokenizer.eos_token_id) + 1]
+            out[prompt] = (ids[0].tolist(), new)
+    return out
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_matches_transformers(client, hf_greedy, prompt):
+    prompt_ids, expected = hf_greedy[prompt]
+    result = client.generate(prompt, GREEDY)
+    assert list(result.token_ids) == expected
+    assert result.usage.prompt_tokens == len(prompt_ids)
+    assert result.usage.completion_tokens == len(expected)
+    assert result.request_id.startswith("gen-")
+    # the same prompt given as token ids gives the same completion
+    by_ids = client.generate(prompt_token_ids=prompt_ids, sampling=GREEDY)
+    assert by_ids.token_ids == result.token_ids
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:2])
+def test_stream_deltas_concatenate_to_unary_result(client, prompt):
+    unary = client.generate(prompt, GREEDY)
+    chunks = list(client.stream(prompt, GREEDY))
+    *deltas, end = chunks
+    assert end.finished and not any(c.finished for c in deltas)
+    assert "".join(c.text for c in deltas) == unary.text
+    assert tuple(t for c in deltas for t in c.token_ids) == unary.token_ids
+    assert end.finish_reason == unary.finish_reason
+    assert end.usage == unary.usage
+    assert len({c.request_id for c in chunks}) == 1 and chunks[0].request_id != unary.request_id
+
+
+def test_sampling_is_reproducible_with_a_seed(client):
+    sampling = Sampling(max_new_tokens=12, temperature=1.0, top_p=0.9, top_k=50, seed=1234)
+    a = client.generate(PROMPTS[0], sampling)
+    b = client.generate(PROMPTS[0], sampling)
+    assert a.token_ids == b.token_ids
+
+
+def test_logprobs_top_n(client):
+    result = client.generate(PROMPTS[0], Sampling(max_new_tokens=4, temperature=0.0, top_logprobs=3))
+    assert len(result.logprobs) == 4
+    for token_id, lp in zip(result.token_ids, result.logprobs, strict=True):
+        assert lp.token_id == token_id
+        assert len(lp.top) == 3
+        assert lp.top[0].token_id == token_id  # greedy: the chosen token is the most likely
+        assert lp.top[0].logprob >= lp.top[1].logprob >= lp.top[2].logprob
+        assert lp.logprob == pytest.approx(lp.top[0].logprob)
+
+
+def test_stop_sequence_ends_generation(client):
+    free = client.generate(PROMPTS[1], GREEDY)
+    stop = free.text[3:6]
+    if not stop.strip() or "\ufffd" in stop:
+        pytest.skip("greedy text has no usable stop string")
+    stopped = client.generate(PROMPTS[1], Sampling(max_new_tokens=16, temperature=0.0, stop=(stop,)))
+    assert stopped.finish_reason == FinishReason.STOP
+    assert stopped.stop_sequence == stop
+    assert stop not in stopped.text and free.text.startswith(stopped.text)
+
+
+def test_sixteen_concurrent_streams_complete(server):
+    n, tokens = 16, 24
+
+    async def one(client: AsyncCircuitClient, i: int) -> tuple[int, FinishReason | None]:
+        count, finish = 0, None
+        sampling = Sampling(max_new_tokens=tokens, temperature=0.8, seed=i, ignore_eos=True)
+        async for chunk in client.stream(f"{PROMPTS[i % len(PROMPTS)]} {i}", sampling):
+            count += len(chunk.token_ids)
+            finish = chunk.finish_reason or finish
+        return count, finish
+
+    async def main():
+        async with AsyncCircuitClient(server.target, timeout=300) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(n)))
+
+    results = asyncio.run(main())
+    assert results == [(tokens, FinishReason.LENGTH)] * n
+
+
+def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_cancelled_stream_stops_generating(server, client):
+    cancelled_before = server.metric("circuit_rpc_requests_total",
+                                     method="circuit.v1.Generation/GenerateStream", code="CANCELLED")
+    stream = client.stream(PROMPTS[0], Sampling(max_new_tokens=256, ignore_eos=True))
+    next(stream)
+    next(stream)
+    assert server.metric("circuit_num_requests_running") == 1
+    stream.close()  # cancels the call
+
+    assert _wait_for(lambda: server.metric("circuit_num_requests_running") == 0)
+    assert server.metric("circuit_num_requests_waiting") == 0
+    generated = server.metric("circuit_generation_tokens_total")
+    time.sleep(1.0)
+    assert server.metric("circuit_generation_tokens_total") == generated  # nothing generates for nobody
+    assert _wait_for(lambda: server.metric(
+        "circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED"
+    ) == cancelled_before + 1)
+    assert client.generate(PROMPTS[0], GREEDY).finish_reason == FinishReason.LENGTH
+
+
+def test_tokenize_and_model_info(client, demo_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    tok = client.tokenize(PROMPTS[0])
+    assert list(tok.token_ids) == tokenizer(PROMPTS[0]).input_ids
+    assert tok.tokens == tuple(tokenizer.convert_ids_to_tokens(list(tok.token_ids)))
+    assert client.tokenize(PROMPTS[0], add_special_tokens=False).token_ids == tok.token_ids[1:]
+
+    info = client.model_info()
+    assert info.architecture == "LlamaForCausalLM"
+    assert info.max_model_len == 512 and info.vocab_size == len(tokenizer)
+    assert info.dtype == "float32" and info.max_new_tokens_limit == 256
+    assert info.server_version and info.model_path == str(demo_model_dir)

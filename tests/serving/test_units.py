@@ -1,0 +1,94 @@
+"""Server pieces that need no model: the error map, request checks, config parsing."""
+
+from __future__ import annotations
+
+import argparse
+
+import grpc
+import pytest
+
+from circuit_serve import errors
+from circuit_serve.config.serve import ServeConfig
+from circuit_serve.generation.types import GenerationRequest, SamplingOptions
+from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
+from circuit_serve.rpc.status import status_for
+
+LIMITS = Limits(vocab_size=100, max_model_len=64, max_new_tokens_limit=32, max_top_logprobs=5)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.InvalidRequest("x", field="f"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.NotFound("x"), grpc.StatusCode.NOT_FOUND),
+        (errors.CapacityExceeded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.NotConfigured("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.BackendUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (errors.Cancelled("x"), grpc.StatusCode.CANCELLED),
+    ],
+)
+def test_every_domain_error_has_a_code(exc, code):
+    assert status_for(exc)[0] == code
+
+
+def test_subclass_maps_like_its_base():
+    class Mine(errors.NotFound):
+        pass
+
+    assert status_for(Mine("gone")) == (grpc.StatusCode.NOT_FOUND, "gone")
+
+
+def _req(prompt="hi", ids=None, **sampling):
+    return GenerationRequest(prompt=prompt, prompt_token_ids=ids, sampling=SamplingOptions(**sampling))
+
+
+@pytest.mark.parametrize(
+    ("request_", "field", "range_text"),
+    [
+        (_req(prompt=None), "prompt", "prompt_token_ids"),
+        (_req(prompt="a", ids=(1,)), "prompt", "not both"),
+        (_req(prompt=None, ids=(1, 100)), "prompt_token_ids", "[0, 99]"),
+        (_req(max_new_tokens=0), "sampling.max_new_tokens", "[1, 32]"),
+        (_req(max_new_tokens=33), "sampling.max_new_tokens", "[1, 32]"),
+        (_req(temperature=-0.5), "sampling.temperature", ">= 0"),
+        (_req(temperature=float("nan")), "sampling.temperature", ">= 0"),
+        (_req(top_p=0.0), "sampling.top_p", "(0, 1]"),
+        (_req(top_p=1.5), "sampling.top_p", "(0, 1]"),
+        (_req(top_k=101), "sampling.top_k", "[0, 100]"),
+        (_req(stop=("",)), "sampling.stop", "non-empty"),
+        (_req(top_logprobs=6), "top_logprobs", "[0, 5]"),
+    ],
+)
+def test_bad_requests_name_field_and_range(request_, field, range_text):
+    with pytest.raises(errors.InvalidRequest) as info:
+        check_request(request_, LIMITS)
+    assert info.value.field == field
+    assert str(info.value).startswith(field + ":")
+    assert range_text in str(info.value)
+
+
+def test_good_request_passes():
+    check_request(_req(max_new_tokens=32, temperature=0, top_p=1, top_k=100, top_logprobs=5), LIMITS)
+
+
+def test_prompt_must_leave_room_for_one_token():
+    check_prompt_length(63, LIMITS, field="prompt")
+    with pytest.raises(errors.InvalidRequest, match=r"prompt: is 64 tokens; allowed range is \[1, 63\]"):
+        check_prompt_length(64, LIMITS, field="prompt")
+
+
+def test_config_from_flags():
+    parser = argparse.ArgumentParser()
+    ServeConfig.add_arguments(parser)
+    args = parser.parse_args([
+        "--model", "/m", "--port", "1234", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+        "--kv-cache-gib", "1", "--engine-arg", "max_num_batched_tokens=2048", "--engine-arg", "tokenizer=/t",
+    ])
+    config = ServeConfig.from_args(args)
+    assert config.address == "0.0.0.0:1234"
+    kwargs = config.engine.engine_kwargs()
+    assert kwargs["model"] == "/m" and kwargs["dtype"] == "float32" and kwargs["max_model_len"] == 512
+    assert kwargs["enforce_eager"] is True and kwargs["kv_cache_memory_bytes"] == 1 << 30
+    assert kwargs["max_num_batched_tokens"] == 2048 and kwargs["tokenizer"] == "/t"
+    assert config.engine.model_name == "m"
