@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
@@ -18,9 +19,8 @@ from circuit_serve.features.types import Action, FeatureRef, TranscoderShape, Wa
 _FIELDS = {"name", "layer", "index", "threshold", "action"}
 
 
-def load_watchlist(path: Path, shape: TranscoderShape, labels: Labels | None = None) -> tuple[WatchedFeature, ...]:
-    """Read and validate a watchlist against the loaded transcoder set; labels attached when known."""
-    labels = labels or Labels()
+def read_watchlist(path: Path) -> tuple[WatchedFeature, ...]:
+    """Read a watchlist file (syntax and fields; no transcoders needed)."""
     watched: list[WatchedFeature] = []
     names: set[str] = set()
     for i, entry in enumerate(read_entries(path, key="watchlist")):
@@ -29,8 +29,6 @@ def load_watchlist(path: Path, shape: TranscoderShape, labels: Labels | None = N
         if name in names:
             raise r.error("name", f"{name!r} is used by an earlier entry; names must be unique")
         feature = FeatureRef(r.int("layer"), r.int("index"))
-        if (problem := shape.check(feature, where=r.where)) is not None:
-            raise FeatureFileError(problem)
         threshold = r.float("threshold")
         raw_action = r.str("action").lower()
         try:
@@ -38,7 +36,22 @@ def load_watchlist(path: Path, shape: TranscoderShape, labels: Labels | None = N
         except ValueError:
             raise r.error("action", f"is {raw_action!r}; must be one of record, flag, stop") from None
         names.add(name)
-        watched.append(WatchedFeature(name, feature, threshold, action, labels.get(feature)))
+        watched.append(WatchedFeature(name, feature, threshold, action))
     if not watched:
         raise FeatureFileError(f"{path}: the watchlist is empty; list at least one feature or leave --watchlist out")
     return tuple(watched)
+
+
+def check_watchlist(watched: tuple[WatchedFeature, ...], path: Path, shape: TranscoderShape,
+                    labels: Labels | None = None) -> tuple[WatchedFeature, ...]:
+    """Every watched feature exists in the loaded transcoder set; labels attached when known."""
+    labels = labels or Labels()
+    for i, w in enumerate(watched):
+        if (problem := shape.check(w.feature, where=f"{path}: entry {i} ({w.name!r})")) is not None:
+            raise FeatureFileError(problem)
+    return tuple(dataclasses.replace(w, label=labels.get(w.feature)) for w in watched)
+
+
+def load_watchlist(path: Path, shape: TranscoderShape, labels: Labels | None = None) -> tuple[WatchedFeature, ...]:
+    """Read and validate a watchlist against the loaded transcoder set; labels attached when known."""
+    return check_watchlist(read_watchlist(path), path, shape, labels)
