@@ -13,6 +13,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from circuit_client import attribution_cli
 from circuit_client.errors import CircuitRpcError
 from circuit_client.sync import CircuitClient
 from circuit_client.types import Sampling
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = add("health", "print the health status; exit 0 only when SERVING")
     h.add_argument("--service", default="", help="a service name (default: the whole server)")
+    _COMMANDS.update(attribution_cli.register(add))  # attribute, graph
     return parser
 
 

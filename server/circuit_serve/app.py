@@ -21,18 +21,24 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from circuit_serve.attribution import AttributionService
+from circuit_serve.attribution import build_service as build_attribution
+from circuit_serve.attribution.loading import start_attribution
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.metrics import CollectorRegistry, new_registry
 from circuit_serve.metrics.exporter import start_metrics_server
 from circuit_serve.metrics.generation import GenerationMetrics
 from circuit_serve.metrics.rpc import RpcMetrics
-from circuit_serve.rpc import generation_servicer
+from circuit_serve.rpc import attribution_servicer, generation_servicer
+from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
+from circuit_serve.rpc.convert_graph import serialize_graph
 from circuit_serve.rpc.interceptors import ServingInterceptor
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,8 @@ class Runtime:
     rpc_metrics: RpcMetrics
     generation: GenerationEngine
     generation_metrics: GenerationMetrics
+    attribution: AttributionService
+    replacement: Any = None  # tracing.ReplacementModel, loaded in start() when --transcoders is given
     service_names: list[str] = field(default_factory=list)  # filled by build_server
 
     @classmethod
@@ -61,19 +69,27 @@ class Runtime:
         generation_metrics = GenerationMetrics(registry)
         engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step)
         generation_metrics.track_load(engine.load)
+        attribution = build_attribution(config.attribution, registry, engine=None)  # engine set in start()
+        engine.add_finish_listener(lambda r: attribution.on_completion(r.request_id, r.prompt_token_ids, r.token_ids))
         return cls(
             config=config,
             registry=registry,
             rpc_metrics=RpcMetrics(registry),
             generation=engine,
             generation_metrics=generation_metrics,
+            attribution=attribution,
         )
 
     async def start(self) -> None:
         """Load the model(s). Calls made before this finishes get UNAVAILABLE."""
         await self.generation.start()
+        self.replacement = await start_attribution(
+            self.attribution, self.config.attribution, self.config.engine.model, serve_dtype=self.config.engine.dtype,
+            serialize=serialize_graph, graph_format=GRAPH_FORMAT,
+        )
 
     def shutdown(self) -> None:
+        self.attribution.shutdown()
         self.generation.shutdown()
 
 
@@ -82,6 +98,7 @@ ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
     lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server),
+    lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
 ]
 
 

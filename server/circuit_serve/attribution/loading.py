@@ -43,3 +43,16 @@ def load_replacement(config: AttributionConfig, model_dir: Path, *, serve_dtype:
 
 def make_engine(rm, *, serialize: GraphSerializer, graph_format: int) -> TracingEngine:
     return TracingEngine(rm, serialize=serialize, graph_format=graph_format)
+
+
+async def start_attribution(service, config: AttributionConfig, model_dir: Path, *, serve_dtype: str,
+                            serialize: GraphSerializer, graph_format: int):
+    """Load the replacement model off the event loop and hand it to `service`; returns it (the
+    features service shares it). Without `--transcoders` does nothing and returns None."""
+    import asyncio
+
+    if config.transcoders is None:
+        return None
+    rm = await asyncio.to_thread(load_replacement, config, model_dir, serve_dtype=serve_dtype)
+    service.engine = make_engine(rm, serialize=serialize, graph_format=graph_format)
+    return rm

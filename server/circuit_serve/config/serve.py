@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuit_serve.config.attribution import AttributionConfig
+
 _GIB = 1 << 30
 
 
@@ -72,6 +74,7 @@ class ServeConfig:
     metrics_port: int = 9090  # 0 disables the /metrics endpoint
     grace_period_s: float = 10.0  # in-flight calls get this long after SIGTERM/SIGINT
     log_level: str = "INFO"
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)  # --transcoders, --redis-url, ...
 
     @property
     def address(self) -> str:
@@ -110,6 +113,7 @@ class ServeConfig:
         e.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="any other vllm AsyncEngineArgs field; VALUE is JSON when it parses "
                             "(repeatable, e.g. --engine-arg max_num_batched_tokens=2048)")
+        AttributionConfig.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -136,6 +140,7 @@ class ServeConfig:
             metrics_port=args.metrics_port,
             grace_period_s=args.grace_period_s,
             log_level=args.log_level,
+            attribution=AttributionConfig.from_args(args),
         )
 
 
