@@ -10,6 +10,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_new_tokens or the model's maximum length
     ABORT = "abort"  # aborted (caller went away, or shutdown)
+    FEATURE_RULE = "feature_rule"  # a watchlist `stop` rule (circuit_serve.features) ended it
 
 
 @dataclass(frozen=True)

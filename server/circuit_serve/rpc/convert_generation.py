@@ -18,6 +18,7 @@ _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.ABORT: pb.FINISH_REASON_ABORT,
+    FinishReason.FEATURE_RULE: pb.FINISH_REASON_FEATURE_RULE,
 }
 
 
