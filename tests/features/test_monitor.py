@@ -118,7 +118,7 @@ def test_stop_rule_ends_the_stream_at_the_firing_token(per_chunk, interval):
     assert delivered == ids[:5]  # through the firing token (completion position 4), nothing after
     assert "".join(c.chunk.text for c in out) == decode(ids[:5])
     last = out[-1]
-    assert last.chunk.finish_reason == "feature_rule" and last.report.stopped_by == "b"
+    assert last.chunk.finish_reason is FinishReason.FEATURE_RULE and last.report.stopped_by == "b"
     assert last.chunk.usage == Usage(len(PROMPT), 5)
     assert last.report.features[1].completion_positions == (4,)
     assert all(len(c.chunk.token_ids) >= min(interval, 1) for c in out[:-1])

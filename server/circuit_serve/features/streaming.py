@@ -28,8 +28,6 @@ from circuit_serve.features.monitor import Monitor
 from circuit_serve.features.types import MonitorReport
 from circuit_serve.generation.types import FinishReason, GenerationChunk, GenerationResult, Usage
 
-# TODO(phase 2): FinishReason.FEATURE_RULE once generation.types has it
-_FEATURE_RULE: Any = getattr(FinishReason, "FEATURE_RULE", "feature_rule")
 Offload = Callable[..., Any]  # async (fn, *args) -> fn(*args), off the event loop
 
 
@@ -101,7 +99,7 @@ async def monitor_stream(
                 text=decode(completion[:keep])[len(released_text):],
                 token_ids=tuple(completion[released:keep]),
                 logprobs=group.logprobs[: keep - released],
-                finish_reason=_FEATURE_RULE,
+                finish_reason=FinishReason.FEATURE_RULE,
                 stop_sequence=None,
                 usage=Usage(n_prompt, keep),
             )
