@@ -9,6 +9,7 @@ import sys
 # subcommand name -> module under circuit_serve.commands
 _COMMANDS = {
     "serve": "serve",
+    "demo": "demo",
     "demo-model": "demo_model",
     "attribute": "attribute",
     "train-demo": "train_demo",

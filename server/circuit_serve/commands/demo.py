@@ -1,0 +1,108 @@
+"""`circuit-serve demo`: build the demo model if missing, serve it, call it, show metrics, stop.
+
+What the README's first command runs after installing. Everything is local: the
+model is built offline, the server listens on 127.0.0.1 on free ports.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path("demo/model")
+DEFAULT_PROMPT = "The capital of France is"
+
+# The /metrics samples the demo prints.
+SHOWN_METRICS = (
+    "circuit_request_success_total",
+    "circuit_prompt_tokens_total",
+    "circuit_generation_tokens_total",
+    "circuit_time_to_first_token_seconds_count",
+    "circuit_time_to_first_token_seconds_sum",
+    "circuit_e2e_request_latency_seconds_sum",
+    "circuit_num_requests_running",
+    "circuit_rpc_requests_total",
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="serve the demo model and call it once", description=__doc__)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                        help="model directory; the demo model is built there if missing (default %(default)s)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from circuit_client import CircuitClient, CircuitRpcError, Sampling
+
+    model_dir: Path = args.model
+    if not (model_dir / "config.json").exists():
+        from circuit_serve.demo import build_demo_model
+
+        print(f"building the demo model in {model_dir} ...", flush=True)
+        build_demo_model(model_dir)
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, metrics_port = free_port(), free_port()
+    log_path = model_dir.parent / "server.log"
+    cmd = [sys.executable, "-m", "circuit_serve.cli", "serve", "--model", str(model_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
+           "--metrics-port", str(metrics_port), "--dtype", "float32", "--max-model-len", "512",
+           "--enforce-eager", "--kv-cache-gib", "1"]
+    print(f"starting: circuit-serve serve --model {model_dir} --port {port} --metrics-port {metrics_port} "
+          f"(log: {log_path})", flush=True)
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        target = f"127.0.0.1:{port}"
+        with CircuitClient(target, timeout=120, retries=0) as client:
+            started = time.monotonic()
+            while True:
+                if server.poll() is not None:
+                    print(f"the server exited ({server.returncode}); see {log_path}", file=sys.stderr)
+                    return 1
+                try:
+                    if client.health() == "SERVING":
+                        break
+                except CircuitRpcError:
+                    pass
+                time.sleep(0.5)
+            print(f"SERVING after {time.monotonic() - started:.1f}s; model: {client.model_info().model_name}\n")
+
+            print(f"> {args.prompt}")
+            sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0)
+            for chunk in client.stream(args.prompt, sampling):
+                print(chunk.text, end="", flush=True)
+                if chunk.finished:
+                    print(f"\n\n[{chunk.request_id}] finish_reason={chunk.finish_reason} "
+                          f"prompt_tokens={chunk.usage.prompt_tokens} "
+                          f"completion_tokens={chunk.usage.completion_tokens}")
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        print(f"\nmetrics (http://127.0.0.1:{metrics_port}/metrics):")
+        for line in metrics.splitlines():
+            if line.startswith(SHOWN_METRICS) and not line.endswith(" 0.0"):
+                print(f"  {line}")
+        return 0
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
