@@ -202,3 +202,12 @@ def test_graph_node_ids_unique_with_layer0_collision_case(fixture_rm):
     ids = [n["node_id"] for n in js["nodes"]]
     assert len(ids) == len(set(ids))
     assert any(n["feature_type"] == "mlp reconstruction error" for n in js["nodes"])
+
+
+def test_bfloat16_runs_and_agrees_roughly():
+    f32 = ReplacementModel.from_pretrained(FIXTURES / "gemma2" / "model", FIXTURES / "gemma2" / "transcoders")
+    bf16 = ReplacementModel.from_pretrained(FIXTURES / "gemma2" / "model", FIXTURES / "gemma2" / "transcoders",
+                                            dtype="bfloat16")
+    a, b = f32.attribute("The capital of France is"), bf16.attribute("The capital of France is")
+    assert b.edges.dtype == torch.float32 and b.logit_token_ids[0] == a.logit_token_ids[0]
+    assert abs(a.scores()[0] - b.scores()[0]) < 0.02
