@@ -21,6 +21,7 @@ _FINISH = {
     pb.FINISH_REASON_STOP: FinishReason.STOP,
     pb.FINISH_REASON_LENGTH: FinishReason.LENGTH,
     pb.FINISH_REASON_ABORT: FinishReason.ABORT,
+    pb.FINISH_REASON_FEATURE_RULE: FinishReason.FEATURE_RULE,
 }
 
 
@@ -58,7 +59,7 @@ def generation(msg: pb.GenerateResponse) -> Generation:
         request_id=msg.request_id,
         text=msg.text,
         token_ids=tuple(msg.token_ids),
-        finish_reason=_FINISH[msg.finish_reason],
+        finish_reason=_FINISH.get(msg.finish_reason, FinishReason.UNSPECIFIED),
         usage=_usage(msg.usage),
         stop_sequence=msg.stop_sequence or None,
         logprobs=_logprobs(msg.logprobs),
@@ -70,7 +71,7 @@ def stream_chunk(msg: pb.GenerateStreamResponse) -> StreamChunk:
         end = msg.end
         return StreamChunk(
             request_id=msg.request_id,
-            finish_reason=_FINISH[end.finish_reason],
+            finish_reason=_FINISH.get(end.finish_reason, FinishReason.UNSPECIFIED),
             stop_sequence=end.stop_sequence or None,
             usage=_usage(end.usage),
         )

@@ -11,6 +11,7 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
     LENGTH = "length"  # max_new_tokens or the model's maximum length
     ABORT = "abort"  # aborted by the server
+    FEATURE_RULE = "feature_rule"  # a watchlist stop rule ended it (monitored requests)
 
 
 @dataclass(frozen=True)

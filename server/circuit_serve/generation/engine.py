@@ -140,13 +140,14 @@ class GenerationEngine:
             logprobs=last.logprobs,
         )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Token deltas as vLLM produces them; the last chunk carries finish reason and usage."""
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Token deltas as vLLM produces them; the last chunk carries finish reason and usage.
+
+        Closing the iterator early (or cancelling its consumer) aborts the request in vLLM.
+        """
         from vllm.sampling_params import RequestOutputKind
 
-        async with contextlib.aclosing(self._run(request, RequestOutputKind.DELTA)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        return self._run(request, RequestOutputKind.DELTA)
 
     async def _run(self, request: GenerationRequest, output_kind: Any) -> AsyncIterator[GenerationChunk]:
         self._require_ready()
