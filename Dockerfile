@@ -1,0 +1,27 @@
+# circuit-serve on an NVIDIA GPU: CUDA runtime, Python 3.11, the project with the CUDA vLLM.
+#   docker build -t circuit-serve .
+#   docker run --gpus all -p 50051:50051 -p 9090:9090 -v /models/my-model:/model circuit-serve [serve flags]
+FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    CIRCUIT_MODEL=/model
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev build-essential \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY protos ./protos
+COPY client ./client
+COPY server ./server
+# The same install script the README and CI use, told to take the CUDA build of vLLM.
+RUN CIRCUIT_VLLM=gpu server/scripts/setup.sh
+
+EXPOSE 50051 9090
+HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
+  CMD ["/app/.venv/bin/circuit", "health", "--target", "127.0.0.1:50051", "--timeout", "5"]
+ENTRYPOINT ["/app/.venv/bin/circuit-serve", "serve", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9090"]
+CMD []
