@@ -31,12 +31,13 @@ from circuit_serve.attribution import AttributionService
 from circuit_serve.attribution import build_service as build_attribution
 from circuit_serve.attribution.loading import start_attribution
 from circuit_serve.config.serve import ServeConfig
+from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.metrics import CollectorRegistry, new_registry
 from circuit_serve.metrics.exporter import start_metrics_server
 from circuit_serve.metrics.generation import GenerationMetrics
 from circuit_serve.metrics.rpc import RpcMetrics
-from circuit_serve.rpc import attribution_servicer, generation_servicer
+from circuit_serve.rpc import attribution_servicer, features, generation_servicer
 from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
 from circuit_serve.rpc.convert_graph import serialize_graph
 from circuit_serve.rpc.interceptors import ServingInterceptor
@@ -60,6 +61,7 @@ class Runtime:
     generation: GenerationEngine
     generation_metrics: GenerationMetrics
     attribution: AttributionService
+    features: FeaturesService
     replacement: Any = None  # tracing.ReplacementModel, loaded in start() when --transcoders is given
     service_names: list[str] = field(default_factory=list)  # filled by build_server
 
@@ -78,6 +80,7 @@ class Runtime:
             generation=engine,
             generation_metrics=generation_metrics,
             attribution=attribution,
+            features=FeaturesService(config.features, registry),  # reads --labels/--watchlist now
         )
 
     async def start(self) -> None:
@@ -87,6 +90,10 @@ class Runtime:
             self.attribution, self.config.attribution, self.config.engine.model, serve_dtype=self.config.engine.dtype,
             serialize=serialize_graph, graph_format=GRAPH_FORMAT,
         )
+        self.features.load(self.replacement, admission=self.attribution.jobs.pool,
+                           max_tokens=self.config.attribution.max_prompt_tokens)
+        if self.attribution.engine is not None:
+            self.attribution.engine.labels = self.features.labels.as_dict()  # `clerp` in graph JSON
 
     def shutdown(self) -> None:
         self.attribution.shutdown()
@@ -97,8 +104,9 @@ class Runtime:
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server),
+    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features),
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
+    lambda runtime, server: features.add_to_server(runtime.features, server),
 ]
 
 

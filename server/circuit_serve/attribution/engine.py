@@ -8,6 +8,7 @@ the graph's stats for the metrics.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,22 @@ class TracingEngine:
         self.transcoder_id = model.transcoder_id
         self.vocab_size = int(model.arch.lm_head.weight.shape[0])
         self.max_positions = int(model.max_prompt_tokens or 1 << 30)
+        self._labels: dict[tuple[int, int], str] = {}
+        self.labels_id = ""  # hash of the labels: they are written into the JSON, so part of the key
+
+    @property
+    def labels(self) -> dict[tuple[int, int], str]:
+        """Feature labels, (layer, index) -> text, written as `clerp` in the frontend JSON."""
+        return self._labels
+
+    @labels.setter
+    def labels(self, labels: dict[tuple[int, int], str] | None) -> None:
+        self._labels = dict(labels or {})
+        if not self._labels:
+            self.labels_id = ""
+            return
+        canonical = json.dumps(sorted([int(l), int(i), str(t)] for (l, i), t in self._labels.items()))
+        self.labels_id = hashlib.sha256(canonical.encode()).hexdigest()
 
     def tokenize(self, prompt: str) -> list[int]:
         if not prompt.strip():
@@ -72,7 +89,7 @@ class TracingEngine:
         pruned = graph.prune()
         sections = {
             GRAPH_PROTO: self.serialize(graph, pruned),
-            GRAPH_JSON: json.dumps(graph.to_frontend_json(slug=slug), separators=(",", ":")).encode(),
+            GRAPH_JSON: json.dumps(graph.to_frontend_json(slug=slug, labels=self.labels), separators=(",", ":")).encode(),
         }
         replacement, completeness = graph.scores()
         compact = graph.compact_adjacency()

@@ -18,7 +18,12 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from circuit_serve.app import serve
+    from circuit_serve.features.files import FeatureFileError
 
     config = ServeConfig.from_args(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except FeatureFileError as exc:  # a bad --labels/--watchlist file: say which entry and field
+        logging.getLogger("circuit_serve").error("cannot start: %s", exc)
+        return 2

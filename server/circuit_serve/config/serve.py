@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from circuit_serve.config.attribution import AttributionConfig
+from circuit_serve.config.features import FeaturesConfig
 
 _GIB = 1 << 30
 
@@ -75,6 +76,7 @@ class ServeConfig:
     grace_period_s: float = 10.0  # in-flight calls get this long after SIGTERM/SIGINT
     log_level: str = "INFO"
     attribution: AttributionConfig = field(default_factory=AttributionConfig)  # --transcoders, --redis-url, ...
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)  # --labels, --watchlist, --monitor-all, ...
 
     @property
     def address(self) -> str:
@@ -114,6 +116,7 @@ class ServeConfig:
                        help="any other vllm AsyncEngineArgs field; VALUE is JSON when it parses "
                             "(repeatable, e.g. --engine-arg max_num_batched_tokens=2048)")
         AttributionConfig.add_arguments(parser)
+        FeaturesConfig.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -141,6 +144,7 @@ class ServeConfig:
             grace_period_s=args.grace_period_s,
             log_level=args.log_level,
             attribution=AttributionConfig.from_args(args),
+            features=FeaturesConfig.from_args(args),
         )
 
 
