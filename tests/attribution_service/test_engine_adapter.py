@@ -52,3 +52,18 @@ def test_stop_flag_and_bad_input(replacement):
         engine.tokenize("  ")
     with pytest.raises(InvalidRequest, match="outside the vocabulary"):
         engine.prepare([1, engine.vocab_size])
+
+
+def test_labels_reach_the_json_and_the_key(replacement):
+    engine = TracingEngine(replacement, serialize=fake_proto, graph_format=1)
+    assert engine.labels_id == ""
+    tokens = engine.prepare(engine.tokenize("Paris is the capital of"))
+    plain = json.loads(engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k")
+                       .sections[GRAPH_JSON])
+    feature = next(n for n in plain["nodes"] if n["feature_type"] == "cross layer transcoder")
+    layer, index = int(feature["layer"]), int(feature["node_id"].split("_")[1])
+    engine.labels = {(layer, index): "a named feature"}
+    assert len(engine.labels_id) == 64
+    labelled = json.loads(engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k")
+                          .sections[GRAPH_JSON])
+    assert any(n.get("clerp") == "a named feature" for n in labelled["nodes"])

@@ -27,6 +27,7 @@ class StubEngine:
     graph_format: int = 1
     vocab_size: int = 100
     max_positions: int = 64
+    labels_id: str = ""
     batch_s: float = 0.0
     seen: list = field(default_factory=list)
 
@@ -99,8 +100,9 @@ def test_key_depends_on_settings_and_targets(registry):
         service.key_for(engine, tokens, s, (5,)),
         service.key_for(engine, tokens, s, (Contrast(5, 6),)),
         service.key_for(engine, [1, 2, 4], s, None),
+        service.key_for(StubEngine(labels_id="l" * 64), tokens, s, None),
     }
-    assert len(keys) == 6
+    assert len(keys) == 7
 
 
 def test_audit_a_served_completion_token(registry):

@@ -115,6 +115,9 @@ class AttributionService:
     def key_for(self, engine: GraphEngine, tokens: list[int], settings: AttributionSettings, targets) -> str:
         material = settings.as_dict()
         material["targets"] = None if targets is None else [_target_key(t) for t in targets]
+        labels_id = getattr(engine, "labels_id", "")
+        if labels_id:  # feature labels are written into the JSON
+            material["labels"] = labels_id
         return graph_key(
             model_id=engine.model_id,
             transcoder_id=engine.transcoder_id,

@@ -52,6 +52,7 @@ class GraphEngine(Protocol):
     graph_format: int  # version of the serialized sections; part of every key
     vocab_size: int
     max_positions: int
+    labels_id: str  # hash of the feature labels written into the JSON ("" when none)
 
     def tokenize(self, prompt: str) -> list[int]:
         """Token ids exactly as generation tokenizes `prompt` (BOS handling included)."""
