@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from circuit_client import monitor
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
 from circuit_client.types import (
     FinishReason,
@@ -26,14 +27,16 @@ _FINISH = {
 
 
 def generate_request(
-    prompt: str | None, prompt_token_ids: list[int] | tuple[int, ...] | None, sampling: Sampling
+    prompt: str | None, prompt_token_ids: list[int] | tuple[int, ...] | None, sampling: Sampling,
+    monitor: bool = False,
 ) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
     for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
         value = getattr(sampling, name)
         if value is not None:
             setattr(s, name, value)
-    req = pb.GenerateRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), sampling=s)
+    req = pb.GenerateRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), sampling=s,
+                             monitor=monitor)
     if sampling.top_logprobs is not None:
         req.top_logprobs = sampling.top_logprobs
     return req
@@ -63,6 +66,7 @@ def generation(msg: pb.GenerateResponse) -> Generation:
         usage=_usage(msg.usage),
         stop_sequence=msg.stop_sequence or None,
         logprobs=_logprobs(msg.logprobs),
+        monitor=monitor.from_pb(msg.monitor) if msg.HasField("monitor") else None,
     )
 
 
@@ -74,6 +78,7 @@ def stream_chunk(msg: pb.GenerateStreamResponse) -> StreamChunk:
             finish_reason=_FINISH.get(end.finish_reason, FinishReason.UNSPECIFIED),
             stop_sequence=end.stop_sequence or None,
             usage=_usage(end.usage),
+            monitor=monitor.from_pb(end.monitor) if end.HasField("monitor") else None,
         )
     d = msg.delta
     return StreamChunk(

@@ -44,9 +44,10 @@ class AsyncCircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        monitor: bool = False,
         timeout: float | None = None,
     ) -> Generation:
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling())
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
         try:
             return _convert.generation(await self._generation.Generate(req, timeout=self._deadline(timeout)))
         except grpc.RpcError as err:
@@ -58,10 +59,11 @@ class AsyncCircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        monitor: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Chunks as they are generated; leaving early (break, aclose, cancel) cancels the call."""
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling())
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
         call = self._generation.GenerateStream(req, timeout=self._deadline(timeout))
         try:
             async for msg in call:

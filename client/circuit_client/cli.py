@@ -4,6 +4,9 @@
     circuit tokenize "Hello world"
     circuit info
     circuit health            # exit status 0 only when SERVING (used by the Docker HEALTHCHECK)
+    circuit generate "The capital of France is" --monitor      # + the watchlist summary
+    circuit features --prompt "The capital of France is" --top-k 5
+    circuit steer --prompt "The capital of France is" --intervene 2:17:set:0
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from circuit_client import attribution_cli
+from circuit_client import attribution_cli, features_cli
 from circuit_client.errors import CircuitRpcError
 from circuit_client.sync import CircuitClient
 from circuit_client.types import Sampling
@@ -41,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     g.add_argument("--usage", action="store_true", help="print request id, finish reason and token counts")
+    g.add_argument("--monitor", action="store_true", help="monitor the server's watchlist; print its summary")
 
     t = add("tokenize", "show how the served tokenizer splits a text")
     t.add_argument("text")
@@ -51,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = add("health", "print the health status; exit 0 only when SERVING")
     h.add_argument("--service", default="", help="a service name (default: the whole server)")
     _COMMANDS.update(attribution_cli.register(add))  # attribute, graph
+    _COMMANDS.update(features_cli.register(add))  # features, steer
     return parser
 
 
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
-    for chunk in client.stream(args.prompt, sampling):
+    for chunk in client.stream(args.prompt, sampling, monitor=args.monitor):
         if chunk.text:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
@@ -77,6 +82,8 @@ def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
             if args.usage and chunk.usage:
                 print(f"[{chunk.request_id}] finish={chunk.finish_reason} prompt_tokens={chunk.usage.prompt_tokens} "
                       f"completion_tokens={chunk.usage.completion_tokens}", file=sys.stderr)
+            if chunk.monitor is not None:
+                print(chunk.monitor.summary())
     return 0
 
 

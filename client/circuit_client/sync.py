@@ -47,9 +47,10 @@ class CircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        monitor: bool = False,
         timeout: float | None = None,
     ) -> Generation:
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling())
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
         try:
             return _convert.generation(self._generation.Generate(req, timeout=self._deadline(timeout)))
         except grpc.RpcError as err:
@@ -61,10 +62,11 @@ class CircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        monitor: bool = False,
         timeout: float | None = None,
     ) -> Iterator[StreamChunk]:
         """Chunks as they are generated; stopping early (break, close) cancels the call on the server."""
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling())
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
         call = self._generation.GenerateStream(req, timeout=self._deadline(timeout))
         try:
             for msg in call:

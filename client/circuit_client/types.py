@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from circuit_client.monitor import MonitorReport
+
 
 class FinishReason(enum.StrEnum):
     UNSPECIFIED = "unspecified"
@@ -57,6 +59,7 @@ class Generation:
     usage: Usage
     stop_sequence: str | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
+    monitor: MonitorReport | None = None  # watched features, when the request was monitored
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class StreamChunk:
     finish_reason: FinishReason | None = None
     stop_sequence: str | None = None
     usage: Usage | None = None
+    monitor: MonitorReport | None = None  # on the last chunk of a monitored stream
 
     @property
     def finished(self) -> bool:

@@ -36,6 +36,14 @@ class Scenario:
     watched: dict[str, dict]  # name -> watchlist entry
     expected_positions: dict[str, list[int]]  # name -> completion positions above threshold, <= STOP_AT
 
+    def label(self, name: str) -> str:
+        e = self.watched[name]
+        return "marker label" if name == "marker" else label_of(e["layer"], e["index"])
+
+
+def label_of(layer: int, index: int) -> str:
+    return f"L{layer}#{index}"
+
 
 def _dense(fa) -> torch.Tensor:
     out = torch.zeros(fa.n_pos, fa.n_layers, fa.d_transcoder)
@@ -115,10 +123,12 @@ def scenario(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     watchlist.write_text("".join(
         f"- {{name: {e['name']}, layer: {e['layer']}, index: {e['index']}, threshold: {e['threshold']!r}, "
         f"action: {e['action']}}}\n" for e in watch))
-    labels = tmp / "labels.json"
+    labels = tmp / "labels.json"  # every feature labelled; the marker by name
     labels.write_text(json.dumps([
-        {"layer": chosen["marker"]["layer"], "index": chosen["marker"]["index"], "label": "marker label",
-         "selectivity": 0.5},
+        {"layer": layer, "index": index, "selectivity": 0.5,
+         "label": "marker label" if (layer, index) == (chosen["marker"]["layer"], chosen["marker"]["index"])
+         else label_of(layer, index)}
+        for layer in range(acts.shape[1]) for index in range(F)
     ]))
     return Scenario(demo_model_dir, tc_dir, labels, watchlist, prompt_ids, ids[len(prompt_ids):], acts,
                     {e["name"]: e for e in watch}, expected)

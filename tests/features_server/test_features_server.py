@@ -9,7 +9,7 @@ from circuit_client._pb.circuit.v1 import features_pb2 as fpb
 from circuit_client._pb.circuit.v1 import features_pb2_grpc as fpb_grpc
 from circuit_client._pb.circuit.v1 import generation_pb2 as gpb
 from circuit_client._pb.circuit.v1 import generation_pb2_grpc as gpb_grpc
-from tests.features_server.conftest import N_NEW, STOP_AT
+from tests.features_server.conftest import N_NEW, STOP_AT, label_of
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def test_feature_activations_equal_the_graph(stubs, scenario):
         prompt_token_ids=graph.input_tokens.tolist(),
         features=[fpb.FeatureRef(layer=layer, index=index) for layer, index in features]), timeout=60)
     assert [p.token_id for p in resp.positions] == graph.input_tokens.tolist()
+    assert resp.positions[0].features[0].label == label_of(*features[0])
     n_checked = 0
     for p in resp.positions:
         for v in p.features:
@@ -52,8 +53,8 @@ def test_unmonitored_request_has_the_same_token_ids(stubs, scenario):
 
 
 def test_stop_rule_ends_the_stream_at_the_firing_token(stubs, scenario, features_server):
-    before = features_server.metric("circuit_watched_feature_actions_total", feature="stopper", label="",
-                                    action="stop")
+    before = features_server.metric("circuit_watched_feature_actions_total", feature="stopper",
+                                    label=scenario.label("stopper"), action="stop")
     messages = list(stubs[0].GenerateStream(generate_request(scenario, monitor=True), timeout=60))
     ids = [t for m in messages if m.HasField("delta") for t in m.delta.token_ids]
     end = messages[-1].end
@@ -67,8 +68,8 @@ def test_stop_rule_ends_the_stream_at_the_firing_token(stubs, scenario, features
     assert report["marker"].label == "marker label" and not report["marker"].prompt_positions
     assert report["flagger"].fired and end.monitor.flagged
     assert not report["extra-0"].fired
-    after = features_server.metric("circuit_watched_feature_actions_total", feature="stopper", label="",
-                                   action="stop")
+    after = features_server.metric("circuit_watched_feature_actions_total", feature="stopper",
+                                   label=scenario.label("stopper"), action="stop")
     assert after == before + 1
 
 
@@ -85,21 +86,20 @@ def test_unary_monitored_generation(stubs, scenario):
 def test_metrics_move_with_traffic(stubs, scenario, features_server):
     def counts():
         return {name: features_server.metric("circuit_watched_feature_max_activation_count", feature=name,
-                                             label="marker label" if name == "marker" else "")
+                                             label=scenario.label(name))
                 for name in scenario.watched}
 
     before = counts()
-    fired = features_server.metric("circuit_watched_feature_fired_total", feature="flagger", label="")
-    flags = features_server.metric("circuit_watched_feature_actions_total", feature="flagger", label="",
-                                   action="flag")
+    flag_labels = {"feature": "flagger", "label": scenario.label("flagger")}
+    fired = features_server.metric("circuit_watched_feature_fired_total", **flag_labels)
+    flags = features_server.metric("circuit_watched_feature_actions_total", **flag_labels, action="flag")
     overhead = features_server.metric("circuit_monitor_overhead_seconds_count")
     for _ in range(3):
         stubs[0].Generate(generate_request(scenario, monitor=True), timeout=60)
     stubs[0].Generate(generate_request(scenario, monitor=False), timeout=60)  # not counted
     assert {k: v - before[k] for k, v in counts().items()} == {name: 3 for name in scenario.watched}
-    assert features_server.metric("circuit_watched_feature_fired_total", feature="flagger", label="") == fired + 3
-    assert features_server.metric("circuit_watched_feature_actions_total", feature="flagger", label="",
-                                  action="flag") == flags + 3
+    assert features_server.metric("circuit_watched_feature_fired_total", **flag_labels) == fired + 3
+    assert features_server.metric("circuit_watched_feature_actions_total", **flag_labels, action="flag") == flags + 3
     assert features_server.metric("circuit_monitor_overhead_seconds_count") == overhead + 3
 
 
@@ -157,3 +157,41 @@ def test_malformed_files_stop_the_start_up_with_a_clear_error(launch_server, sce
     with pytest.raises(RuntimeError, match="server exited") as info:
         launch_server("--transcoders", str(scenario.transcoders), flag, str(path))
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_labels_are_the_clerp_of_graph_nodes(features_server, scenario):
+    from circuit_client.attribution import AttributionClient, AttributionSettings
+
+    with AttributionClient(features_server.target) as graphs:
+        result = graphs.attribute(prompt_token_ids=scenario.prompt_ids, settings=AttributionSettings(max_n_logits=2),
+                                  output="json")
+    nodes = [n for n in result.frontend()["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert nodes and all(n["clerp"] in (label_of(int(n["layer"]), _index(n)), "marker label") for n in nodes)
+
+
+def _index(node: dict) -> int:
+    return int(node["node_id"].split("_")[1])  # "{layer}_{index}_{pos}"
+
+
+def run_cli(features_server, *args: str) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "circuit_client.cli", *args, "--target", features_server.target],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_cli(features_server, scenario):
+    marker = scenario.watched["marker"]
+    table = run_cli(features_server, "features", "--prompt", "the sea", "--feature",
+                    f"{marker['layer']}:{marker['index']}")
+    assert table.splitlines()[0] == f"pos\ttoken\t{marker['layer']}:{marker['index']} marker label"
+    assert "=" in run_cli(features_server, "features", "--prompt", "the sea", "--top-k", "3").splitlines()[2]
+    monitored = run_cli(features_server, "generate", "the old river runs to the sea and the", "--monitor",
+                        "--temperature", "0", "--max-new-tokens", "4")
+    assert "monitor: " in monitored and "marker (marker label)" in monitored
+    steered = run_cli(features_server, "steer", "--prompt", "the sea", "--intervene", "0:1:set:0",
+                      "--max-new-tokens", "4")
+    assert steered.splitlines()[0].startswith("default") and "| steered" in steered.splitlines()[0]
