@@ -1,0 +1,369 @@
+"""Attribution over gRPC against a real server (real vLLM, real Redis started here).
+
+One server with transcoders and Redis serves the module; the session's plain
+server (no transcoders) checks FAILED_PRECONDITION. Graph settings are kept
+small (a few dozen feature nodes) except where a test needs a slow graph:
+batch size 1 over every active feature gives hundreds of backward passes, each
+a batch boundary where cancellation is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+
+import grpc
+import pytest
+
+from circuit_client import CircuitClient, CircuitRpcError, Sampling
+from circuit_client.attribution import Accepted, AttributionClient, AttributionSettings, GraphResult, Queued, Running
+
+PROMPT = "Paris is the capital of France. Berlin is the capital of"
+SMALL = AttributionSettings(max_feature_nodes=48, batch_size=32)
+SLOW = AttributionSettings(batch_size=1, max_feature_nodes=4096)
+MEDIUM_PROMPT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat. The dog slept by the door."
+LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
+
+
+@pytest.fixture(scope="module")
+def transcoder_dir(demo_model_dir, tmp_path_factory):
+    from support.transcoders import write_random_transcoders
+
+    return write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("transcoders"), d_transcoder=256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def redis_for_server():
+    """A Redis this module owns (it is stopped and restarted mid-test)."""
+    from support.redis_server import RedisServer
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary to start a private Redis")
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def attr_server(launch_server, transcoder_dir, redis_for_server):
+    return launch_server(
+        "--transcoders", str(transcoder_dir),
+        "--redis-url", redis_for_server.url, "--redis-prefix", f"t-{uuid.uuid4().hex[:8]}:",
+        "--attribution-workers", "1", "--attribution-max-queued", "1",
+        "--attribution-max-prompt-tokens", "64", "--attribution-max-feature-nodes", "4096",
+        "--attribution-max-batch-size", "256", "--attribution-memory-budget-gib", "0.5",
+    )
+
+
+@pytest.fixture
+def graphs(attr_server):
+    with AttributionClient(attr_server.target, timeout=300) as client:
+        yield client
+
+
+def unique(settings: AttributionSettings, **over) -> AttributionSettings:
+    """Same graph shape, new cache key (the edge threshold is part of the key)."""
+    from dataclasses import replace
+
+    return replace(settings, edge_threshold=0.9 + 0.09 * (uuid.uuid4().int % 10_000) / 10_000, **over)
+
+
+def counter(srv, name, **labels) -> float:
+    return srv.metric(name, **labels)
+
+
+# ---------------------------------------------------------------------------- correctness
+
+
+def test_graph_over_grpc_equals_the_engine(graphs, demo_model_dir, transcoder_dir):
+    from circuit_serve.attribution.engine import TracingEngine
+    from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
+    from circuit_serve.rpc.convert_graph import serialize_graph
+    from circuit_serve.tracing import ReplacementModel
+
+    events = []
+    result = graphs.attribute(PROMPT, SMALL, on_event=events.append)
+    accepted = events[0]
+    assert isinstance(accepted, Accepted) and accepted.key == result.key
+    assert any(isinstance(e, Running) for e in events) and result.source in ("computed", "cache")
+
+    rm = ReplacementModel.from_pretrained(demo_model_dir, transcoder_dir, dtype="float32", device="cpu")
+    assert rm.tokenize(PROMPT) == list(accepted.token_ids)
+    engine = TracingEngine(rm, serialize=serialize_graph, graph_format=GRAPH_FORMAT)
+    from circuit_serve.tracing import AttributionSettings as EngineSettings
+
+    local = engine.compute(list(accepted.token_ids), EngineSettings(max_feature_nodes=48, batch_size=32), None,
+                           lambda *a: None, lambda: False, slug=result.key)
+    ours, theirs = result.frontend(), json.loads(local.sections["graph.json"])
+    assert [n["node_id"] for n in ours["nodes"]] == [n["node_id"] for n in theirs["nodes"]]
+    assert [(l["source"], l["target"]) for l in ours["links"]] == [(l["source"], l["target"]) for l in theirs["links"]]
+    for a, b in zip(ours["links"], theirs["links"]):
+        assert a["weight"] == pytest.approx(b["weight"], rel=1e-4, abs=1e-6)
+    from circuit_client._pb.circuit.v1 import graph_pb2
+
+    local_graph = graph_pb2.Graph.FromString(local.sections["graph.pb"])
+    assert len(result.graph.nodes) == len(local_graph.nodes)
+
+
+def test_audit_token_of_a_served_completion(attr_server, graphs):
+    with CircuitClient(attr_server.target) as client:
+        gen = client.generate(PROMPT, Sampling(max_new_tokens=6, temperature=0))
+        prompt_ids = client.tokenize(PROMPT).token_ids
+    k = 3
+    audited = []
+    by_request = graphs.attribute(None, SMALL, request_id=gen.request_id, token_index=k, on_event=audited.append)
+    direct = graphs.attribute(None, SMALL, prompt_token_ids=[*prompt_ids, *gen.token_ids[:k]])
+    assert audited[0].audited_token_id == gen.token_ids[k]
+    assert list(audited[0].token_ids)[-k:] == list(gen.token_ids[:k])
+    assert direct.key == by_request.key and direct.source == "cache"
+    assert direct.frontend_json == by_request.frontend_json
+
+
+# ---------------------------------------------------------------------------- cache and Redis
+
+
+def test_second_identical_request_is_a_cache_hit_with_identical_bytes(attr_server, graphs):
+    settings = unique(SMALL)
+    hits = counter(attr_server, "circuit_graph_cache_hits_total", backend="redis")
+    first = graphs.attribute(PROMPT, settings)
+    second = graphs.attribute(PROMPT, settings)
+    assert first.source == "computed" and second.source == "cache"
+    assert second.frontend_json == first.frontend_json
+    assert second.graph.SerializeToString() == first.graph.SerializeToString()
+    assert counter(attr_server, "circuit_graph_cache_hits_total", backend="redis") == hits + 1
+    fetched = graphs.get_graph(first.key)
+    assert fetched.frontend_json == first.frontend_json
+
+
+def test_redis_stopped_mid_test_then_restarted(attr_server, graphs, redis_for_server):
+    errors = counter(attr_server, "circuit_graph_cache_errors_total", backend="redis", op="get")
+    redis_for_server.stop()
+    try:
+        with CircuitClient(attr_server.target) as client:
+            assert client.generate("Hello", Sampling(max_new_tokens=4, temperature=0)).token_ids
+        down = graphs.attribute(PROMPT, unique(SMALL))
+        assert down.source == "computed" and down.frontend()["nodes"]
+        assert counter(attr_server, "circuit_graph_cache_errors_total", backend="redis", op="get") > errors
+    finally:
+        redis_for_server.start()
+    settings = unique(SMALL)
+    deadline = time.monotonic() + 30
+    while True:  # the server reconnects by itself after its short back-off
+        first = graphs.attribute(PROMPT, settings)
+        again = graphs.attribute(PROMPT, settings)
+        if again.source == "cache":
+            break
+        assert time.monotonic() < deadline, "the graph cache did not come back after Redis restarted"
+        time.sleep(0.5)
+    assert again.frontend_json == first.frontend_json
+
+
+# ---------------------------------------------------------------------------- dedup, queue, deadlines
+
+
+def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
+    settings = unique(SMALL, max_feature_nodes=400, batch_size=4)
+    computations = counter(attr_server, "circuit_attribution_computations_total")
+    joins = counter(attr_server, "circuit_attribution_dedup_joins_total")
+    results: list[GraphResult] = []
+    threads = [threading.Thread(target=lambda: results.append(graphs.attribute(PROMPT, settings))) for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join(300)
+    assert len(results) == 2 and results[0].frontend_json == results[1].frontend_json
+    assert counter(attr_server, "circuit_attribution_computations_total") == computations + 1
+    assert counter(attr_server, "circuit_attribution_dedup_joins_total") == joins + 1
+
+
+def _background_stream(graphs, prompt, settings, seen: list, stop: threading.Event):
+    """Run an Attribute stream in a thread until `stop` is set (then cancel it)."""
+
+    def run():
+        try:
+            for event in graphs.stream(prompt, settings):
+                seen.append(event)
+                if stop.is_set():
+                    return
+        except CircuitRpcError as err:
+            seen.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait_for(predicate, timeout_s=60.0, *streams: list):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        for seen in streams:
+            errors = [e for e in seen if isinstance(e, CircuitRpcError)]
+            assert not errors, f"a background stream failed: {errors[0]}"
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_full_queue_gets_resource_exhausted(attr_server, graphs):
+    stop = threading.Event()
+    a_seen, b_seen = [], []
+    a = _background_stream(graphs, MEDIUM_PROMPT, unique(SLOW), a_seen, stop)
+    _wait_for(lambda: any(isinstance(e, Running) for e in a_seen), 60, a_seen)
+    b = _background_stream(graphs, MEDIUM_PROMPT, unique(SLOW), b_seen, stop)
+    _wait_for(lambda: any(isinstance(e, Queued) for e in b_seen), 60, a_seen, b_seen)
+    with pytest.raises(CircuitRpcError) as info:
+        graphs.attribute(MEDIUM_PROMPT, unique(SLOW))
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in info.value.details and "limit 1 waiting" in info.value.details
+    stop.set()
+    for t in (a, b):
+        t.join(60)
+    _wait_for(lambda: counter(attr_server, "circuit_attribution_running") == 0
+              and counter(attr_server, "circuit_attribution_queue_depth") == 0)
+
+
+def test_deadline_shorter_than_the_graph_frees_the_worker(attr_server, graphs):
+    with pytest.raises(CircuitRpcError) as info:
+        graphs.attribute(MEDIUM_PROMPT, unique(SLOW), timeout=1.5)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    t0 = time.monotonic()
+    quick = graphs.attribute(PROMPT, unique(SMALL), timeout=60)
+    assert quick.source == "computed"
+    assert time.monotonic() - t0 < 30  # not stuck behind the abandoned graph
+    _wait_for(lambda: counter(attr_server, "circuit_attribution_running") == 0)
+
+
+def test_streaming_generation_completes_while_a_graph_runs(attr_server, graphs):
+    stop = threading.Event()
+    seen = []
+    worker = _background_stream(graphs, MEDIUM_PROMPT, unique(SLOW), seen, stop)
+    _wait_for(lambda: any(isinstance(e, Running) and e.phase.startswith("5") for e in seen), 60, seen)
+    with CircuitClient(attr_server.target) as client:
+        chunks = list(client.stream("Once upon a time", Sampling(max_new_tokens=48, temperature=0, ignore_eos=True)))
+    assert chunks[-1].finished and sum(len(c.token_ids) for c in chunks) == 48
+    assert not any(isinstance(e, GraphResult) for e in seen), "the graph was meant to be still running"
+    stop.set()
+    worker.join(60)
+
+
+def test_background_graph_can_be_fetched_later(graphs):
+    settings = unique(SMALL)
+    stream = graphs.stream(PROMPT, settings, background=True)
+    accepted = next(stream)
+    stream.close()  # detach
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            fetched = graphs.get_graph(accepted.key)
+            break
+        except CircuitRpcError as err:
+            assert err.code == grpc.StatusCode.NOT_FOUND
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert fetched.frontend()["nodes"] and fetched.graph is not None
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+BAD = [
+    (dict(), grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of prompt"),
+    (dict(prompt="  "), grpc.StatusCode.INVALID_ARGUMENT, "prompt is empty"),
+    (dict(prompt="x", prompt_token_ids=[5]), grpc.StatusCode.INVALID_ARGUMENT, "got prompt, prompt_token_ids"),
+    (dict(prompt_token_ids=[5, 10**6]), grpc.StatusCode.INVALID_ARGUMENT, "outside the vocabulary"),
+    (dict(prompt=" ".join(["word"] * 200)), grpc.StatusCode.INVALID_ARGUMENT, "the attribution limit is 64"),
+    (dict(prompt="hi", settings=AttributionSettings(max_feature_nodes=5000)), grpc.StatusCode.INVALID_ARGUMENT,
+     "max_feature_nodes: 5000 is above this server's limit of 4096"),
+    (dict(prompt="hi", settings=AttributionSettings(max_feature_nodes=0)), grpc.StatusCode.INVALID_ARGUMENT,
+     "max_feature_nodes: must be an integer >= 1"),
+    (dict(prompt="hi", settings=AttributionSettings(batch_size=1000)), grpc.StatusCode.INVALID_ARGUMENT,
+     "batch_size: 1000 is above this server's limit of 256"),
+    (dict(prompt="hi", settings=AttributionSettings(node_threshold=1.5)), grpc.StatusCode.INVALID_ARGUMENT,
+     "node_threshold: must be in (0, 1]"),
+    (dict(prompt="hi", settings=AttributionSettings(edge_threshold=0.0)), grpc.StatusCode.INVALID_ARGUMENT,
+     "edge_threshold: must be in (0, 1]"),
+    (dict(prompt="hi", settings=AttributionSettings(desired_logit_prob=2.0)), grpc.StatusCode.INVALID_ARGUMENT,
+     "desired_logit_prob: must be in (0, 1]"),
+    (dict(prompt="hi", settings=AttributionSettings(targets=[10**6])), grpc.StatusCode.INVALID_ARGUMENT,
+     "outside the vocabulary"),
+    (dict(prompt=LONG_PROMPT, settings=AttributionSettings(max_feature_nodes=4096)), grpc.StatusCode.INVALID_ARGUMENT,
+     "above the server's budget of 0.50 GiB"),
+    (dict(request_id="no-such-request", token_index=0), grpc.StatusCode.NOT_FOUND, "'no-such-request'"),
+    (dict(request_id="no-such-request"), grpc.StatusCode.INVALID_ARGUMENT, "request_id needs token_index"),
+]
+
+
+@pytest.mark.parametrize("kwargs, code, message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_gets_its_status_and_the_server_keeps_serving(graphs, kwargs, code, message):
+    kwargs = dict(kwargs)
+    prompt, settings = kwargs.pop("prompt", None), kwargs.pop("settings", SMALL)
+    with pytest.raises(CircuitRpcError) as info:
+        graphs.attribute(prompt, settings, **kwargs)
+    assert info.value.code == code
+    assert message in info.value.details
+    assert graphs.attribute(PROMPT, SMALL).frontend()["nodes"]
+
+
+def test_token_index_outside_the_completion(attr_server, graphs):
+    with CircuitClient(attr_server.target) as client:
+        gen = client.generate(PROMPT, Sampling(max_new_tokens=4, temperature=0))
+    with pytest.raises(CircuitRpcError) as info:
+        graphs.attribute(None, SMALL, request_id=gen.request_id, token_index=len(gen.token_ids))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"token_index: must be in [0, {len(gen.token_ids) - 1}]" in info.value.details
+
+
+def test_get_graph_errors(graphs):
+    with pytest.raises(CircuitRpcError) as info:
+        graphs.get_graph("0" * 64)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND and "not in the cache" in info.value.details
+    with pytest.raises(CircuitRpcError) as info:
+        graphs.get_graph("not-a-key")
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_without_transcoders_attribution_is_failed_precondition(server):
+    with AttributionClient(server.target, timeout=30) as client:
+        for call in (lambda: client.attribute("hi"), lambda: client.get_graph("0" * 64)):
+            with pytest.raises(CircuitRpcError) as info:
+                call()
+            assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert "--transcoders DIR" in info.value.details
+
+
+def test_metrics_are_exported(attr_server):
+    text = attr_server.metrics()
+    for name in ("circuit_attribution_duration_seconds_bucket", "circuit_attribution_graph_nodes_bucket",
+                 "circuit_attribution_graph_edges_bucket", "circuit_attribution_queue_depth",
+                 "circuit_attribution_running", "circuit_graph_cache_hits_total", "circuit_graph_cache_misses_total",
+                 "circuit_graph_cache_errors_total", "circuit_graph_cache_bytes_total",
+                 "circuit_attribution_dedup_joins_total", "circuit_attribution_replacement_score_bucket",
+                 "circuit_attribution_completeness_score_bucket"):
+        assert name in text, name
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_cli_attribute_and_graph(attr_server, tmp_path):
+    import subprocess
+    import sys
+
+    out, again = tmp_path / "graph.json", tmp_path / "again.json"
+    cli = [sys.executable, "-m", "circuit_client.cli"]
+    done = subprocess.run([*cli, "attribute", "--prompt", PROMPT, "--max-feature-nodes", "48", "--batch-size", "32",
+                           "--out", str(out), "--target", attr_server.target],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip().splitlines()[-1]
+    assert json.loads(out.read_text())["nodes"]
+    fetched = subprocess.run([*cli, "graph", key, "--out", str(again), "--target", attr_server.target],
+                             capture_output=True, text=True, timeout=60)
+    assert fetched.returncode == 0, fetched.stderr
+    assert again.read_bytes() == out.read_bytes()
+    missing = subprocess.run([*cli, "graph", "0" * 64, "--out", str(again), "--target", attr_server.target],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
