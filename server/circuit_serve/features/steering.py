@@ -181,8 +181,7 @@ class _Hooks:
         try:
             for layer in self.by_layer:
                 handles.append(self.target.hook_input(layer, lambda x, layer=layer: self.on_input(layer, x)))
-            out_layers = {layer + k for iv in self.decoders for k in range(self.decoders[iv].shape[0])
-                          for layer in [iv.layer]}
+            out_layers = {f.layer + k for f, rows in self.decoders.items() for k in range(rows.shape[0])}
             for layer in sorted(out_layers):
                 handles.append(self.target.hook_output(layer, lambda out, layer=layer: self.on_output(layer, out)))
             yield
@@ -192,7 +191,8 @@ class _Hooks:
 
 
 @contextmanager
-def _maybe_hooks(target: InterventionTarget, interventions: Sequence[Intervention], n_prompt: int):
+def _maybe_hooks(target: InterventionTarget, interventions: Sequence[Intervention],
+                 n_prompt: int) -> Iterator[_Hooks | None]:
     if not interventions:
         yield None
         return
