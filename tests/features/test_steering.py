@@ -130,3 +130,55 @@ def test_all_prompt_positions_is_every_position(target):
     listed = intervened_logits(target, PROMPT, [Intervention(f, Op.SCALE, 3.0, tuple(range(len(PROMPT))))],
                                len(PROMPT))
     assert torch.equal(every, listed)
+
+
+@pytest.mark.parametrize(("arch", "kind", "input_hook", "output_hook"), [
+    ("llama", "plt", "hook_resid_mid", "mlp.hook_out"),
+    ("gemma2", "plt", "mlp.hook_in", "hook_mlp_out"),
+    ("gemma2", "clt", "hook_resid_mid", "mlp.hook_out"),
+])
+def test_clamping_across_architectures_and_hooks(tokenizer, arch, kind, input_hook, output_hook):
+    """Independent hooks: read x_in where the config says (MLP input, or the residual stream before
+    the pre-MLP norm) and subtract a * W_dec where it says (MLP output, or after Gemma-2's norm)."""
+    from tests.features.tiny import tiny_gemma2, tiny_llama, tiny_transcoders
+
+    model = tiny_gemma2() if arch == "gemma2" else tiny_llama()
+    tcs = tiny_transcoders(kind, input_hook=input_hook, output_hook=output_hook)
+    target = ModelTarget(model, tcs, tokenizer)
+    layer, pos = 0, 5
+    arch_ = describe(model)
+    live: dict[str, torch.Tensor] = {}
+
+    def read_x(module, args, kwargs=None):
+        live["x"] = args[0][0, pos]
+
+    read_at = arch_.layers[layer].mlp if input_hook == "mlp.hook_in" else arch_.layers[layer].norm2
+    handle = read_at.register_forward_pre_hook(read_x)
+    with torch.inference_mode():
+        base = model(input_ids=torch.tensor([PROMPT]), use_cache=False).logits[0]
+    handle.remove()
+    acts = torch.relu(live["x"] @ tcs.W_enc[layer].T + tcs.b_enc[layer])  # (d_tc,)
+    index = int(acts.argmax())
+    a = acts[index]
+    dec = tcs.W_dec[layer][index]
+    dec = dec[None] if dec.ndim == 1 else dec  # (n_out, d)
+
+    def subtract(li):
+        def fn(module, args, out):
+            k = li - layer
+            if 0 <= k < dec.shape[0]:
+                out = out.clone()
+                out[0, pos] -= a * dec[k]
+            return out
+        return fn
+
+    after_norm = arch == "gemma2" and output_hook == "hook_mlp_out"
+    handles = [(part.norm_pf if after_norm else part.mlp).register_forward_hook(subtract(li))
+               for li, part in enumerate(arch_.layers)]
+    with torch.inference_mode():
+        want = model(input_ids=torch.tensor([PROMPT]), use_cache=False).logits[0]
+    for h in handles:
+        h.remove()
+    got = intervened_logits(target, PROMPT, [Intervention(FeatureRef(layer, index), Op.SET, 0.0, (pos,))], len(PROMPT))
+    assert a > 0 and (want - base).abs().max() > 1e-3
+    assert (got - want).abs().max() < 1e-5

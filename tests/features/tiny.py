@@ -41,7 +41,25 @@ def tiny_llama(seed: int = 0):
     return model
 
 
-def tiny_transcoders(kind: str = "plt", seed: int = 1) -> TranscoderSet:
+def tiny_gemma2(seed: int = 0):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
+        bos_token_id=0, eos_token_id=None, pad_token_id=None, query_pre_attn_scalar=32, sliding_window=64,
+        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, attn_implementation="eager",
+    )
+    model = Gemma2ForCausalLM(cfg).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.2) if p.ndim > 1 else None
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def tiny_transcoders(kind: str = "plt", seed: int = 1, *, input_hook: str = "mlp.hook_in",
+                     output_hook: str = "mlp.hook_out") -> TranscoderSet:
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -57,6 +75,6 @@ def tiny_transcoders(kind: str = "plt", seed: int = 1) -> TranscoderSet:
         W_dec=W_dec,
         b_dec=[torch.zeros(D_MODEL) for _ in range(L)],
         activation="relu",
-        feature_input_hook="mlp.hook_in",
-        feature_output_hook="mlp.hook_out",
+        feature_input_hook=input_hook,
+        feature_output_hook=output_hook,
     )
