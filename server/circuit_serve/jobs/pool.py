@@ -58,7 +58,10 @@ class WorkerPool:
         return self.workers - self._free
 
     async def run(self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event) -> Computed:
-        """Wait for a worker, run `work(progress, should_stop)` on it, return its result."""
+        """Wait for a worker, run `work(progress, should_stop)` on it, return its result.
+
+        (The features service also admits steered generations through this pool, so the
+        queue and running gauges count those too.)"""
         loop = asyncio.get_running_loop()
         await self._admit(loop, on_event)
         self.metrics.running.inc()
@@ -70,17 +73,14 @@ class WorkerPool:
             except RuntimeError:  # the loop closed under a shutting-down server
                 pass
 
-        started = time.perf_counter()
         future = loop.run_in_executor(self._executor, work, progress, stop.is_set)
         future.add_done_callback(self._on_work_done)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             stop.set()
-            log.info("graph computation abandoned by its callers; stopping at the next batch boundary")
+            log.info("work abandoned by its callers; stopping at the next batch boundary")
             raise
-        finally:
-            self.metrics.duration.labels("total").observe(time.perf_counter() - started)
 
     async def _admit(self, loop: asyncio.AbstractEventLoop, on_event: Callable[[JobEvent], None]) -> None:
         if self._free > 0 and not self._waiting:

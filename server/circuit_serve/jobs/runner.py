@@ -77,7 +77,9 @@ class GraphJobs:
                 again = await self.cache.get(key, record=False)
                 if again is not None:
                     return Finished(again, "replica")
+            started = time.perf_counter()
             computed = await self.pool.run(work, on_event=emit, stop=stop)
+            self.metrics.duration.labels("total").observe(time.perf_counter() - started)
             self.metrics.computations.inc()
             if computed.stats is not None:
                 self._export(computed.stats)

@@ -59,7 +59,7 @@ class AttributionMetrics:
         )
         self.duration = Histogram(
             "circuit_attribution_duration_seconds",
-            "Time per attribution phase (queued = waiting for a worker; total = whole computation).",
+            "Time per attribution phase (engine phases; queued = waiting for a worker; total = queued + computing).",
             ["phase"],
             buckets=_DURATION_BUCKETS,
             registry=registry,
