@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -154,6 +154,62 @@ class AttributionClient:
         try:
             resp = self._stub.GetGraph(pb.GetGraphRequest(key=key, output=_OUTPUT[output]),
                                        timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        return _result(key, resp.result)
+
+
+class AsyncAttributionClient:
+    """asyncio twin of `AttributionClient`; `target` is host:port, a grpc.aio.Channel, or an
+    AsyncCircuitClient (its channel is shared)."""
+
+    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3) -> None:
+        self._own_channel = isinstance(target, str)
+        if isinstance(target, str):
+            self.channel = grpc.aio.insecure_channel(target, options=channel_options(retries))
+        else:
+            self.channel = getattr(target, "channel", target)
+        self.timeout = timeout
+        self._stub = pb_grpc.AttributionStub(self.channel)
+
+    async def __aenter__(self) -> AsyncAttributionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_channel:
+            await self.channel.close()
+
+    async def stream(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,
+                     prompt_token_ids: Sequence[int] | None = None, request_id: str | None = None,
+                     token_index: int | None = None, output: Output = "both", background: bool = False,
+                     timeout: float | None = None) -> AsyncIterator[Event]:
+        req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
+                       output, background)
+        call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
+        try:
+            async for msg in call:
+                yield _event(msg)
+        except grpc.RpcError as err:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def attribute(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,
+                        on_event: Callable[[Event], None] | None = None, **kwargs: Any) -> GraphResult:
+        async for event in self.stream(prompt, settings, **kwargs):
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, GraphResult):
+                return event
+        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the Attribute stream ended without a graph")
+
+    async def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> GraphResult:
+        try:
+            resp = await self._stub.GetGraph(pb.GetGraphRequest(key=key, output=_OUTPUT[output]),
+                                             timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as err:
             raise CircuitRpcError.from_rpc_error(err) from None
         return _result(key, resp.result)

@@ -286,3 +286,18 @@ def test_lock_is_released_and_not_stolen(redis_service, redis_prefix):
         await link.close()
 
     asyncio.run(go())
+
+
+def test_shutdown_stops_running_work(metrics):
+    engine = FakeEngine(batches=100, batch_s=0.02)
+
+    async def go():
+        jobs = make_jobs(metrics)
+        task = asyncio.create_task(collect(jobs, "k", engine.work()))
+        await asyncio.sleep(0.1)
+        jobs.pool.shutdown()
+        with pytest.raises(Cancelled):
+            await task
+
+    asyncio.run(go())
+    assert engine.stopped == 1

@@ -367,3 +367,18 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
     missing = subprocess.run([*cli, "graph", "0" * 64, "--out", str(again), "--target", attr_server.target],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_async_client(attr_server):
+    import asyncio
+
+    from circuit_client.attribution import AsyncAttributionClient
+
+    async def go():
+        async with AsyncAttributionClient(attr_server.target, timeout=300) as client:
+            first = await client.attribute(PROMPT, SMALL)
+            again = await client.get_graph(first.key, output="json")
+            return first, again
+
+    first, again = asyncio.run(go())
+    assert again.frontend_json == first.frontend_json and again.graph is None

@@ -47,6 +47,7 @@ class WorkerPool:
         self.metrics = metrics
         self._free = workers
         self._waiting: deque[_Ticket] = deque()
+        self._stops: set[threading.Event] = set()  # stop flags of the work running now
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attribution")
 
     @property
@@ -73,8 +74,9 @@ class WorkerPool:
             except RuntimeError:  # the loop closed under a shutting-down server
                 pass
 
+        self._stops.add(stop)
         future = loop.run_in_executor(self._executor, work, progress, stop.is_set)
-        future.add_done_callback(self._on_work_done)
+        future.add_done_callback(lambda f: (self._stops.discard(stop), self._on_work_done(f)))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -131,5 +133,8 @@ class WorkerPool:
                 ticket.on_event(Queued(position))
 
     def shutdown(self) -> None:
-        """Stop taking work; running threads finish on their own (they are asked to stop by their jobs)."""
+        """Stop taking work and ask running work to stop at its next batch boundary (the
+        interpreter waits for worker threads at exit, so a long graph must not run on)."""
+        for stop in list(self._stops):
+            stop.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
