@@ -38,18 +38,32 @@ class StepStats:
 StatsSink = Callable[[StepStats], None]
 
 
-def stat_logger_factory(sink: StatsSink) -> Callable[[Any, int], Any]:
-    """A vLLM per-engine stat logger factory that forwards every step to `sink`."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
+def stat_logger_factory(sink: StatsSink) -> type:
+    """A vLLM stat logger class that forwards every step to `sink`.
 
-    class _Forward(StatLoggerBase):
-        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-            self.engine_index = engine_index
+    It subclasses vLLM's Prometheus logger only so that vLLM does not also start its
+    own one, which would fill the global prometheus_client registry (ours is passed in)
+    and cost a second set of metric updates per token; none of its code runs.
+    """
+    from vllm.v1.metrics.loggers import PrometheusStatLogger
+
+    class _Forward(PrometheusStatLogger):
+        def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+            self.engine_indexes = engine_indexes or [0]
 
         def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
             sink(to_step_stats(scheduler_stats, iteration_stats))
 
+        def record_admission_rejection(self, reason: str) -> None:
+            pass
+
+        def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+            pass
+
         def log_engine_initialized(self) -> None:
+            pass
+
+        def log(self) -> None:
             pass
 
     return _Forward
