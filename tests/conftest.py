@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -65,6 +65,10 @@ class ServerProcess:
     port: int
     metrics_port: int
     log_path: Path
+    # health statuses seen while starting, in order, and the status code of a Generate
+    # call made while NOT_SERVING (None if the server was never seen NOT_SERVING)
+    startup_statuses: list[str] = field(default_factory=list)
+    generate_while_loading: str | None = None
 
     @property
     def target(self) -> str:
@@ -108,7 +112,7 @@ class ServerProcess:
 
 def start_server(model_dir: Path, log_path: Path, *extra_args: str) -> ServerProcess:
     """Start `circuit-serve serve` on free ports and wait until health says SERVING."""
-    from circuit_client import CircuitClient, CircuitRpcError
+    from circuit_client import CircuitClient, CircuitRpcError, Sampling
 
     port, metrics_port = free_port(), free_port()
     cmd = [
@@ -132,10 +136,19 @@ def start_server(model_dir: Path, log_path: Path, *extra_args: str) -> ServerPro
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
             try:
-                if client.health() == "SERVING":
-                    return server
+                status = client.health()
             except CircuitRpcError:
-                pass
+                status = None
+            if status and (not server.startup_statuses or server.startup_statuses[-1] != status):
+                server.startup_statuses.append(status)
+            if status == "SERVING":
+                return server
+            if status == "NOT_SERVING" and server.generate_while_loading is None:
+                try:
+                    client.generate("hi", Sampling(max_new_tokens=1))
+                    server.generate_while_loading = "OK"
+                except CircuitRpcError as err:
+                    server.generate_while_loading = err.code.name
             if time.monotonic() > deadline:
                 server.stop()
                 raise TimeoutError(f"server not SERVING after {STARTUP_TIMEOUT_S}s:\n{server.log()[-4000:]}")

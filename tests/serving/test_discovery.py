@@ -14,6 +14,11 @@ def test_health_serving(server):
         assert client.health("circuit.v1.Generation") == "SERVING"
 
 
+def test_not_serving_until_the_model_is_loaded(server):
+    assert server.startup_statuses[-2:] == ["NOT_SERVING", "SERVING"]
+    assert server.generate_while_loading == "UNAVAILABLE"
+
+
 def test_reflection_lists_and_describes_generation(server):
     with grpc.insecure_channel(server.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
