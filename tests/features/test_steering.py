@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.errors import Cancelled, InvalidRequest
 from circuit_serve.features.steering import Intervention, Op, Sampling, generate, intervened_logits, steer
 from circuit_serve.features.target import ModelTarget
 from circuit_serve.features.types import FeatureRef
@@ -104,6 +104,18 @@ def test_generated_token_interventions(target):
                    sampling, with_default=True)
     assert pushed.default == default
     assert pushed.steered.token_ids != default.token_ids
+
+
+def test_a_caller_that_left_stops_generation(target):
+    polls = []
+
+    def should_stop():
+        polls.append(1)
+        return len(polls) > 2
+
+    with pytest.raises(Cancelled):
+        generate(target, PROMPT, (), Sampling(max_new_tokens=10), should_stop=should_stop)
+    assert len(polls) == 3
 
 
 def test_seeded_sampling_is_reproducible(target):

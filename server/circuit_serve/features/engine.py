@@ -8,7 +8,7 @@ attribution graph of the same tokens uses (position 0, the BOS token, is zero th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +69,6 @@ class FeaturesEngine:
         """The ids the replacement model runs on (BOS first), validated."""
         if bool(given.prompt) == bool(given.token_ids):
             raise InvalidRequest("give exactly one of prompt and prompt_token_ids", field="prompt")
-        if given.prompt is not None and given.prompt and not given.prompt.strip():
-            raise InvalidRequest("the prompt is blank; give some text", field="prompt")
         ids, _ = self.rm.check_tokens(given.prompt if given.prompt else list(given.token_ids or ()))
         return ids.tolist()
 
@@ -142,9 +140,10 @@ class FeaturesEngine:
         steering.validate(query.interventions, len(ids), self.shape)
         return ids
 
-    def steer(self, query: SteerQuery, prompt_ids: Sequence[int]) -> SteerResult:
+    def steer(self, query: SteerQuery, prompt_ids: Sequence[int],
+              should_stop: Callable[[], bool] | None = None) -> SteerResult:
         return steering.steer(self.target, prompt_ids, query.interventions, query.sampling,
-                              with_default=query.with_default)
+                              with_default=query.with_default, should_stop=should_stop)
 
 
 def _dense(fa: FeatureActivations, features: Sequence[FeatureRef]) -> torch.Tensor:

@@ -95,7 +95,7 @@ class FeaturesService:
         prompt_ids = await asyncio.to_thread(engine.check_steer, query, self.max_tokens)
         if self.admission is None:
             return await asyncio.to_thread(engine.steer, query, prompt_ids)
-        return await self.admission.run(lambda progress, should_stop: engine.steer(query, prompt_ids),
+        return await self.admission.run(lambda progress, should_stop: engine.steer(query, prompt_ids, should_stop),
                                         on_event=lambda event: None, stop=threading.Event())
 
     # ---- monitoring ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.errors import Cancelled, InvalidRequest
 from circuit_serve.features.types import FeatureRef, TranscoderShape
 
 
@@ -214,8 +214,10 @@ def intervened_logits(target: InterventionTarget, token_ids: Sequence[int],
 
 @torch.inference_mode()
 def generate(target: InterventionTarget, prompt_ids: Sequence[int], interventions: Sequence[Intervention],
-             sampling: Sampling, *, on_logits: Callable[[torch.Tensor], None] | None = None) -> Completion:
-    """Token-by-token generation with the interventions hooked in (none: the default completion)."""
+             sampling: Sampling, *, on_logits: Callable[[torch.Tensor], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> Completion:
+    """Token-by-token generation with the interventions hooked in (none: the default completion).
+    `should_stop()` is polled before each token; True raises Cancelled (every caller left)."""
     n_prompt = len(prompt_ids)
     generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
     eos = target.eos_token_ids()
@@ -225,6 +227,8 @@ def generate(target: InterventionTarget, prompt_ids: Sequence[int], intervention
         past = None
         start = 0
         for _ in range(sampling.max_new_tokens):
+            if should_stop is not None and should_stop():
+                raise Cancelled("steering stopped: its caller went away")
             if hooks is not None:
                 hooks.start = start
             logits, past = target.forward(step_ids, past)
@@ -252,9 +256,10 @@ def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None
 
 
 def steer(target: InterventionTarget, prompt_ids: Sequence[int], interventions: Sequence[Intervention],
-          sampling: Sampling, *, with_default: bool = False) -> SteerResult:
+          sampling: Sampling, *, with_default: bool = False,
+          should_stop: Callable[[], bool] | None = None) -> SteerResult:
     """The steered completion and, when asked, the default one (same sampling and seed)."""
     validate(interventions, len(prompt_ids), target.shape)
-    steered = generate(target, prompt_ids, interventions, sampling)
-    default = generate(target, prompt_ids, (), sampling) if with_default else None
+    steered = generate(target, prompt_ids, interventions, sampling, should_stop=should_stop)
+    default = generate(target, prompt_ids, (), sampling, should_stop=should_stop) if with_default else None
     return SteerResult(tuple(prompt_ids), steered, default)
