@@ -26,6 +26,7 @@ SMALL = AttributionSettings(max_feature_nodes=48, batch_size=32)
 SLOW = AttributionSettings(batch_size=1, max_feature_nodes=4096)
 MEDIUM_PROMPT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat. The dog slept by the door."
 LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
+SERVER_PREFIX = f"t-{uuid.uuid4().hex[:8]}:"  # the test server's Redis keys
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def redis_for_server():
 def attr_server(launch_server, transcoder_dir, redis_for_server):
     return launch_server(
         "--transcoders", str(transcoder_dir),
-        "--redis-url", redis_for_server.url, "--redis-prefix", f"t-{uuid.uuid4().hex[:8]}:",
+        "--redis-url", redis_for_server.url, "--redis-prefix", SERVER_PREFIX,
         "--attribution-workers", "1", "--attribution-max-queued", "1",
         "--attribution-max-prompt-tokens", "64", "--attribution-max-feature-nodes", "4096",
         "--attribution-max-batch-size", "256", "--attribution-memory-budget-gib", "0.5",
@@ -136,6 +137,24 @@ def test_second_identical_request_is_a_cache_hit_with_identical_bytes(attr_serve
     assert counter(attr_server, "circuit_graph_cache_hits_total", backend="redis") == hits + 1
     fetched = graphs.get_graph(first.key)
     assert fetched.frontend_json == first.frontend_json
+
+
+def test_corrupt_cache_entry_is_recomputed_not_served(attr_server, graphs, redis_for_server):
+    import redis
+
+    settings = unique(SMALL)
+    first = graphs.attribute(PROMPT, settings)
+    bad = counter(attr_server, "circuit_graph_cache_bad_entries_total", backend="redis")
+    client = redis.Redis.from_url(redis_for_server.url)
+    name = f"{SERVER_PREFIX}graph:{first.key}"
+    blob = client.get(name)
+    client.set(name, blob[:-10])  # truncated: its checksum no longer matches
+    again = graphs.attribute(PROMPT, settings)
+    assert again.source == "computed" and again.frontend_json == first.frontend_json
+    assert counter(attr_server, "circuit_graph_cache_bad_entries_total", backend="redis") == bad + 1
+    client.close()
+    third = graphs.attribute(PROMPT, settings)  # the recomputed entry replaced the corrupt one
+    assert third.source == "cache" and third.graph.SerializeToString() == again.graph.SerializeToString()
 
 
 def test_redis_stopped_mid_test_then_restarted(attr_server, graphs, redis_for_server):
