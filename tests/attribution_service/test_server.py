@@ -48,15 +48,19 @@ def redis_for_server():
     server.close()
 
 
-@pytest.fixture(scope="module")
-def attr_server(launch_server, transcoder_dir, redis_for_server):
-    return launch_server(
+def server_args(transcoder_dir, redis_for_server) -> list[str]:
+    return [
         "--transcoders", str(transcoder_dir),
         "--redis-url", redis_for_server.url, "--redis-prefix", SERVER_PREFIX,
         "--attribution-workers", "1", "--attribution-max-queued", "1",
         "--attribution-max-prompt-tokens", "64", "--attribution-max-feature-nodes", "4096",
         "--attribution-max-batch-size", "256", "--attribution-memory-budget-gib", "0.5",
-    )
+    ]
+
+
+@pytest.fixture(scope="module")
+def attr_server(launch_server, transcoder_dir, redis_for_server):
+    return launch_server(*server_args(transcoder_dir, redis_for_server))
 
 
 @pytest.fixture
@@ -197,6 +201,32 @@ def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
     assert len(results) == 2 and results[0].frontend_json == results[1].frontend_json
     assert counter(attr_server, "circuit_attribution_computations_total") == computations + 1
     assert counter(attr_server, "circuit_attribution_dedup_joins_total") == joins + 1
+
+
+def test_two_replicas_sharing_redis_compute_a_graph_once(attr_server, launch_server, transcoder_dir,
+                                                        redis_for_server):
+    other = launch_server(*server_args(transcoder_dir, redis_for_server))  # same Redis, same key prefix
+    settings = unique(SMALL, max_feature_nodes=400, batch_size=2)  # a few seconds of batches
+    before = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
+    results: dict[str, GraphResult] = {}
+
+    def run(name, srv):
+        with AttributionClient(srv.target, timeout=300) as client:
+            results[name] = client.attribute(PROMPT, settings)
+
+    first = threading.Thread(target=run, args=("first", attr_server))
+    first.start()
+    time.sleep(1.0)  # the first replica holds the lock and computes
+    run("second", other)
+    first.join(300)
+    # whichever took the lock computed; the other waited for its result in Redis
+    assert {results["first"].source, results["second"].source} == {"computed", "replica"}
+    assert results["second"].frontend_json == results["first"].frontend_json
+    after = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
+    assert sum(after) == sum(before) + 1
+    waits = sum(counter(s, "circuit_attribution_replica_waits_total", outcome="cached") for s in (attr_server, other))
+    assert waits >= 1
+    other.stop()
 
 
 def _background_stream(graphs, prompt, settings, seen: list, stop: threading.Event):
