@@ -13,7 +13,7 @@ in the phases this module runs and times:
    visited by their estimated influence on the logits, computed from the rows so far
    (row-normalised |A| walked back from the logit probabilities) and re-estimated every
    `update_interval` batches.
-6. Package: rows reordered to [selected features | logits]; the graph keeps
+6. Package: rows in the order [selected features | logits]; the graph keeps
    selected-rows x all-columns weights, settings, identities and these timings.
 """
 
@@ -111,21 +111,28 @@ def run_attribution(
     n_sel = min(settings.max_feature_nodes or n_active, n_active)
     rm.check_memory(P, settings, n_active=n_active, n_logits=K)
     dev = lrm.device
-    edges = torch.zeros(n_sel + K, n_cols, device=dev)  # (rows computed, all sources)
-    row_nodes = torch.zeros(n_sel + K, dtype=torch.long, device=dev)  # node index of each row
+    # Every selected feature visited: rows go straight to their final place [features | logits].
+    # Otherwise rows are stored in visit order (the influence estimate reads them) and reordered
+    # in phase 6.
+    full = n_sel == n_active
+    edges = torch.empty(n_sel + K, n_cols, device=dev)  # (rows, all sources); every row is written
+    row_nodes = torch.zeros(n_sel + K, dtype=torch.long, device=dev)  # node index of each row (visit order)
+
+    def fill(dest: torch.Tensor, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> None:
+        buf = torch.zeros(len(dest), n_cols, device=dev)  # (b, n_cols)
+        lrm.rows(layers, positions, vectors, buf)
+        edges.index_copy_(0, dest.to(dev), buf)
+
     t = phase("3_targets", t)
 
     # Phase 4: logit rows -------------------------------------------------------------------
     B = settings.batch_size
+    first_logit_row = n_sel if full else 0
     for i in range(0, K, B):
         check_stop()
         j = min(i + B, K)
-        lrm.rows(
-            torch.full((j - i,), L),
-            torch.full((j - i,), P - 1),
-            tg.vectors[i:j].to(dev),
-            edges[i:j],
-        )
+        fill(torch.arange(first_logit_row + i, first_logit_row + j), torch.full((j - i,), L),
+             torch.full((j - i,), P - 1), tg.vectors[i:j].to(dev))
         row_nodes[i:j] = n_cols + torch.arange(i, j, device=dev)
         report("4 logit rows", j / K)
     t = phase("4_logit_rows", t)
@@ -136,7 +143,7 @@ def run_attribution(
     visited = torch.zeros(n_active, dtype=torch.bool)
     st, n_visited = K, 0
     while n_visited < n_sel:
-        if n_sel == n_active:
+        if full:
             pending = torch.arange(n_active)
         else:
             infl = partial_influence(edges[:st], row_nodes[:st], tg.probabilities, n_cols)
@@ -147,7 +154,8 @@ def run_attribution(
             idx = pending[i : i + B]
             idx = idx[torch.argsort(feat_layer[idx], descending=True, stable=True)]  # layer-descending
             b = len(idx)
-            lrm.rows(feat_layer[idx], feat_pos[idx], lrm.encoder_vectors(idx), edges[st : st + b])
+            dest = idx if full else torch.arange(st, st + b)
+            fill(dest, feat_layer[idx], feat_pos[idx], lrm.encoder_vectors(idx))
             row_nodes[st : st + b] = idx.to(dev)
             visited[idx] = True
             st += b
@@ -157,8 +165,8 @@ def run_attribution(
 
     # Phase 6: package ----------------------------------------------------------------------
     selected = torch.nonzero(visited).flatten()  # (F,) sorted
-    order = torch.argsort(row_nodes)  # features by active index, then logits (node ids n_cols + k)
-    edges = edges[order]
+    if not full:
+        edges = edges[torch.argsort(row_nodes)]  # features by active index, then logits (n_cols + k)
     graph = AttributionGraph(
         prompt=prompt if prompt is not None else rm.decode_tokens(rec.tokens.tolist()),
         input_tokens=rec.tokens.clone(),
