@@ -6,12 +6,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import FIXTURES, built_case
 from safetensors.torch import load_file, save_file
-from tracing_helpers import build_model, tiny_tokenizer
 
 from circuit_serve.errors import Cancelled, InvalidRequest
 from circuit_serve.tracing import Contrast, ReplacementModel, load_transcoders
+from tests.tracing.tracing_helpers import FIXTURES, build_model, built_case, tiny_tokenizer
 
 CASE = "llama-plt-relu-skip"
 

@@ -6,9 +6,9 @@ import argparse
 import json
 
 import numpy as np
-from conftest import FIXTURES
 
 from circuit_serve.commands import attribute
+from tests.tracing.tracing_helpers import FIXTURES
 
 
 def _run(argv: list[str]) -> int:

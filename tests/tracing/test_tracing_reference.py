@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
 
 from circuit_serve.tracing import ReplacementModel
 from circuit_serve.tracing.prune import influence, normalize_rows
+from tests.tracing.tracing_helpers import FIXTURES
 
 PROMPT = "The capital of France is"
 FULL = [("llama", "transcoders", "llama_plt"), ("llama", "clt", "llama_clt"),

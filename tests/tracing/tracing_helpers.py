@@ -17,6 +17,8 @@ import yaml
 from safetensors.torch import save_file
 
 ARCHS = ("llama", "gemma2", "qwen3")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
+PROMPT_IDS = [2, 17, 43, 8, 91, 23, 55, 4, 61, 30]  # BOS first; 10 positions (> Gemma's window of 4)
 
 
 def tiny_tokenizer(vocab: int):
@@ -290,3 +292,21 @@ class FrozenHF:
 
 def save_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj))
+
+
+_BUILT: dict[str, tuple] = {}
+
+
+def built_case(case: str, root: Path):
+    """(ReplacementModel, FrozenHF, tokens) for a CASES entry, built once per session."""
+    from circuit_serve.tracing import ReplacementModel, load_transcoders
+
+    if case not in _BUILT:
+        arch = CASES[case][0]
+        model = build_model(arch, seed=sum(map(ord, case)) % 1000)
+        tokens = torch.tensor(PROMPT_IDS)
+        tdir = write_transcoders(root / case, model, case, tokens)
+        tcs = load_transcoders(tdir, dtype=torch.float32, device="cpu")
+        rm = ReplacementModel.from_hf(model, tiny_tokenizer(model.config.vocab_size), tcs, model_id=f"test-{case}")
+        _BUILT[case] = (rm, FrozenHF(model, tcs, tokens), tokens)
+    return _BUILT[case]
