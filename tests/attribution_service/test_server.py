@@ -206,26 +206,27 @@ def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
 def test_two_replicas_sharing_redis_compute_a_graph_once(attr_server, launch_server, transcoder_dir,
                                                         redis_for_server):
     other = launch_server(*server_args(transcoder_dir, redis_for_server))  # same Redis, same key prefix
-    settings = unique(SMALL, max_feature_nodes=400, batch_size=2)  # a few seconds of batches
+    settings = unique(SLOW, max_feature_nodes=300)  # a few seconds of batches
     before = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
-    results: dict[str, GraphResult] = {}
+    first: list = []
 
-    def run(name, srv):
-        with AttributionClient(srv.target, timeout=300) as client:
-            results[name] = client.attribute(PROMPT, settings)
+    def run_first():
+        with AttributionClient(attr_server.target, timeout=300) as client:
+            client.attribute(MEDIUM_PROMPT, settings, on_event=first.append)
 
-    first = threading.Thread(target=run, args=("first", attr_server))
-    first.start()
-    time.sleep(1.0)  # the first replica holds the lock and computes
-    run("second", other)
-    first.join(300)
-    # whichever took the lock computed; the other waited for its result in Redis
-    assert {results["first"].source, results["second"].source} == {"computed", "replica"}
-    assert results["second"].frontend_json == results["first"].frontend_json
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    _wait_for(lambda: any(isinstance(e, Running) and e.phase.startswith("5") for e in first), 120)
+    with AttributionClient(other.target, timeout=300) as client:  # the first replica holds the lock
+        waiting: list = []
+        second = client.attribute(MEDIUM_PROMPT, settings, on_event=waiting.append)
+    thread.join(300)
+    assert first[-1].source == "computed" and second.source == "replica"
+    assert any(isinstance(e, Running) and e.phase == "waiting_for_replica" for e in waiting)
+    assert second.frontend_json == first[-1].frontend_json
     after = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
-    assert sum(after) == sum(before) + 1
-    waits = sum(counter(s, "circuit_attribution_replica_waits_total", outcome="cached") for s in (attr_server, other))
-    assert waits >= 1
+    assert after == [before[0] + 1, before[1]]
+    assert counter(other, "circuit_attribution_replica_waits_total", outcome="cached") == 1
     other.stop()
 
 
