@@ -106,6 +106,9 @@ class AttributionService:
         except DeadlineExceeded:
             outcome = "deadline"
             raise
+        except (NotConfigured, BackendUnavailable):
+            outcome = "unavailable"
+            raise
         except (Cancelled, asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
             raise

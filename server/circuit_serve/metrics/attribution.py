@@ -13,7 +13,7 @@ _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 1
 _SIZE_BUCKETS = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
 _SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
 CACHE_OPS = ("get", "put", "delete")
-OUTCOMES = ("ok", "cached", "invalid", "not_found", "capacity", "deadline", "cancelled", "error")
+OUTCOMES = ("ok", "cached", "invalid", "not_found", "capacity", "deadline", "cancelled", "unavailable", "error")
 
 
 class AttributionMetrics:
