@@ -206,7 +206,7 @@ def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
 def test_two_replicas_sharing_redis_compute_a_graph_once(attr_server, launch_server, transcoder_dir,
                                                         redis_for_server):
     other = launch_server(*server_args(transcoder_dir, redis_for_server))  # same Redis, same key prefix
-    settings = unique(SLOW, max_feature_nodes=300)  # a few seconds of batches
+    settings = unique(SLOW, max_feature_nodes=600)  # several seconds of batches
     before = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
     first: list = []
 
