@@ -115,8 +115,9 @@ class GenerationEngine:
         return ids, list(self._tokenizer.convert_ids_to_tokens(ids))
 
     def load(self) -> EngineLoad:
-        """Requests running and waiting in the scheduler right now."""
-        if self._llm is None or self._llm.output_processor.get_num_unfinished_requests() == 0:
+        """Requests running and waiting in the scheduler right now (safe to call from any thread)."""
+        llm = self._llm
+        if llm is None or llm.output_processor.get_num_unfinished_requests() == 0:
             return EngineLoad(0, 0)  # vLLM reports no step when it goes idle; nothing is in flight
         return self._last_load
 
