@@ -64,6 +64,7 @@ class Runtime:
     features: FeaturesService
     replacement: Any = None  # tracing.ReplacementModel, loaded in start() when --transcoders is given
     service_names: list[str] = field(default_factory=list)  # filled by build_server
+    draining: bool = False  # set on shutdown: new calls get UNAVAILABLE, in-flight ones finish
 
     @classmethod
     def create(cls, config: ServeConfig, registry: CollectorRegistry | None = None) -> Runtime:
@@ -115,7 +116,8 @@ async def build_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started grpc.aio server on `address` ("host:0" picks a free port): the services,
     health (NOT_SERVING until `mark_serving`) and reflection. Returns (server, port, health)."""
-    server = grpc.aio.server(interceptors=[ServingInterceptor(runtime.rpc_metrics)], options=_SERVER_OPTIONS)
+    interceptor = ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)
+    server = grpc.aio.server(interceptors=[interceptor], options=_SERVER_OPTIONS)
     names = [register(runtime, server) for register in (SERVICES if services is None else services)]
     runtime.service_names = names
 
@@ -166,6 +168,7 @@ async def serve(config: ServeConfig) -> int:
             loading.cancel()
         log.info("shutting down: no new calls; in-flight calls get %.1fs", config.grace_period_s)
     finally:
+        runtime.draining = True
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.grace_period_s)
         runtime.shutdown()

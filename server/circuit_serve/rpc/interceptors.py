@@ -26,8 +26,11 @@ _BY_NUMBER = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
 class ServingInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: RpcMetrics) -> None:
+    """`draining()` true (shutting down): new calls, except health checks, get UNAVAILABLE."""
+
+    def __init__(self, metrics: RpcMetrics, *, draining: Callable[[], bool] = lambda: False) -> None:
         self._metrics = metrics
+        self._draining = draining
 
     async def intercept_service(
         self,
@@ -39,6 +42,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method.rsplit("/", 2)[-2:]
         name = "/".join(method)  # "circuit.v1.Generation/Generate"
+        if self._draining() and not name.startswith(_ALWAYS_ANSWERED):
+            handler = _refusal(handler)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(name, handler.unary_unary),
@@ -102,6 +107,27 @@ async def _handle(name: str, exc: BaseException, context: grpc.aio.ServicerConte
         raise exc  # GeneratorExit, KeyboardInterrupt, SystemExit
     await context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
+
+
+_ALWAYS_ANSWERED = ("grpc.health.v1.Health/", "grpc.reflection.")
+_SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The same method, answering UNAVAILABLE without running the servicer."""
+
+    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        yield  # makes this an async generator
+
+    if handler.unary_unary:
+        return handler._replace(unary_unary=refuse_unary)
+    if handler.unary_stream:
+        return handler._replace(unary_stream=refuse_stream)
+    return handler
 
 
 def _final_code(context: grpc.aio.ServicerContext, ended_early: bool) -> str:
