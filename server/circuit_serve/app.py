@@ -48,6 +48,11 @@ _SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a taken port is an error, not a silently shared one
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
+    # A unary Generate writes nothing while it decodes; client keepalive pings in that
+    # window must not count as abuse (GOAWAY "too_many_pings" would fail every call).
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 

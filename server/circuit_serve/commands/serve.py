@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from circuit_serve.config.serve import ServeConfig
 
@@ -14,7 +16,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
     from circuit_serve.app import serve
@@ -23,7 +24,18 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig.from_args(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(serve(config))
+        return _event_loop_runner()(serve(config))
     except FeatureFileError as exc:  # a bad --labels/--watchlist file: say which entry and field
         logging.getLogger("circuit_serve").error("cannot start: %s", exc)
         return 2
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    """uvloop's runner when installed (vLLM depends on it and serves gRPC on it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        import asyncio
+
+        return asyncio.run
+    return uvloop.run
