@@ -146,53 +146,63 @@ def agreement(g, Z, limited: bool) -> str:
             + ("" if ok else " (FAIL)"))
 
 
-def gpu_gemma2_2b(args) -> str:
-    """Gemma-2-2B-shaped random model + 16,384-feature JumpReLU PLTs, 16 tokens, 7,500 feature nodes."""
-    from transformers import AutoModelForCausalLM, Gemma2Config, PreTrainedTokenizerFast
+def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_mlp: int = 9216, heads: int = 8,
+                  kv_heads: int = 4, head_dim: int = 256, vocab: int = 256000, n_tc: int = 16384, n_tokens: int = 16,
+                  max_feature_nodes: int = 7500, l0: int = 64, reps: int = 2) -> str:
+    """Random Gemma-2-shaped model + JumpReLU PLTs (about `l0` features per token and layer).
+
+    Defaults: Gemma-2-2B's shape, 16,384 features per layer, 16 tokens, 7,500 feature nodes."""
     from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, Gemma2Config, PreTrainedTokenizerFast
 
     from circuit_serve.tracing.transcoders import TranscoderSet
 
-    dev = "cuda"
-    cfg = Gemma2Config(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
-                       num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
-                       sliding_window=4096, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
-                       max_position_embeddings=8192)
+    cfg = Gemma2Config(vocab_size=vocab, hidden_size=d, intermediate_size=d_mlp, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                       query_pre_attn_scalar=head_dim, sliding_window=4096, final_logit_softcapping=30.0,
+                       attn_logit_softcapping=50.0, max_position_embeddings=8192)
     torch.manual_seed(0)
-    with torch.device(dev):
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
-    L, d, n_tc = 26, 2304, 16384
-    g = torch.Generator(device=dev).manual_seed(0)
-    tokens = torch.randint(3, 256000, (16,), generator=g, device=dev)
+    g = torch.Generator(device=device).manual_seed(0)
+    tokens = torch.randint(3, vocab, (n_tokens,), generator=g, device=device).cpu()
     tokens[0] = 2
-    # encoders on the prompt's own transcoder inputs; per-layer threshold keeps ~64 features per token
-    W_enc = [torch.nn.functional.normalize(torch.randn(n_tc, d, generator=g, device=dev), dim=1) for _ in range(L)]
-    tcs = TranscoderSet(kind="plt", W_enc=W_enc, b_enc=[torch.zeros(n_tc, device=dev) for _ in range(L)],
-                        W_dec=[torch.randn(n_tc, d, generator=g, device=dev) * d**-0.5 for _ in range(L)],
-                        b_dec=[torch.zeros(d, device=dev) for _ in range(L)], activation="jumprelu",
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device)
+
+    tcs = TranscoderSet(kind="plt", W_enc=[torch.nn.functional.normalize(randn(n_tc, d), dim=1) for _ in range(layers)],
+                        b_enc=[torch.zeros(n_tc, device=device) for _ in range(layers)],
+                        W_dec=[randn(n_tc, d) * d**-0.5 for _ in range(layers)],
+                        b_dec=[torch.zeros(d, device=device) for _ in range(layers)], activation="jumprelu",
                         feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out",
-                        threshold=[torch.zeros(n_tc, device=dev) for _ in range(L)], scan="bench-gemma2-2b-shape",
-                        identity="random")
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2},
-                                                                               unk_token="<pad>")),
-                                  bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
-    rm = ReplacementModel.from_hf(model, tok, tcs, model_id="random-gemma2-2b-shape")
-    rec = rm.record(tokens.cpu())
-    for li in range(L):
-        pre = tcs.pre_activations(li, rec.x_in[li][1:])
-        tcs.threshold[li][:] = torch.quantile(pre.flatten().float()[:16_000_000], 1 - 64 / n_tc)
-    torch.cuda.synchronize()
+                        threshold=[torch.zeros(n_tc, device=device) for _ in range(layers)],
+                        scan="bench-gemma2-shaped", identity="random")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2}, unk_token="<pad>")),
+        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    rm = ReplacementModel.from_hf(model, tok, tcs, model_id="random-gemma2-shaped")
+    rec = rm.record(tokens)
+    for li in range(layers):  # thresholds: about l0 features per token fire
+        pre = tcs.pre_activations(li, rec.x_in[li][1:]).float()
+        tcs.threshold[li].fill_(float(torch.quantile(pre.flatten(), 1 - l0 / n_tc)))
+    cuda = device.startswith("cuda")
     lines = []
-    for rep in range(2):
-        torch.cuda.reset_peak_memory_stats()
+    for rep in range(reps):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        graph = rm.attribute(tokens.cpu(), max_feature_nodes=7500, batch_size=256)
-        torch.cuda.synchronize()
+        graph = rm.attribute(tokens, max_feature_nodes=max_feature_nodes, batch_size=256)
+        if cuda:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        lines.append(f"| Gemma-2-2B-shaped random, 16 tokens, max_feature_nodes 7500 (run {rep + 1}) | "
-                     f"{graph.n_active} active, {graph.n_selected} selected | {dt:.2f} s | {peak:.2f} GiB peak "
-                     f"(model + transcoders + graph) | {json.dumps({k: round(v, 3) for k, v in graph.timings.items()})} |")
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
+        est = rm.estimate_memory(n_tokens, graph.settings, n_active=graph.n_active, n_logits=graph.n_logits) / 2**30
+        lines.append(f"| Gemma-2-shaped L={layers} d={d} n_tc={n_tc}, {n_tokens} tokens, max_feature_nodes "
+                     f"{max_feature_nodes} (run {rep + 1}, {device}) | {graph.n_active} active / {graph.n_selected} "
+                     f"selected | {dt:.2f} s | peak GPU memory {peak} (model + transcoders + graph); estimate "
+                     f"{est:.2f} GiB | {json.dumps({k: round(v, 3) for k, v in graph.timings.items()})} |")
     return "\n".join(lines)
 
 
@@ -205,10 +215,15 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attribution.md")
     ap.add_argument("--gpu-gemma2-2b", action="store_true", help="time the Gemma-2-2B-shaped config on CUDA")
+    ap.add_argument("--shaped-smoke", action="store_true", help="the same code path, tiny shape, on the CPU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.gpu_gemma2_2b:
-        print(gpu_gemma2_2b(args))
+        print(gemma2_shaped("cuda"))
+        return 0
+    if args.shaped_smoke:
+        print(gemma2_shaped("cpu", layers=4, d=256, d_mlp=512, heads=4, kv_heads=2, head_dim=64, vocab=1000,
+                            n_tc=2048, max_feature_nodes=300, l0=32, reps=1))
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     have_ref = Path(args.ref_python).exists() and (Path(args.ref_scripts) / "oracle.py").exists()
@@ -216,6 +231,7 @@ def main() -> int:
         print(f"reference venv or scripts not found ({args.ref_python}); timing this engine only")
         args.ref_python = None
     rows = []
+    load_before = os.getloadavg()[0]
     for cfg in make_models(args, args.workdir):
         tokens, g, ours = run_ours(cfg, args.reps)
         ref_t, agree = None, "reference not run"
@@ -229,9 +245,10 @@ def main() -> int:
                     f"{ref_t if ref_t is None else f'{ref_t:.3f} s'} | {min(ours):.3f} s | {ratio} | {agree} |")
         print(rows[-1], flush=True)
     ts = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (shared machine)"
     text = f"""# Attribution benchmark
 
-Written by `bench/attribution.py` on {ts}: {platform.machine()}, {os.cpu_count()} CPUs visible,
+Written by `bench/attribution.py` on {ts}: {platform.machine()}, {os.cpu_count()} CPUs visible, {load};
 torch {torch.__version__} with {args.threads} thread(s) on both sides, float32, CPU. Prompt:
 "{PROMPT}" (BOS prepended). Best of {args.reps} runs each, model loading excluded. Reference:
 circuit-tracer 0.5.0 (TransformerLens backend) in its own venv, same model files, tokens and
@@ -239,7 +256,12 @@ settings (max_n_logits 10, desired_logit_prob 0.95). Ratio = this engine / refer
 
 | configuration | tokens | active / selected features | reference | this engine | ratio | graphs |
 |---|---|---|---|---|---|---|
-""" + "\n".join(rows) + "\n"
+""" + "\n".join(rows) + """
+
+The Gemma-2-2B-shaped GPU run (`--gpu-gemma2-2b`: 26 layers, d_model 2304, 16,384-feature JumpReLU
+PLTs, 16 tokens, max_feature_nodes 7500) needs a CUDA device; none was lent to the session that
+wrote this file, so it has not been run.
+"""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}")

@@ -7,8 +7,9 @@ transcoder set, validates requests, and exposes:
    with BOS prepended when the tokenizer does not add one.
 2. `attribute(tokens, ...)`: the attribution graph (attribution.py).
 3. `feature_activations(tokens)`: the same sparse activations the graph would use.
-4. `estimate_memory(n_tokens, settings)`: the request's peak working memory (memory.py), which
-   `attribute` checks against `memory_budget_bytes` before allocating the edge matrix.
+4. `estimate_memory(n_tokens, settings)`: the request's peak working memory (memory.py), an
+   upper bound before the forward pass; `attribute` checks the exact estimate (real number of
+   active features) against `memory_budget_bytes` before allocating the edge matrix.
 
 One forward pass at a time runs on the shared model (a lock), so threads may share one instance.
 """
@@ -243,7 +244,8 @@ class ReplacementModel:
             edge_threshold=edge_threshold,
         ).validate()
         ids, prompt = self.check_tokens(tokens)
-        self.check_memory(len(ids), settings)
+        # The memory check runs in phase 3 with the real number of active features (only the
+        # forward pass has run by then); an estimate from `expected_l0` would refuse too much.
         return run_attribution(
             self, ids, settings, targets=targets, progress=progress, should_stop=should_stop, prompt=prompt
         )
