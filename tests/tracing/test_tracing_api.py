@@ -210,3 +210,15 @@ def test_bfloat16_runs_and_agrees_roughly():
     a, b = f32.attribute("The capital of France is"), bf16.attribute("The capital of France is")
     assert b.edges.dtype == torch.float32 and b.logit_token_ids[0] == a.logit_token_ids[0]
     assert abs(a.scores()[0] - b.scores()[0]) < 0.02
+
+
+def test_wraps_a_model_loaded_with_sdpa_and_restores_it(fixture_rm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    F = FIXTURES / "llama"
+    m = AutoModelForCausalLM.from_pretrained(F / "model", dtype=torch.float32, attn_implementation="sdpa")
+    rm = ReplacementModel.from_hf(m, AutoTokenizer.from_pretrained(F / "model"), load_transcoders(F / "transcoders"))
+    g = rm.attribute("The capital of France is")
+    assert m.config._attn_implementation == "sdpa"
+    ref = fixture_rm.attribute("The capital of France is")
+    assert torch.allclose(g.adjacency(), ref.adjacency(), atol=1e-5)
