@@ -198,12 +198,11 @@ class Activations:
 
     indices: torch.Tensor  # (n, 3) long: layer, pos, feature
     values: torch.Tensor  # (n,) float32
-    pre: list[torch.Tensor]  # L x (P, d_tc) pre-activations (float32)
     layer_offsets: list[int]  # first row of each layer in `indices`, plus n at the end
 
 
 def compute_activations(tcs: TranscoderSet, rec: PromptRecord, zero_bos: bool = True) -> Activations:
-    idx, vals, pres, offsets = [], [], [], [0]
+    idx, vals, offsets = [], [], [0]
     for li, x in enumerate(rec.x_in):
         pre = tcs.pre_activations(li, x).float()  # (P, d_tc)
         act = tcs.activate(li, pre)
@@ -212,9 +211,8 @@ def compute_activations(tcs: TranscoderSet, rec: PromptRecord, zero_bos: bool = 
         nz = act.nonzero()  # (n_l, 2) row-major: (pos, feature)
         idx.append(torch.cat([torch.full_like(nz[:, :1], li), nz], 1))
         vals.append(act[nz[:, 0], nz[:, 1]])
-        pres.append(pre)
         offsets.append(offsets[-1] + len(nz))
-    return Activations(indices=torch.cat(idx).cpu(), values=torch.cat(vals), pre=pres, layer_offsets=offsets)
+    return Activations(indices=torch.cat(idx).cpu(), values=torch.cat(vals), layer_offsets=offsets)
 
 
 class LocalReplacement:
@@ -269,7 +267,6 @@ class LocalReplacement:
             self.groups.append(groups)
         self.errors = torch.stack([rec.y[li] - recon[li] for li in range(L)])  # (L, P, d)
         self.errors[:, 0] = 0
-        self.bos_mlp_out = torch.stack([rec.y[li][0] for li in range(L)])  # (L, d), a constant
 
         # Frozen elementwise factors of the linear paths.
         self.in_f = [input_transform(arch, tcs, li, rec.r2[li]) for li in range(L)]

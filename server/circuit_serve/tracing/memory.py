@@ -3,7 +3,7 @@
 1. Edge matrix: (F + K) rows x (n_active + (L + 1) P) columns; twice when max_feature_nodes
    leaves features out (rows are then reordered by a copy at the end).
 2. The recorded prompt: attention patterns L x H x P^2, per-layer (P, d) tensors (transcoder
-   input, MLP output, errors, reconstruction) and pre-activations L x P x d_tc.
+   input, MLP output, errors, reconstruction) and one layer's pre-activations P x d_tc.
 3. Decoder vectors of the active features: n_active x (layers written) x d.
 4. One transposed pass: B x P x d residual gradients (a few live at once), B x P x H x d_head,
    and its B rows before they are copied into the edge matrix.
@@ -36,7 +36,7 @@ def estimate_bytes(
     K = settings.max_n_logits if n_logits is None else n_logits
     F = min(settings.max_feature_nodes or n_active, n_active)
     edge = (F + K) * (n_active + (L + 1) * P) * F32 * (1 if F == n_active else 2)
-    recorded = (L * H * P * P + 6 * L * P * d + L * P * tcs.d_transcoder) * F32
+    recorded = (L * H * P * P + 6 * L * P * d + 2 * P * tcs.d_transcoder) * F32
     written = L if tcs.is_clt else 1
     decoders = n_active * written * d * F32
     B = min(settings.batch_size, F + K)
