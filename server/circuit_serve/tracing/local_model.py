@@ -108,8 +108,12 @@ def record(model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, token
                 handles.append(part.norm_pf.register_forward_hook(out_hook("pf_out", li)))
         handles.append(arch.final_norm.register_forward_pre_hook(final_pre, with_kwargs=True))
         handles.append(arch.final_norm.register_forward_hook(final_out))
+        ids = tokens[None].to(arch.embed.weight.device)
         with eager_attention(model):
-            out = model(input_ids=tokens[None].to(arch.embed.weight.device), use_cache=False)
+            try:  # only the last position's logits (V can be 256k)
+                out = model(input_ids=ids, use_cache=False, logits_to_keep=1)
+            except TypeError:
+                out = model(input_ids=ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
