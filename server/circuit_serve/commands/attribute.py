@@ -1,6 +1,6 @@
 """`circuit-serve attribute`: one attribution graph, offline, to a frontend JSON (and .npz).
 
-    circuit-serve attribute --model DIR --transcoders DIR --prompt "The capital of France is" \
+    circuit-serve attribute --model DIR --transcoders DIR --prompt "The capital of France is"
         --out graph.json [--npz full.npz] [--max-feature-nodes N] [--device cuda] ...
 """
 
