@@ -61,12 +61,22 @@ def test_transcoders_are_in_the_on_disk_format():
     cfg = yaml.safe_load((tdir / "config.yaml").read_text())
     assert cfg["model_kind"] == "transcoder_set"
     assert (cfg["feature_input_hook"], cfg["feature_output_hook"]) == ("hook_resid_mid", "mlp.hook_out")
+    topk = cfg.get("activation_function") == "topk"
+    assert not topk or cfg["top_k"] > 0
     layers = sorted(tdir.glob("layer_*.safetensors"))
+    assert len(layers) == 4
     for path in layers:
         t = load_file(str(path))
         d_tc, d = t["W_enc"].shape
         assert t["W_dec"].shape == (d_tc, d) and t["b_enc"].shape == (d_tc,) and t["b_dec"].shape == (d,)
-        assert (t["activation_function.threshold"] > 0).all()
+        assert topk or (t["activation_function.threshold"] > 0).all()
+
+
+def test_the_engine_loads_the_transcoders():
+    from circuit_serve.tracing import load_transcoders
+
+    tcs = load_transcoders(ASSETS / "transcoders", dtype=torch.float32, device="cpu")
+    assert tcs.d_transcoder == 1024
 
 
 def test_labels_name_features_with_a_selectivity():

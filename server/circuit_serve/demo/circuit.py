@@ -15,7 +15,8 @@ On the held-out sentence of every fact that the model answers correctly (greedy)
    final position that is selective for the prompt's fact, recomputing their activations in the
    ablated forward pass. The prompt *depends* on them when the greedy answer changes or its
    probability at least halves. `ablation_dependence_rate` = dependent / prompts;
-   `ablation_control_rate` is the same with as many random active non-selective features.
+   `ablation_control_rate` is the same with as many random other active features of the prompt
+   (any layer and position after BOS).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ SELECTIVITY_KINDS = ("train", "heldout_sentence", "near")
 @dataclass
 class CircuitResult:
     n_prompts: int = 0
-    recovered: int = 0
+    recovered: int = 0  # direct test
+    recovered_via_path: int = 0
     dependent: int = 0
     control: int = 0
     per_prompt: list[dict] = field(default_factory=list)
@@ -47,6 +49,7 @@ class CircuitResult:
         n = max(self.n_prompts, 1)
         return {
             "circuit_recovery_rate": round(self.recovered / n, 4),
+            "circuit_recovery_rate_via_path": round(self.recovered_via_path / n, 4),
             "ablation_dependence_rate": round(self.dependent / n, 4),
             "ablation_control_rate": round(self.control / n, 4),
         }
@@ -61,6 +64,13 @@ def final_activations(model, tcs: list[Transcoder], rows: list[list[int]]) -> to
     """Feature activations at the last position of each row: `(n_rows, L, d_tc)`."""
     last = torch.tensor([len(r) - 1 for r in rows]).cumsum(0) - 1  # index of each row's last position
     return torch.stack([tc.encode(x[last]) for tc, x in zip(tcs, mlp_inputs(model, rows))], dim=1)
+
+
+@torch.no_grad()
+def prompt_activations(model, tcs: list[Transcoder], ids: list[int]) -> torch.Tensor:
+    """Feature activations `(L, P, d_tc)` of one prompt; position 0 (BOS) is zero, as in graphs."""
+    acts = torch.stack([tc.encode(x) for tc, x in zip(tcs, mlp_inputs(model, [ids]))])  # (L, P-1, F)
+    return torch.cat([torch.zeros_like(acts[:, :1]), acts], dim=1)
 
 
 def fact_selectivity(model, tcs: list[Transcoder], world: World, vocab: dict[str, int]) -> torch.Tensor:
@@ -95,38 +105,52 @@ def strongest_path(graph, pruned, answer_id: int) -> list[int]:
         row = int(col)
 
 
-def recovered(graph, path: list[int], entity_pos: int, selective: torch.Tensor) -> bool:
-    """Step 2's test on one walked path; `selective` is `(L, d_tc)` for the prompt's fact."""
+def path_verdict(graph, path: list[int], entity_pos: int, selective: torch.Tensor) -> dict[str, bool]:
+    """Step 2's tests on one walked path; `selective` is `(L, d_tc)` for the prompt's fact.
+
+    `direct`: a selective final-position feature on the path has the entity's embedding as its
+    strongest input (the next node). `via_path`: the path ends at the entity's embedding and runs
+    through a selective final-position feature (possibly with features in between).
+    """
     final = graph.n_pos - 1
-    for node, nxt in zip(path[1:], path[2:]):
-        kind, layer, pos, feat = graph.node(node)
-        if kind != "feature" or pos != final or not selective[layer, feat]:
-            continue
-        if graph.node(nxt)[:3] == ("embedding", -1, entity_pos):
-            return True
-    return False
+    entity = ("embedding", -1, entity_pos)
+    on_path = [
+        i
+        for i, node in enumerate(path)
+        if graph.node(node)[0] == "feature"
+        and graph.node(node)[2] == final
+        and bool(selective[graph.node(node)[1], graph.node(node)[3]])
+    ]
+    direct = any(i + 1 < len(path) and graph.node(path[i + 1])[:3] == entity for i in on_path)
+    via_path = bool(on_path) and len(path) > 1 and graph.node(path[-1])[:3] == entity
+    return {"direct": direct, "via_path": via_path}
 
 
 @contextmanager
-def ablate(model, tcs: list[Transcoder], features: list[tuple[int, int]]):
-    """Subtract the final-position decoder writes of `features` [(layer, f)] in every forward."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, f in features:
-        by_layer.setdefault(layer, []).append(f)
+def ablate(model, tcs: list[Transcoder], features: list[tuple[int, int, int]]):
+    """Subtract the decoder writes of `features` [(layer, pos, f)] in every forward pass.
+
+    Activations are recomputed from the (already ablated) transcoder input of that forward pass.
+    """
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for layer, pos, f in features:
+        by_layer.setdefault(layer, []).append((pos, f))
     x_mid: dict[int, torch.Tensor] = {}
     handles = []
-    for li, fs in by_layer.items():
+    for li, pf in by_layer.items():
         layer = model.model.layers[li]
-        idx = torch.tensor(fs)
+        pos = torch.tensor([p for p, _ in pf])
+        feat = torch.tensor([f for _, f in pf])
 
         def keep_input(m, args, li=li):
-            x_mid[li] = args[0][:, -1]  # (B, d)
+            x_mid[li] = args[0]  # (B, P, d)
 
-        def remove(m, args, out, li=li, idx=idx):
+        def remove(m, args, out, li=li, pos=pos, feat=feat):
             tc = tcs[li]
-            a = tc.encode(x_mid[li])[:, idx]  # (B, n)
+            a = tc.encode(x_mid[li][:, pos])  # (B, n, d_tc)
+            write = a[:, torch.arange(len(feat)), feat][..., None] * tc.W_dec[feat]  # (B, n, d)
             out = out.clone()
-            out[:, -1] -= a @ tc.W_dec[idx]
+            out.index_add_(1, pos, -write)
             return out
 
         handles.append(layer.post_attention_layernorm.register_forward_pre_hook(keep_input))
@@ -179,24 +203,27 @@ def measure_circuit(
         graph = rm.attribute(ids)
         path = strongest_path(graph, graph.prune(), answer)
         entity_pos = ids.index(vocab[p.fact.country])
-        ok = recovered(graph, path, entity_pos, selective[p.fact.index])
+        verdict = path_verdict(graph, path, entity_pos, selective[p.fact.index])
 
-        acts = final_activations(model, tcs, [ids])[0]  # (L, F)
-        active = acts > 0
-        chosen = [tuple(x) for x in torch.nonzero(active & selective[p.fact.index]).tolist()]
-        others = [tuple(x) for x in torch.nonzero(active & ~selective[p.fact.index]).tolist()]
+        active = prompt_activations(model, tcs, ids) > 0  # (L, P, F)
+        final = torch.zeros_like(active)
+        final[:, -1] = selective[p.fact.index]
+        chosen = [tuple(x) for x in torch.nonzero(active & final).tolist()]
+        others = [tuple(x) for x in torch.nonzero(active & ~final).tolist()]
         control = rng.sample(others, min(len(chosen), len(others)))
         dep = _breaks(model, tcs, chosen, ids, answer, p0)
         ctl = _breaks(model, tcs, control, ids, answer, p0)
 
-        result.recovered += ok
+        result.recovered += verdict["direct"]
+        result.recovered_via_path += verdict["via_path"]
         result.dependent += dep
         result.control += ctl
         result.per_prompt.append(
             {
                 "prompt": p.text,
                 "answer": p.answer,
-                "recovered": ok,
+                "recovered": verdict["direct"],
+                "recovered_via_path": verdict["via_path"],
                 "path": [list(graph.node(n)) for n in path],
                 "n_selective_active": len(chosen),
                 "dependent": dep,

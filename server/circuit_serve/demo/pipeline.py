@@ -15,7 +15,6 @@ fixed thread count and deterministic algorithms.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -27,19 +26,15 @@ import torch
 
 from circuit_serve.demo import activations, labels, train_model, transcoders
 from circuit_serve.demo.data import World
+from circuit_serve.demo.install import ASSETS, sha256
 from circuit_serve.demo.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).parent / "assets"  # the committed results of run_pipeline(ASSETS)
 N_THREADS = 1  # 2 threads on 2 shared cores ran 9x slower (OpenMP barriers under contention)
 TC_TRAIN_ROWS = 3000  # packed rows whose MLP activations train the transcoders
 TC_EVAL_ROWS = 300  # fresh rows for FVU / L0
 LABEL_ROWS = 200
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def file_hashes(root: Path) -> dict[str, str]:
