@@ -56,6 +56,9 @@ _SERVER_OPTIONS = [
 ]
 
 
+_DRAIN_WINDOW_S = 1.0
+
+
 @dataclass
 class Runtime:
     """Everything loaded once at start-up and shared by the servicers."""
@@ -173,8 +176,12 @@ async def serve(config: ServeConfig) -> int:
             loading.cancel()
         log.info("shutting down: no new calls; in-flight calls get %.1fs", config.grace_period_s)
     finally:
+        # Drain: health says NOT_SERVING and new calls get UNAVAILABLE (retryable) from the
+        # interceptor for a moment, so balancers and clients move on before the transport
+        # closes; then in-flight calls get the grace period.
         runtime.draining = True
         await health_servicer.enter_graceful_shutdown()
+        await asyncio.sleep(min(_DRAIN_WINDOW_S, config.grace_period_s))
         await server.stop(config.grace_period_s)
         runtime.shutdown()
         if metrics_server is not None:
