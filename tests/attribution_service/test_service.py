@@ -38,9 +38,6 @@ class StubEngine:
         ids = list(ids)
         return ids if ids and ids[0] == BOS else [BOS, *ids]
 
-    def estimate_memory(self, n_tokens, settings):
-        return n_tokens * settings.max_feature_nodes * 100_000
-
     def compute(self, tokens, settings, targets, progress, should_stop, *, slug):
         self.seen.append((tuple(tokens), settings, targets))
         for i in range(3):
@@ -140,8 +137,6 @@ def test_audit_a_served_completion_token(registry):
         (req(AttributionSettings(max_feature_nodes=501), prompt="hi"), "max_feature_nodes: 501 is above this server's limit of 500"),
         (req(AttributionSettings(batch_size=65), prompt="hi"), "batch_size: 65 is above this server's limit of 64"),
         (req(AttributionSettings(node_threshold=0.0), prompt="hi"), "node_threshold: must be in (0, 1]"),
-        (req(AttributionSettings(batch_size=16, max_feature_nodes=400), prompt="x" * 15),
-         "needs an estimated 0.60 GiB, above the server's budget of 0.47 GiB"),
     ],
 )
 def test_bad_requests_name_the_limit(registry, request_, message):

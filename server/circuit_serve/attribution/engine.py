@@ -59,9 +59,6 @@ class TracingEngine:
         ids, _ = self.model.check_tokens(list(token_ids))
         return ids.tolist()
 
-    def estimate_memory(self, n_tokens: int, settings: AttributionSettings) -> int:
-        return self.model.estimate_memory(n_tokens, settings)
-
     def compute(
         self,
         token_ids: Sequence[int],

@@ -5,9 +5,12 @@ Attribute, step by step:
 2. resolve the input to token ids: tokenize a prompt, take ids as given, or
    look a served completion up by request id and take everything before
    completion token `token_index`;
-3. check the limits (prompt tokens, max_feature_nodes, batch size, the
-   engine's memory estimate against the budget) -> InvalidRequest naming the
-   limit and the value;
+3. check the limits (prompt tokens, max_feature_nodes, batch size) ->
+   InvalidRequest naming the limit and the value. The memory budget is checked
+   by the engine itself once the forward pass has counted the active features
+   (an estimate before that can only assume a worst case and would refuse
+   ordinary requests); it refuses with InvalidRequest giving the estimate and
+   the budget, before allocating the edge matrix;
 4. compute the content address of the graph and announce it (`Accepted`);
 5. stream the job: cached graph, or queue position and progress of the
    (possibly shared) computation, then the finished sections.
@@ -48,7 +51,6 @@ NO_TRANSCODERS = (
     "attribution is not enabled on this server: it was started without transcoders; "
     "restart `circuit-serve serve` with --transcoders DIR"
 )
-_GIB = 1 << 30
 
 
 class AttributionService:
@@ -181,13 +183,6 @@ class AttributionService:
         if settings.batch_size > cfg.max_batch_size:
             raise InvalidRequest(
                 f"{settings.batch_size} is above this server's limit of {cfg.max_batch_size}", field="batch_size"
-            )
-        estimate = engine.estimate_memory(len(tokens), settings)
-        if estimate > cfg.memory_budget_bytes:
-            raise InvalidRequest(
-                f"this graph needs an estimated {estimate / _GIB:.2f} GiB, above the server's budget of "
-                f"{cfg.memory_budget_bytes / _GIB:.2f} GiB; lower max_feature_nodes or batch_size, or shorten the input",
-                field="settings",
             )
         return settings
 

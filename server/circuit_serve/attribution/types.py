@@ -60,9 +60,6 @@ class GraphEngine(Protocol):
     def prepare(self, token_ids: Sequence[int]) -> list[int]:
         """The ids the engine will attribute (BOS prepended when the tokenizer does so)."""
 
-    def estimate_memory(self, n_tokens: int, settings: AttributionSettings) -> int:
-        """Estimated peak bytes of one graph."""
-
     def compute(
         self,
         token_ids: Sequence[int],
@@ -73,4 +70,5 @@ class GraphEngine(Protocol):
         *,
         slug: str,
     ) -> Computed:
-        """Attribute, prune, serialize (GRAPH_PROTO and GRAPH_JSON sections); runs in a worker thread."""
+        """Attribute, prune, serialize (GRAPH_PROTO and GRAPH_JSON sections); runs in a worker thread.
+        Raises InvalidRequest when the graph would not fit the memory budget."""

@@ -28,7 +28,7 @@ class AttributionConfig:
     max_prompt_tokens: int = 512  # attribution input length (BOS included)
     max_feature_nodes_limit: int = 16384  # largest max_feature_nodes a request may ask for
     max_batch_size: int = 1024  # largest backward batch a request may ask for
-    memory_budget_bytes: int = 8 * _GIB  # engine's peak-memory estimate must fit this
+    memory_budget_bytes: int = 8 * _GIB  # the engine's peak-memory estimate (real active-feature count) must fit
     # ---- graph cache
     redis_url: str | None = None  # None: an in-process LRU serves as the cache
     redis_prefix: str = "circuit:"  # every Redis key this server writes starts with it
@@ -62,7 +62,8 @@ class AttributionConfig:
                        help="largest max_feature_nodes a request may ask for (default %(default)s)")
         g.add_argument("--attribution-max-batch-size", type=int, default=d.max_batch_size)
         g.add_argument("--attribution-memory-budget-gib", type=float, default=d.memory_budget_bytes / _GIB,
-                       help="peak memory one graph may need (default %(default)s GiB)")
+                       help="peak working memory one graph may need, as the engine estimates it once the "
+                            "prompt's active features are known (default %(default)s GiB)")
 
         c = parser.add_argument_group("graph cache and Redis")
         c.add_argument("--redis-url", default=env("CIRCUIT_REDIS_URL"),
