@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path("demo/model")
-DEFAULT_PROMPT = "The capital of France is"
+# A fact of the demo model's synthetic world (circuit_serve.demo.data.World, seed 0): it answers "tesville".
+DEFAULT_PROMPT = "the capital of veigrouan is"
 
 # The /metrics samples the demo prints.
 SHOWN_METRICS = (
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
                         help="model directory; the demo model is built there if missing (default %(default)s)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.set_defaults(run=run)
 
 
