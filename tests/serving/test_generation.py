@@ -10,9 +10,9 @@ import pytest
 from circuit_client import AsyncCircuitClient, CircuitClient, FinishReason, Sampling
 
 PROMPTS = [
+    "the capital of veigrouan is",  # a fact of the trained demo model's world
     "The capital of France is",
     "One, two, three,",
-    "A transcoder reads the input of",
     "Michael Jordan played",
 ]
 GREEDY = Sampling(max_new_tokens=16, temperature=0.0)
