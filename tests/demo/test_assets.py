@@ -53,7 +53,8 @@ def test_model_and_tokenizer_load_with_transformers():
     assert cfg.model_type == "llama" and cfg.tie_word_embeddings
     assert cfg.hidden_size // cfg.num_attention_heads in (32, 64, 80, 96, 112, 128)  # vLLM CPU head sizes
     ids = tok("The capital of").input_ids
-    assert ids[0] == tok.bos_token_id and tok.unk_token_id not in ids
+    assert ids[0] == tok.bos_token_id and tok.convert_tokens_to_ids("<unk>") not in ids
+    assert tok.all_special_ids == [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]
 
 
 def test_transcoders_are_in_the_on_disk_format():

@@ -10,7 +10,9 @@ On the held-out sentence of every fact that the model answers correctly (greedy)
    repeatedly step to the kept incoming edge of largest weight until an embedding or error node.
    The prompt is *recovered* when that path runs through a feature at the final position that is
    selective for the prompt's fact and whose strongest input is the embedding node of the entity
-   (country) token. `circuit_recovery_rate` = recovered / prompts.
+   (country) token. `circuit_recovery_rate` = recovered / prompts. (The manifest also reports a
+   looser diagnostic, `circuit_recovery_rate_via_path`: the path ends at the entity's embedding
+   and runs through such a feature, with other features allowed in between.)
 3. Ablation. In the real model, remove (subtract the decoder write of) every feature active at the
    final position that is selective for the prompt's fact, recomputing their activations in the
    ablated forward pass. The prompt *depends* on them when the greedy answer changes or its
@@ -112,17 +114,15 @@ def path_verdict(graph, path: list[int], entity_pos: int, selective: torch.Tenso
     strongest input (the next node). `via_path`: the path ends at the entity's embedding and runs
     through a selective final-position feature (possibly with features in between).
     """
-    final = graph.n_pos - 1
+    nodes = [graph.node(n) for n in path]  # (kind, layer, pos, index)
     entity = ("embedding", -1, entity_pos)
     on_path = [
         i
-        for i, node in enumerate(path)
-        if graph.node(node)[0] == "feature"
-        and graph.node(node)[2] == final
-        and bool(selective[graph.node(node)[1], graph.node(node)[3]])
+        for i, (kind, layer, pos, f) in enumerate(nodes)
+        if kind == "feature" and pos == graph.n_pos - 1 and bool(selective[layer, f])
     ]
-    direct = any(i + 1 < len(path) and graph.node(path[i + 1])[:3] == entity for i in on_path)
-    via_path = bool(on_path) and len(path) > 1 and graph.node(path[-1])[:3] == entity
+    direct = any(i + 1 < len(nodes) and nodes[i + 1][:3] == entity for i in on_path)
+    via_path = bool(on_path) and nodes[-1][:3] == entity
     return {"direct": direct, "via_path": via_path}
 
 
@@ -206,10 +206,10 @@ def measure_circuit(
         verdict = path_verdict(graph, path, entity_pos, selective[p.fact.index])
 
         active = prompt_activations(model, tcs, ids) > 0  # (L, P, F)
-        final = torch.zeros_like(active)
-        final[:, -1] = selective[p.fact.index]
-        chosen = [tuple(x) for x in torch.nonzero(active & final).tolist()]
-        others = [tuple(x) for x in torch.nonzero(active & ~final).tolist()]
+        target = torch.zeros_like(active)  # selective for this fact, at the final position
+        target[:, -1] = selective[p.fact.index]
+        chosen = [tuple(x) for x in torch.nonzero(active & target).tolist()]
+        others = [tuple(x) for x in torch.nonzero(active & ~target).tolist()]
         control = rng.sample(others, min(len(chosen), len(others)))
         dep = _breaks(model, tcs, chosen, ids, answer, p0)
         ctl = _breaks(model, tcs, control, ids, answer, p0)

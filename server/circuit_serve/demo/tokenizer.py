@@ -36,7 +36,8 @@ def save_tokenizer(vocabulary: list[str], out_dir: str | Path):
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",
-        unk_token="<unk>",
+        # `<unk>` stays an ordinary token: a prompt that starts with an unknown word must not look
+        # as if it started with a special (BOS-like) token.
         clean_up_tokenization_spaces=False,
     )
     fast.save_pretrained(str(out_dir))
