@@ -52,3 +52,13 @@ def registry():
 @pytest.fixture
 def metrics(registry):
     return AttributionMetrics(registry)
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory):
+    """The demo model's random-weight variant (2 layers, d_model 128, BPE tokenizer). The attribution
+    tests pair it with random transcoders whose graphs are large enough to be slow on purpose
+    (queue, deadline and concurrency tests); the trained demo model's TopK transcoders give tiny graphs."""
+    from circuit_serve.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("random-demo-model") / "llama", random_weights=True, seed=0)

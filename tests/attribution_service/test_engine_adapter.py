@@ -15,11 +15,11 @@ SETTINGS = AttributionSettings(max_feature_nodes=64, batch_size=32)
 
 
 @pytest.fixture(scope="module")
-def replacement(demo_model_dir, tmp_path_factory):
+def replacement(random_model_dir, tmp_path_factory):
     from support.transcoders import write_random_transcoders
 
-    tc = write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, seed=0)
-    return ReplacementModel.from_pretrained(demo_model_dir, tc, dtype="float32", device="cpu")
+    tc = write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, seed=0)
+    return ReplacementModel.from_pretrained(random_model_dir, tc, dtype="float32", device="cpu")
 
 
 def fake_proto(graph, pruned) -> bytes:

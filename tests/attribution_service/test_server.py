@@ -30,10 +30,10 @@ SERVER_PREFIX = f"t-{uuid.uuid4().hex[:8]}:"  # the test server's Redis keys
 
 
 @pytest.fixture(scope="module")
-def transcoder_dir(demo_model_dir, tmp_path_factory):
+def transcoder_dir(random_model_dir, tmp_path_factory):
     from support.transcoders import write_random_transcoders
 
-    return write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("transcoders"), d_transcoder=256, seed=0)
+    return write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("transcoders"), d_transcoder=256, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def server_args(transcoder_dir, redis_for_server) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def attr_server(launch_server, transcoder_dir, redis_for_server):
-    return launch_server(*server_args(transcoder_dir, redis_for_server))
+def attr_server(launch_server, random_model_dir, transcoder_dir, redis_for_server):
+    return launch_server(*server_args(transcoder_dir, redis_for_server), model_dir=random_model_dir)
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def counter(srv, name, **labels) -> float:
 # ---------------------------------------------------------------------------- correctness
 
 
-def test_graph_over_grpc_equals_the_engine(graphs, demo_model_dir, transcoder_dir):
+def test_graph_over_grpc_equals_the_engine(graphs, random_model_dir, transcoder_dir):
     from circuit_serve.attribution.engine import TracingEngine
     from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
     from circuit_serve.rpc.convert_graph import serialize_graph
@@ -95,7 +95,7 @@ def test_graph_over_grpc_equals_the_engine(graphs, demo_model_dir, transcoder_di
     assert isinstance(accepted, Accepted) and accepted.key == result.key
     assert any(isinstance(e, Running) for e in events) and result.source in ("computed", "cache")
 
-    rm = ReplacementModel.from_pretrained(demo_model_dir, transcoder_dir, dtype="float32", device="cpu")
+    rm = ReplacementModel.from_pretrained(random_model_dir, transcoder_dir, dtype="float32", device="cpu")
     assert rm.tokenize(PROMPT) == list(accepted.token_ids)
     engine = TracingEngine(rm, serialize=serialize_graph, graph_format=GRAPH_FORMAT)
     from circuit_serve.tracing import AttributionSettings as EngineSettings
@@ -203,9 +203,10 @@ def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
     assert counter(attr_server, "circuit_attribution_dedup_joins_total") == joins + 1
 
 
-def test_two_replicas_sharing_redis_compute_a_graph_once(attr_server, launch_server, transcoder_dir,
-                                                        redis_for_server):
-    other = launch_server(*server_args(transcoder_dir, redis_for_server))  # same Redis, same key prefix
+def test_two_replicas_sharing_redis_compute_a_graph_once(attr_server, launch_server, random_model_dir,
+                                                        transcoder_dir, redis_for_server):
+    # same model, transcoders, Redis and key prefix
+    other = launch_server(*server_args(transcoder_dir, redis_for_server), model_dir=random_model_dir)
     settings = unique(SLOW, max_feature_nodes=600)  # several seconds of batches
     before = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
     first: list = []
