@@ -9,7 +9,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from circuit_serve.demo.pipeline import ASSETS, file_hashes
+from circuit_serve.demo.install import ASSETS
+from circuit_serve.demo.pipeline import file_hashes
 
 MANIFEST = ASSETS / "manifest.json"
 pytestmark = pytest.mark.skipif(not MANIFEST.exists(), reason="demo assets not committed yet")

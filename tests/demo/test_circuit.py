@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from circuit_serve.demo.pipeline import ASSETS
+from circuit_serve.demo.install import ASSETS
 
 MANIFEST = ASSETS / "manifest.json"
 pytestmark = [

@@ -52,10 +52,27 @@ def collect(model, rows: torch.Tensor, answer_next: torch.Tensor, chunk: int = 2
 
     `answer_next` `(B, T)` marks positions whose *next* token is an attribute (answer positions).
     """
-    xs, ys = None, None
     with capture_mlp_io(model) as (inputs, outputs):
         for start in range(0, rows.shape[0], chunk):
             model(input_ids=rows[start : start + chunk])
         xs = [torch.cat(v)[:, 1:].reshape(-1, v[0].shape[-1]) for v in inputs]
         ys = [torch.cat(v)[:, 1:].reshape(-1, v[0].shape[-1]) for v in outputs]
     return MlpData(xs, ys, answer_next[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def mlp_inputs(model, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Per layer, MLP inputs `(sum of lengths - 1 each, d)` of `rows` (position 0 dropped)."""
+    by_len: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r), []).append(i)
+    per_row: list[list[torch.Tensor]] = [[None] * len(rows) for _ in range(model.config.num_hidden_layers)]
+    with capture_mlp_io(model) as (inputs, _):
+        for idx in by_len.values():
+            for v in inputs:
+                v.clear()
+            model(input_ids=torch.tensor([rows[i] for i in idx]))
+            for li, v in enumerate(inputs):
+                for j, i in enumerate(idx):
+                    per_row[li][i] = v[0][j, 1:]
+    return [torch.cat(r) for r in per_row]

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from circuit_serve.demo.activations import mlp_inputs
 from circuit_serve.demo.data import Prompt, World
-from circuit_serve.demo.labels import mlp_inputs
 from circuit_serve.demo.transcoders import Transcoder, load_transcoders
 
 SELECTIVITY_RATIO = 5.0

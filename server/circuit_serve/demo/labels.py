@@ -14,31 +14,13 @@ from pathlib import Path
 
 import torch
 
-from circuit_serve.demo.activations import capture_mlp_io
+from circuit_serve.demo.activations import mlp_inputs
 from circuit_serve.demo.data import Prompt, World
 from circuit_serve.demo.transcoders import Transcoder
 
 
 def fact_key(prompt: Prompt) -> str:
     return f"{prompt.fact.relation} of {prompt.fact.country} -> {prompt.fact.attribute}"
-
-
-@torch.no_grad()
-def mlp_inputs(model, rows: list[list[int]]) -> list[torch.Tensor]:
-    """Per layer, MLP inputs `(sum of lengths - 1 each, d)` of `rows` (position 0 dropped)."""
-    by_len: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_len.setdefault(len(r), []).append(i)
-    per_row: list[list[torch.Tensor]] = [[None] * len(rows) for _ in range(model.config.num_hidden_layers)]
-    with capture_mlp_io(model) as (inputs, _):
-        for idx in by_len.values():
-            for v in inputs:
-                v.clear()
-            model(input_ids=torch.tensor([rows[i] for i in idx]))
-            for li, v in enumerate(inputs):
-                for j, i in enumerate(idx):
-                    per_row[li][i] = v[0][j, 1:]
-    return [torch.cat(r) for r in per_row]
 
 
 def corpus(world: World, vocab: dict[str, int], stream_rows: torch.Tensor) -> tuple[list[list[int]], list[str]]:

@@ -20,13 +20,14 @@ import logging
 import platform
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from circuit_serve.demo import activations, labels, train_model, transcoders
 from circuit_serve.demo.data import World
-from circuit_serve.demo.install import ASSETS, sha256
+from circuit_serve.demo.install import sha256
 from circuit_serve.demo.tokenizer import save_tokenizer
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,8 @@ def run_pipeline(
         "selected_step": best_step,
         "training_history": history,
         "settings": {
-            "model": train_model.settings_dict(ms),
-            "transcoders": transcoders.settings_dict(ts),
+            "model": asdict(ms),
+            "transcoders": asdict(ts),
             "transcoder_train_rows": TC_TRAIN_ROWS,
             "transcoder_eval_rows": TC_EVAL_ROWS,
             "label_rows": LABEL_ROWS,

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -178,6 +178,3 @@ def train_model(world: World, vocab: dict[str, int], settings: ModelSettings, se
     model.eval()
     return model, best[2], best[3], history
 
-
-def settings_dict(settings: ModelSettings) -> dict:
-    return asdict(settings)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -212,6 +212,3 @@ def load_transcoders(path: str | Path) -> list[Transcoder]:
         out.append(Transcoder(t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], threshold, top_k))
     return out
 
-
-def settings_dict(settings: TranscoderSettings) -> dict:
-    return asdict(settings)
