@@ -1,8 +1,7 @@
 """`circuit-serve train-demo OUT_DIR`: train the demo model, its transcoders and labels from scratch.
 
 Runs the whole pipeline of `circuit_serve.demo.pipeline` (10-12 minutes on one thread of a shared
-2-core machine) and
-prints the manifest's measured numbers. The committed demo assets were made with
+2-core machine) and prints the manifest's measured numbers. The committed demo assets were made with
 `circuit-serve train-demo server/circuit_serve/demo/assets`.
 """
 
