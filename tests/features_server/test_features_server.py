@@ -41,7 +41,9 @@ def test_feature_activations_equal_the_graph(stubs, scenario):
     n_checked = 0
     for p in resp.positions:
         for v in p.features:
-            assert v.activation == pytest.approx(want.get((v.layer, p.position, v.index), 0.0), abs=1e-6)
+            # The graph here and the server run the same code in different processes, whose
+            # thread counts (and so float32 reduction orders) can differ: equal to float32 noise.
+            assert v.activation == pytest.approx(want.get((v.layer, p.position, v.index), 0.0), rel=1e-5, abs=1e-5)
             n_checked += (v.layer, p.position, v.index) in want
     assert n_checked > 10
 
