@@ -1,7 +1,10 @@
 """`circuit-serve demo`: build the demo model if missing, serve it, call it, show metrics, stop.
 
 What the README's first command runs after installing. Everything is local: the
-model is built offline, the server listens on 127.0.0.1 on free ports.
+model is built offline, the server listens on 127.0.0.1 on free ports. When the model
+directory holds transcoders (the trained demo model does), the server loads them and
+the demo audits the first generated token: it asks for the attribution graph of that
+token by the generation's request id and prints its strongest paths with feature labels.
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
            "--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
            "--metrics-port", str(metrics_port), "--dtype", "float32", "--max-model-len", "512",
            "--enforce-eager", "--kv-cache-gib", "1"]
+    transcoders, labels = model_dir / "transcoders", model_dir / "labels.json"
+    if transcoders.is_dir():
+        cmd += ["--transcoders", str(transcoders)]
+        if labels.is_file():
+            cmd += ["--labels", str(labels)]
     print(f"starting: circuit-serve serve --model {model_dir} --port {port} --metrics-port {metrics_port} "
           f"(log: {log_path})", flush=True)
     with log_path.open("wb") as log:
@@ -86,12 +94,16 @@ def run(args: argparse.Namespace) -> int:
 
             print(f"> {args.prompt}")
             sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0)
+            request_id = ""
             for chunk in client.stream(args.prompt, sampling):
                 print(chunk.text, end="", flush=True)
                 if chunk.finished:
+                    request_id = chunk.request_id
                     print(f"\n\n[{chunk.request_id}] finish_reason={chunk.finish_reason} "
                           f"prompt_tokens={chunk.usage.prompt_tokens} "
                           f"completion_tokens={chunk.usage.completion_tokens}")
+        if transcoders.is_dir() and request_id:
+            _show_graph(target, request_id)
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
@@ -107,3 +119,21 @@ def run(args: argparse.Namespace) -> int:
                 server.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
+
+
+def _show_graph(target: str, request_id: str) -> None:
+    """Audit completion token 0 of `request_id` and print the graph's strongest paths."""
+    from circuit_client.attribution import AttributionClient
+    from circuit_client.graph_text import strongest_paths
+
+    with AttributionClient(target, timeout=300) as client:
+        result = client.attribute(request_id=request_id, token_index=0, output="json")
+    graph = result.frontend()
+    info = graph["metadata"].get("info", {})
+    print(f"\nattribution graph of completion token 0 ({result.source}; key {result.key[:16]}...): "
+          f"{len(graph['nodes'])} nodes, {len(graph['links'])} edges after pruning, "
+          f"replacement score {info.get('replacement_score', float('nan')):.2f}, "
+          f"completeness score {info.get('completeness_score', float('nan')):.2f}")
+    print("strongest inputs to the predicted token (edge weight <- source):")
+    for line in strongest_paths(graph, top=4, depth=2):
+        print(f"  {line}")
