@@ -116,16 +116,8 @@ async def collect(stream: AsyncIterator[MonitoredChunk]) -> tuple[GenerationResu
         parts.append(item.chunk)
         report = item.report
     last = _merge(parts)
-    assert last.finish_reason is not None and last.usage is not None and report is not None
-    result = GenerationResult(
-        request_id=last.request_id,
-        text=last.text,
-        token_ids=last.token_ids,
-        finish_reason=last.finish_reason,
-        usage=last.usage,
-        stop_sequence=last.stop_sequence,
-        logprobs=last.logprobs,
-    )
+    assert report is not None
+    result = last.as_result()
     return result, report
 
 

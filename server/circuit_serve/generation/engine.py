@@ -130,16 +130,8 @@ class GenerationEngine:
         last = None
         async for last in self._run(request, RequestOutputKind.FINAL_ONLY):
             pass
-        assert last is not None and last.finish_reason is not None and last.usage is not None
-        return GenerationResult(
-            request_id=last.request_id,
-            text=last.text,
-            token_ids=last.token_ids,
-            finish_reason=last.finish_reason,
-            usage=last.usage,
-            stop_sequence=last.stop_sequence,
-            logprobs=last.logprobs,
-        )
+        assert last is not None
+        return last.as_result()
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Token deltas as vLLM produces them; the last chunk carries finish reason and usage.

@@ -59,6 +59,20 @@ class GenerationChunk:
     stop_sequence: str | None = None
     usage: Usage | None = None  # set on the last chunk only
 
+    def as_result(self) -> GenerationResult:
+        """This chunk as a whole result: it must be the last chunk of a merged stream."""
+        if self.finish_reason is None or self.usage is None:
+            raise ValueError(f"chunk of {self.request_id} is not a finished generation")
+        return GenerationResult(
+            request_id=self.request_id,
+            text=self.text,
+            token_ids=self.token_ids,
+            finish_reason=self.finish_reason,
+            usage=self.usage,
+            stop_sequence=self.stop_sequence,
+            logprobs=self.logprobs,
+        )
+
 
 @dataclass(frozen=True)
 class GenerationResult:
