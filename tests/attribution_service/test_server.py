@@ -188,17 +188,19 @@ def test_redis_stopped_mid_test_then_restarted(attr_server, graphs, redis_for_se
 
 
 def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
-    settings = unique(SMALL, max_feature_nodes=400, batch_size=4)
+    settings = unique(SLOW, max_feature_nodes=600)  # several seconds of batches
     computations = counter(attr_server, "circuit_attribution_computations_total")
     joins = counter(attr_server, "circuit_attribution_dedup_joins_total")
-    results: list[GraphResult] = []
-    threads = [threading.Thread(target=lambda: results.append(graphs.attribute(PROMPT, settings))) for _ in range(2)]
-    for t in threads:
-        t.start()
-        time.sleep(0.2)
-    for t in threads:
-        t.join(300)
-    assert len(results) == 2 and results[0].frontend_json == results[1].frontend_json
+    first: list = []
+    thread = threading.Thread(target=lambda: graphs.attribute(MEDIUM_PROMPT, settings, on_event=first.append))
+    thread.start()
+    # the second request arrives while the first is computing rows, not before or after it
+    _wait_for(lambda: any(isinstance(e, Running) and e.phase.startswith("5") for e in first), 120, first)
+    second = graphs.attribute(MEDIUM_PROMPT, settings)
+    thread.join(300)
+    results: list[GraphResult] = [first[-1], second]
+    assert all(isinstance(r, GraphResult) for r in results)
+    assert results[0].frontend_json == results[1].frontend_json
     assert counter(attr_server, "circuit_attribution_computations_total") == computations + 1
     assert counter(attr_server, "circuit_attribution_dedup_joins_total") == joins + 1
 
