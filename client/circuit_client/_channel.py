@@ -7,6 +7,9 @@ of every service, and a stream is retried only before its first message arrives.
 from __future__ import annotations
 
 import json
+from typing import Any, Self
+
+import grpc
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -42,3 +45,48 @@ def health_messages():
     except ImportError as exc:  # the client itself needs only grpcio and protobuf
         raise RuntimeError("health checks need the grpcio-health-checking package") from exc
     return health_pb2
+
+
+class ServiceClient:
+    """Base of the per-service sync clients: `target` is host:port (a channel is opened and
+    owned), a grpc.Channel, or a client whose `.channel` is shared (neither is closed here)."""
+
+    def __init__(self, target: Any, *, timeout: float | None, retries: int) -> None:
+        self._own_channel = isinstance(target, str)
+        if isinstance(target, str):
+            self.channel = grpc.insecure_channel(target, options=channel_options(retries))
+        else:
+            self.channel = getattr(target, "channel", target)
+        self.timeout = timeout
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+
+class AsyncServiceClient:
+    """asyncio twin of `ServiceClient` (a grpc.aio channel)."""
+
+    def __init__(self, target: Any, *, timeout: float | None, retries: int) -> None:
+        self._own_channel = isinstance(target, str)
+        if isinstance(target, str):
+            self.channel = grpc.aio.insecure_channel(target, options=channel_options(retries))
+        else:
+            self.channel = getattr(target, "channel", target)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_channel:
+            await self.channel.close()

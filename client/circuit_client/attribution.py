@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import grpc
 
-from circuit_client._channel import channel_options
+from circuit_client._channel import AsyncServiceClient, ServiceClient
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
 from circuit_client.errors import CircuitRpcError
@@ -86,27 +86,12 @@ class GraphResult:
 Event = Accepted | Queued | Running | GraphResult
 
 
-class AttributionClient:
+class AttributionClient(ServiceClient):
     """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
 
     def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3) -> None:
-        self._own_channel = isinstance(target, str)
-        if isinstance(target, str):
-            self.channel = grpc.insecure_channel(target, options=channel_options(retries))
-        else:
-            self.channel = getattr(target, "channel", target)
-        self.timeout = timeout
+        super().__init__(target, timeout=timeout, retries=retries)
         self._stub = pb_grpc.AttributionStub(self.channel)
-
-    def __enter__(self) -> AttributionClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._own_channel:
-            self.channel.close()
 
     def stream(
         self,
@@ -159,28 +144,13 @@ class AttributionClient:
         return _result(key, resp.result)
 
 
-class AsyncAttributionClient:
+class AsyncAttributionClient(AsyncServiceClient):
     """asyncio twin of `AttributionClient`; `target` is host:port, a grpc.aio.Channel, or an
     AsyncCircuitClient (its channel is shared)."""
 
     def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3) -> None:
-        self._own_channel = isinstance(target, str)
-        if isinstance(target, str):
-            self.channel = grpc.aio.insecure_channel(target, options=channel_options(retries))
-        else:
-            self.channel = getattr(target, "channel", target)
-        self.timeout = timeout
+        super().__init__(target, timeout=timeout, retries=retries)
         self._stub = pb_grpc.AttributionStub(self.channel)
-
-    async def __aenter__(self) -> AsyncAttributionClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._own_channel:
-            await self.channel.close()
 
     async def stream(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,
                      prompt_token_ids: Sequence[int] | None = None, request_id: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import grpc
 
-from circuit_client._channel import DEFAULT_TIMEOUT_S, channel_options
+from circuit_client._channel import DEFAULT_TIMEOUT_S, ServiceClient
 from circuit_client._pb.circuit.v1 import features_pb2 as pb
 from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
 from circuit_client.errors import CircuitRpcError
@@ -90,27 +90,12 @@ class SteerResult:
     default: Completion | None
 
 
-class FeaturesClient:
+class FeaturesClient(ServiceClient):
     """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
 
     def __init__(self, target: Any, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3) -> None:
-        self._own_channel = isinstance(target, str)
-        if isinstance(target, str):
-            self.channel = grpc.insecure_channel(target, options=channel_options(retries))
-        else:
-            self.channel = getattr(target, "channel", target)
-        self.timeout = timeout
+        super().__init__(target, timeout=timeout, retries=retries)
         self._stub = pb_grpc.FeaturesStub(self.channel)
-
-    def __enter__(self) -> FeaturesClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._own_channel:
-            self.channel.close()
 
     def _call(self, method, request, timeout: float | None):
         try:
