@@ -19,8 +19,6 @@ import gc
 import os
 import platform
 import resource
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import serve_process  # bench/serve_process.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "generation.md"
@@ -64,39 +64,8 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(args: argparse.Namespace, interval: int) -> tuple[subprocess.Popen, str]:
-    from circuit_client import CircuitClient, CircuitRpcError
-
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "circuit_serve.cli", "serve", "--model", str(args.model), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING", *engine_flags(args, interval)]
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    target = f"127.0.0.1:{port}"
-    with CircuitClient(target, timeout=2, retries=0) as probe:
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited; see {log.name}")
-            try:
-                if probe.health() == "SERVING":
-                    return server, target
-            except CircuitRpcError:
-                pass
-            time.sleep(0.5)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    return serve_process.start_server(args.model, engine_flags(args, interval), log_prefix="bench-server-")
 
 
 async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, PathStats, list[float]]:
@@ -177,7 +146,7 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
         engine.shutdown()
         del engine
         gc.collect()
-        stop_server(server)
+        serve_process.stop_server(server)
     grpc_.server_cpu_us = statistics.median(x[0] for x in grpc_split[1:])
     grpc_.client_cpu_us = statistics.median(x[1] for x in grpc_split[1:])
     return raw, grpc_, ratios

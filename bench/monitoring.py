@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,15 +30,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import serve_process  # bench/serve_process.py (scripts run from bench/)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "monitoring.md"
 PROMPTS = ["the old river runs to the sea", "One, two, three,", "A transcoder reads", "the capital of"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_watchlist(path: Path, transcoders: Path, *, stop_rule: bool) -> Path:
@@ -58,35 +52,10 @@ def write_watchlist(path: Path, transcoders: Path, *, stop_rule: bool) -> Path:
 
 
 def start_server(args: argparse.Namespace, watchlist: Path) -> tuple[subprocess.Popen, str]:
-    from circuit_client import CircuitClient, CircuitRpcError
-
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="bench-monitoring-", suffix=".log", delete=False)
-    cmd = [sys.executable, "-m", "circuit_serve.cli", "serve", "--model", str(args.model), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING", "--dtype", "float32",
-           "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
-           "--transcoders", str(args.transcoders), "--watchlist", str(watchlist),
-           "--monitor-interval", str(args.monitor_interval)]
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    target = f"127.0.0.1:{port}"
-    with CircuitClient(target, timeout=2, retries=0) as probe:
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited; see {log.name}")
-            try:
-                if probe.health() == "SERVING":
-                    return server, target
-            except CircuitRpcError:
-                pass
-            time.sleep(0.5)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
+    flags = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
+             "--transcoders", str(args.transcoders), "--watchlist", str(watchlist),
+             "--monitor-interval", str(args.monitor_interval)]
+    return serve_process.start_server(args.model, flags, log_prefix="bench-monitoring-")
 
 
 async def measure(args: argparse.Namespace, target: str) -> tuple[list[float], list[float]]:
@@ -182,7 +151,7 @@ def main() -> int:
         try:
             plain, monitored = asyncio.run(measure(args, target))
         finally:
-            stop_server(server)
+            serve_process.stop_server(server)
         print(f"{name}: unmonitored {[round(r) for r in plain]}, monitored {[round(r) for r in monitored]} tokens/s",
               flush=True)
         rows.append((name, plain, monitored))
