@@ -1,0 +1,160 @@
+"""The taps: watched-feature pre-activations computed inside vLLM's decoder layers.
+
+Runs in vLLM's worker process (the engine core's, by default its own process). One `TapBank`
+per worker holds the watched encoder rows of every column (see `columns`) and the step's
+output table; each decoder layer's pre-MLP norm gets a subclass whose forward,, in the model's own forward
+pass, it also computes its layer's block of columns from the residual stream it returns:
+
+    x      = x_mid (T, d)                      # the residual entering the pre-MLP norm
+    r      = 1 / sqrt(mean(x^2) + eps)  (T, 1)  # the norm's scale, in float32
+    pre    = x @ W.T + b                        # hook_resid_mid
+           = r * (x @ W.T) + b                  # ln2.hook_normalized (normalized, before the gain)
+           = r * (x @ (W * g).T) + b            # mlp.hook_in (g: the norm's gain, folded into the rows)
+    active = pre > threshold                    # JumpReLU (threshold 0: ReLU)
+           = pre >= kth(pre_full) and pre > 0   # TopK: kth largest of the layer's full row
+
+which is the attribution engine's `x_in @ W_enc.T + b_enc` (tracing.local_model) with the
+norm scale applied after the product instead of before. The tap is module code, not a
+forward hook: it is traced by torch.compile and replayed by CUDA graphs (its outputs go to a
+preallocated table). Reading the table and applying rules is the logits processor's job.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from circuit_serve.monitoring.spec import MonitorSpec
+
+_BANK: TapBank | None = None  # this process's bank (one model per worker process)
+
+
+def current_bank() -> TapBank | None:
+    return _BANK
+
+
+class TapBank:
+    def __init__(self, spec: MonitorSpec, *, gains: list[torch.Tensor], eps: list[float], device: torch.device,
+                 max_tokens: int) -> None:
+        plan = spec.plan
+        self.spec, self.plan = spec, plan
+        self.eps = eps
+        self.topk = spec.activation == "topk"
+        self.k = spec.top_k or 0
+        d, n_cols = spec.d_model, plan.n_columns
+        # Gain folded into rows for mlp.hook_in; r applied after the product unless hook_resid_mid.
+        self.scale_rows = [g.float().to(device) if spec.read_point == "mlp.hook_in" else None for g in gains]
+        self.normalize = spec.read_point != "hook_resid_mid"
+        self.W = torch.zeros(n_cols, d, device=device)  # encoder rows, folded
+        self.b = torch.zeros(n_cols, device=device)
+        self.threshold = torch.zeros(n_cols, device=device)
+        self.index = torch.zeros(n_cols, dtype=torch.long, device=device)  # feature index (TopK gather)
+        self.enc: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.topk:
+            for layer, (w, b) in enumerate(spec.full_encoders):
+                self.enc.append((self._fold(layer, w.to(device).float()), b.to(device).float()))
+        for j, f in enumerate(plan.server):
+            self.set_column(plan.server_columns[j], f.layer, f.index, spec.server_rows[j], spec.server_bias[j],
+                            spec.server_threshold[j])
+        # The step's output table (rows beyond the step's token count are stale).
+        self.pre = torch.zeros(max_tokens, n_cols, device=device)  # (T_max, C) float32
+        self.active = torch.zeros(max_tokens, n_cols, dtype=torch.bool, device=device)  # (T_max, C)
+        # Set after each forward pass by the model class (see vllm_models): the batch layout.
+        self.num_tokens = 0
+        self.positions: torch.Tensor | None = None  # (T,) long, CPU
+        self.query_start: list[int] = [0]  # (num_reqs + 1) token offsets of the batch's requests
+
+    def _fold(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
+        g = self.scale_rows[layer]
+        return rows if g is None else rows * g
+
+    def set_column(self, column: int, layer: int, index: int, row, bias, threshold) -> None:
+        """Point `column` at feature (`layer`, `index`) with its encoder row, bias and threshold."""
+        self.index[column] = index
+        if self.topk:
+            return  # TopK columns read the layer's full row
+        row = torch.as_tensor(row, dtype=torch.float32).to(self.W.device)
+        self.W[column] = self._fold(layer, row)
+        self.b[column] = float(bias)
+        self.threshold[column] = float(threshold)
+
+    # ---- in the forward pass ----------------------------------------------------------------------
+
+    def tap(self, layer: int, x_mid: torch.Tensor) -> None:
+        """Fill layer `layer`'s columns of the table from its residual `x_mid (T, d)`."""
+        lo, hi = self.plan.offset(layer), self.plan.offset(layer + 1)
+        if hi == lo:
+            return
+        n = x_mid.shape[0]
+        x = x_mid.float()  # (T, d)
+        if self.topk:
+            w_full, b_full = self.enc[layer]
+            full = x @ w_full.T  # (T, d_tc)
+            if self.normalize:
+                full = full * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps[layer])
+            full = full + b_full
+            kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
+            pre = full.index_select(1, self.index[lo:hi])  # (T, C_l)
+            active = (pre >= kth) & (pre > 0)
+        else:
+            pre = x @ self.W[lo:hi].T  # (T, C_l)
+            if self.normalize:
+                pre = pre * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps[layer])
+            pre = pre + self.b[lo:hi]
+            active = pre > self.threshold[lo:hi]
+        self.pre[:n, lo:hi] = pre
+        self.active[:n, lo:hi] = active
+
+    def note_batch(self, positions: torch.Tensor, query_start: list[int]) -> None:
+        """The batch layout of the forward pass that just ran (token offsets per request)."""
+        self.num_tokens = query_start[-1] if query_start else 0
+        self.positions = positions[: self.num_tokens].to("cpu", copy=True)
+        self.query_start = query_start
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last step's `(T,)` positions, `(T, C)` pre-activations and `(T, C)` active mask on the CPU."""
+        n = self.num_tokens
+        assert self.positions is not None
+        return self.positions, self.pre[:n].cpu(), self.active[:n].cpu()
+
+
+_TAPPED_CLASSES: dict[type, type] = {}
+
+
+def _tapped_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    """The norm's own forward, then its layer's taps on the residual it returns (x_mid)."""
+    out = self._circuit_base.forward(self, x, residual)
+    x_mid = out[1] if residual is not None else x  # (normalized, x_mid) with a residual
+    self._circuit_bank.tap(self._circuit_layer, x_mid)
+    return out
+
+
+def tap_norm(norm: nn.Module, bank: TapBank, layer: int) -> None:
+    """Give `norm` (a pre-MLP RMSNorm) a subclass whose forward also taps; its parameters keep
+    their names, so vLLM's weight checks and loaders see the same module."""
+    base = type(norm)
+    cls = _TAPPED_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Tapped{base.__name__}", (base,), {"forward": _tapped_forward, "_circuit_base": base})
+        _TAPPED_CLASSES[base] = cls
+    norm.__class__ = cls
+    norm._circuit_bank = bank
+    norm._circuit_layer = layer
+
+
+def install(model: nn.Module, spec: MonitorSpec, *, model_type: str, max_tokens: int) -> TapBank:
+    """Tap each decoder layer's pre-MLP norm of a vLLM Llama / Gemma-2 / Qwen3 model."""
+    global _BANK
+    layers = model.model.layers
+    norm_name = "pre_feedforward_layernorm" if model_type == "gemma2" else "post_attention_layernorm"
+    if len(layers) != spec.plan.n_layers:
+        raise ValueError(f"the transcoders have {spec.plan.n_layers} layers but the model has {len(layers)}")
+    norms = [getattr(layer, norm_name) for layer in layers]
+    gains = [(n.weight.detach().float() + 1.0) if model_type == "gemma2" else n.weight.detach().float() for n in norms]
+    eps = [float(getattr(n, "variance_epsilon", getattr(n, "eps", 1e-6))) for n in norms]
+    device = norms[0].weight.device
+    bank = TapBank(spec, gains=gains, eps=eps, device=device, max_tokens=max_tokens)
+    for i, norm in enumerate(norms):
+        tap_norm(norm, bank, i)
+    _BANK = bank
+    return bank

@@ -1,0 +1,88 @@
+"""The two messages of in-engine monitoring, as plain data (both sides import this; no vLLM here).
+
+1. Server -> worker, with the request (`SamplingParams.extra_args[EXTRA_KEY]`, msgpack-safe):
+   `RequestWatchArgs`: the request's id, its columns (server watchlist columns, then columns
+   lent to its own features, whose rows it carries), which of them are `stop` rules, and the
+   token the worker forces when a rule fires.
+2. Worker -> server, once per engine step over a zmq PUSH socket: for every monitored request in
+   the step, its positions `first_pos .. first_pos + n - 1`, the `(n, n_cols)` pre-activations
+   (float32) and active mask (uint8) of its columns, and the first firing of a `stop` rule
+   (column index in the request's list and position) when this step found it.
+   Frames: [header (JSON), pre-activations (float32 bytes), active mask (uint8 bytes)]; each
+   request's block follows the previous one's in both byte frames.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+EXTRA_KEY = "circuit_monitor"
+
+
+@dataclass(frozen=True)
+class ColumnSet:
+    """One column a request lends to a feature of its own (rows travel with the request)."""
+
+    column: int
+    layer: int
+    index: int
+    row: list[float] | None  # encoder row (None for TopK sets: the worker holds the full encoder)
+    bias: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class RequestWatchArgs:
+    rid: str
+    columns: list[int]  # global table columns, in the request's report order
+    stop: list[int]  # indices into `columns` of `stop` rules
+    sentinel: int  # token forced when a stop rule fires (-1: no stop rules)
+    ban_sentinel: bool  # ignore_eos requests: the sentinel is never sampled otherwise
+    sets: list[ColumnSet]
+
+    def to_extra(self) -> dict:
+        return {"rid": self.rid, "cols": self.columns, "stop": self.stop, "sentinel": self.sentinel,
+                "ban": self.ban_sentinel,
+                "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets]}
+
+    @classmethod
+    def from_extra(cls, data: dict) -> RequestWatchArgs:
+        return cls(rid=str(data["rid"]), columns=[int(c) for c in data["cols"]], stop=[int(s) for s in data["stop"]],
+                   sentinel=int(data["sentinel"]), ban_sentinel=bool(data["ban"]),
+                   sets=[ColumnSet(int(c), int(layer), int(i), row, float(b), float(t))
+                         for c, layer, i, row, b, t in data["set"]])
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """One request's values from one engine step."""
+
+    rid: str
+    first_pos: int
+    pre: np.ndarray  # (n, n_cols) float32
+    active: np.ndarray  # (n, n_cols) bool
+    fired: tuple[int, int] | None  # (index into the request's columns, position) of a first stop firing
+
+
+def encode_step(items: list[StepValues]) -> list[bytes]:
+    header = [[v.rid, v.first_pos, v.pre.shape[0], v.pre.shape[1], *(v.fired or (-1, -1))] for v in items]
+    pre = b"".join(np.ascontiguousarray(v.pre, dtype=np.float32).tobytes() for v in items)
+    active = b"".join(np.ascontiguousarray(v.active, dtype=np.uint8).tobytes() for v in items)
+    return [json.dumps(header).encode(), pre, active]
+
+
+def decode_step(frames: list[bytes]) -> list[StepValues]:
+    header = json.loads(frames[0])
+    pre = np.frombuffer(frames[1], dtype=np.float32)
+    active = np.frombuffer(frames[2], dtype=np.uint8)
+    out, at = [], 0
+    for rid, first_pos, n, n_cols, fired_col, fired_pos in header:
+        size = n * n_cols
+        out.append(StepValues(rid=rid, first_pos=first_pos, pre=pre[at: at + size].reshape(n, n_cols),
+                              active=active[at: at + size].reshape(n, n_cols).astype(bool),
+                              fired=None if fired_col < 0 else (fired_col, fired_pos)))
+        at += size
+    return out
