@@ -110,7 +110,7 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(model_dir: Path, log_path: Path, *extra_args: str) -> ServerProcess:
+def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Start `circuit-serve serve` on free ports and wait until health says SERVING."""
     from circuit_client import CircuitClient, CircuitRpcError, Sampling
 
@@ -127,7 +127,8 @@ def start_server(model_dir: Path, log_path: Path, *extra_args: str) -> ServerPro
     ]
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **TEST_ENV}, start_new_session=True
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **TEST_ENV, **(env or {})},
+        start_new_session=True
     )
     server = ServerProcess(process, port, metrics_port, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -159,12 +160,14 @@ def start_server(model_dir: Path, log_path: Path, *extra_args: str) -> ServerPro
 def launch_server(
     demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: `launch_server(*extra_cli_args, model_dir=None)`; every server is stopped at session end."""
+    """Factory: `launch_server(*extra_cli_args, model_dir=None, env=None)`; every server is stopped at
+    session end. `env` overrides TEST_ENV (e.g. {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}: vLLM's engine core
+    in its own process, as in production)."""
     started: list[ServerProcess] = []
 
-    def launch(*extra_args: str, model_dir: Path | None = None) -> ServerProcess:
+    def launch(*extra_args: str, model_dir: Path | None = None, env: dict[str, str] | None = None) -> ServerProcess:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
-        server = start_server(model_dir or demo_model_dir, log_path, *extra_args)
+        server = start_server(model_dir or demo_model_dir, log_path, *extra_args, env=env)
         started.append(server)
         return server
 

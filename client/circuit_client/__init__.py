@@ -5,6 +5,7 @@ Needs only grpcio and protobuf (health checks also need grpcio-health-checking).
 
 from circuit_client.aio import AsyncCircuitClient
 from circuit_client.errors import CircuitRpcError
+from circuit_client.monitor import MonitorReport, Monitoring, WatchedValues, WatchRule
 from circuit_client.sync import CircuitClient
 from circuit_client.types import (
     FinishReason,
@@ -26,6 +27,8 @@ __all__ = [
     "FinishReason",
     "Generation",
     "ModelInfo",
+    "MonitorReport",
+    "Monitoring",
     "Sampling",
     "StreamChunk",
     "Tokenization",
@@ -33,4 +36,6 @@ __all__ = [
     "TopLogprob",
     "TranscoderSet",
     "Usage",
+    "WatchRule",
+    "WatchedValues",
 ]

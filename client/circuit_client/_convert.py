@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from circuit_client import monitor
+from circuit_client import monitor as monitor_types
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
+from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
 from circuit_client.types import (
     FinishReason,
     Generation,
@@ -28,7 +30,7 @@ _FINISH = {
 
 def generate_request(
     prompt: str | None, prompt_token_ids: list[int] | tuple[int, ...] | None, sampling: Sampling,
-    monitor: bool = False,
+    monitor: bool | monitor.Monitoring = False,
 ) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
     for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
@@ -36,7 +38,11 @@ def generate_request(
         if value is not None:
             setattr(s, name, value)
     req = pb.GenerateRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), sampling=s,
-                             monitor=monitor)
+                             monitor=bool(monitor))
+    if isinstance(monitor, monitor_types.Monitoring):
+        req.watch.extend(mpb.WatchRule(name=r.name, layer=r.layer, index=r.index, threshold=r.threshold,
+                                       action=r.action) for r in monitor.rules)
+        req.monitor_values = monitor.values
     if sampling.top_logprobs is not None:
         req.top_logprobs = sampling.top_logprobs
     return req
@@ -79,11 +85,17 @@ def stream_chunk(msg: pb.GenerateStreamResponse) -> StreamChunk:
             stop_sequence=end.stop_sequence or None,
             usage=_usage(end.usage),
             monitor=monitor.from_pb(end.monitor) if end.HasField("monitor") else None,
+            activations=_activations(end.activations),
         )
     d = msg.delta
     return StreamChunk(
-        request_id=msg.request_id, text=d.text, token_ids=tuple(d.token_ids), logprobs=_logprobs(d.logprobs)
+        request_id=msg.request_id, text=d.text, token_ids=tuple(d.token_ids), logprobs=_logprobs(d.logprobs),
+        activations=_activations(d.activations),
     )
+
+
+def _activations(items) -> tuple[monitor_types.WatchedValues, ...]:
+    return tuple(monitor_types.WatchedValues(v.position, tuple(v.values)) for v in items)
 
 
 def tokenization(msg: pb.TokenizeResponse) -> Tokenization:
@@ -102,5 +114,6 @@ def model_info(msg: pb.ModelInfoResponse) -> ModelInfo:
         server_version=msg.server_version,
         max_new_tokens_limit=msg.max_new_tokens_limit,
         max_top_logprobs=msg.max_top_logprobs,
+        max_request_watch=msg.max_request_watch,
         transcoders=TranscoderSet(tc.name, tc.path, tc.kind, tc.num_layers, tc.features_per_layer) if tc else None,
     )

@@ -15,6 +15,7 @@ from circuit_client import _convert
 from circuit_client._channel import DEFAULT_TIMEOUT_S, channel_options, health_messages
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
 from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
+from circuit_client.monitor import Monitoring
 from circuit_client.errors import CircuitRpcError
 from circuit_client.types import Generation, ModelInfo, Sampling, StreamChunk, Tokenization
 
@@ -44,7 +45,7 @@ class AsyncCircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
-        monitor: bool = False,
+        monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> Generation:
         req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
@@ -59,7 +60,7 @@ class AsyncCircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
-        monitor: bool = False,
+        monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Chunks as they are generated; leaving early (break, aclose, cancel) cancels the call."""

@@ -1,9 +1,38 @@
-"""Watchlist reports of monitored generations, as plain objects (`Generation.monitor`,
-the last `StreamChunk.monitor`)."""
+"""Monitoring of generations, as plain objects: what a request asks (`Monitoring`, `WatchRule`)
+and what comes back (`Generation.monitor`, the last `StreamChunk.monitor`, `StreamChunk.activations`).
+
+    client.generate(prompt, sampling, monitor=True)          # the server's watchlist
+    client.stream(prompt, sampling, monitor=Monitoring(      # the watchlist, two rules of this request,
+        rules=(WatchRule("cant-answer", layer=3, index=120, threshold=2.5, action="stop"),),
+        values=True))                                        # and per-position values in the chunks
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """A feature this request watches besides the server's watchlist, and its rule."""
+
+    name: str  # unique; not a name of the server's watchlist
+    layer: int
+    index: int
+    threshold: float  # fires where the activation is above this
+    action: str = "record"  # record | flag | stop
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    rules: tuple[WatchRule, ...] = ()
+    values: bool = False  # stream chunks carry the watched features' activations per position
+
+
+@dataclass(frozen=True)
+class WatchedValues:
+    position: int  # in prompt + completion (the first generated token is at the prompt's length)
+    values: tuple[float, ...]  # one per watched feature, in MonitorReport order; 0 where not active
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from circuit_client.monitor import MonitorReport
+from circuit_client.monitor import MonitorReport, WatchedValues
 
 
 class FinishReason(enum.StrEnum):
@@ -74,6 +74,7 @@ class StreamChunk:
     stop_sequence: str | None = None
     usage: Usage | None = None
     monitor: MonitorReport | None = None  # on the last chunk of a monitored stream
+    activations: tuple[WatchedValues, ...] = ()  # Monitoring(values=True): positions computed since the last chunk
 
     @property
     def finished(self) -> bool:
@@ -107,3 +108,4 @@ class ModelInfo:
     max_new_tokens_limit: int
     max_top_logprobs: int
     transcoders: TranscoderSet | None = None
+    max_request_watch: int = 0  # most watch rules one request may send (0: no monitoring)

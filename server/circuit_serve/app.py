@@ -19,8 +19,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -93,8 +95,10 @@ class Runtime:
         )
 
     async def start(self) -> None:
-        """Load the model(s). Calls made before this finishes get UNAVAILABLE."""
-        await self.generation.start()
+        """Load the model(s). Calls made before this finishes get UNAVAILABLE.
+
+        The replacement model (with the transcoders) loads first: in-engine monitoring hands
+        vLLM the watched encoder rows when vLLM starts."""
         self.replacement = await start_attribution(
             self.attribution, self.config.attribution, self.config.engine.model, serve_dtype=self.config.engine.dtype,
             serialize=serialize_graph, graph_format=GRAPH_FORMAT,
@@ -103,6 +107,8 @@ class Runtime:
                            max_tokens=self.config.attribution.max_prompt_tokens)
         if self.attribution.engine is not None:
             self.attribution.engine.labels = self.features.labels.as_dict()  # `clerp` in graph JSON
+        monitor = self.features.engine_monitor(Path(tempfile.mkdtemp(prefix="circuit-serve-")))
+        await self.generation.start(monitor)
 
     def shutdown(self) -> None:
         self.attribution.shutdown()

@@ -136,5 +136,7 @@ def scenario(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def features_server(launch_server, scenario: Scenario):
+    # vLLM's engine core in its own process (the production default): the monitor's values travel
+    # from vLLM's worker process to the server.
     return launch_server("--transcoders", str(scenario.transcoders), "--labels", str(scenario.labels),
-                         "--watchlist", str(scenario.watchlist), "--monitor-interval", "3")
+                         "--watchlist", str(scenario.watchlist), env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})

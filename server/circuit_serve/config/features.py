@@ -5,7 +5,8 @@ Flags of `circuit-serve serve` (the only reader of them is this module):
     --labels FILE            feature labels (JSON or YAML: layer, index, label)
     --watchlist FILE         watched features (JSON or YAML: name, layer, index, threshold, action)
     --monitor-all            monitor every generation request, not only those that ask
-    --monitor-interval N     with a `stop` rule, check (and release) a monitored stream every N tokens
+    --monitor-slots N        columns per layer that requests lend for watched features of their own
+    --max-request-watch N    most watched features (rules) one generation request may add
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ class FeaturesConfig:
     labels: Path | None = None
     watchlist: Path | None = None
     monitor_all: bool = False  # monitor every generation request (needs a watchlist)
-    monitor_interval: int = 4  # tokens per checked group of a monitored stream with `stop` rules
+    monitor_slots: int = 16  # per layer: in-engine columns for features that requests add (0: none)
+    max_request_watch: int = 8  # most watched features one generation request may add
     max_top_k: int = 64  # largest FeatureActivations top_k
     max_listed_features: int = 256  # most features one FeatureActivations call may list
     max_steer_new_tokens: int = 256  # largest Steer max_new_tokens
@@ -32,21 +34,24 @@ class FeaturesConfig:
         g.add_argument("--labels", type=Path, default=None, help="feature labels file (JSON or YAML)")
         g.add_argument("--watchlist", type=Path, default=None, help="watched features file (JSON or YAML)")
         g.add_argument("--monitor-all", action="store_true", help="monitor every generation request")
-        g.add_argument("--monitor-interval", type=int, default=4,
-                       help="with a stop rule, monitored streams are checked and released every N tokens "
+        g.add_argument("--monitor-slots", type=int, default=16,
+                       help="per layer, how many features requests may add to in-engine monitoring at once "
                             "(default %(default)s)")
+        g.add_argument("--max-request-watch", type=int, default=8,
+                       help="most watched features one generation request may add (default %(default)s)")
         g.add_argument("--max-steer-new-tokens", type=int, default=256)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FeaturesConfig:
-        if args.monitor_interval < 1:
-            raise argparse.ArgumentTypeError(f"--monitor-interval must be >= 1, got {args.monitor_interval}")
+        if args.monitor_slots < 0 or args.max_request_watch < 0:
+            raise argparse.ArgumentTypeError("--monitor-slots and --max-request-watch must be >= 0")
         if args.monitor_all and args.watchlist is None:
             raise argparse.ArgumentTypeError("--monitor-all needs --watchlist")
         return cls(
             labels=args.labels,
             watchlist=args.watchlist,
             monitor_all=args.monitor_all,
-            monitor_interval=args.monitor_interval,
+            monitor_slots=args.monitor_slots,
+            max_request_watch=args.max_request_watch,
             max_steer_new_tokens=args.max_steer_new_tokens,
         )

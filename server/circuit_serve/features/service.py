@@ -2,39 +2,37 @@
 
 - `feature_activations` runs off the event loop;
 - `steer` is admitted by the attribution service's worker pool (same queue, same limits);
-- `stream` / `generate` run a monitored generation request (see `streaming`); requests that
-  are not monitored never reach this module.
+- `resolve` turns what a generation request asks of monitoring into a checked `WatchRequest`;
+  the monitoring itself runs inside vLLM's forward pass (circuit_serve.monitoring), set up by
+  `engine_monitor` before the generation engine starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from circuit_serve.config.features import FeaturesConfig
-from circuit_serve.errors import BackendUnavailable, NotConfigured
+from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
-from circuit_serve.features.monitor import Monitor
 from circuit_serve.features.steering import SteerResult
-from circuit_serve.features.streaming import MonitoredChunk, collect, monitor_stream
-from circuit_serve.features.types import FeatureRef, MonitorReport, TranscoderShape
+from circuit_serve.features.types import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
-from circuit_serve.generation.engine import GenerationEngine
-from circuit_serve.generation.types import GenerationRequest, GenerationResult
 from circuit_serve.metrics.features import FeatureMetrics
 from circuit_serve.tracing.replacement import ReplacementModel
 
 NO_TRANSCODERS = ("features are not enabled on this server: it was started without transcoders; "
                   "restart `circuit-serve serve` with --transcoders DIR")
-NO_WATCHLIST = ("monitoring is not enabled on this server: it was started without a watchlist; "
-                "restart `circuit-serve serve` with --watchlist FILE")
+NO_WATCHLIST = ("this server has no watchlist: it was started without --watchlist; send the features to "
+                "watch in the request's `watch` rules, or restart `circuit-serve serve` with --watchlist FILE")
 
 
 class FeaturesService:
@@ -48,7 +46,8 @@ class FeaturesService:
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
         self.engine: FeaturesEngine | None = None
-        self.monitor: Monitor | None = None
+        self.watched: tuple[WatchedFeature, ...] = ()  # checked against the transcoders by `load`
+        self.metrics: FeatureMetrics | None = None
         self.admission: Any | None = None  # the attribution service's jobs.WorkerPool
         self.max_tokens = 1 << 30  # prompt + new tokens of one steering request
         self._state = "loading"  # -> "ready" | "disabled" (no transcoders)
@@ -67,8 +66,8 @@ class FeaturesService:
         labels = check_labels(self._labels, shape)
         engine = FeaturesEngine(rm, labels=labels, config=config)
         if config.watchlist:
-            watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
-            self.monitor = Monitor(watched, engine, FeatureMetrics(self.registry, watched))
+            self.watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
+            self.metrics = FeatureMetrics(self.registry, self.watched)
         self.engine = engine
         self.admission = admission
         self.max_tokens = max_tokens or self.max_tokens
@@ -100,28 +99,38 @@ class FeaturesService:
 
     # ---- monitoring ----------------------------------------------------------------------
 
-    def should_monitor(self, asked: bool) -> bool:
-        """Monitor this generation request? (asked by the request, or --monitor-all)."""
-        if self.monitor is None:
-            if asked:
-                self._engine()
-                raise NotConfigured(NO_WATCHLIST)
-            return False
-        return asked or self.config.monitor_all
+    def engine_monitor(self, work_dir: Path):
+        """The in-engine monitor for the generation engine (None without transcoders)."""
+        if self.engine is None:
+            return None
+        from circuit_serve.monitoring.monitor import EngineMonitor
 
-    def stream(self, generation: GenerationEngine, request: GenerationRequest) -> AsyncIterator[MonitoredChunk]:
-        """A monitored generation stream (vLLM underneath); the last item carries the report."""
-        assert self.monitor is not None and self.engine is not None
-        if request.prompt_token_ids:
-            prompt_ids = list(request.prompt_token_ids)
-        else:
-            prompt_ids, _ = generation.tokenize(request.prompt or "")  # as the engine tokenizes it
-        tokenizer = self.engine.rm.tokenizer
-        return monitor_stream(generation.stream(request), monitor=self.monitor, prompt_ids=prompt_ids,
-                              interval=self.config.monitor_interval,
-                              decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        rm = self.engine.rm
+        return EngineMonitor(rm.transcoders, self.watched, model_type=rm.arch.model_type,
+                             request_slots=self.config.monitor_slots, max_request_watch=self.config.max_request_watch,
+                             work_dir=work_dir, sink=self.metrics.observe if self.metrics is not None else None)
 
-    async def generate(self, generation: GenerationEngine,
-                       request: GenerationRequest) -> tuple[GenerationResult, MonitorReport]:
-        """A monitored unary generation: the same stream, collected."""
-        return await collect(self.stream(generation, request))
+    def resolve(self, ask: MonitorAsk) -> WatchRequest | None:
+        """How a generation request is monitored (None: it is not); InvalidRequest / NotConfigured
+        for rules this server cannot apply."""
+        monitored = ask.any or (self.config.monitor_all and bool(self.watched))
+        if not monitored:
+            return None
+        engine = self._engine()
+        if not ask.rules and not self.watched:
+            raise NotConfigured(NO_WATCHLIST)
+        limit = self.config.max_request_watch
+        if len(ask.rules) > limit:
+            raise InvalidRequest(f"has {len(ask.rules)} entries; this server allows at most {limit} per request",
+                                 field="watch")
+        names = {w.name for w in self.watched}
+        rules = []
+        for i, w in enumerate(ask.rules):
+            if (problem := engine.shape.check(w.feature, where=f"watch[{i}]")) is not None:
+                raise InvalidRequest(problem, field="watch")
+            if not w.name or w.name in names:
+                raise InvalidRequest(f"watch[{i}].name {w.name!r} is empty or already used (by the server watchlist "
+                                     "or an earlier rule); give each rule its own name", field="watch")
+            names.add(w.name)
+            rules.append(dataclasses.replace(w, label=engine.labels.get(w.feature)))
+        return WatchRequest((*self.watched, *rules), n_server=len(self.watched), values=ask.values)

@@ -72,3 +72,33 @@ class MonitorReport:
     def flagged(self) -> bool:
         """A `flag` or `stop` feature fired."""
         return any(r.fired and r.watched.action is not Action.RECORD for r in self.features)
+
+
+@dataclass(frozen=True)
+class MonitorAsk:
+    """What a generation request asks of monitoring, before the server checks it."""
+
+    monitor: bool = False  # the server watchlist
+    rules: tuple[WatchedFeature, ...] = ()  # the request's own watched features and rules
+    values: bool = False  # per-position values in stream deltas
+
+    @property
+    def any(self) -> bool:
+        return self.monitor or bool(self.rules)
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    """How one generation request is monitored (checked against the loaded transcoders)."""
+
+    features: tuple[WatchedFeature, ...]  # the server watchlist's, then the request's own
+    n_server: int  # how many leading entries are the server watchlist's (they have metric series)
+    values: bool = False  # per-position values in stream deltas
+
+
+@dataclass(frozen=True)
+class WatchedValues:
+    """Activations of a request's watched features at one position of prompt + completion."""
+
+    position: int
+    values: tuple[float, ...]  # WatchRequest.features order; 0 where not active

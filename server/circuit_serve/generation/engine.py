@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from circuit_serve.config.serve import EngineConfig
-from circuit_serve.errors import BackendUnavailable, InvalidRequest
+from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
 from circuit_serve.generation.types import (
     CompletionRecord,
@@ -36,6 +38,9 @@ from circuit_serve.generation.types import (
     Usage,
 )
 from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
+
+if TYPE_CHECKING:
+    from circuit_serve.monitoring.monitor import EngineMonitor, MonitoredRequest, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +60,32 @@ class GenerationEngine:
         self._description: ModelDescription | None = None
         self._last_load = EngineLoad(0, 0)
         self._listeners: list[FinishListener] = []
+        self._monitor: EngineMonitor | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Build the vLLM engine (in a worker thread, so the event loop keeps serving health checks)."""
+    async def start(self, monitor: EngineMonitor | None = None) -> None:
+        """Build the vLLM engine (in a worker thread, so the event loop keeps serving health checks).
+
+        With `monitor`, vLLM loads the tapped model class and the rules' logits processor of
+        circuit_serve.monitoring, and requests with a `watch` are monitored inside its forward pass.
+        """
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        args = AsyncEngineArgs(**self.config.engine_kwargs(), disable_log_stats=True)
+        kwargs = self.config.engine_kwargs()
+        if monitor is not None:
+            check_vllm_version()
+            # The rules' logits processor has V1's interface (update_state/apply): pin that runner
+            # (the CPU build uses it anyway). The taps run inside the compiled layers; the batch
+            # layout is noted by the model's Python forward, which piecewise CUDA graphs keep.
+            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+            if not self.config.enforce_eager:
+                kwargs.setdefault("compilation_config", {"cudagraph_mode": "PIECEWISE"})
+            await monitor.start()
+            kwargs.update(monitor.engine_overrides())
+            self._monitor = monitor
+        args = AsyncEngineArgs(**kwargs, disable_log_stats=True)
         loggers = [stat_logger_factory(self._on_step)]
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)
         self._tokenizer = self._llm.get_tokenizer()
@@ -84,6 +106,7 @@ class GenerationEngine:
             dtype=str(model_config.dtype).removeprefix("torch."),
             max_new_tokens_limit=self.config.max_new_tokens_limit,
             max_top_logprobs=self.config.max_top_logprobs,
+            max_request_watch=monitor.max_request_watch if monitor is not None else 0,
         )
         log.info("model loaded: %s", self._description)
 
@@ -95,6 +118,8 @@ class GenerationEngine:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        if self._monitor is not None:
+            self._monitor.shutdown()
         self._description = None
 
     def add_finish_listener(self, listener: FinishListener) -> None:
@@ -154,12 +179,17 @@ class GenerationEngine:
             check_prompt_length(len(prompt_ids), self._limits, field="prompt")
 
         request_id = f"gen-{uuid.uuid4().hex}"
-        params = _sampling_params(request.sampling, output_kind)
+        watch = self._begin_watch(request, request_id, len(prompt_ids))
+        overrides = watch.sampling_overrides(request.sampling.ignore_eos) if watch is not None else {}
+        params = _sampling_params(request.sampling, output_kind, **overrides)
+        inputs: dict[str, Any] = {"prompt_token_ids": prompt_ids}
+        if watch is not None:
+            inputs["cache_salt"] = watch.cache_salt
         tokens: list[int] = []
         text: list[str] = []
-        outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, request_id=request_id)
-        async with contextlib.aclosing(outputs):
-            try:
+        outputs = self._llm.generate(inputs, params, request_id=request_id)
+        try:
+            async with contextlib.aclosing(outputs):
                 async for out in outputs:
                     c = out.outputs[0]
                     new_ids = tuple(c.token_ids)
@@ -180,20 +210,69 @@ class GenerationEngine:
                         stop_sequence=stop_sequence,
                         usage=Usage(len(prompt_ids), len(tokens)) if finish else None,
                     )
-                    if finish is not None:
+                    if watch is not None:
+                        if finish is None:
+                            chunk = dataclasses.replace(chunk, activations=watch.take_values())
+                        else:
+                            chunk = self._cut(chunk, tokens, text, await watch.finish(len(tokens), finish))
+                    if chunk.finish_reason is not None:
                         self._notify(CompletionRecord(
                             request_id=request_id,
                             prompt_token_ids=tuple(prompt_ids),
                             token_ids=tuple(tokens),
                             text="".join(text),
-                            finish_reason=finish,
+                            finish_reason=chunk.finish_reason,
                             sampling=request.sampling,
                         ))
                     yield chunk
-            except _engine_dead_errors() as exc:
-                raise BackendUnavailable(f"the generation engine stopped: {exc}") from exc
-            except _vllm_client_errors() as exc:
-                raise InvalidRequest(str(exc)) from exc
+        except _engine_dead_errors() as exc:
+            raise BackendUnavailable(f"the generation engine stopped: {exc}") from exc
+        except _vllm_client_errors() as exc:
+            raise InvalidRequest(str(exc)) from exc
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def _begin_watch(self, request: GenerationRequest, request_id: str, n_prompt: int) -> MonitoredRequest | None:
+        if request.watch is None:
+            return None
+        if self._monitor is None:
+            raise NotConfigured("monitoring is not enabled on this server: start it with --transcoders")
+        assert self._limits is not None
+        return self._monitor.begin(request_id, request.watch, request.sampling, n_prompt=n_prompt,
+                                   max_model_len=self._limits.max_model_len,
+                                   sentinel=self._tokenizer.eos_token_id)
+
+    def _cut(self, chunk: GenerationChunk, tokens: list[int], text: list[str], outcome: Outcome) -> GenerationChunk:
+        """The last chunk of a monitored request, cut to `outcome.kept` tokens; `tokens` and `text`
+        (the whole completion so far) are cut in place."""
+        drop = len(tokens) - outcome.kept
+        n_new = len(chunk.token_ids)
+        if drop > n_new:  # cannot happen: only the last sampled token is ever dropped
+            log.error("monitor outcome of %s drops %d tokens but the last chunk has %d", chunk.request_id, drop, n_new)
+            drop = n_new
+        tail = ""
+        if drop > 0:
+            full = self._decode(tokens)
+            short = self._decode(tokens[: len(tokens) - drop])
+            tail = full[len(short):] if full.startswith(short) else ""
+            del tokens[len(tokens) - drop:]
+        chunk_text = chunk.text[: len(chunk.text) - len(tail)] if tail and chunk.text.endswith(tail) else chunk.text
+        text[-1] = chunk_text
+        return dataclasses.replace(
+            chunk,
+            text=chunk_text,
+            token_ids=chunk.token_ids[: n_new - drop],
+            logprobs=chunk.logprobs[: max(len(chunk.logprobs) - drop, 0)] if chunk.logprobs else (),
+            finish_reason=outcome.finish_reason,
+            stop_sequence=None if outcome.finish_reason is FinishReason.FEATURE_RULE else chunk.stop_sequence,
+            usage=Usage(chunk.usage.prompt_tokens if chunk.usage else 0, len(tokens)),
+            activations=outcome.activations,
+            monitor=outcome.report,
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- internals -------------------------------------------------------------
 
@@ -215,10 +294,10 @@ class GenerationEngine:
                 log.exception("finish listener %r failed for %s", listener, record.request_id)
 
 
-def _sampling_params(s: SamplingOptions, output_kind: Any) -> Any:
+def _sampling_params(s: SamplingOptions, output_kind: Any, **overrides: Any) -> Any:
     from vllm import SamplingParams
 
-    return SamplingParams(
+    kwargs = dict(
         max_tokens=s.max_new_tokens,
         temperature=s.temperature,
         top_p=s.top_p,
@@ -229,6 +308,19 @@ def _sampling_params(s: SamplingOptions, output_kind: Any) -> Any:
         logprobs=s.top_logprobs,
         output_kind=output_kind,
     )
+    kwargs.update(overrides)
+    return SamplingParams(**kwargs)
+
+
+def check_vllm_version() -> None:
+    """In-engine monitoring relies on vLLM internals checked with one version only."""
+    import vllm
+
+    from circuit_serve.monitoring.plugin import TESTED_VLLM
+
+    if vllm.__version__.split("+")[0] != TESTED_VLLM:
+        raise RuntimeError(f"in-engine monitoring needs vLLM {TESTED_VLLM} (its model runner and model classes "
+                           f"were checked with that version); this environment has vLLM {vllm.__version__}")
 
 
 def _logprobs(completion: Any, top_n: int | None) -> tuple[TokenLogprobs, ...]:

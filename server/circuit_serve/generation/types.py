@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from circuit_serve.features.types import MonitorReport, WatchedValues, WatchRequest
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
@@ -32,6 +34,7 @@ class GenerationRequest:
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    watch: WatchRequest | None = None  # monitored inside the engine (see circuit_serve.monitoring)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None  # set on the last chunk only
     stop_sequence: str | None = None
     usage: Usage | None = None  # set on the last chunk only
+    activations: tuple[WatchedValues, ...] = ()  # monitored with values: positions computed since the last chunk
+    monitor: MonitorReport | None = None  # monitored: on the last chunk
 
     def as_result(self) -> GenerationResult:
         """This chunk as a whole result: it must be the last chunk of a merged stream."""
@@ -71,6 +76,7 @@ class GenerationChunk:
             usage=self.usage,
             stop_sequence=self.stop_sequence,
             logprobs=self.logprobs,
+            monitor=self.monitor,
         )
 
 
@@ -83,6 +89,7 @@ class GenerationResult:
     usage: Usage
     stop_sequence: str | None = None
     logprobs: tuple[TokenLogprobs, ...] = ()
+    monitor: MonitorReport | None = None  # watched features, when the request was monitored
 
 
 @dataclass(frozen=True)
@@ -113,3 +120,4 @@ class ModelDescription:
     dtype: str
     max_new_tokens_limit: int
     max_top_logprobs: int
+    max_request_watch: int = 0  # most watched features a request may add (0: no in-engine monitor)

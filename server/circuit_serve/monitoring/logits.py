@@ -36,6 +36,7 @@ class _Watch:
     args: RequestWatchArgs
     columns: np.ndarray  # (k,) global columns
     stop: np.ndarray  # (s,) indices into columns
+    stop_thresholds: np.ndarray  # (s,) float32
     fired: tuple[int, int] | None = None
 
 
@@ -65,7 +66,8 @@ class MonitorLogitsProcessor(LogitsProcessor):
                 continue
             args = RequestWatchArgs.from_extra(extra)
             self._rows[index] = _Watch(args, np.asarray(args.columns, dtype=np.int64),
-                                       np.asarray(args.stop, dtype=np.int64))
+                                       np.asarray(args.stop, dtype=np.int64),
+                                       np.asarray(args.stop_thresholds, dtype=np.float32))
             bank = taps.current_bank()
             for s in args.sets:  # columns lent to the request's own features, before its first forward pass
                 bank.set_column(s.column, s.layer, s.index, s.row, s.bias, s.threshold)
@@ -94,10 +96,12 @@ class MonitorLogitsProcessor(LogitsProcessor):
                 block_act = act_np[a:b][:, w.columns] & (pos[a:b] != 0)[:, None]  # BOS: no features
                 new_fire = None
                 if w.fired is None and w.stop.size:
-                    hit = block_act[:, w.stop].any(axis=1).nonzero()[0]
+                    value = np.where(block_act[:, w.stop], block_pre[:, w.stop], np.float32(0))  # (n, s)
+                    above = value > w.stop_thresholds  # (n, s)
+                    hit = above.any(axis=1).nonzero()[0]
                     if hit.size:
                         r = int(hit[0])
-                        col = int(w.stop[int(block_act[r, w.stop].nonzero()[0][0])])
+                        col = int(w.stop[int(above[r].nonzero()[0][0])])
                         w.fired = new_fire = (col, int(pos[a + r]))
                 items.append(StepValues(w.args.rid, int(pos[a]), block_pre, block_act, new_fire))
             if w.fired is not None:

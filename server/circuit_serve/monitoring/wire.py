@@ -39,18 +39,20 @@ class RequestWatchArgs:
     rid: str
     columns: list[int]  # global table columns, in the request's report order
     stop: list[int]  # indices into `columns` of `stop` rules
+    stop_thresholds: list[float]  # a stop rule fires where its activation is above this
     sentinel: int  # token forced when a stop rule fires (-1: no stop rules)
     ban_sentinel: bool  # ignore_eos requests: the sentinel is never sampled otherwise
     sets: list[ColumnSet]
 
     def to_extra(self) -> dict:
-        return {"rid": self.rid, "cols": self.columns, "stop": self.stop, "sentinel": self.sentinel,
+        return {"rid": self.rid, "cols": self.columns, "stop": self.stop, "stop_thr": self.stop_thresholds, "sentinel": self.sentinel,
                 "ban": self.ban_sentinel,
                 "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets]}
 
     @classmethod
     def from_extra(cls, data: dict) -> RequestWatchArgs:
         return cls(rid=str(data["rid"]), columns=[int(c) for c in data["cols"]], stop=[int(s) for s in data["stop"]],
+                   stop_thresholds=[float(t) for t in data["stop_thr"]],
                    sentinel=int(data["sentinel"]), ban_sentinel=bool(data["ban"]),
                    sets=[ColumnSet(int(c), int(layer), int(i), row, float(b), float(t))
                          for c, layer, i, row, b, t in data["set"]])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
+from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
+from circuit_serve.errors import InvalidRequest
+from circuit_serve.features.types import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchedValues
 from circuit_serve.generation.types import (
     FinishReason,
     GenerationChunk,
@@ -13,6 +16,7 @@ from circuit_serve.generation.types import (
     TokenLogprobs,
     Usage,
 )
+from circuit_serve.rpc.convert_features import monitor_report_to_pb
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -42,6 +46,22 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
     )
 
 
+def monitor_ask(msg: pb.GenerateRequest) -> MonitorAsk:
+    """What the request asks of monitoring (checked later by the features service)."""
+    rules = []
+    for i, r in enumerate(msg.watch):
+        try:
+            action = Action((r.action or "record").lower())
+        except ValueError:
+            raise InvalidRequest(f"watch[{i}].action is {r.action!r}; use record, flag or stop", field="watch") from None
+        rules.append(WatchedFeature(r.name, FeatureRef(r.layer, r.index), r.threshold, action))
+    return MonitorAsk(monitor=msg.monitor, rules=tuple(rules), values=msg.monitor_values)
+
+
+def _activations(items: tuple[WatchedValues, ...]) -> list[mpb.WatchedValues]:
+    return [mpb.WatchedValues(position=v.position, values=v.values) for v in items]
+
+
 def _usage(u: Usage) -> pb.Usage:
     return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
 
@@ -58,7 +78,7 @@ def _logprobs(items: tuple[TokenLogprobs, ...]) -> list[pb.TokenLogprobs]:
 
 
 def result_to_pb(r: GenerationResult) -> pb.GenerateResponse:
-    return pb.GenerateResponse(
+    out = pb.GenerateResponse(
         request_id=r.request_id,
         text=r.text,
         token_ids=r.token_ids,
@@ -67,19 +87,27 @@ def result_to_pb(r: GenerationResult) -> pb.GenerateResponse:
         usage=_usage(r.usage),
         logprobs=_logprobs(r.logprobs),
     )
+    if r.monitor is not None:
+        out.monitor.CopyFrom(monitor_report_to_pb(r.monitor))
+    return out
 
 
 def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
     """A chunk becomes a delta message (if it has tokens) and, on the last chunk, an end message."""
     out = []
-    if c.token_ids or c.text:
-        delta = pb.TokenDelta(text=c.text, token_ids=c.token_ids, logprobs=_logprobs(c.logprobs))
+    last = c.finish_reason is not None
+    if c.token_ids or c.text or (c.activations and not last):
+        delta = pb.TokenDelta(text=c.text, token_ids=c.token_ids, logprobs=_logprobs(c.logprobs),
+                              activations=_activations(c.activations) if not last else ())
         out.append(pb.GenerateStreamResponse(request_id=c.request_id, delta=delta))
-    if c.finish_reason is not None:
+    if last:
         assert c.usage is not None
         end = pb.GenerationEnd(
-            finish_reason=_FINISH[c.finish_reason], stop_sequence=c.stop_sequence or "", usage=_usage(c.usage)
+            finish_reason=_FINISH[c.finish_reason], stop_sequence=c.stop_sequence or "", usage=_usage(c.usage),
+            activations=_activations(c.activations),
         )
+        if c.monitor is not None:
+            end.monitor.CopyFrom(monitor_report_to_pb(c.monitor))
         out.append(pb.GenerateStreamResponse(request_id=c.request_id, end=end))
     return out
 
@@ -95,4 +123,5 @@ def model_info_to_pb(d: ModelDescription, *, server_version: str) -> pb.ModelInf
         server_version=server_version,
         max_new_tokens_limit=d.max_new_tokens_limit,
         max_top_logprobs=d.max_top_logprobs,
+        max_request_watch=d.max_request_watch,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import grpc
@@ -9,10 +10,11 @@ import grpc
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
 from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
 from circuit_serve import __version__
+from circuit_serve.errors import NotConfigured
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.generation.types import GenerationRequest
 from circuit_serve.rpc import convert_generation as convert
-from circuit_serve.rpc.convert_features import monitor_report_to_pb
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 
@@ -22,30 +24,23 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         self._engine = engine
         self._features = features
 
-    def _monitored(self, request: pb.GenerateRequest) -> bool:
-        return self._features is not None and self._features.should_monitor(request.monitor)
+    def _request(self, request: pb.GenerateRequest) -> GenerationRequest:
+        req = convert.request_from_pb(request)
+        ask = convert.monitor_ask(request)
+        if self._features is not None:
+            return dataclasses.replace(req, watch=self._features.resolve(ask))
+        if ask.any:
+            raise NotConfigured("monitoring is not enabled on this server")
+        return req
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
-        if self._monitored(request):
-            result, report = await self._features.generate(self._engine, convert.request_from_pb(request))
-            response = convert.result_to_pb(result)
-            response.monitor.CopyFrom(monitor_report_to_pb(report))
-            return response
-        result = await self._engine.generate(convert.request_from_pb(request))
+        result = await self._engine.generate(self._request(request))
         return convert.result_to_pb(result)
 
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        if self._monitored(request):
-            async for item in self._features.stream(self._engine, convert.request_from_pb(request)):
-                messages = convert.chunk_to_pb(item.chunk)
-                if item.report is not None:
-                    messages[-1].end.monitor.CopyFrom(monitor_report_to_pb(item.report))
-                for message in messages:
-                    yield message
-            return
-        async for chunk in self._engine.stream(convert.request_from_pb(request)):
+        async for chunk in self._engine.stream(self._request(request)):
             for message in convert.chunk_to_pb(chunk):
                 yield message
 

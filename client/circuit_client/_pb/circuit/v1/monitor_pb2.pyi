@@ -39,3 +39,25 @@ class MonitorReport(_message.Message):
     flagged: bool
     stopped_by: str
     def __init__(self, features: _Optional[_Iterable[_Union[WatchedFeatureReport, _Mapping]]] = ..., flagged: _Optional[bool] = ..., stopped_by: _Optional[str] = ...) -> None: ...
+
+class WatchRule(_message.Message):
+    __slots__ = ("name", "layer", "index", "threshold", "action")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    layer: int
+    index: int
+    threshold: float
+    action: str
+    def __init__(self, name: _Optional[str] = ..., layer: _Optional[int] = ..., index: _Optional[int] = ..., threshold: _Optional[float] = ..., action: _Optional[str] = ...) -> None: ...
+
+class WatchedValues(_message.Message):
+    __slots__ = ("position", "values")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, position: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...

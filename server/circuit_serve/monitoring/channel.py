@@ -1,0 +1,113 @@
+"""The server's end of the worker -> server side channel (see `wire`): values by request.
+
+One zmq PULL socket, bound by the server on an ipc path before vLLM starts; one reader task
+routes each request's `StepValues` to its `RequestValues`. A request's values arrive in position
+order (the engine computes a request's positions in order) and before vLLM's output of the same
+step, which travels on vLLM's own socket; `RequestValues.wait_for` covers the rare reordering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from circuit_serve.monitoring.wire import StepValues, decode_step
+
+log = logging.getLogger(__name__)
+
+
+class RequestValues:
+    """Pre-activations and active masks of one request's columns at positions 0..covered-1."""
+
+    def __init__(self, n_columns: int) -> None:
+        self.pre = np.zeros((32, n_columns), dtype=np.float32)  # (capacity, k)
+        self.active = np.zeros((32, n_columns), dtype=bool)
+        self.covered = 0  # positions 0..covered-1 have values
+        self.fired: tuple[int, int] | None = None  # (column index, position) of the engine's first stop firing
+        self._changed = asyncio.Event()
+
+    def add(self, step: StepValues) -> None:
+        end = step.first_pos + step.pre.shape[0]
+        if end > self.pre.shape[0]:
+            grow = max(end, 2 * self.pre.shape[0])
+            self.pre = np.resize(self.pre, (grow, self.pre.shape[1]))
+            self.active = np.resize(self.active, (grow, self.active.shape[1]))
+        self.pre[step.first_pos:end] = step.pre
+        self.active[step.first_pos:end] = step.active
+        if step.first_pos <= self.covered:
+            self.covered = max(self.covered, end)
+        if step.fired is not None and self.fired is None:
+            self.fired = step.fired
+        self._changed.set()
+
+    def activations(self, start: int, stop: int) -> np.ndarray:
+        """`(stop - start, k)` activations (pre-activation where active, else 0)."""
+        return np.where(self.active[start:stop], self.pre[start:stop], np.float32(0))
+
+    async def wait_for(self, n_positions: int, timeout_s: float) -> bool:
+        """Wait until positions 0..n_positions-1 have values; False on timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.covered < n_positions:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+
+class ValueChannel:
+    def __init__(self, directory: Path | None = None) -> None:
+        directory = directory or Path(tempfile.gettempdir())
+        self.endpoint = f"ipc://{directory}/circuit-monitor-{uuid.uuid4().hex[:12]}.sock"
+        self._requests: dict[str, RequestValues] = {}
+        self._socket = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        import zmq
+        import zmq.asyncio
+
+        self._socket = zmq.asyncio.Context.instance().socket(zmq.PULL)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.bind(self.endpoint)
+        self._task = asyncio.create_task(self._read(), name="circuit-monitor-values")
+
+    def open(self, rid: str, n_columns: int) -> RequestValues:
+        values = RequestValues(n_columns)
+        self._requests[rid] = values
+        return values
+
+    def close(self, rid: str) -> None:
+        self._requests.pop(rid, None)
+
+    async def _read(self) -> None:
+        assert self._socket is not None
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                steps = decode_step(frames)
+            except Exception:  # a malformed message must not stop the reader
+                log.exception("malformed monitor message from the engine")
+                continue
+            for step in steps:
+                values = self._requests.get(step.rid)
+                if values is not None:  # finished or aborted requests' late values are dropped
+                    values.add(step)
+
+    def shutdown(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        path = self.endpoint.removeprefix("ipc://")
+        with contextlib.suppress(OSError):
+            Path(path).unlink()

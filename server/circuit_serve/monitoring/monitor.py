@@ -1,0 +1,210 @@
+"""EngineMonitor: the server's side of in-engine monitoring (no protobuf, no vLLM types).
+
+For one monitored generation request:
+
+1. `begin`: lend columns to the request's own features (shared pool, see `columns`), build the
+   watch that travels in its `SamplingParams.extra_args` (columns, stop rules and their
+   thresholds, the sentinel token), one more token than asked for (so the last kept token is
+   run through the model too), a private `cache_salt` (prefix caching skips the forward pass of
+   cached positions; a monitored request opts out of reuse, the engine keeps it for others),
+   and for ignore_eos requests with stop rules the sentinel as a stop token;
+2. while vLLM streams, `take_values` hands out the positions computed so far;
+3. `finish`: when vLLM's last output arrives, wait for the values of every position the engine
+   ran (all but the last sampled token), then cut the completion: after the firing token when
+   a stop rule fired (the token sampled with it, or the forced sentinel, is dropped), at the
+   asked length when the extra token was generated; and build the report;
+4. `close`: give the columns back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuit_serve.errors import InvalidRequest, CapacityExceeded
+from circuit_serve.features.types import (
+    Action,
+    FeatureRef,
+    FeatureReport,
+    MonitorReport,
+    WatchedFeature,
+    WatchedValues,
+    WatchRequest,
+)
+from circuit_serve.generation.types import FinishReason, SamplingOptions
+from circuit_serve.monitoring.channel import RequestValues, ValueChannel
+from circuit_serve.monitoring.columns import ColumnPlan, SlotPool
+from circuit_serve.monitoring.plugin import ARCHITECTURES, LOGITS_PROCESSOR
+from circuit_serve.monitoring.spec import SPEC_KEY, MonitorSpec, encoder_rows
+from circuit_serve.monitoring.wire import EXTRA_KEY, ColumnSet, RequestWatchArgs
+
+log = logging.getLogger(__name__)
+
+ReportSink = Callable[[MonitorReport, float], None]  # (server-watchlist part of a report, wait seconds)
+_VALUES_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a monitored completion ends: its first `kept` tokens, its finish reason and report."""
+
+    kept: int
+    finish_reason: FinishReason
+    report: MonitorReport
+    activations: tuple[WatchedValues, ...]  # with values: positions not handed out yet
+
+
+class EngineMonitor:
+    def __init__(self, transcoders: Any, watched: Sequence[WatchedFeature], *, model_type: str, request_slots: int,
+                 max_request_watch: int, work_dir: Path, sink: ReportSink | None = None) -> None:
+        if model_type not in ARCHITECTURES:
+            raise ValueError(f"in-engine monitoring supports model types {', '.join(ARCHITECTURES)}; "
+                             f"this model is {model_type!r}")
+        self.transcoders = transcoders
+        self.watched = tuple(watched)
+        self.model_type = model_type
+        self.max_request_watch = max_request_watch
+        self.channel = ValueChannel(work_dir)
+        self.spec = MonitorSpec.from_transcoders(transcoders, [w.feature for w in self.watched],
+                                                 request_slots=request_slots, endpoint=self.channel.endpoint)
+        self.plan: ColumnPlan = self.spec.plan
+        self.pool = SlotPool(self.plan)
+        self._spec_dir = self.spec.save(work_dir / f"monitor-spec-{uuid.uuid4().hex[:8]}")
+        self._sink = sink
+
+    def engine_overrides(self) -> dict[str, Any]:
+        """AsyncEngineArgs fields that load the tapped model class and the rules' logits processor."""
+        architecture, _ = ARCHITECTURES[self.model_type]
+        return {"hf_overrides": {"architectures": [architecture], SPEC_KEY: str(self._spec_dir)},
+                "logits_processors": [LOGITS_PROCESSOR]}
+
+    async def start(self) -> None:
+        await self.channel.start()
+
+    def shutdown(self) -> None:
+        self.channel.shutdown()
+
+    # ---- one request ---------------------------------------------------------------------------
+
+    def begin(self, request_id: str, watch: WatchRequest, sampling: SamplingOptions, *, n_prompt: int,
+              max_model_len: int, sentinel: int | None) -> MonitoredRequest:
+        own = [w.feature for w in watch.features[watch.n_server:]]
+        if len(own) > self.max_request_watch:
+            raise InvalidRequest(f"has {len(own)} entries; the limit is {self.max_request_watch}", field="watch")
+        if not self.pool.can_take(own):
+            raise CapacityExceeded("every monitor column of a watched layer is lent to running requests; retry "
+                                    "shortly or watch features of the server's watchlist")
+        has_stop = any(w.action is Action.STOP for w in watch.features)
+        if has_stop and sentinel is None:
+            raise InvalidRequest("stop rules need the model's end-of-sequence token, and its tokenizer has none",
+                                 field="watch")
+        columns = list(self.plan.server_columns[: watch.n_server])
+        sets = []
+        rows, bias, thr = encoder_rows(self.transcoders, own)
+        for j, feature in enumerate(own):
+            column = self.pool.take(feature)
+            columns.append(column)
+            row = None if self.spec.activation == "topk" else rows[j].tolist()
+            sets.append(ColumnSet(column, feature.layer, feature.index, row, float(bias[j]), float(thr[j])))
+        stop = [i for i, w in enumerate(watch.features) if w.action is Action.STOP]
+        args = RequestWatchArgs(rid=request_id, columns=columns, stop=stop,
+                                stop_thresholds=[watch.features[i].threshold for i in stop],
+                                sentinel=sentinel if has_stop else -1,
+                                ban_sentinel=has_stop and sampling.ignore_eos, sets=sets)
+        extend = n_prompt + sampling.max_new_tokens + 1 <= max_model_len
+        return MonitoredRequest(self, watch, args, self.channel.open(request_id, len(columns)), own,
+                                n_prompt=n_prompt, max_new_tokens=sampling.max_new_tokens, extended=extend)
+
+    def _release(self, request: MonitoredRequest) -> None:
+        self.channel.close(request.args.rid)
+        for feature in request.own:
+            self.pool.give_back(feature)
+
+    def _observe(self, report: MonitorReport, waited_s: float) -> None:
+        if self._sink is not None:
+            n = len(self.watched)
+            server = MonitorReport(report.features[:n], stopped_by=report.stopped_by
+                                   if any(r.watched.name == report.stopped_by for r in report.features[:n]) else None)
+            if server.features:
+                self._sink(server, waited_s)
+
+
+class MonitoredRequest:
+    def __init__(self, monitor: EngineMonitor, watch: WatchRequest, args: RequestWatchArgs, values: RequestValues,
+                 own: list[FeatureRef], *, n_prompt: int, max_new_tokens: int, extended: bool) -> None:
+        self.monitor, self.watch, self.args, self.values, self.own = monitor, watch, args, values, own
+        self.n_prompt, self.max_new_tokens, self.extended = n_prompt, max_new_tokens, extended
+        self._handed_out = 0  # positions whose values went out in chunks
+        self._closed = False
+
+    def sampling_overrides(self, ignore_eos: bool) -> dict[str, Any]:
+        """Changes to this request's vLLM SamplingParams (see the module docstring, step 1)."""
+        out: dict[str, Any] = {"extra_args": {EXTRA_KEY: self.args.to_extra()}}
+        if self.extended:
+            out["max_tokens"] = self.max_new_tokens + 1
+        if ignore_eos and self.args.sentinel >= 0:
+            out["stop_token_ids"] = [self.args.sentinel]
+        return out
+
+    @property
+    def cache_salt(self) -> str:
+        return f"circuit-monitor-{self.args.rid}"
+
+    def take_values(self, limit: int | None = None) -> tuple[WatchedValues, ...]:
+        """Values of positions computed since the last call (up to `limit`), when asked for."""
+        stop = self.values.covered if limit is None else min(self.values.covered, limit)
+        if not self.watch.values or stop <= self._handed_out:
+            return ()
+        start, self._handed_out = self._handed_out, stop
+        acts = self.values.activations(start, stop)
+        return tuple(WatchedValues(start + i, tuple(float(v) for v in row)) for i, row in enumerate(acts))
+
+    async def finish(self, n_tokens: int, vllm_reason: FinishReason) -> Outcome:
+        """The outcome once vLLM has finished the request with `n_tokens` sampled tokens."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        computed = self.n_prompt + n_tokens - 1  # every position but the last sampled token's
+        if not await self.values.wait_for(computed, _VALUES_TIMEOUT_S):
+            log.error("monitor values of %s stopped at position %d of %d", self.args.rid, self.values.covered,
+                      computed)
+        waited = loop.time() - t0
+        kept, reason, stopped_by = n_tokens, vllm_reason, None
+        if self.values.fired is not None:
+            column, position = self.values.fired
+            kept, reason = max(position - self.n_prompt + 1, 0), FinishReason.FEATURE_RULE
+            stopped_by = self.watch.features[column].name
+        elif self.extended and n_tokens > self.max_new_tokens:
+            kept, reason = self.max_new_tokens, FinishReason.LENGTH
+        end = min(self.n_prompt + kept, self.values.covered)
+        report = self._report(end, stopped_by)
+        self.monitor._observe(report, waited)
+        return Outcome(kept, reason, report, self.take_values(limit=self.n_prompt + kept))
+
+    def _report(self, end: int, stopped_by: str | None) -> MonitorReport:
+        acts = self.values.activations(0, end)  # (end, k)
+        thresholds = np.asarray([w.threshold for w in self.watch.features], dtype=np.float32)
+        above = acts > thresholds  # (end, k)
+        maxima = acts.max(axis=0) if end else np.zeros(len(thresholds), dtype=np.float32)
+        reports = []
+        for i, w in enumerate(self.watch.features):
+            positions = above[:, i].nonzero()[0].tolist()
+            reports.append(FeatureReport(
+                watched=w,
+                max_activation=float(maxima[i]),
+                prompt_positions=tuple(p for p in positions if p < self.n_prompt),
+                completion_positions=tuple(p - self.n_prompt for p in positions if p >= self.n_prompt),
+            ))
+        return MonitorReport(tuple(reports), stopped_by=stopped_by)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.monitor._release(self)
+
