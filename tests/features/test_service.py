@@ -1,19 +1,21 @@
-"""FeaturesService states (loading / no transcoders / no watchlist / --monitor-all) and admission."""
+"""FeaturesService states (loading / no transcoders / no watchlist / --monitor-all), request rules, admission."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from circuit_serve.config.features import FeaturesConfig
-from circuit_serve.errors import BackendUnavailable, CapacityExceeded, NotConfigured
+from circuit_serve.errors import BackendUnavailable, CapacityExceeded, InvalidRequest, NotConfigured
 from circuit_serve.features.engine import SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.features.steering import Intervention, Op, Sampling
-from circuit_serve.features.types import FeatureRef
+from circuit_serve.features.types import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchRequest
 from circuit_serve.tracing import ReplacementModel
 
 
@@ -32,25 +34,47 @@ def watchlist(tmp_path):
 
 
 def test_states(rm, watchlist):
+    """Which generation requests are monitored, and the errors for what a server cannot do."""
+    ask, no = MonitorAsk(monitor=True), MonitorAsk()
     service = FeaturesService(FeaturesConfig(), CollectorRegistry())
     with pytest.raises(BackendUnavailable):
         asyncio.run(service.feature_activations(TokensInput(prompt="x"), top_k=1))
-    assert service.should_monitor(False) is False
+    assert service.resolve(no) is None
     with pytest.raises(BackendUnavailable):
-        service.should_monitor(True)
+        service.resolve(ask)
     service.load(None)
     with pytest.raises(NotConfigured, match="--transcoders"):
-        service.should_monitor(True)
+        service.resolve(ask)
+    assert service.engine_monitor(Path("/nonexistent")) is None
     service.load(rm)
     with pytest.raises(NotConfigured, match="--watchlist"):
-        service.should_monitor(True)
+        service.resolve(ask)
+    own = WatchedFeature("mine", FeatureRef(1, 3), 0.1, Action.STOP)
+    watch = service.resolve(MonitorAsk(rules=(own,), values=True))  # rules alone need no watchlist
+    assert watch == WatchRequest((dataclasses.replace(own, label=""),), n_server=0, values=True)
 
     monitored = FeaturesService(FeaturesConfig(watchlist=watchlist), CollectorRegistry())
     monitored.load(rm)
-    assert monitored.should_monitor(True) and not monitored.should_monitor(False)
+    assert monitored.resolve(no) is None
+    watch = monitored.resolve(MonitorAsk(monitor=True, rules=(own,)))
+    assert [w.name for w in watch.features] == ["a", "mine"] and watch.n_server == 1
     every = FeaturesService(FeaturesConfig(watchlist=watchlist, monitor_all=True), CollectorRegistry())
     every.load(rm)
-    assert every.should_monitor(False)
+    assert [w.name for w in every.resolve(no).features] == ["a"]
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ((WatchedFeature("x", FeatureRef(9, 0), 0.1, Action.STOP),), "layer 9 does not exist"),
+    ((WatchedFeature("x", FeatureRef(0, 99999), 0.1, Action.STOP),), "index 99999 does not exist"),
+    ((WatchedFeature("a", FeatureRef(0, 1), 0.1, Action.STOP),), "already used"),
+    ((WatchedFeature("x", FeatureRef(0, 1), 0.1, Action.FLAG),) * 2, "already used"),
+    (tuple(WatchedFeature(f"r{i}", FeatureRef(0, i), 0.1, Action.FLAG) for i in range(3)), "at most 2"),
+])
+def test_bad_rules_are_invalid_argument(rm, watchlist, rules, message):
+    service = FeaturesService(FeaturesConfig(watchlist=watchlist, max_request_watch=2), CollectorRegistry())
+    service.load(rm)
+    with pytest.raises(InvalidRequest, match=message):
+        service.resolve(MonitorAsk(rules=rules))
 
 
 def test_files_need_transcoders(watchlist):

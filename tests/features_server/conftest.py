@@ -33,6 +33,8 @@ class Scenario:
     prompt_ids: list[int]
     greedy: list[int]  # N_NEW greedy completion ids (EOS ignored)
     acts: torch.Tensor  # (P + N_NEW, L, d_tc) activations of prompt + greedy completion
+    pre: torch.Tensor  # (P + N_NEW, L, d_tc) their pre-activations
+    threshold: torch.Tensor  # (L, d_tc) JumpReLU thresholds
     watched: dict[str, dict]  # name -> watchlist entry
     expected_positions: dict[str, list[int]]  # name -> completion positions above threshold, <= STOP_AT
 
@@ -106,6 +108,11 @@ def scenario(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     fa = rm.feature_activations(ids)
     shift = fa.n_pos - len(ids)  # BOS the engine prepends, if any
     acts = _dense(fa)[shift:]
+    with torch.inference_mode():
+        rec = rm.record(rm.check_tokens(ids)[0])
+        pre = torch.stack([rm.transcoders.pre_activations(layer, x).float()
+                           for layer, x in enumerate(rec.x_in)], 1)[shift:]  # (T, L, d_tc)
+    threshold = torch.stack(rm.transcoders.threshold)  # (L, d_tc)
     chosen = _pick(acts, len(prompt_ids))
     F = acts.shape[2]
     taken = {(e["layer"], e["index"]) for e in chosen.values()}
@@ -130,8 +137,8 @@ def scenario(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
          else label_of(layer, index)}
         for layer in range(acts.shape[1]) for index in range(F)
     ]))
-    return Scenario(demo_model_dir, tc_dir, labels, watchlist, prompt_ids, ids[len(prompt_ids):], acts,
-                    {e["name"]: e for e in watch}, expected)
+    return Scenario(demo_model_dir, tc_dir, labels, watchlist, prompt_ids, ids[len(prompt_ids):], acts, pre,
+                    threshold, {e["name"]: e for e in watch}, expected)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,176 @@
+"""In-engine monitoring through a real server whose vLLM engine core runs in its own process.
+
+The scenario (conftest) knows, from the tracing engine, every feature's activation at every
+position of PROMPT + its greedy completion; the server computes them inside vLLM's forward pass.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import grpc
+import pytest
+
+from circuit_client._pb.circuit.v1 import generation_pb2 as gpb
+from circuit_client._pb.circuit.v1 import generation_pb2_grpc as gpb_grpc
+from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
+from tests.features_server.conftest import N_NEW, STOP_AT
+
+TOL = 1e-4  # x max |activation|: in-engine vs tracing engine, float32
+
+
+@pytest.fixture(scope="module")
+def generation(features_server):
+    channel = grpc.insecure_channel(features_server.target)
+    yield gpb_grpc.GenerationStub(channel)
+    channel.close()
+
+
+def request(scenario, *, monitor=True, rules=(), values=False, max_new_tokens=N_NEW) -> gpb.GenerateRequest:
+    return gpb.GenerateRequest(
+        prompt_token_ids=scenario.prompt_ids, monitor=monitor, watch=list(rules), monitor_values=values,
+        sampling=gpb.SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True),
+    )
+
+
+def stream(generation, req):
+    messages = list(generation.GenerateStream(req, timeout=120))
+    ids = [t for m in messages if m.HasField("delta") for t in m.delta.token_ids]
+    values = [v for m in messages for v in (m.delta.activations if m.HasField("delta") else m.end.activations)]
+    return ids, values, messages[-1].end
+
+
+def settled(server, name: str) -> float:
+    """A counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
+    value = server.metric(name)
+    for _ in range(20):
+        time.sleep(0.1)
+        value, last = server.metric(name), value
+        if value == last:
+            return value
+    return value
+
+
+def test_stop_runs_no_engine_step_after_the_firing_token(generation, scenario, features_server):
+    before = settled(features_server, "circuit_generation_tokens_total")
+    ids, _, end = stream(generation, request(scenario))
+    assert ids == scenario.greedy[: STOP_AT + 1] and end.finish_reason == gpb.FINISH_REASON_FEATURE_RULE
+    # vLLM sampled the STOP_AT + 1 tokens sent and one more in the step that computed the firing
+    # token's activations (dropped by the server); no step ran after that.
+    assert settled(features_server, "circuit_generation_tokens_total") - before == STOP_AT + 2
+
+
+def test_stop_rule_firing_on_the_prompt_yields_no_token(generation, scenario):
+    P = len(scenario.prompt_ids)
+    acts = scenario.acts[1:P]  # (P-1, L, F): position 0 (BOS) has no features
+    F = acts.shape[2]
+    k = int(acts.reshape(P - 1, -1).max(0).values.argmax())
+    value = float(acts.reshape(P - 1, -1)[:, k].max())
+    rule = mpb.WatchRule(name="prompt-stop", layer=k // F, index=k % F, threshold=value / 2, action="stop")
+    for unary in (True, False):
+        if unary:
+            resp = generation.Generate(request(scenario, rules=[rule]), timeout=60)
+            ids, end, reason = list(resp.token_ids), resp, resp.finish_reason
+        else:
+            ids, _, end = stream(generation, request(scenario, rules=[rule]))
+            reason = end.finish_reason
+        assert ids == [] and reason == gpb.FINISH_REASON_FEATURE_RULE
+        assert end.usage.completion_tokens == 0 and end.monitor.stopped_by == "prompt-stop"
+        own = next(f for f in end.monitor.features if f.name == "prompt-stop")
+        assert own.prompt_positions and not own.completion_positions
+
+
+def test_values_in_deltas_equal_the_tracing_engine(generation, scenario):
+    ids, values, end = stream(generation, request(scenario, values=True))
+    P = len(scenario.prompt_ids)
+    n = P + len(ids)
+    assert [v.position for v in values] == list(range(n))  # every position once, in order, through the last kept token
+    names = [f.name for f in end.monitor.features]
+    scale = float(scenario.acts[:n].abs().max())
+    for v in values:
+        assert all(x == 0.0 for x in v.values) if v.position == 0 else True
+        for name, got in zip(names, v.values):
+            e = scenario.watched[name]
+            want = float(scenario.acts[v.position, e["layer"], e["index"]])
+            assert abs(got - want) <= TOL * scale or _near_threshold(scenario, v.position, e)
+
+
+def _near_threshold(scenario, position, e) -> bool:
+    """A mask disagreement is allowed where the pre-activation is within tolerance of the JumpReLU threshold."""
+    threshold = float(scenario.threshold[e["layer"], e["index"]])
+    pre = float(scenario.pre[position, e["layer"], e["index"]])
+    return abs(pre - threshold) <= TOL * float(scenario.pre.abs().max())
+
+
+def test_concurrent_streams_get_their_own_rules(generation, scenario):
+    """16 streams at once, each with a watched feature of its own (and the server watchlist)."""
+    P = len(scenario.prompt_ids)
+    L, F = scenario.acts.shape[1:]
+    window = scenario.acts[: P + STOP_AT + 1].reshape(P + STOP_AT + 1, -1)  # (T, L*F) through the stop
+    ranked = window[P:].max(0).values.argsort(descending=True).tolist()
+    picks = [k for k in ranked if (k // F, k % F) not in {(e["layer"], e["index"]) for e in scenario.watched.values()}]
+    picks = picks[:16]
+    rules = [mpb.WatchRule(name=f"own-{i}", layer=k // F, index=k % F,
+                           threshold=float(window[P:, k].max()) / 2, action="flag") for i, k in enumerate(picks)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda r: stream(generation, request(scenario, rules=[r])), rules))
+    scale = float(window.abs().max())
+    for (ids, _, end), rule, k in zip(results, rules, picks):
+        assert ids == scenario.greedy[: STOP_AT + 1] and end.monitor.stopped_by == "stopper"
+        report = {f.name: f for f in end.monitor.features}
+        assert len(report) == len(scenario.watched) + 1  # the watchlist and this stream's own rule only
+        own = report[rule.name]
+        assert (own.layer, own.index) == (k // F, k % F) and own.fired and end.monitor.flagged
+        assert own.max_activation == pytest.approx(float(window[:, k].max()), abs=TOL * scale)
+        want = (window[P:, k] > rule.threshold).nonzero().flatten().tolist()
+        assert list(own.completion_positions) == want
+
+
+def test_bad_rules_are_invalid_argument(generation, scenario):
+    L, F = scenario.acts.shape[1:]
+    cases = [
+        (mpb.WatchRule(name="x", layer=L, index=0, threshold=1, action="stop"), f"layer {L} does not exist"),
+        (mpb.WatchRule(name="x", layer=0, index=F, threshold=1, action="stop"), f"index {F} does not exist"),
+        (mpb.WatchRule(name="stopper", layer=0, index=0, threshold=1, action="flag"), "already used"),
+        (mpb.WatchRule(name="x", layer=0, index=0, threshold=1, action="explode"), "use record, flag or stop"),
+    ]
+    for rule, message in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            generation.Generate(request(scenario, rules=[rule]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
+    too_many = [mpb.WatchRule(name=f"r{i}", layer=0, index=i, threshold=1) for i in range(9)]
+    with pytest.raises(grpc.RpcError) as info:
+        generation.Generate(request(scenario, rules=too_many), timeout=30)
+    assert "at most 8" in info.value.details()
+    assert list(generation.Generate(request(scenario), timeout=60).token_ids) == scenario.greedy[: STOP_AT + 1]
+
+
+def test_stopped_completion_can_be_attributed(generation, scenario, features_server):
+    from circuit_client import CircuitRpcError
+    from circuit_client.attribution import AttributionClient, AttributionSettings
+
+    resp = generation.Generate(request(scenario), timeout=60)
+    assert resp.finish_reason == gpb.FINISH_REASON_FEATURE_RULE
+    events = []
+    with AttributionClient(features_server.target) as graphs:
+        graphs.attribute(None, AttributionSettings(max_n_logits=2, max_feature_nodes=32), request_id=resp.request_id,
+                         token_index=STOP_AT, on_event=events.append)
+        assert events[0].audited_token_id == scenario.greedy[STOP_AT]
+        assert list(events[0].token_ids)[-STOP_AT:] == scenario.greedy[:STOP_AT]
+        with pytest.raises(CircuitRpcError) as info:  # the dropped token is not part of the completion
+            graphs.attribute(None, AttributionSettings(max_n_logits=2), request_id=resp.request_id,
+                             token_index=STOP_AT + 1)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unmonitored_requests_match_vllm_without_the_plugin(generation, scenario, server):
+    """The same greedy token ids from the monitoring server (tapped model) and a plain one."""
+    plain_channel = grpc.insecure_channel(server.target)
+    plain = gpb_grpc.GenerationStub(plain_channel)
+    prompts = ["the old river runs to the sea and the", "the capital of veigrouan is", "a b c"]
+    for prompt in prompts:
+        req = gpb.GenerateRequest(prompt=prompt, sampling=gpb.SamplingParams(max_new_tokens=24, temperature=0.0,
+                                                                             ignore_eos=True))
+        assert list(generation.Generate(req, timeout=60).token_ids) == list(plain.Generate(req, timeout=60).token_ids)
+    plain_channel.close()
