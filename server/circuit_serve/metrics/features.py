@@ -40,7 +40,8 @@ class FeatureMetrics:
         )
         self.overhead = Histogram(
             "circuit_monitor_overhead_seconds",
-            "Time spent computing watched features for one monitored request.",
+            "Time a finished monitored request waited for the engine's last watched-feature values "
+            "(the features themselves are computed inside vLLM's forward pass).",
             buckets=_OVERHEAD_BUCKETS, registry=registry,
         )
         self.monitored = Counter(

@@ -26,23 +26,33 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from circuit_serve.monitoring import taps
-from circuit_serve.monitoring.wire import EXTRA_KEY, RequestWatchArgs, StepValues, encode_step
+from circuit_serve.monitoring.wire import EXTRA_KEY, RequestWatchArgs, encode_blocks
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Watch:
-    args: RequestWatchArgs
-    columns: np.ndarray  # (k,) global columns
+@dataclass(frozen=True)
+class _Rules:
+    """Columns and stop rules, shared by every request that watches the same features the same way."""
+
+    columns: np.ndarray  # (k,) global table columns
     stop: np.ndarray  # (s,) indices into columns
     stop_thresholds: np.ndarray  # (s,) float32
-    fired: tuple[int, int] | None = None
+
+
+@dataclass
+class _Watch:
+    rid: str
+    rules: _Rules
+    sentinel: int
+    ban_sentinel: bool
+    fired: tuple[int, int] | None = None  # (column index, position) of the first stop firing
 
 
 class MonitorLogitsProcessor(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self._rows: dict[int, _Watch] = {}
+        self._rules: dict[tuple, _Rules] = {}  # interned, so requests with the same rules are batched
         self._socket = None
 
     @classmethod
@@ -55,8 +65,13 @@ class MonitorLogitsProcessor(LogitsProcessor):
         return False  # it forces tokens
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
+        if batch_update is not None:
+            self._update(batch_update)
+        bank = taps.current_bank()
+        if bank is not None:
+            bank.enabled = bool(self._rows)  # the taps run only while someone is monitored
+
+    def _update(self, batch_update: BatchUpdate) -> None:
         for index in batch_update.removed:
             self._rows.pop(index, None)
         for index, params, _prompt, _output in batch_update.added:
@@ -65,9 +80,15 @@ class MonitorLogitsProcessor(LogitsProcessor):
                 self._rows.pop(index, None)
                 continue
             args = RequestWatchArgs.from_extra(extra)
-            self._rows[index] = _Watch(args, np.asarray(args.columns, dtype=np.int64),
-                                       np.asarray(args.stop, dtype=np.int64),
-                                       np.asarray(args.stop_thresholds, dtype=np.float32))
+            key = (tuple(args.columns), tuple(args.stop), tuple(args.stop_thresholds))
+            rules = self._rules.get(key)
+            if rules is None:
+                if len(self._rules) > 4096:  # bounded: rules of finished requests are dropped wholesale
+                    self._rules.clear()
+                rules = self._rules[key] = _Rules(np.asarray(args.columns, dtype=np.int64),
+                                                  np.asarray(args.stop, dtype=np.int64),
+                                                  np.asarray(args.stop_thresholds, dtype=np.float32))
+            self._rows[index] = _Watch(args.rid, rules, args.sentinel, args.ban_sentinel)
             bank = taps.current_bank()
             for s in args.sets:  # columns lent to the request's own features, before its first forward pass
                 bank.set_column(s.column, s.layer, s.index, s.row, s.bias, s.threshold)
@@ -80,44 +101,56 @@ class MonitorLogitsProcessor(LogitsProcessor):
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         bank = taps.current_bank()
-        if bank is None or not self._rows:
+        if bank is None or not self._rows or bank.num_tokens == 0:
             return logits
         positions, pre, active = bank.read()
         pos, pre_np, act_np = positions.numpy(), pre.numpy(), active.numpy()
         qs = bank.query_start
-        items: list[StepValues] = []
-        force, ban = [], []
+        groups: dict[int, list[int]] = {}  # requests with the same rules, read in one gather
         for i, w in self._rows.items():
-            if i + 1 >= len(qs) or i >= logits.shape[0]:
-                continue
-            a, b = qs[i], qs[i + 1]
-            if b > a:
-                block_pre = pre_np[a:b][:, w.columns]  # (n, k)
-                block_act = act_np[a:b][:, w.columns] & (pos[a:b] != 0)[:, None]  # BOS: no features
-                new_fire = None
-                if w.fired is None and w.stop.size:
-                    value = np.where(block_act[:, w.stop], block_pre[:, w.stop], np.float32(0))  # (n, s)
-                    above = value > w.stop_thresholds  # (n, s)
-                    hit = above.any(axis=1).nonzero()[0]
-                    if hit.size:
-                        r = int(hit[0])
-                        col = int(w.stop[int(above[r].nonzero()[0][0])])
-                        w.fired = new_fire = (col, int(pos[a + r]))
-                items.append(StepValues(w.args.rid, int(pos[a]), block_pre, block_act, new_fire))
-            if w.fired is not None:
-                force.append((i, w.args.sentinel))
-            elif w.args.ban_sentinel:
-                ban.append((i, w.args.sentinel))
-        for i, token in force:
-            logits[i] = float("-inf")
-            logits[i, token] = 0.0
-        for i, token in ban:
-            logits[i, token] = float("-inf")
-        if items:
-            self._send(bank.spec.endpoint, items)
+            if i + 1 < len(qs) and qs[i + 1] > qs[i]:
+                groups.setdefault(id(w.rules), []).append(i)
+        header: list[list] = []
+        pre_blocks, act_blocks = [], []
+        for members in groups.values():
+            rules = self._rows[members[0]].rules
+            counts = [qs[i + 1] - qs[i] for i in members]
+            starts = np.fromiter((qs[i] for i in members), dtype=np.int64, count=len(members))
+            rows = starts if max(counts) == 1 else np.concatenate([np.arange(qs[i], qs[i + 1]) for i in members])
+            block_pre = pre_np.take(rows, 0).take(rules.columns, 1)  # (R, k)
+            block_act = act_np.take(rows, 0).take(rules.columns, 1)  # (R, k)
+            block_act &= (pos.take(rows) != 0)[:, None]  # BOS: no features
+            row_hit = None
+            if rules.stop.size:
+                value = np.where(block_act[:, rules.stop], block_pre[:, rules.stop], np.float32(0))  # (R, s)
+                hits = value > rules.stop_thresholds  # (R, s)
+                row_hit = hits.any(axis=1)  # (R,)
+                if not row_hit.any():
+                    row_hit = None
+            first = pos.take(starts).tolist()
+            at = 0
+            for j, i in enumerate(members):
+                w, n = self._rows[i], counts[j]
+                fired = (-1, -1)
+                if row_hit is not None and w.fired is None and row_hit[at: at + n].any():
+                    r = int(row_hit[at: at + n].nonzero()[0][0])
+                    column = int(rules.stop[int(hits[at + r].nonzero()[0][0])])
+                    w.fired = fired = (column, first[j] + r)
+                header.append([w.rid, first[j], n, len(rules.columns), *fired])
+                at += n
+            pre_blocks.append(block_pre)
+            act_blocks.append(block_act)
+        for i, w in self._rows.items():
+            if w.fired is not None and i < logits.shape[0]:  # only the sentinel: this step's token ends it
+                logits[i] = float("-inf")
+                logits[i, w.sentinel] = 0.0
+            elif w.ban_sentinel and i < logits.shape[0]:
+                logits[i, w.sentinel] = float("-inf")
+        if header:
+            self._send(bank.spec.endpoint, encode_blocks(header, pre_blocks, act_blocks))
         return logits
 
-    def _send(self, endpoint: str, items: list[StepValues]) -> None:
+    def _send(self, endpoint: str, frames: list[bytes]) -> None:
         if self._socket is None:
             import zmq
 
@@ -125,4 +158,4 @@ class MonitorLogitsProcessor(LogitsProcessor):
             self._socket.setsockopt(zmq.SNDHWM, 0)  # never drop a step's values
             self._socket.setsockopt(zmq.LINGER, 1000)
             self._socket.connect(endpoint)
-        self._socket.send_multipart(encode_step(items), copy=False)
+        self._socket.send_multipart(frames, copy=False)

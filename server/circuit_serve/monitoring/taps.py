@@ -8,13 +8,13 @@ pass, it also computes its layer's block of columns from the residual stream it 
     x      = x_mid (T, d)                      # the residual entering the pre-MLP norm
     r      = 1 / sqrt(mean(x^2) + eps)  (T, 1)  # the norm's scale, in float32
     pre    = x @ W.T + b                        # hook_resid_mid
-           = r * (x @ W.T) + b                  # ln2.hook_normalized (normalized, before the gain)
-           = r * (x @ (W * g).T) + b            # mlp.hook_in (g: the norm's gain, folded into the rows)
+           = (x * r) @ W.T + b                  # ln2.hook_normalized (normalized, before the gain)
+           = (x * r) @ (W * g).T + b            # mlp.hook_in (g: the norm's gain, folded into the rows)
     active = pre > threshold                    # JumpReLU (threshold 0: ReLU)
            = pre >= kth(pre_full) and pre > 0   # TopK: kth largest of the layer's full row
 
 which is the attribution engine's `x_in @ W_enc.T + b_enc` (tracing.local_model) with the
-norm scale applied after the product instead of before. The tap is module code, not a
+norm's gain folded into the rows. The tap is module code, not a
 forward hook: it is traced by torch.compile and replayed by CUDA graphs (its outputs go to a
 preallocated table). Reading the table and applying rules is the logits processor's job.
 """
@@ -56,9 +56,15 @@ class TapBank:
         for j, f in enumerate(plan.server):
             self.set_column(plan.server_columns[j], f.layer, f.index, spec.server_rows[j], spec.server_bias[j],
                             spec.server_threshold[j])
-        # The step's output table (rows beyond the step's token count are stale).
-        self.pre = torch.zeros(max_tokens, n_cols, device=device)  # (T_max, C) float32
-        self.active = torch.zeros(max_tokens, n_cols, dtype=torch.bool, device=device)  # (T_max, C)
+        # The step's output table, one contiguous block per layer (rows beyond the step's token
+        # count are stale): pre-activations (T_max, C_l) float32 and active masks (T_max, C_l).
+        caps = [plan.capacity(layer) for layer in range(plan.n_layers)]
+        self.pre = [torch.zeros(max_tokens, c, device=device) for c in caps]
+        self.active = [torch.zeros(max_tokens, c, dtype=torch.bool, device=device) for c in caps]
+        self.Wt = self.W.T  # (d, C): each layer's columns are a contiguous slice of it
+        # Off while no monitored request is in the batch (set by the logits processor before each
+        # forward pass): unmonitored traffic then runs the model alone.
+        self.enabled = False
         # Set after each forward pass by the model class (see vllm_models): the batch layout.
         self.num_tokens = 0
         self.positions: torch.Tensor | None = None  # (T,) long, CPU
@@ -83,30 +89,28 @@ class TapBank:
     def tap(self, layer: int, x_mid: torch.Tensor) -> None:
         """Fill layer `layer`'s columns of the table from its residual `x_mid (T, d)`."""
         lo, hi = self.plan.offset(layer), self.plan.offset(layer + 1)
-        if hi == lo:
+        if hi == lo or not self.enabled:
             return
         n = x_mid.shape[0]
         x = x_mid.float()  # (T, d)
+        if self.normalize:
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps[layer]))  # (T, d) * (T, 1)
+        pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
         if self.topk:
             w_full, b_full = self.enc[layer]
-            full = x @ w_full.T  # (T, d_tc)
-            if self.normalize:
-                full = full * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps[layer])
-            full = full + b_full
+            full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
             kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
-            pre = full.index_select(1, self.index[lo:hi])  # (T, C_l)
-            active = (pre >= kth) & (pre > 0)
+            torch.index_select(full, 1, self.index[lo:hi], out=pre)
+            torch.logical_and(pre >= kth, pre > 0, out=active)
         else:
-            pre = x @ self.W[lo:hi].T  # (T, C_l)
-            if self.normalize:
-                pre = pre * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps[layer])
-            pre = pre + self.b[lo:hi]
-            active = pre > self.threshold[lo:hi]
-        self.pre[:n, lo:hi] = pre
-        self.active[:n, lo:hi] = active
+            torch.addmm(self.b[lo:hi], x, self.Wt[:, lo:hi], out=pre)  # (T, C_l)
+            torch.gt(pre, self.threshold[lo:hi], out=active)
 
     def note_batch(self, positions: torch.Tensor, query_start: list[int]) -> None:
         """The batch layout of the forward pass that just ran (token offsets per request)."""
+        if not self.enabled:
+            self.num_tokens = 0
+            return
         self.num_tokens = query_start[-1] if query_start else 0
         self.positions = positions[: self.num_tokens].to("cpu", copy=True)
         self.query_start = query_start
@@ -115,7 +119,9 @@ class TapBank:
         """The last step's `(T,)` positions, `(T, C)` pre-activations and `(T, C)` active mask on the CPU."""
         n = self.num_tokens
         assert self.positions is not None
-        return self.positions, self.pre[:n].cpu(), self.active[:n].cpu()
+        pre = torch.cat([p[:n] for p in self.pre], 1)  # (T, C)
+        active = torch.cat([a[:n] for a in self.active], 1)
+        return self.positions, pre.cpu(), active.cpu()
 
 
 _TAPPED_CLASSES: dict[type, type] = {}

@@ -45,8 +45,8 @@ class RequestWatchArgs:
     sets: list[ColumnSet]
 
     def to_extra(self) -> dict:
-        return {"rid": self.rid, "cols": self.columns, "stop": self.stop, "stop_thr": self.stop_thresholds, "sentinel": self.sentinel,
-                "ban": self.ban_sentinel,
+        return {"rid": self.rid, "cols": self.columns, "stop": self.stop, "stop_thr": self.stop_thresholds,
+                "sentinel": self.sentinel, "ban": self.ban_sentinel,
                 "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets]}
 
     @classmethod
@@ -71,9 +71,15 @@ class StepValues:
 
 def encode_step(items: list[StepValues]) -> list[bytes]:
     header = [[v.rid, v.first_pos, v.pre.shape[0], v.pre.shape[1], *(v.fired or (-1, -1))] for v in items]
-    pre = b"".join(np.ascontiguousarray(v.pre, dtype=np.float32).tobytes() for v in items)
-    active = b"".join(np.ascontiguousarray(v.active, dtype=np.uint8).tobytes() for v in items)
-    return [json.dumps(header).encode(), pre, active]
+    return encode_blocks(header, [v.pre for v in items], [v.active for v in items])
+
+
+def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> list[bytes]:
+    """The frames of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
+    position) and blocks holding those requests' rows in header order (several requests per block)."""
+    return [json.dumps(header).encode(),
+            b"".join(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
+            b"".join(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active)]
 
 
 def decode_step(frames: list[bytes]) -> list[StepValues]:
