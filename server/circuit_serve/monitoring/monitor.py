@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,13 @@ class EngineMonitor:
         self.watched = tuple(watched)
         self.model_type = model_type
         self.max_request_watch = max_request_watch
-        self.channel = ValueChannel(work_dir)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="circuit-monitor-", dir=work_dir))  # spec and socket
+        self.channel = ValueChannel(self.work_dir)
         self.spec = MonitorSpec.from_transcoders(transcoders, [w.feature for w in self.watched],
                                                  request_slots=request_slots, endpoint=self.channel.endpoint)
         self.plan: ColumnPlan = self.spec.plan
         self.pool = SlotPool(self.plan)
-        self._spec_dir = self.spec.save(work_dir / f"monitor-spec-{uuid.uuid4().hex[:8]}")
+        self._spec_dir = self.spec.save(self.work_dir / "spec")
         self._sink = sink
 
     def engine_overrides(self) -> dict[str, Any]:
@@ -90,6 +92,7 @@ class EngineMonitor:
 
     def shutdown(self) -> None:
         self.channel.shutdown()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # ---- one request ---------------------------------------------------------------------------
 
