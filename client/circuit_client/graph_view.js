@@ -137,7 +137,10 @@
       dl.appendChild(el("dt", name));
       dl.appendChild(el("dd", value, { "data-field": field }));
     }
-    row("model", (info.model_name || "") + (info.model_id ? " (" + String(info.model_id).slice(0, 16) + "\u2026)" : ""), "model");
+    let model = String(info.model_name || "");
+    if (model.length > 40 && model.indexOf("/") >= 0) model = "\u2026/" + model.split("/").filter(Boolean).slice(-2).join("/");
+    row("model", model + (info.model_id ? " (" + String(info.model_id).slice(0, 16) + "\u2026)" : ""), "model");
+    dl.lastChild.title = String(info.model_name || "");
     row("transcoders", (meta.scan || "") + (info.transcoder_id ? " (" + String(info.transcoder_id).slice(0, 16) + "\u2026)" : ""),
         "transcoders");
     const settings = info.settings || {};
