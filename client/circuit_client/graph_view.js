@@ -38,6 +38,8 @@
   const WIDTH_LEVELS = 8;
   const LIST_LENGTH = 10;
   const SLIDER_MAX = 1000;
+  const LOGIT_SLOT = 84; // px between logits along the top
+  const LOGIT_LINE = 44; // px between lines of logits
 
   // ---- 1. nodes and edges -------------------------------------------------------------------
   function kindOf(n) {
@@ -189,8 +191,15 @@
       const r = Math.floor(k / nPos);
       lines[r] = Math.max(lines[r], Math.ceil(list.length / perLine));
     });
+    // logits get their own line along the top, leftwards from the last position, each with its token and probability
+    const logits = nodes.filter(function (n) { return n.kind === "logit"; })
+      .sort(function (a, b) { return influenceOf(b) - influenceOf(a) || (a.id < b.id ? -1 : 1); });
+    const logitsPerLine = Math.max(1, Math.floor((L.width - L.left - L.right) / LOGIT_SLOT));
+    const logitLines = Math.max(1, Math.ceil(logits.length / logitsPerLine));
+    lines[nRows - 1] = 0;
     const fill = (stage.clientHeight - L.top - L.bottom - 4) / nRows; // use the window's height when it is free
     L.rowH = lines.map(function (m) { return Math.max(56, Math.min(140, fill), m * slot + 18); });
+    L.rowH[nRows - 1] = Math.max(64, logitLines * LOGIT_LINE + 24);
     let y = L.top;
     L.rowY = new Array(nRows);
     for (let r = nRows - 1; r >= 0; r--) { L.rowY[r] = y + L.rowH[r] / 2; y += L.rowH[r]; }
@@ -198,6 +207,7 @@
 
     const order = { feature: 0, logit: 0, error: 1, embedding: 0 };
     cells.forEach(function (list, k) {
+      if (list[0].kind === "logit") return; // below
       const r = Math.floor(k / nPos), p = k % nPos;
       list.sort(function (a, b) {
         return order[a.kind] - order[b.kind] || influenceOf(b) - influenceOf(a) || (a.id < b.id ? -1 : 1);
@@ -211,6 +221,14 @@
         const scale = n.kind === "logit" ? influenceOf(n) : maxInfl > 0 ? influenceOf(n) / maxInfl : 0;
         n.r = rMin + (L.rMax - rMin) * Math.sqrt(Math.max(0, Math.min(1, scale)));
       });
+    });
+
+    const anchor = L.left + (nPos - 0.5) * L.colW;
+    logits.forEach(function (n, j) {
+      const line = Math.floor(j / logitsPerLine), col = j % logitsPerLine;
+      n.x = anchor - col * LOGIT_SLOT;
+      n.y = L.rowY[nRows - 1] + 12 + (line - (logitLines - 1) / 2) * LOGIT_LINE;
+      n.r = rMin + (L.rMax - rMin) * Math.sqrt(Math.max(0, Math.min(1, influenceOf(n))));
     });
 
     // spatial grid for hover
@@ -297,6 +315,22 @@
     }
     ctx.restore();
   }
+  function drawLogitText(ctx, v) { // token and probability above each logit
+    ctx.save();
+    ctx.fillStyle = "#374151";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.textAlign = "center";
+    ctx.textBaseline = "alphabetic";
+    for (const n of nodes) {
+      if (n.kind !== "logit" || boxMisses(v, n.x - LOGIT_SLOT / 2, n.y - 30, n.x + LOGIT_SLOT / 2, n.y)) continue;
+      const m = /^Output "(.*)" \(p=/.exec(String(n.raw.clerp || ""));
+      let token = m ? m[1] : String(n.raw.feature);
+      if (token.length > 12) token = token.slice(0, 11) + "\u2026";
+      ctx.fillText(token, n.x, n.y - n.r - 15);
+      ctx.fillText("p=" + fmt(n.raw.token_prob, 3), n.x, n.y - n.r - 3);
+    }
+    ctx.restore();
+  }
   function drawRowNames(ctx, v) { // kept at the left edge of the view while it scrolls sideways
     const x = v.x0 + 8;
     ctx.save();
@@ -368,6 +402,7 @@
       ctx.fill();
       ctx.stroke();
     }
+    drawLogitText(ctx, v);
     drawRowNames(ctx, v);
 
     canvas.dataset.drawnNodes = String(drawnNodes);
