@@ -19,7 +19,8 @@
  * State for automation (and tests), on #graph: data-state ("ready" once the first frame is
  * painted), data-drawn-nodes and data-drawn-edges (what the drawing holds: every node, every edge
  * with |weight| >= data-edge-threshold; parts outside the scrolled view are clipped),
- * data-total-edges, data-render-ms (script start to first painted frame), data-pinned (node id).
+ * data-total-edges, data-render-ms (script start to first painted frame), data-draw-ms (the last
+ * redraw's script time), data-pinned (node id).
  * window.circuitGraph.locate(nodeId) scrolls the node into view and returns its viewport
  * coordinates {x, y}.
  */
@@ -361,6 +362,7 @@
   }
 
   function draw() {
+    const t0 = performance.now();
     const ctx = canvas.getContext("2d");
     const v = view(ctx);
     ctx.fillStyle = "#ffffff";
@@ -409,6 +411,7 @@
     canvas.dataset.drawnEdges = String(drawnEdges);
     canvas.dataset.totalEdges = String(edges.length);
     canvas.dataset.edgeThreshold = String(threshold);
+    canvas.dataset.drawMs = String(Math.round(performance.now() - t0));
     edgeCount.textContent = drawnEdges + " of " + edges.length + " edges shown" +
       (threshold > 0 ? " (|weight| \u2265 " + threshold.toPrecision(3) + ")" : " (all)");
     drawOverlay();

@@ -139,7 +139,7 @@ def test_click_lists_strongest_inputs_in_weight_order(view, which):
 
 def test_slider_hides_weaker_edges(view):
     weights = [abs(link["weight"]) for link in view.js["links"]]
-    seen = []
+    seen, draw_ms = [], []
     for value in ("500", "1000", "250", "0"):
         before = view.state()["edgeThreshold"]
         view.page.fill("#edge-slider", value)  # sets the value and fires `input`, as dragging does
@@ -150,10 +150,12 @@ def test_slider_hides_weaker_edges(view):
         assert int(s["drawnEdges"]) == expected, (value, threshold)
         assert int(s["drawnNodes"]) == len(view.js["nodes"])
         seen.append(expected)
+        draw_ms.append(int(s["drawMs"]))
     at_half, at_max, at_quarter, at_zero = seen
     assert at_zero == len(weights)
     assert 1 <= at_max < at_half < at_quarter < at_zero  # live, monotone, never hides the strongest edge
     assert view.page.text_content("#edge-count").startswith(f"{at_zero} of {len(weights)}")
+    RENDER_TIMES.append(f"{view.name}: slider redraws took {min(draw_ms)}-{max(draw_ms)} ms of script each")
 
 
 def test_prompt_and_labels_are_shown_as_text(view):

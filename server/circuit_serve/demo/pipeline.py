@@ -6,7 +6,7 @@ writes, under out_dir:
     model/           config.json, model.safetensors, generation_config.json, tokenizer.json,
                      tokenizer_config.json (HF format, loadable by transformers and vLLM)
     transcoders/     config.yaml + layer_{i}.safetensors (JumpReLU per-layer transcoders)
-    labels.json      [{layer, index, label, selectivity}]
+    labels.json      [{layer, index, label, kind, selectivity, answer_share, top}] (see labels.py)
     manifest.json    file hashes, settings, timings and the measured numbers
 
 Deterministic from the seed on a given machine: every random draw is seeded, torch runs with a
