@@ -29,7 +29,7 @@ Command = Callable[[object, argparse.Namespace], int]
 
 def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Command]:
     """Add the subcommands with `add(name, help)` (which adds --target/--timeout); return name -> handler."""
-    a = add("attribute", "compute an attribution graph (live progress) and write its frontend JSON")
+    a = add("attribute", "compute an attribution graph (live progress); write its frontend JSON and/or HTML view")
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="text to explain the next token of")
     src.add_argument("--token-ids", help="comma-separated token ids (BOS is added when missing)")
@@ -51,7 +51,7 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
                    help="keep computing if this command is interrupted (fetch later with `circuit graph KEY`)")
     a.set_defaults(timeout=DEFAULT_ATTRIBUTION_TIMEOUT_S)
 
-    g = add("graph", "fetch a cached graph by key and write its frontend JSON")
+    g = add("graph", "fetch a cached graph by key; write its frontend JSON and/or HTML view")
     g.add_argument("key")
     g.add_argument("--out", help="where to write the frontend graph JSON")
     g.add_argument("--html", help="write the interactive graph view (one self-contained HTML file) here")
