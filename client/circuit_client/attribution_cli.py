@@ -3,6 +3,7 @@
     circuit attribute --prompt "The capital of France is" --out graph.json
     circuit attribute --request-id 3f2a... --token-index 4 --out audit.json --max-feature-nodes 1024
     circuit graph KEY --out graph.json
+    circuit graph KEY --html graph.html      # the interactive view: one file, opens offline in a browser
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from circuit_client.attribution import (
     Queued,
     Running,
 )
+from circuit_client.graph_html import write_graph_html
 
 Command = Callable[[object, argparse.Namespace], int]
 
 
 def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Command]:
     """Add the subcommands with `add(name, help)` (which adds --target/--timeout); return name -> handler."""
-    a = add("attribute", "compute an attribution graph (live progress) and write its frontend JSON")
+    a = add("attribute", "compute an attribution graph (live progress); write its frontend JSON and/or HTML view")
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="text to explain the next token of")
     src.add_argument("--token-ids", help="comma-separated token ids (BOS is added when missing)")
@@ -42,20 +44,24 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
     a.add_argument("--target-token", type=int, action="append", default=[], help="explicit target (repeatable)")
     a.add_argument("--contrast", action="append", default=[], metavar="A,B",
                    help='target "logit(A) - logit(B)" (repeatable)')
-    a.add_argument("--out", required=True, help="where to write the frontend graph JSON")
+    a.add_argument("--out", help="where to write the frontend graph JSON")
+    a.add_argument("--html", help="write the interactive graph view (one self-contained HTML file) here")
     a.add_argument("--proto-out", help="also write the circuit.v1.Graph protobuf here")
     a.add_argument("--background", action="store_true",
                    help="keep computing if this command is interrupted (fetch later with `circuit graph KEY`)")
     a.set_defaults(timeout=DEFAULT_ATTRIBUTION_TIMEOUT_S)
 
-    g = add("graph", "fetch a cached graph by key and write its frontend JSON")
+    g = add("graph", "fetch a cached graph by key; write its frontend JSON and/or HTML view")
     g.add_argument("key")
-    g.add_argument("--out", required=True)
+    g.add_argument("--out", help="where to write the frontend graph JSON")
+    g.add_argument("--html", help="write the interactive graph view (one self-contained HTML file) here")
     g.add_argument("--proto-out")
     return {"attribute": _attribute, "graph": _graph}
 
 
 def _attribute(client: object, args: argparse.Namespace) -> int:
+    if not _has_output(args):
+        return 2
     if args.request_id and args.token_index is None:
         print("error: --request-id needs --token-index", file=sys.stderr)
         return 2
@@ -79,17 +85,30 @@ def _attribute(client: object, args: argparse.Namespace) -> int:
 
 
 def _graph(client: object, args: argparse.Namespace) -> int:
+    if not _has_output(args):
+        return 2
     result = AttributionClient(client, timeout=args.timeout).get_graph(args.key, output="both" if args.proto_out else "json")
     _write(result, args)
     return 0
 
 
+def _has_output(args: argparse.Namespace) -> bool:
+    if args.out or args.html or args.proto_out:
+        return True
+    print("error: give --out FILE (graph JSON), --html FILE (graph view) or --proto-out FILE", file=sys.stderr)
+    return False
+
+
 def _write(result: GraphResult, args: argparse.Namespace) -> None:
-    result.save_json(args.out)
+    if args.out:
+        result.save_json(args.out)
+        print(f"wrote {args.out} ({len(result.frontend_json)} bytes, {result.source})", file=sys.stderr)
+    if args.html:
+        write_graph_html(result.frontend(), args.html, key=result.key, source=result.source)
+        print(f"wrote {args.html} (graph view; open it in a browser)", file=sys.stderr)
     if args.proto_out and result.graph is not None:
         with open(args.proto_out, "wb") as f:
             f.write(result.graph.SerializeToString())
-    print(f"wrote {args.out} ({len(result.frontend_json)} bytes, {result.source})", file=sys.stderr)
 
 
 def _pair(text: str) -> tuple[int, int]:

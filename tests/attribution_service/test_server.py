@@ -423,6 +423,12 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert fetched.returncode == 0, fetched.stderr
     assert again.read_bytes() == out.read_bytes()
+    view = tmp_path / "graph.html"  # the graph view, without --out
+    shown = subprocess.run([*cli, "graph", key, "--html", str(view), "--target", attr_server.target],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    data = view.read_text().split('id="graph-data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(data) == {"graph": json.loads(out.read_text()), "key": key, "source": "cache"}
     missing = subprocess.run([*cli, "graph", "0" * 64, "--out", str(again), "--target", attr_server.target],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr

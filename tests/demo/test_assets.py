@@ -83,6 +83,11 @@ def test_the_engine_loads_the_transcoders():
 
 def test_labels_name_features_with_a_selectivity():
     labels = json.loads((ASSETS / "labels.json").read_text())
-    assert labels and all(set(e) == {"layer", "index", "label", "selectivity"} for e in labels)
-    assert all(0.0 <= e["selectivity"] <= 1.0 for e in labels)
-    assert any(" of " in e["label"] and "->" in e["label"] for e in labels)  # fact features exist
+    fields = {"layer", "index", "label", "kind", "selectivity", "answer_share", "top"}
+    assert labels and all(set(e) == fields for e in labels)
+    assert all(0.0 <= e["selectivity"] <= 1.0 + 1e-9 and 0.0 <= e["answer_share"] <= 1.0 + 1e-9 for e in labels)
+    kinds = {e["kind"] for e in labels}
+    assert {"fact", "entity", "relation", "token", "before"} <= kinds  # every kind of label occurs
+    prefix = {"fact": "fact: ", "entity": "entity: ", "relation": "relation: ", "answer_slot": "answer slot: ",
+              "token": "token: ", "after": "after: ", "before": "before: ", "tokens": "tokens: "}
+    assert all(e["label"].startswith(prefix[e["kind"]]) for e in labels)

@@ -1,7 +1,7 @@
-"""`circuit-serve attribute`: one attribution graph, offline, to a frontend JSON (and .npz).
+"""`circuit-serve attribute`: one attribution graph, offline, to a frontend JSON, an HTML view (and .npz).
 
     circuit-serve attribute --model DIR --transcoders DIR --prompt "The capital of France is"
-        --out graph.json [--npz full.npz] [--max-feature-nodes N] [--device cuda] ...
+        --out graph.json [--html graph.html] [--npz full.npz] [--max-feature-nodes N] [--device cuda] ...
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def _labels(path) -> dict[tuple[int, int], str]:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
+    from circuit_client.graph_html import write_graph_html
     from circuit_serve.errors import CircuitError
     from circuit_serve.tracing import ReplacementModel
 
@@ -83,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         print(f"circuit-serve attribute: {e}", file=sys.stderr)
         return 2
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(js))
+    if cfg.out is not None:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(json.dumps(js))
+    if cfg.html is not None:
+        write_graph_html(js, cfg.html, source="offline")  # no cache key: computed here, not by a server
     if cfg.npz is not None:
         cfg.npz.parent.mkdir(parents=True, exist_ok=True)
         graph.save_npz(cfg.npz)
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{graph.n_pos} tokens, {graph.n_active} active features, {graph.n_selected} selected, "
         f"{graph.n_logits} logits; kept {len(js['nodes'])} nodes, {len(js['links'])} edges; "
-        f"replacement {rep:.3f}, completeness {comp:.3f}; {total:.2f}s -> {cfg.out}"
+        f"replacement {rep:.3f}, completeness {comp:.3f}; {total:.2f}s -> "
+        + ", ".join(str(p) for p in (cfg.out, cfg.html) if p is not None)
     )
     return 0

@@ -4,7 +4,8 @@ What the README's first command runs after installing. Everything is local: the
 model is built offline, the server listens on 127.0.0.1 on free ports. When the model
 directory holds transcoders (the trained demo model does), the server loads them and
 the demo audits the first generated token: it asks for the attribution graph of that
-token by the generation's request id and prints its strongest paths with feature labels.
+token by the generation's request id, prints its strongest paths with feature labels and
+writes the graph's interactive HTML view next to the model directory.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                           f"prompt_tokens={chunk.usage.prompt_tokens} "
                           f"completion_tokens={chunk.usage.completion_tokens}")
         if transcoders.is_dir() and request_id:
-            _show_graph(target, request_id)
+            _show_graph(target, request_id, model_dir.parent / "graph.html")
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
@@ -121,9 +122,10 @@ def run(args: argparse.Namespace) -> int:
                 os.killpg(server.pid, signal.SIGKILL)
 
 
-def _show_graph(target: str, request_id: str) -> None:
-    """Audit completion token 0 of `request_id` and print the graph's strongest paths."""
+def _show_graph(target: str, request_id: str, html: Path) -> None:
+    """Audit completion token 0 of `request_id`, print the graph's strongest paths, write its HTML view."""
     from circuit_client.attribution import AttributionClient
+    from circuit_client.graph_html import write_graph_html
     from circuit_client.graph_text import strongest_paths
 
     with AttributionClient(target, timeout=300) as client:
@@ -137,3 +139,5 @@ def _show_graph(target: str, request_id: str) -> None:
     print("strongest inputs to the predicted token (edge weight <- source):")
     for line in strongest_paths(graph, top=4, depth=2):
         print(f"  {line}")
+    write_graph_html(graph, html, key=result.key, source=result.source)
+    print(f"the whole graph, to explore: {html} (open it in a browser)")

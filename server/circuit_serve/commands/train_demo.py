@@ -2,7 +2,8 @@
 
 Runs the whole pipeline of `circuit_serve.demo.pipeline` (10-12 minutes on one thread of a shared
 2-core machine) and prints the manifest's measured numbers. The committed demo assets were made with
-`circuit-serve train-demo server/circuit_serve/demo/assets`.
+`circuit-serve train-demo server/circuit_serve/demo/assets`; their labels were last remade with
+`circuit-serve train-demo server/circuit_serve/demo/assets --labels-only` (same model and transcoders).
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--circuit-only", action="store_true", help="only (re)measure the circuit rates of an existing OUT_DIR"
     )
+    parser.add_argument(
+        "--labels-only", action="store_true",
+        help="only (re)label the features of an existing OUT_DIR's model and transcoders (seconds, no training)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from circuit_serve.demo.pipeline import add_circuit_rates, run_pipeline
+    from circuit_serve.demo.pipeline import add_circuit_rates, relabel, run_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.circuit_only:
+    if args.labels_only:
+        manifest = relabel(args.out_dir)
+    elif args.circuit_only:
         manifest = add_circuit_rates(args.out_dir)
     else:
         manifest = run_pipeline(args.out_dir, seed=args.seed, circuit=not args.no_circuit)

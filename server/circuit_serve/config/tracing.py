@@ -32,7 +32,7 @@ class TracingConfig:
 class AttributeCommandConfig:
     tracing: TracingConfig
     settings: AttributionSettings
-    out: Path
+    out: Path | None  # pruned frontend JSON (this and/or `html`)
     prompt: str | None = None
     token_ids: list[int] | None = None
     npz: Path | None = None
@@ -40,6 +40,7 @@ class AttributeCommandConfig:
     slug: str = "graph"
     progress: bool = True  # a progress bar when stderr is a terminal
     targets: list[int] = field(default_factory=list)
+    html: Path | None = None  # the interactive graph view (one self-contained HTML file)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,9 @@ class AttributeCommandConfig:
         parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         parser.add_argument("--memory-budget-gib", type=float, default=None,
                             help="refuse graphs whose estimated peak memory exceeds this")
-        parser.add_argument("--out", type=Path, required=True, help="pruned frontend graph JSON")
+        parser.add_argument("--out", type=Path, default=None, help="pruned frontend graph JSON")
+        parser.add_argument("--html", type=Path, default=None,
+                            help="the interactive graph view: one self-contained HTML file (with or without --out)")
         parser.add_argument("--npz", type=Path, default=None, help="also write the full unpruned graph (.npz)")
         parser.add_argument("--labels", type=Path, default=None,
                             help='JSON list of {"layer", "index", "label"}: feature labels (clerp)')
@@ -80,6 +83,8 @@ class AttributeCommandConfig:
                 ids = [int(t) for t in args.token_ids.replace(",", " ").split()]
             except ValueError as e:
                 raise SystemExit(f"--token-ids: {e}") from None
+        if args.out is None and args.html is None:
+            raise SystemExit("circuit-serve attribute: give --out FILE (graph JSON) and/or --html FILE (graph view)")
         budget = None if args.memory_budget_gib is None else int(args.memory_budget_gib * _GIB)
         return cls(
             tracing=TracingConfig(model=args.model, transcoders=args.transcoders, dtype=args.dtype,
@@ -97,7 +102,8 @@ class AttributeCommandConfig:
             token_ids=ids,
             npz=args.npz,
             labels=args.labels,
-            slug=args.slug or args.out.stem,
+            slug=args.slug or (args.out or args.html).stem,
             progress=not args.no_progress,
             targets=list(args.targets),
+            html=args.html,
         )

@@ -6,7 +6,7 @@ writes, under out_dir:
     model/           config.json, model.safetensors, generation_config.json, tokenizer.json,
                      tokenizer_config.json (HF format, loadable by transformers and vLLM)
     transcoders/     config.yaml + layer_{i}.safetensors (JumpReLU per-layer transcoders)
-    labels.json      [{layer, index, label, selectivity}]
+    labels.json      [{layer, index, label, kind, selectivity, answer_share, top}] (see labels.py)
     manifest.json    file hashes, settings, timings and the measured numbers
 
 Deterministic from the seed on a given machine: every random draw is seeded, torch runs with a
@@ -110,10 +110,7 @@ def run_pipeline(
 
     # 4. labels
     t0 = time.perf_counter()
-    label_rows, _ = _stream_rows(world, vocab, LABEL_ROWS, ms.seq_len, seed + 303)
-    rows_, keys = labels.corpus(world, vocab, label_rows)
-    feature_labels = labels.label_features(model, tcs, rows_, keys)
-    labels.write_labels(feature_labels, out / "labels.json")
+    _write_labels(out, model, tcs, world, vocab, seed, ms.seq_len)
     timings["labels_s"] = round(time.perf_counter() - t0, 1)
 
     timings["total_s"] = round(time.perf_counter() - t_all, 1)
@@ -149,6 +146,35 @@ def run_pipeline(
     write_manifest(out, manifest)
     if circuit:
         manifest = add_circuit_rates(out)
+    return manifest
+
+
+def _write_labels(out: Path, model, tcs, world: World, vocab: dict[str, int], seed: int, seq_len: int) -> None:
+    label_rows, label_answer = _stream_rows(world, vocab, LABEL_ROWS, seq_len, seed + 303)
+    corpus = labels.corpus(world, vocab, label_rows, label_answer)
+    labels.write_labels(labels.label_features(model, tcs, corpus, world, vocab), out / "labels.json")
+
+
+def relabel(out_dir: str | Path) -> dict:
+    """Step 4 alone on an existing OUT_DIR (its trained model and transcoders, unchanged): rewrite
+    labels.json and the manifest's file hashes and `labels_s`; return the manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out_dir)
+    manifest = json.loads((out / "manifest.json").read_text())
+    seed = manifest["seed"]
+    _setup(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()
+    vocab = AutoTokenizer.from_pretrained(str(out / "model")).get_vocab()
+    t0 = time.perf_counter()
+    _write_labels(out, model, transcoders.load_transcoders(out / "transcoders"), World(seed), vocab, seed,
+                  manifest["settings"]["model"]["seq_len"])
+    timings = manifest["timings"]
+    timings["total_s"] = round(timings["total_s"] - timings["labels_s"], 1)
+    timings["labels_s"] = round(time.perf_counter() - t0, 1)
+    timings["total_s"] = round(timings["total_s"] + timings["labels_s"], 1)
+    manifest["files"] = file_hashes(out)
+    write_manifest(out, manifest)
     return manifest
 
 

@@ -13,7 +13,7 @@ _DEFAULTS = AttributionSettings()
 
 # Version of the cached sections (circuit.v1.Graph bytes + frontend JSON); part of every
 # graph key and checked on every cache read. Bump it when either serialization changes.
-GRAPH_FORMAT = 1
+GRAPH_FORMAT = 2  # 2: frontend nodes carry `node_influence`
 
 
 def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:

@@ -1,6 +1,7 @@
 """The frontend graph JSON (`metadata`, `qParams`, `nodes`, `links`) of a pruned graph.
 
-Field meanings follow the open attribution-graph frontends. Node ids are unique by
+Field meanings follow the open attribution-graph frontends (`influence` is the reference's cumulative
+influence share at the node's rank; `node_influence`, our addition, the node's own influence). Node ids are unique by
 construction: features `"{layer}_{feature}_{pos}"`, errors `"err_{layer}_{pos}"`, embeddings
 `"E_{token}_{pos}"`, logits `"{L+1}_{token}_{pos}"` (the reference spells error ids
 `"0_{layer}_{pos}"`, which collides with a layer-0 feature; we do not).
@@ -37,10 +38,11 @@ def frontend_json(
 ) -> dict:
     L = graph.n_layers
     infl = pr.cumulative_scores.tolist()
+    own = pr.node_influence.tolist()  # each node's own influence (the graph view sizes nodes by it)
     nodes: dict[int, dict] = {}
     for i in pr.node_mask.nonzero().flatten().tolist():
         kind, layer, pos, idx = graph.node(i)
-        base = {"ctx_idx": pos, "influence": infl[i], "token_prob": 0.0, "is_target_logit": False,
+        base = {"ctx_idx": pos, "influence": infl[i], "node_influence": own[i], "token_prob": 0.0, "is_target_logit": False,
                 "run_idx": 0, "reverse_ctx_idx": 0, "clerp": ""}
         if kind == "feature":
             act = float(graph.activation_values[graph.selected_features[i]])
@@ -57,17 +59,17 @@ def frontend_json(
             k = i - graph.logit_offset
             p = float(graph.logit_probabilities[k])
             base.update(node_id=node_id(graph, i), feature=idx, layer=str(L + 1), feature_type="logit", jsNodeId=f"L_{idx}-{pos}",
-                        token_prob=p, is_target_logit=k == 0, activation=None, influence=None,
+                        token_prob=p, is_target_logit=k == 0, activation=None, influence=None, node_influence=None,
                         clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})')
         nodes[i] = base
 
     M = graph.compact_adjacency().cpu()
     rows = graph.layout.row_nodes()
     r_idx, c_idx = pr.edge_mask.nonzero(as_tuple=True)
+    weights = M[r_idx, c_idx].tolist()  # one gather, not one tensor index per edge
+    targets = rows[r_idx].tolist()
     links = []
-    for r, c in zip(r_idx.tolist(), c_idx.tolist()):
-        t, s = int(rows[r]), c
-        wgt = float(M[r, c])
+    for t, s, wgt in zip(targets, c_idx.tolist(), weights):
         if s in nodes and t in nodes and wgt != 0.0:
             links.append({"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": wgt})
     used = {x for link in links for x in (link["source"], link["target"])}
