@@ -18,6 +18,8 @@ are not monitored).
 Models:
 - demo: the trained demo model (Llama 4 x 128) with its own TopK transcoders (1,024 features,
   k = 4): TopK needs each watched layer's full pre-activation row, the costly case;
+- demo-jumprelu: the same model with random JumpReLU transcoders (1,024 features, about 32
+  active per token): only the watched rows are computed;
 - wide: a random-weight Llama, 8 layers, d_model 512, 8 heads, MLP 2,048, with random JumpReLU
   transcoders of 8,192 features per layer (about 64 active per token).
 Writes bench/results/monitoring.md.
@@ -224,7 +226,8 @@ reuse. "plain vLLM" is a server without transcoders: vLLM without the plugin.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
+    ap.add_argument("--models", nargs="+", default=["demo", "demo-jumprelu", "wide"],
+                    choices=["demo", "demo-jumprelu", "wide"])
     ap.add_argument("--prompt-lengths", type=int, nargs="+", default=[8, 500])
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
@@ -236,11 +239,16 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     rows = []
     for name in args.models:
-        if name == "demo":
+        if name.startswith("demo"):
             from circuit_serve.demo import build_demo_model
 
             model = build_demo_model(work / "demo")
             transcoders = model / "transcoders"
+            if name == "demo-jumprelu":
+                sys.path.insert(0, str(ROOT))
+                from tests.support.transcoders import write_random_transcoders
+
+                transcoders = write_random_transcoders(model, work / "demo-jumprelu", d_transcoder=1024, target_l0=32)
         else:
             model, transcoders = build_wide(work)
         rows += run_model(name, model, transcoders, work, args)
