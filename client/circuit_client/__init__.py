@@ -4,6 +4,7 @@ Needs only grpcio and protobuf (health checks also need grpcio-health-checking).
 """
 
 from circuit_client.aio import AsyncCircuitClient
+from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 from circuit_client.sync import CircuitClient
 from circuit_client.types import (
@@ -23,6 +24,7 @@ __all__ = [
     "AsyncCircuitClient",
     "CircuitClient",
     "CircuitRpcError",
+    "Credentials",
     "FinishReason",
     "Generation",
     "ModelInfo",
