@@ -42,3 +42,8 @@ def write_tokens(path: Path, names: list[str], extra: dict[str, tuple[str, list[
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+# Redis and metrics fixtures of the attribution-service tests (a real Redis, started here
+# unless REDIS_URL is given; keys under a unique prefix, deleted after).
+from attribution_service.conftest import metrics, redis_prefix, redis_service, registry  # noqa: E402,F401
