@@ -185,6 +185,11 @@ async def serve(config: ServeConfig) -> int:
         loop.add_signal_handler(signal.SIGHUP, runtime.tokens.reload)
 
     server, port, health_servicer = await build_server(config.address, runtime)
+    if runtime.tokens is not None:
+        log.info("authentication: %d tokens from %s (SIGHUP reloads it); reflection: %s",
+                 len(runtime.tokens), config.security.auth_tokens, config.security.reflection)
+    elif not is_loopback(config.host):
+        log.warning("no --auth-tokens: every caller on the network may use every RPC and audit any completion")
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is loaded)", config.host, port)
     try:
         loading = asyncio.create_task(runtime.start())

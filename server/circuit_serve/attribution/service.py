@@ -178,7 +178,7 @@ class AttributionService:
         if not caller.may_read(served.tenant):
             raise not_found(given.request_id, self.completions.ttl_s)  # do not reveal that it exists
         if served.tenant != caller.name:
-            log.warning("cross-tenant audit: admin %r audits request %s of tenant %r (token %d)",
+            log.warning("cross-tenant audit: admin %r audits request %s of tenant %r (completion token %d)",
                         caller.name, given.request_id, served.tenant, given.token_index)
         context = served.context_for(given.token_index)
         return engine.prepare(context), served.completion_token_ids[given.token_index], served.tenant
