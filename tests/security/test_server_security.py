@@ -85,7 +85,7 @@ def test_cli_health_check_over_mtls_as_the_docker_healthcheck_runs_it(secure_ser
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
     no_cert = cli("health", "--target", secure_server.target, "--timeout", "5", env={"CIRCUIT_CA_CERT": str(pki.ca)})
     assert no_cert.returncode == 1 and no_cert.stdout.startswith("UNREACHABLE")
-    info = cli("info", "--target", secure_server.target, env={**tls_env, "CIRCUIT_TOKEN": token("gen-only")})
+    info = cli("info", "--target", secure_server.target, env={**tls_env, "CIRCUIT_TOKEN": token("acme")})
     assert info.returncode == 0 and '"model_name"' in info.stdout, info.stderr
     denied = cli("info", "--target", secure_server.target, env=tls_env)
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
@@ -218,3 +218,47 @@ def test_no_credential_appears_in_the_log_or_in_metrics(secure_server, pki):
     assert [s for s in secrets if s in text] == []
     assert "DEBUG" in secure_server.log()  # the log was written at its most talkative level
     assert secure_server.metric("circuit_auth_failures_total", reason="unknown_token") >= 1
+
+
+def test_the_dockerfile_runs_unprivileged_and_its_healthcheck_works_with_mtls(secure_server, pki):
+    """No Docker engine here: read the Dockerfile, then run its HEALTHCHECK command (the same CLI,
+    with the venv's `circuit` replaced by this interpreter) against the mTLS server with the
+    environment the Dockerfile's header documents."""
+    import json
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0") and text.index("USER") < text.index("ENTRYPOINT")
+    command = json.loads(re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", text).group(1))
+    assert command[:2] == ["/app/.venv/bin/circuit", "health"]
+    args = [a.replace("127.0.0.1:50051", secure_server.target) for a in command[2:]]
+    env = {"CIRCUIT_CA_CERT": str(pki.ca), "CIRCUIT_CLIENT_CERT": str(pki.client_cert),
+           "CIRCUIT_CLIENT_KEY": str(pki.client_key), "CIRCUIT_SERVER_NAME": "localhost"}
+    ok = cli("health", *args, env=env)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
+    without_cert = cli("health", *args, env={k: v for k, v in env.items() if "CLIENT" not in k})
+    assert without_cert.returncode == 1
+
+
+def test_demo_serves_and_connects_over_mtls_with_a_token(demo_model_dir, pki, tmp_path):
+    """`circuit-serve demo` with the server's TLS flags and the client's CA, certificate and token."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(demo_model_dir, model)
+    tokens = write_tokens(tmp_path / "tokens.json", ["acme"])
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CIRCUIT_")},
+           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "CIRCUIT_TOKEN": token("acme")}
+    run = subprocess.run(
+        [sys.executable, "-m", "circuit_serve.cli", "demo", "--model", str(model), "--max-new-tokens", "4",
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
+         "--auth-tokens", str(tokens),
+         "--ca-cert", str(pki.ca), "--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key)],
+        env=env, capture_output=True, text=True, timeout=400,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "SERVING after" in run.stdout and "finish_reason=" in run.stdout
+    log = (tmp_path / "server.log").read_text()
+    assert "TLS with client certificates required (mTLS)" in log and token("acme") not in log
