@@ -215,3 +215,30 @@ def test_reflection_follows_its_flag(tmp_path, mode):
         assert results["anonymous"] == listed and "circuit.v1.Generation" in listed
     else:
         assert results["anonymous"] == grpc.StatusCode.UNAUTHENTICATED and "circuit.v1.Generation" in listed
+
+
+def test_metrics_endpoint_binds_only_where_the_operator_says():
+    import socket
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from circuit_serve.metrics.exporter import start_metrics_server
+
+    server = start_metrics_server(CollectorRegistry(), host="127.0.0.1", port=0)
+    try:
+        assert server.server.server_address[0] == "127.0.0.1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+        # this machine's outward address (when it has one) does not reach it
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(("192.0.2.123", 9))  # UDP: picks the outward interface, sends nothing
+                address = probe.getsockname()[0]
+            except OSError:
+                address = "127.0.0.1"
+        if not address.startswith("127."):
+            with pytest.raises(OSError):
+                socket.create_connection((address, server.port), timeout=2).close()
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ token or tenant, and no token is ever logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -121,8 +122,9 @@ def _as_caller(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.Rpc
     def stream(behavior):
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             calling_as(principal)
-            async for response in behavior(request, context):
-                yield response
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return run
 
