@@ -90,8 +90,7 @@ class ServeConfig:
         g = parser.add_argument_group("server")
         g.add_argument("--host", default="0.0.0.0", help="gRPC bind address (default %(default)s)")
         g.add_argument("--port", type=int, default=50051, help="gRPC port (default %(default)s)")
-        g.add_argument("--metrics-host", default="0.0.0.0",
-                       help="Prometheus bind address; 127.0.0.1 keeps /metrics on this machine")
+        g.add_argument("--metrics-host", default="0.0.0.0", help="Prometheus bind address")
         g.add_argument("--metrics-port", type=int, default=9090,
                        help="Prometheus /metrics port; 0 disables it (default %(default)s)")
         g.add_argument("--grace-period", type=float, default=10.0, dest="grace_period_s",
