@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from circuit_client import Credentials
-from circuit_serve.attribution import build_service
+from circuit_serve.attribution import AttributeRequest, AttributionInput, build_service
 from circuit_serve.auth import ANONYMOUS, Principal, Scope, TokenFileError, TokenTable, parse_tokens, token_sha256
 from circuit_serve.cache import RedisLink
 from circuit_serve.cache.redis_link import redact_url
 from circuit_serve.completions import CompletionStore
 from circuit_serve.errors import CapacityExceeded, NotFound
 from circuit_serve.jobs import Queued
+from circuit_serve.tracing.settings import AttributionSettings
 
 from attribution_service.test_jobs import FakeEngine, collect, make_jobs
 from attribution_service.test_service import StubEngine, config, req, run
@@ -258,3 +259,28 @@ def test_client_credentials_hide_the_token_and_cli_reads_env_and_file(tmp_path, 
     (tmp_path / "tok").write_text("from-file\n")
     from_file = credentials_cli.credentials_from_args(parser.parse_args(["--token-file", str(tmp_path / "tok")]))
     assert from_file.token == "from-file"
+
+
+def test_background_graphs_count_against_their_tenants_queue_limit(registry):
+    engine = StubEngine(batch_s=0.3)  # three batches: about 1 s a graph
+
+    async def go():
+        service = build_service(config(workers=1, max_queued=4, max_queued_per_tenant=1), registry, engine)
+        running = asyncio.create_task(run(service, req(prompt="first"), caller=ACME))
+        await asyncio.sleep(0.1)
+        # a background graph: the caller leaves after Accepted, the server keeps it queued for acme
+        stream = service.attribute(AttributeRequest(AttributionInput(prompt="second"),
+                                                    AttributionSettings(batch_size=16), None, background=True),
+                                   caller=ACME)
+        async with contextlib.aclosing(stream) as events:
+            await anext(events)
+        await asyncio.sleep(0.1)
+        assert service.jobs.pool.queued_for("acme") == 1
+        with pytest.raises(CapacityExceeded, match="per tenant"):
+            await run(service, req(prompt="third"), caller=ACME)
+        other = await run(service, req(prompt="fourth"), caller=GLOBEX)  # another tenant still gets in
+        await running
+        await service.close()
+        return other
+
+    assert asyncio.run(go())[-1].sections

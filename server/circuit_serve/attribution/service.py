@@ -99,7 +99,7 @@ class AttributionService:
                 return engine.compute(tokens, settings, request.targets, progress, should_stop, slug=key)
 
             if request.background:
-                self._pin(key, work)
+                self._pin(key, work, caller.name)
             yield Accepted(key, tuple(tokens), audited)
             stream = self.jobs.stream(key, work, timeout_s=timeout_s, tenant=caller.name)
             async with contextlib.aclosing(stream) as events:
@@ -205,12 +205,12 @@ class AttributionService:
             )
         return settings
 
-    def _pin(self, key: str, work) -> None:
+    def _pin(self, key: str, work, tenant: str) -> None:
         """Keep a waiter on `key` inside the server so the graph is finished and cached regardless of callers."""
 
         async def hold() -> None:
             try:
-                async with contextlib.aclosing(self.jobs.stream(key, work)) as events:
+                async with contextlib.aclosing(self.jobs.stream(key, work, tenant=tenant)) as events:
                     async for _ in events:
                         pass
             except CircuitError as exc:
