@@ -19,8 +19,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, flags: list[str], *, log_prefix: str) -> tuple[subprocess.Popen, str]:
-    """Serve `model` with `flags` (beyond address, metrics and log level); return (process, target)."""
+def start_server(model: Path, flags: list[str], *, log_prefix: str, credentials=None) -> tuple[subprocess.Popen, str]:
+    """Serve `model` with `flags` (beyond address, metrics and log level); return (process, target).
+    `credentials` (circuit_client.Credentials) for the health probe of a TLS server."""
     from circuit_client import CircuitClient, CircuitRpcError
 
     port = free_port()
@@ -29,7 +30,7 @@ def start_server(model: Path, flags: list[str], *, log_prefix: str) -> tuple[sub
            "--port", str(port), "--metrics-port", "0", "--log-level", "WARNING", *flags]
     server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     target = f"127.0.0.1:{port}"
-    with CircuitClient(target, timeout=2, retries=0) as probe:
+    with CircuitClient(target, timeout=2, retries=0, credentials=credentials) as probe:
         while True:
             if server.poll() is not None:
                 raise RuntimeError(f"server exited; see {log.name}")

@@ -110,8 +110,10 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `circuit-serve serve` on free ports and wait until health says SERVING."""
+def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
+                 credentials=None) -> ServerProcess:
+    """Start `circuit-serve serve` on free ports and wait until health says SERVING
+    (`credentials`: a circuit_client.Credentials for a TLS server)."""
     from circuit_client import CircuitClient, CircuitRpcError, Sampling
 
     port, metrics_port = free_port(), free_port()
@@ -132,7 +134,7 @@ def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict[st
     )
     server = ServerProcess(process, port, metrics_port, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    with CircuitClient(server.target, timeout=2, retries=0) as client:
+    with CircuitClient(server.target, timeout=2, retries=0, credentials=credentials) as client:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
@@ -160,14 +162,15 @@ def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict[st
 def launch_server(
     demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: `launch_server(*extra_cli_args, model_dir=None, env=None)`; every server is stopped at
-    session end. `env` overrides TEST_ENV (e.g. {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}: vLLM's engine core
-    in its own process, as in production)."""
+    """Factory: `launch_server(*extra_cli_args, model_dir=None, env=None, credentials=None)`; every server
+    is stopped at session end. `env` overrides TEST_ENV (e.g. {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}: vLLM's
+    engine core in its own process, as in production)."""
     started: list[ServerProcess] = []
 
-    def launch(*extra_args: str, model_dir: Path | None = None, env: dict[str, str] | None = None) -> ServerProcess:
+    def launch(*extra_args: str, model_dir: Path | None = None, env: dict[str, str] | None = None,
+               credentials=None) -> ServerProcess:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
-        server = start_server(model_dir or demo_model_dir, log_path, *extra_args, env=env)
+        server = start_server(model_dir or demo_model_dir, log_path, *extra_args, env=env, credentials=credentials)
         started.append(server)
         return server
 

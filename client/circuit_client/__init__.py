@@ -4,6 +4,7 @@ Needs only grpcio and protobuf (health checks also need grpcio-health-checking).
 """
 
 from circuit_client.aio import AsyncCircuitClient
+from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 from circuit_client.monitor import MonitorReport, Monitoring, WatchedValues, WatchRule
 from circuit_client.sync import CircuitClient
@@ -24,6 +25,7 @@ __all__ = [
     "AsyncCircuitClient",
     "CircuitClient",
     "CircuitRpcError",
+    "Credentials",
     "FinishReason",
     "Generation",
     "ModelInfo",

@@ -11,6 +11,8 @@ from typing import Any, Self
 
 import grpc
 
+from circuit_client.credentials import Credentials, open_channel
+
 DEFAULT_TIMEOUT_S = 60.0
 
 
@@ -49,12 +51,14 @@ def health_messages():
 
 class ServiceClient:
     """Base of the per-service sync clients: `target` is host:port (a channel is opened and
-    owned), a grpc.Channel, or a client whose `.channel` is shared (neither is closed here)."""
+    owned, with TLS and a token as `credentials` say), a grpc.Channel, or a client whose
+    `.channel` is shared (neither is closed here)."""
 
-    def __init__(self, target: Any, *, timeout: float | None, retries: int) -> None:
+    def __init__(self, target: Any, *, timeout: float | None, retries: int,
+                 credentials: Credentials | None = None) -> None:
         self._own_channel = isinstance(target, str)
         if isinstance(target, str):
-            self.channel = grpc.insecure_channel(target, options=channel_options(retries))
+            self.channel = open_channel(target, channel_options(retries), credentials, aio=False)
         else:
             self.channel = getattr(target, "channel", target)
         self.timeout = timeout
@@ -73,10 +77,11 @@ class ServiceClient:
 class AsyncServiceClient:
     """asyncio twin of `ServiceClient` (a grpc.aio channel)."""
 
-    def __init__(self, target: Any, *, timeout: float | None, retries: int) -> None:
+    def __init__(self, target: Any, *, timeout: float | None, retries: int,
+                 credentials: Credentials | None = None) -> None:
         self._own_channel = isinstance(target, str)
         if isinstance(target, str):
-            self.channel = grpc.aio.insecure_channel(target, options=channel_options(retries))
+            self.channel = open_channel(target, channel_options(retries), credentials, aio=True)
         else:
             self.channel = getattr(target, "channel", target)
         self.timeout = timeout

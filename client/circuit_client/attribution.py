@@ -27,6 +27,7 @@ import grpc
 from circuit_client._channel import AsyncServiceClient, ServiceClient
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 
 DEFAULT_ATTRIBUTION_TIMEOUT_S = 600.0
@@ -89,8 +90,9 @@ Event = Accepted | Queued | Running | GraphResult
 class AttributionClient(ServiceClient):
     """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
 
-    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3) -> None:
-        super().__init__(target, timeout=timeout, retries=retries)
+    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3,
+                 credentials: Credentials | None = None) -> None:
+        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)
         self._stub = pb_grpc.AttributionStub(self.channel)
 
     def stream(
@@ -148,8 +150,9 @@ class AsyncAttributionClient(AsyncServiceClient):
     """asyncio twin of `AttributionClient`; `target` is host:port, a grpc.aio.Channel, or an
     AsyncCircuitClient (its channel is shared)."""
 
-    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3) -> None:
-        super().__init__(target, timeout=timeout, retries=retries)
+    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3,
+                 credentials: Credentials | None = None) -> None:
+        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)
         self._stub = pb_grpc.AttributionStub(self.channel)
 
     async def stream(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,

@@ -4,6 +4,7 @@
     circuit tokenize "Hello world"
     circuit info
     circuit health            # exit status 0 only when SERVING (used by the Docker HEALTHCHECK)
+    circuit info --ca-cert ca.pem --client-cert me.pem --client-key me.key   # TLS / mTLS; token in CIRCUIT_TOKEN
     circuit generate "The capital of France is" --monitor      # + the watchlist summary
     circuit generate "The capital of France is" --watch cant-answer:3:120:2.5:stop   # + a rule of this request
     circuit features --prompt "The capital of France is" --top-k 5
@@ -17,7 +18,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from circuit_client import attribution_cli, features_cli
+from circuit_client import attribution_cli, credentials_cli, features_cli
 from circuit_client.errors import CircuitRpcError
 from circuit_client.monitor import Monitoring, WatchRule
 from circuit_client.sync import CircuitClient
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--target", default=DEFAULT_TARGET, help="server host:port (default %(default)s)")
         p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+        credentials_cli.add_arguments(p)
         return p
 
     g = add("generate", "stream a completion to the terminal")
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     retries = 0 if args.command == "health" else 3
-    with CircuitClient(args.target, timeout=args.timeout, retries=retries) as client:
+    credentials = credentials_cli.credentials_from_args(args)
+    with CircuitClient(args.target, timeout=args.timeout, retries=retries, credentials=credentials) as client:
         try:
             return _COMMANDS[args.command](client, args)
         except CircuitRpcError as err:

@@ -23,6 +23,7 @@ import grpc
 from circuit_client._channel import DEFAULT_TIMEOUT_S, ServiceClient
 from circuit_client._pb.circuit.v1 import features_pb2 as pb
 from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
+from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 
 Op = Literal["set", "scale", "add"]
@@ -93,8 +94,9 @@ class SteerResult:
 class FeaturesClient(ServiceClient):
     """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
 
-    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3) -> None:
-        super().__init__(target, timeout=timeout, retries=retries)
+    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3,
+                 credentials: Credentials | None = None) -> None:
+        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)
         self._stub = pb_grpc.FeaturesStub(self.channel)
 
     def _call(self, method, request, timeout: float | None):

@@ -17,6 +17,7 @@ from circuit_client._channel import DEFAULT_TIMEOUT_S, channel_options, health_m
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
 from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
 from circuit_client.monitor import Monitoring
+from circuit_client.credentials import Credentials, open_channel
 from circuit_client.errors import CircuitRpcError
 from circuit_client.types import Generation, ModelInfo, Sampling, StreamChunk, Tokenization
 
@@ -24,10 +25,11 @@ from circuit_client.types import Generation, ModelInfo, Sampling, StreamChunk, T
 class CircuitClient:
     """`timeout` is each call's deadline in seconds (None: none); UNAVAILABLE is retried `retries` times."""
 
-    def __init__(self, target: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3) -> None:
+    def __init__(self, target: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3,
+                 credentials: Credentials | None = None) -> None:
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target, options=channel_options(retries))
+        self.channel = open_channel(target, channel_options(retries), credentials, aio=False)
         self._generation = pb_grpc.GenerationStub(self.channel)
 
     def __enter__(self) -> CircuitClient:

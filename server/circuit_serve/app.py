@@ -32,14 +32,18 @@ from grpc_reflection.v1alpha import reflection
 from circuit_serve.attribution import AttributionService
 from circuit_serve.attribution import build_service as build_attribution
 from circuit_serve.attribution.loading import start_attribution
+from circuit_serve.auth import TokenTable, current_caller
+from circuit_serve.config.security import Reflection, is_loopback
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.metrics import CollectorRegistry, new_registry
+from circuit_serve.metrics.auth import AuthMetrics
 from circuit_serve.metrics.exporter import start_metrics_server
 from circuit_serve.metrics.generation import GenerationMetrics
 from circuit_serve.metrics.rpc import RpcMetrics
-from circuit_serve.rpc import attribution_servicer, features, generation_servicer
+from circuit_serve.rpc import attribution_servicer, features, generation_servicer, transport
+from circuit_serve.rpc.auth import AuthInterceptor
 from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
 from circuit_serve.rpc.convert_graph import serialize_graph
 from circuit_serve.rpc.interceptors import ServingInterceptor
@@ -75,6 +79,8 @@ class Runtime:
     replacement: Any = None  # tracing.ReplacementModel, loaded in start() when --transcoders is given
     service_names: list[str] = field(default_factory=list)  # filled by build_server
     draining: bool = False  # set on shutdown: new calls get UNAVAILABLE, in-flight ones finish
+    auth_metrics: AuthMetrics | None = None
+    tokens: TokenTable | None = None  # --auth-tokens; None: every caller is ANONYMOUS (all scopes)
 
     @classmethod
     def create(cls, config: ServeConfig, registry: CollectorRegistry | None = None) -> Runtime:
@@ -83,7 +89,11 @@ class Runtime:
         engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step)
         generation_metrics.track_load(engine.load)
         attribution = build_attribution(config.attribution, registry, engine=None)  # engine set in start()
-        engine.add_finish_listener(lambda r: attribution.on_completion(r.request_id, r.prompt_token_ids, r.token_ids))
+        if config.attribution.transcoders is not None:  # completions are kept for audits only when they can be audited
+            engine.add_finish_listener(lambda r: attribution.on_completion(
+                r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name))
+        auth_metrics = AuthMetrics(registry)
+        tokens_file = config.security.auth_tokens
         return cls(
             config=config,
             registry=registry,
@@ -92,6 +102,8 @@ class Runtime:
             generation_metrics=generation_metrics,
             attribution=attribution,
             features=FeaturesService(config.features, registry),  # reads --labels/--watchlist now
+            auth_metrics=auth_metrics,
+            tokens=TokenTable(tokens_file, on_reload=auth_metrics.reloaded) if tokens_file else None,
         )
 
     async def start(self) -> None:
@@ -130,17 +142,23 @@ async def build_server(
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """A started grpc.aio server on `address` ("host:0" picks a free port): the services,
     health (NOT_SERVING until `mark_serving`) and reflection. Returns (server, port, health)."""
-    interceptor = ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)
-    server = grpc.aio.server(interceptors=[interceptor], options=_SERVER_OPTIONS)
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)]
+    security = runtime.config.security
+    if runtime.tokens is not None:
+        assert runtime.auth_metrics is not None
+        interceptors.append(AuthInterceptor(runtime.tokens, runtime.auth_metrics, reflection=security.reflection))
+    server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
     names = [register(runtime, server) for register in (SERVICES if services is None else services)]
     runtime.service_names = names
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
+    if security.reflection != Reflection.OFF:
+        reflection.enable_server_reflection([*names, health_name, reflection.SERVICE_NAME], server)
 
-    port = server.add_insecure_port(address)
+    port = transport.bind(server, address, security)
     if port == 0:
         raise OSError(f"cannot bind the gRPC server to {address}")
     await server.start()
@@ -161,13 +179,23 @@ async def serve(config: ServeConfig) -> int:
     if config.metrics_port:
         metrics_server = start_metrics_server(runtime.registry, host=config.metrics_host, port=config.metrics_port)
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_server.port)
+        if runtime.tokens is not None and not is_loopback(config.metrics_host):
+            log.warning("/metrics on %s has no authentication; bind it with --metrics-host 127.0.0.1 "
+                        "(or a private interface) if only this machine should read it", config.metrics_host)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if runtime.tokens is not None:  # rotate tokens: calls in flight finish, new calls see the new file
+        loop.add_signal_handler(signal.SIGHUP, runtime.tokens.reload)
 
     server, port, health_servicer = await build_server(config.address, runtime)
+    if runtime.tokens is not None:
+        log.info("authentication: %d tokens from %s (SIGHUP reloads it); reflection: %s",
+                 len(runtime.tokens), config.security.auth_tokens, config.security.reflection)
+    elif not is_loopback(config.host):
+        log.warning("no --auth-tokens: every caller on the network may use every RPC and audit any completion")
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is loaded)", config.host, port)
     try:
         loading = asyncio.create_task(runtime.start())
@@ -192,7 +220,7 @@ async def serve(config: ServeConfig) -> int:
         runtime.shutdown()
         if metrics_server is not None:
             metrics_server.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         log.info("stopped")

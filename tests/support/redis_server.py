@@ -32,9 +32,10 @@ def ping(host: str, port: int, timeout_s: float = 0.2) -> bool:
 class RedisServer:
     """`redis-server` on 127.0.0.1:<port> in a temporary directory."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, *, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
         self.port = port or free_port()
+        self.extra_args = extra_args  # e.g. ("--user", "alice", "on", ">pw", "~*", "+@all")
         self._dir = Path(tempfile.mkdtemp(prefix="circuit-redis-"))
         self._proc: subprocess.Popen | None = None
 
@@ -52,7 +53,7 @@ class RedisServer:
         log = open(self._dir / "redis.log", "ab")
         self._proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self._dir), "--protected-mode", "no", "--daemonize", "no"],
+             "--dir", str(self._dir), "--protected-mode", "no", "--daemonize", "no", *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

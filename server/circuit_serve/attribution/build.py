@@ -35,13 +35,15 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
     )
     jobs = GraphJobs(
         cache=cache,
-        pool=WorkerPool(workers=config.workers, max_queued=config.max_queued, metrics=metrics),
+        pool=WorkerPool(workers=config.workers, max_queued=config.max_queued,
+                        max_queued_per_tenant=config.max_queued_per_tenant, metrics=metrics),
         locks=ReplicaLocks(link, ttl_s=config.lock_ttl_s),
         metrics=metrics,
         lock_wait_s=config.lock_wait_s,
     )
     completions = CompletionStore(
-        ttl_s=config.completions_ttl_s, max_entries=config.completions_max, metrics=metrics, link=link
+        ttl_s=config.completions_ttl_s, max_entries=config.completions_max, max_bytes=config.completions_max_bytes,
+        metrics=metrics, link=link,
     )
     return AttributionService(
         engine=engine, jobs=jobs, completions=completions, config=config, metrics=metrics, redis=link

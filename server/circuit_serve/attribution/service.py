@@ -4,7 +4,10 @@ Attribute, step by step:
 1. refuse when the server has no transcoders (NotConfigured);
 2. resolve the input to token ids: tokenize a prompt, take ids as given, or
    look a served completion up by request id and take everything before
-   completion token `token_index`;
+   completion token `token_index` (only the tenant that generated it, or an
+   admin, may: anyone else hears NotFound, as for an unknown id; an admin's
+   audit of another tenant's completion is logged, and the graph is recorded
+   as owned by that tenant, so GetGraph by key follows the same rule);
 3. check the limits (prompt tokens, max_feature_nodes, batch size) ->
    InvalidRequest naming the limit and the value. The memory budget is checked
    by the engine itself once the forward pass has counted the active features
@@ -24,10 +27,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+from circuit_serve.attribution.owners import GraphOwners
 from circuit_serve.attribution.types import Accepted, AttributeRequest, AttributionInput, GraphEngine
+from circuit_serve.auth.principal import ANONYMOUS, Principal
 from circuit_serve.cache.key import graph_key, is_graph_key
 from circuit_serve.cache.redis_link import RedisLink
-from circuit_serve.completions.store import CompletionStore
+from circuit_serve.completions.store import CompletionStore, not_found
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.errors import (
     BackendUnavailable,
@@ -63,6 +68,7 @@ class AttributionService:
         config: AttributionConfig,
         metrics: AttributionMetrics,
         redis: RedisLink | None = None,
+        owners: GraphOwners | None = None,
     ) -> None:
         self.engine = engine
         self.redis = redis
@@ -70,28 +76,33 @@ class AttributionService:
         self.completions = completions
         self.config = config
         self.metrics = metrics
+        self.owners = owners or GraphOwners(ttl_s=config.cache_ttl_s, max_entries=config.completions_max,
+                                            metrics=metrics, link=redis)
         self._background: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ Attribute
 
     async def attribute(
-        self, request: AttributeRequest, *, timeout_s: float | None = None
+        self, request: AttributeRequest, *, timeout_s: float | None = None, caller: Principal = ANONYMOUS
     ) -> AsyncIterator[Accepted | JobEvent | Finished]:
         """`Accepted`, then queue/progress events, then `Finished`. Raises domain errors."""
         outcome = "error"
         try:
             engine = self._engine()
-            tokens, audited = await self._resolve(engine, request.input)
+            tokens, audited, owner = await self._resolve(engine, request.input, caller)
             settings = self._check_limits(engine, tokens, request.settings)
             key = self.key_for(engine, tokens, settings, request.targets)
+            if owner:  # a named tenant's completion: its graph is that tenant's too
+                await self.owners.add(key, owner)
 
             def work(progress, should_stop):
                 return engine.compute(tokens, settings, request.targets, progress, should_stop, slug=key)
 
             if request.background:
-                self._pin(key, work)
+                self._pin(key, work, caller.name)
             yield Accepted(key, tuple(tokens), audited)
-            async with contextlib.aclosing(self.jobs.stream(key, work, timeout_s=timeout_s)) as events:
+            stream = self.jobs.stream(key, work, timeout_s=timeout_s, tenant=caller.name)
+            async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     if isinstance(event, Finished):
                         outcome = "cached" if event.source == "cache" else "ok"
@@ -138,7 +149,10 @@ class AttributionService:
             raise NotConfigured(NO_TRANSCODERS)
         return self.engine
 
-    async def _resolve(self, engine: GraphEngine, given: AttributionInput) -> tuple[list[int], int | None]:
+    async def _resolve(
+        self, engine: GraphEngine, given: AttributionInput, caller: Principal
+    ) -> tuple[list[int], int | None, str]:
+        """(token ids, the audited token or None, the owning tenant of an audited completion)."""
         named = [n for n, v in (("prompt", given.prompt), ("prompt_token_ids", given.token_ids),
                                 ("request_id", given.request_id)) if v]
         if len(named) != 1:
@@ -150,19 +164,24 @@ class AttributionService:
         if given.token_index is not None and not given.request_id:
             raise InvalidRequest("token_index needs request_id (it indexes a served completion)", field="token_index")
         if given.prompt:
-            return engine.prepare(engine.tokenize(given.prompt)), None
+            return engine.prepare(engine.tokenize(given.prompt)), None, ""
         if given.token_ids:
             bad = [t for t in given.token_ids if not 0 <= t < engine.vocab_size]
             if bad:
                 raise InvalidRequest(
                     f"token ids {bad[:5]} are outside the vocabulary [0, {engine.vocab_size})", field="prompt_token_ids"
                 )
-            return engine.prepare(given.token_ids), None
+            return engine.prepare(given.token_ids), None, ""
         if given.token_index is None:
             raise InvalidRequest("request_id needs token_index (which completion token to explain)", field="token_index")
         served = await self.completions.get(given.request_id)
+        if not caller.may_read(served.tenant):
+            raise not_found(given.request_id, self.completions.ttl_s)  # do not reveal that it exists
+        if served.tenant != caller.name:
+            log.warning("cross-tenant audit: admin %r audits request %s of tenant %r (completion token %d)",
+                        caller.name, given.request_id, served.tenant, given.token_index)
         context = served.context_for(given.token_index)
-        return engine.prepare(context), served.completion_token_ids[given.token_index]
+        return engine.prepare(context), served.completion_token_ids[given.token_index], served.tenant
 
     def _check_limits(self, engine: GraphEngine, tokens: list[int], settings: AttributionSettings) -> AttributionSettings:
         cfg = self.config
@@ -186,12 +205,12 @@ class AttributionService:
             )
         return settings
 
-    def _pin(self, key: str, work) -> None:
+    def _pin(self, key: str, work, tenant: str) -> None:
         """Keep a waiter on `key` inside the server so the graph is finished and cached regardless of callers."""
 
         async def hold() -> None:
             try:
-                async with contextlib.aclosing(self.jobs.stream(key, work)) as events:
+                async with contextlib.aclosing(self.jobs.stream(key, work, tenant=tenant)) as events:
                     async for _ in events:
                         pass
             except CircuitError as exc:
@@ -203,24 +222,31 @@ class AttributionService:
 
     # ------------------------------------------------------------------ GetGraph
 
-    async def get_graph(self, key: str) -> dict[str, bytes]:
-        """The cached sections of `key`; NotFound when absent or expired."""
+    async def get_graph(self, key: str, *, caller: Principal = ANONYMOUS) -> dict[str, bytes]:
+        """The cached sections of `key`; NotFound when absent or expired, or when the graph is
+        an audit of another tenant's completion (and the caller is not an admin)."""
         self._engine()
         if not is_graph_key(key):
             raise InvalidRequest(f"{key!r} is not a graph key (64 lowercase hex digits)", field="key")
+        absent = NotFound(f"graph {key} is not in the cache (never computed here, or expired)")
         sections = await self.jobs.cache.get(key)
+        if sections is None and key not in self.jobs.inflight:
+            raise absent
+        owners = await self.owners.owners(key)
+        if owners and not caller.is_admin and caller.name not in owners:
+            raise absent  # the same answer as for a graph that does not exist
+        if owners and caller.name not in owners:
+            log.warning("cross-tenant audit: admin %r fetches graph %s owned by %s", caller.name, key, sorted(owners))
         if sections is None:
-            if key in self.jobs.inflight:
-                raise NotFound(f"graph {key} is still being computed; retry later")
-            raise NotFound(f"graph {key} is not in the cache (never computed here, or expired)")
+            raise NotFound(f"graph {key} is still being computed; retry later")
         return sections
 
     # ------------------------------------------------------------------ served completions
 
-    def on_completion(self, request_id: str, prompt_token_ids, completion_token_ids) -> None:
+    def on_completion(self, request_id: str, prompt_token_ids, completion_token_ids, *, tenant: str = "") -> None:
         """Finish listener of the generation engine (runs on the event loop); never raises."""
         try:
-            self.completions.record_nowait(request_id, prompt_token_ids, completion_token_ids)
+            self.completions.record_nowait(request_id, prompt_token_ids, completion_token_ids, tenant=tenant)
         except Exception:  # auditing must never break serving
             log.exception("could not record served completion %s", request_id)
 

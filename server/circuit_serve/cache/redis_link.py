@@ -25,6 +25,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by *** (for logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<redis url>"
+
+
 class RedisUnavailable(Exception):
     """Redis did not answer (or is in its back-off pause); `skipped` when not even tried."""
 
@@ -87,7 +103,7 @@ class RedisLink:
             self._trip(op, exc)
             raise RedisUnavailable(op, f"{type(exc).__name__}: {exc}", skipped=False) from exc
         if self._pause_s != self._retry_after_s:
-            log.info("redis at %s is answering again", self.url)
+            log.info("redis at %s is answering again", redact_url(self.url))
         self._pause_s = self._retry_after_s
         return result
 

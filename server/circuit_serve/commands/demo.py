@@ -6,6 +6,10 @@ directory holds transcoders (the trained demo model does), the server loads them
 the demo audits the first generated token: it asks for the attribution graph of that
 token by the generation's request id, prints its strongest paths with feature labels and
 writes the graph's interactive HTML view next to the model directory.
+
+With --tls-cert/--tls-key (and --tls-client-ca, --auth-tokens) the demo server speaks TLS
+(mTLS, tokens); the demo's client then connects with --ca-cert, --client-cert/--client-key
+and the token in CIRCUIT_TOKEN or --token-file, as `circuit` does.
 """
 
 from __future__ import annotations
@@ -36,6 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="model directory; the demo model is built there if missing (default %(default)s)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    from circuit_client import credentials_cli
+    from circuit_serve.config.security import SecurityConfig
+
+    SecurityConfig.add_arguments(parser)  # passed on to the server
+    credentials_cli.add_arguments(parser)  # used by the demo's client
     parser.set_defaults(run=run)
 
 
@@ -48,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     import time
     import urllib.request
 
-    from circuit_client import CircuitClient, CircuitRpcError, Sampling
+    from circuit_client import CircuitClient, CircuitRpcError, Sampling, credentials_cli
+
+    credentials = credentials_cli.credentials_from_args(args)
 
     model_dir: Path = args.model
     if not (model_dir / "config.json").exists():
@@ -68,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
            "--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
            "--metrics-port", str(metrics_port), "--dtype", "float32", "--max-model-len", "512",
            "--enforce-eager", "--kv-cache-gib", "1"]
+    for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
+                        ("--tls-client-ca", args.tls_client_ca), ("--auth-tokens", args.auth_tokens)):
+        if value:
+            cmd += [flag, str(value)]
     transcoders, labels = model_dir / "transcoders", model_dir / "labels.json"
     if transcoders.is_dir():
         cmd += ["--transcoders", str(transcoders)]
@@ -79,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         target = f"127.0.0.1:{port}"
-        with CircuitClient(target, timeout=120, retries=0) as client:
+        with CircuitClient(target, timeout=120, retries=0, credentials=credentials) as client:
             started = time.monotonic()
             while True:
                 if server.poll() is not None:
@@ -104,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                           f"prompt_tokens={chunk.usage.prompt_tokens} "
                           f"completion_tokens={chunk.usage.completion_tokens}")
         if transcoders.is_dir() and request_id:
-            _show_graph(target, request_id, model_dir.parent / "graph.html")
+            _show_graph(target, request_id, model_dir.parent / "graph.html", credentials)
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
@@ -122,13 +137,13 @@ def run(args: argparse.Namespace) -> int:
                 os.killpg(server.pid, signal.SIGKILL)
 
 
-def _show_graph(target: str, request_id: str, html: Path) -> None:
+def _show_graph(target: str, request_id: str, html: Path, credentials=None) -> None:
     """Audit completion token 0 of `request_id`, print the graph's strongest paths, write its HTML view."""
     from circuit_client.attribution import AttributionClient
     from circuit_client.graph_html import write_graph_html
     from circuit_client.graph_text import strongest_paths
 
-    with AttributionClient(target, timeout=300) as client:
+    with AttributionClient(target, timeout=300, credentials=credentials) as client:
         result = client.attribute(request_id=request_id, token_index=0, output="json")
     graph = result.frontend()
     info = graph["metadata"].get("info", {})

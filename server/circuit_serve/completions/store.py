@@ -1,14 +1,18 @@
 """Token ids of recently served generations, kept for auditing by `request_id`.
 
-The generation path records (prompt ids, completion ids) for each finished
-request. An auditor later names the request and a completion token index; the
-attribution service then explains that token given everything before it.
+The generation path records (tenant, prompt ids, completion ids) for each finished
+request when the server can attribute (it has transcoders). An auditor later names
+the request and a completion token index; the attribution service checks that the
+auditor is that tenant (or an admin) and then explains that token given everything
+before it.
 
-Records live in a bounded in-process LRU with a TTL and, when Redis is
+Records live in a bounded in-process LRU (at most `max_entries` records and
+`max_bytes` of token ids, packed 4 bytes a token) with a TTL and, when Redis is
 configured, also in Redis under `<prefix>completion:<request_id>` with the same
 TTL, so any replica can audit any replica's responses. Recording never fails a
-generation: a Redis error is counted and the in-memory copy remains.
-The Redis value is JSON (`{"v": 1, "prompt": [...], "completion": [...]}`).
+generation: a Redis error is counted and the in-memory copy remains. A record
+larger than `max_bytes` on its own is not kept.
+The Redis value is JSON (`{"v": 2, "tenant": "...", "prompt": [...], "completion": [...]}`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +29,16 @@ from circuit_serve.cache.redis_link import RedisLink, RedisUnavailable
 from circuit_serve.errors import InvalidRequest, NotFound
 from circuit_serve.metrics.attribution import AttributionMetrics
 
-_FORMAT = 1
+_FORMAT = 2
+_RECORD_OVERHEAD = 256  # bytes charged per record beyond its token ids (objects, dict slot, id)
+
+
+def not_found(request_id: str, ttl_s: float) -> NotFound:
+    """The one answer for a completion that is unknown, expired, or another tenant's."""
+    return NotFound(
+        f"request_id {request_id!r} is not a generation this server remembers "
+        f"(unknown, or older than the {ttl_s:.0f}s retention)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +46,7 @@ class ServedCompletion:
     request_id: str
     prompt_token_ids: tuple[int, ...]
     completion_token_ids: tuple[int, ...]
+    tenant: str = ""  # who generated it ("" on a server without tokens)
 
     def context_for(self, token_index: int) -> list[int]:
         """The token ids the model saw before emitting completion token `token_index`."""
@@ -46,18 +61,37 @@ class ServedCompletion:
         return [*self.prompt_token_ids, *self.completion_token_ids[:token_index]]
 
     def to_json(self) -> bytes:
-        doc = {"v": _FORMAT, "prompt": list(self.prompt_token_ids), "completion": list(self.completion_token_ids)}
+        doc = {"v": _FORMAT, "tenant": self.tenant, "prompt": list(self.prompt_token_ids),
+               "completion": list(self.completion_token_ids)}
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, request_id: str, raw: bytes) -> ServedCompletion | None:
         try:
             doc = json.loads(raw)
-            if doc.get("v") != _FORMAT:
-                return None
-            return cls(request_id, tuple(int(t) for t in doc["prompt"]), tuple(int(t) for t in doc["completion"]))
+            if doc.get("v") != _FORMAT or not isinstance(doc.get("tenant"), str):
+                return None  # older records carry no owner: treat them as gone
+            return cls(request_id, tuple(int(t) for t in doc["prompt"]), tuple(int(t) for t in doc["completion"]),
+                       doc["tenant"])
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    """A record as kept in memory: token ids packed 4 bytes each."""
+
+    tenant: str
+    prompt: array
+    completion: array
+    expires_at: float
+
+    @property
+    def nbytes(self) -> int:
+        return _RECORD_OVERHEAD + self.prompt.itemsize * (len(self.prompt) + len(self.completion)) + len(self.tenant)
+
+    def unpack(self, request_id: str) -> ServedCompletion:
+        return ServedCompletion(request_id, tuple(self.prompt), tuple(self.completion), self.tenant)
 
 
 class CompletionStore:
@@ -67,41 +101,64 @@ class CompletionStore:
         ttl_s: float,
         max_entries: int,
         metrics: AttributionMetrics,
+        max_bytes: int = 256 << 20,
         link: RedisLink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.metrics = metrics
         self.link = link
         self._clock = clock
-        self._local: OrderedDict[str, tuple[ServedCompletion, float]] = OrderedDict()
+        self._local: OrderedDict[str, _Packed] = OrderedDict()
+        self._bytes = 0
         self._pending: set[asyncio.Task] = set()
 
     def __len__(self) -> int:
         return len(self._local)
 
-    async def record(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> None:
+    @property
+    def nbytes(self) -> int:
+        """Bytes charged for the records kept in memory now (at most `max_bytes`)."""
+        return self._bytes
+
+    async def record(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int],
+                     *, tenant: str = "") -> None:
         """Remember a served generation; never raises for a Redis problem."""
-        item = self._keep(request_id, prompt_token_ids, completion_token_ids)
+        item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant)
         await self._put_redis(item)
 
-    def record_nowait(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> None:
+    def record_nowait(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int],
+                      *, tenant: str = "") -> None:
         """`record` for synchronous callers on the event loop: the local copy is there at once,
         the Redis copy follows in a task."""
-        item = self._keep(request_id, prompt_token_ids, completion_token_ids)
+        item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant)
         if self.link is not None:
             task = asyncio.get_running_loop().create_task(self._put_redis(item))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    def _keep(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int]) -> ServedCompletion:
-        item = ServedCompletion(request_id, tuple(int(t) for t in prompt_token_ids), tuple(int(t) for t in completion_token_ids))
-        self._local.pop(request_id, None)
-        self._local[request_id] = (item, self._clock() + self.ttl_s)
-        while len(self._local) > self.max_entries:
-            self._local.popitem(last=False)
+    def _keep(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int],
+              tenant: str) -> ServedCompletion:
+        item = ServedCompletion(request_id, tuple(int(t) for t in prompt_token_ids),
+                                tuple(int(t) for t in completion_token_ids), tenant)
+        self._drop(request_id)
+        packed = _Packed(tenant, array("i", item.prompt_token_ids), array("i", item.completion_token_ids),
+                         self._clock() + self.ttl_s)
+        if packed.nbytes > self.max_bytes:
+            return item  # larger than the whole budget: Redis (when configured) may still keep it
+        self._local[request_id] = packed
+        self._bytes += packed.nbytes
+        while len(self._local) > self.max_entries or self._bytes > self.max_bytes:
+            _, oldest = self._local.popitem(last=False)
+            self._bytes -= oldest.nbytes
         return item
+
+    def _drop(self, request_id: str) -> None:
+        old = self._local.pop(request_id, None)
+        if old is not None:
+            self._bytes -= old.nbytes
 
     async def _put_redis(self, item: ServedCompletion) -> None:
         if self.link is None:
@@ -117,10 +174,9 @@ class CompletionStore:
         """The record of `request_id`; `NotFound` when unknown or expired."""
         local = self._local.get(request_id)
         if local is not None:
-            item, expires_at = local
-            if self._clock() < expires_at:
-                return item
-            del self._local[request_id]
+            if self._clock() < local.expires_at:
+                return local.unpack(request_id)
+            self._drop(request_id)
         if self.link is not None:
             name = self.link.key("completion", request_id)
             try:
@@ -132,7 +188,4 @@ class CompletionStore:
                 found = ServedCompletion.from_json(request_id, raw)
                 if found is not None:
                     return found
-        raise NotFound(
-            f"request_id {request_id!r} is not a generation this server remembers "
-            f"(unknown, or older than the {self.ttl_s:.0f}s retention)"
-        )
+        raise not_found(request_id, self.ttl_s)

@@ -25,6 +25,7 @@ class AttributionConfig:
     # ---- admission
     workers: int = 1  # graphs computed at once on this device
     max_queued: int = 8  # graphs waiting for a worker; more -> RESOURCE_EXHAUSTED
+    max_queued_per_tenant: int = 4  # of those, waiting for one tenant (a named token); more -> RESOURCE_EXHAUSTED
     max_prompt_tokens: int = 512  # attribution input length (BOS included)
     max_feature_nodes_limit: int = 16384  # largest max_feature_nodes a request may ask for
     max_batch_size: int = 1024  # largest backward batch a request may ask for
@@ -41,6 +42,7 @@ class AttributionConfig:
     # ---- served completions
     completions_ttl_s: float = 24 * 3600.0
     completions_max: int = 100_000  # in-process records kept (LRU)
+    completions_max_bytes: int = 256 * _MIB  # and their total size (token ids at 4 bytes + 256 a record)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,8 @@ class AttributionConfig:
                        help="graphs computed at once (default %(default)s)")
         g.add_argument("--attribution-max-queued", type=int, default=d.max_queued,
                        help="graphs waiting for a worker before RESOURCE_EXHAUSTED (default %(default)s)")
+        g.add_argument("--attribution-max-queued-per-tenant", type=int, default=d.max_queued_per_tenant,
+                       help="of those, graphs one tenant (token name) may have waiting (default %(default)s)")
         g.add_argument("--attribution-max-prompt-tokens", type=int, default=d.max_prompt_tokens)
         g.add_argument("--attribution-max-feature-nodes", type=int, default=d.max_feature_nodes_limit,
                        help="largest max_feature_nodes a request may ask for (default %(default)s)")
@@ -78,6 +82,10 @@ class AttributionConfig:
                        help="size of the in-process cache used without Redis")
         c.add_argument("--completions-ttl", type=float, default=d.completions_ttl_s, dest="completions_ttl_s",
                        help="seconds a served generation can be audited by request_id (default %(default)s)")
+        c.add_argument("--completions-max", type=int, default=d.completions_max,
+                       help="served generations kept in memory for audits (default %(default)s)")
+        c.add_argument("--completions-max-mib", type=float, default=d.completions_max_bytes / _MIB,
+                       help="their total size in memory (default %(default)s MiB)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AttributionConfig:
@@ -87,6 +95,7 @@ class AttributionConfig:
             dtype=args.attribution_dtype,
             workers=args.attribution_workers,
             max_queued=args.attribution_max_queued,
+            max_queued_per_tenant=args.attribution_max_queued_per_tenant,
             max_prompt_tokens=args.attribution_max_prompt_tokens,
             max_feature_nodes_limit=args.attribution_max_feature_nodes,
             max_batch_size=args.attribution_max_batch_size,
@@ -98,6 +107,8 @@ class AttributionConfig:
             cache_max_entry_bytes=int(args.graph_cache_max_entry_mib * _MIB),
             memory_cache_bytes=int(args.graph_cache_memory_mib * _MIB),
             completions_ttl_s=args.completions_ttl_s,
+            completions_max=args.completions_max,
+            completions_max_bytes=int(args.completions_max_mib * _MIB),
         )
         config.validate()
         return config
@@ -107,5 +118,9 @@ class AttributionConfig:
             raise ValueError(f"--attribution-workers must be >= 1, got {self.workers}")
         if self.max_queued < 0:
             raise ValueError(f"--attribution-max-queued must be >= 0, got {self.max_queued}")
+        if self.max_queued_per_tenant < 0:
+            raise ValueError(f"--attribution-max-queued-per-tenant must be >= 0, got {self.max_queued_per_tenant}")
+        if self.completions_max < 1 or self.completions_max_bytes < 1:
+            raise ValueError("--completions-max and --completions-max-mib must be positive")
         if self.transcoders is not None and not self.transcoders.is_dir():
             raise ValueError(f"--transcoders {self.transcoders} is not a directory")

@@ -3,7 +3,10 @@
 `workers` computations run at once (default one per device), each in its own
 thread so the event loop (and streaming generation) keeps going; up to
 `max_queued` more wait in FIFO order and hear their position whenever it
-changes; beyond that a new computation is refused with `CapacityExceeded`.
+changes; beyond that a new computation is refused with `CapacityExceeded`. A
+computation started for a named tenant may wait only while that tenant has fewer
+than `max_queued_per_tenant` waiting, so one tenant cannot fill the queue (work
+without a tenant, e.g. on a server without tokens, meets the global limit only).
 
 A caller that goes away while queued leaves the queue at once. A caller that
 goes away while running sets the work's stop flag; the engine polls it at its
@@ -33,17 +36,20 @@ log = logging.getLogger(__name__)
 class _Ticket:
     granted: asyncio.Future[None]
     on_event: Callable[[JobEvent], None]
+    tenant: str = ""
     position: int = 0  # last position announced to the caller
 
 
 class WorkerPool:
-    def __init__(self, *, workers: int = 1, max_queued: int = 8, metrics: AttributionMetrics) -> None:
+    def __init__(self, *, workers: int = 1, max_queued: int = 8, max_queued_per_tenant: int | None = None,
+                 metrics: AttributionMetrics) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_queued < 0:
             raise ValueError(f"max_queued must be >= 0, got {max_queued}")
         self.workers = workers
         self.max_queued = max_queued
+        self.max_queued_per_tenant = max_queued if max_queued_per_tenant is None else max_queued_per_tenant
         self.metrics = metrics
         self._free = workers
         self._waiting: deque[_Ticket] = deque()
@@ -58,13 +64,17 @@ class WorkerPool:
     def running(self) -> int:
         return self.workers - self._free
 
-    async def run(self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event) -> Computed:
+    def queued_for(self, tenant: str) -> int:
+        return sum(1 for t in self._waiting if t.tenant == tenant)
+
+    async def run(self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event,
+                  tenant: str = "") -> Computed:
         """Wait for a worker, run `work(progress, should_stop)` on it, return its result.
 
         (The features service also admits steered generations through this pool, so the
         queue and running gauges count those too.)"""
         loop = asyncio.get_running_loop()
-        await self._admit(loop, on_event)
+        await self._admit(loop, on_event, tenant)
         self.metrics.running.inc()
         on_event(Running("starting", 0.0))
 
@@ -84,7 +94,7 @@ class WorkerPool:
             log.info("work abandoned by its callers; stopping at the next batch boundary")
             raise
 
-    async def _admit(self, loop: asyncio.AbstractEventLoop, on_event: Callable[[JobEvent], None]) -> None:
+    async def _admit(self, loop: asyncio.AbstractEventLoop, on_event: Callable[[JobEvent], None], tenant: str) -> None:
         if self._free > 0 and not self._waiting:
             self._free -= 1
             return
@@ -93,7 +103,12 @@ class WorkerPool:
                 f"attribution queue is full: {self.running} running and {len(self._waiting)} waiting "
                 f"(limit {self.max_queued} waiting); retry later"
             )
-        ticket = _Ticket(loop.create_future(), on_event)
+        if tenant and self.queued_for(tenant) >= self.max_queued_per_tenant:
+            raise CapacityExceeded(
+                f"attribution queue: this tenant already has {self.queued_for(tenant)} graphs waiting "
+                f"(limit {self.max_queued_per_tenant} per tenant); retry when one has started"
+            )
+        ticket = _Ticket(loop.create_future(), on_event, tenant)
         self._waiting.append(ticket)
         self._announce()
         queued_at = time.perf_counter()

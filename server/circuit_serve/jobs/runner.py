@@ -45,12 +45,14 @@ class GraphJobs:
         self.lock_wait_s = lock_wait_s
         self.lock_poll_s = lock_poll_s
 
-    async def stream(self, key: str, work: Work, *, timeout_s: float | None = None) -> AsyncIterator[JobEvent | Finished]:
+    async def stream(self, key: str, work: Work, *, timeout_s: float | None = None,
+                     tenant: str = "") -> AsyncIterator[JobEvent | Finished]:
         """Progress events for `key`, ending with its `Finished` sections.
 
         `work` runs only if nobody (cache, another caller, another replica) has
         the graph. Raises `CapacityExceeded`, `DeadlineExceeded` (after
-        `timeout_s`), or whatever the work raised.
+        `timeout_s`), or whatever the work raised. A computation started here waits in
+        the pool's queue as `tenant`'s (callers joining it later are not charged).
         """
         cached = await self.cache.get(key)
         if cached is not None:
@@ -58,13 +60,13 @@ class GraphJobs:
             return
 
         async def produce(emit: Emit, stop: threading.Event) -> Finished:
-            return await self._produce(key, work, emit, stop)
+            return await self._produce(key, work, emit, stop, tenant)
 
         async with contextlib.aclosing(self.inflight.follow(key, produce, timeout_s=timeout_s)) as events:
             async for event in events:
                 yield event
 
-    async def _produce(self, key: str, work: Work, emit: Emit, stop: threading.Event) -> Finished:
+    async def _produce(self, key: str, work: Work, emit: Emit, stop: threading.Event, tenant: str = "") -> Finished:
         lock = await self.locks.try_acquire(key)
         if lock is None:
             emit(Running("waiting_for_replica", 0.0))
@@ -78,7 +80,7 @@ class GraphJobs:
                 if again is not None:
                     return Finished(again, "replica")
             started = time.perf_counter()
-            computed = await self.pool.run(work, on_event=emit, stop=stop)
+            computed = await self.pool.run(work, on_event=emit, stop=stop, tenant=tenant)
             self.metrics.duration.labels("total").observe(time.perf_counter() - started)
             self.metrics.computations.inc()
             if computed.stats is not None:

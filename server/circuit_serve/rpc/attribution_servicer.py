@@ -14,6 +14,7 @@ from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
 from circuit_serve.attribution.service import AttributionService
 from circuit_serve.attribution.types import Accepted
+from circuit_serve.auth.principal import current_caller
 from circuit_serve.rpc import convert_attribution as convert
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Attribution"].full_name
@@ -31,7 +32,7 @@ class AttributionServicer(pb_grpc.AttributionServicer):
         remaining = context.time_remaining()
         timeout_s = None if remaining is None else max(remaining - _DEADLINE_MARGIN_S, 0.001)
         key = ""
-        events = self._service.attribute(convert.request_from_pb(request), timeout_s=timeout_s)
+        events = self._service.attribute(convert.request_from_pb(request), timeout_s=timeout_s, caller=current_caller())
         async with contextlib.aclosing(events):
             async for event in events:
                 if isinstance(event, Accepted):
@@ -39,7 +40,7 @@ class AttributionServicer(pb_grpc.AttributionServicer):
                 yield convert.event_to_pb(event, key, request.output)
 
     async def GetGraph(self, request: pb.GetGraphRequest, context: grpc.aio.ServicerContext) -> pb.GetGraphResponse:
-        sections = await self._service.get_graph(request.key)
+        sections = await self._service.get_graph(request.key, caller=current_caller())
         return pb.GetGraphResponse(result=convert.result_to_pb(sections, "cache", request.output))
 
 
