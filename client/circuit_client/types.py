@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from circuit_client.monitor import MonitorReport
 
@@ -107,3 +107,4 @@ class ModelInfo:
     max_new_tokens_limit: int
     max_top_logprobs: int
     transcoders: TranscoderSet | None = None
+    limits: dict[str, float] = field(default_factory=dict)  # every input limit (circuit.v1.Limits field names)

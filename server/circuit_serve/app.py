@@ -30,9 +30,11 @@ from grpc_reflection.v1alpha import reflection
 from circuit_serve.attribution import AttributionService
 from circuit_serve.attribution import build_service as build_attribution
 from circuit_serve.attribution.loading import start_attribution
+from circuit_serve.config.describe import describe_limits
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.jobs.executor import BoundedExecutor
 from circuit_serve.metrics import CollectorRegistry, new_registry
 from circuit_serve.metrics.exporter import start_metrics_server
 from circuit_serve.metrics.generation import GenerationMetrics
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 _SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a taken port is an error, not a silently shared one
     ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.max_receive_message_length", 64 << 20),
     # A unary Generate writes nothing while it decodes; client keepalive pings in that
     # window must not count as abuse (GOAWAY "too_many_pings" would fail every call).
     ("grpc.http2.max_ping_strikes", 0),
@@ -78,9 +79,10 @@ class Runtime:
     def create(cls, config: ServeConfig, registry: CollectorRegistry | None = None) -> Runtime:
         registry = registry or new_registry()
         generation_metrics = GenerationMetrics(registry)
-        engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step)
+        engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step, limits=config.limits)
         generation_metrics.track_load(engine.load)
-        attribution = build_attribution(config.attribution, registry, engine=None)  # engine set in start()
+        attribution = build_attribution(config.attribution, registry, engine=None,  # engine set in start()
+                                        limits=config.limits)
         engine.add_finish_listener(lambda r: attribution.on_completion(r.request_id, r.prompt_token_ids, r.token_ids))
         return cls(
             config=config,
@@ -89,7 +91,7 @@ class Runtime:
             generation=engine,
             generation_metrics=generation_metrics,
             attribution=attribution,
-            features=FeaturesService(config.features, registry),  # reads --labels/--watchlist now
+            features=FeaturesService(config.features, registry, limits=config.limits),  # reads --labels/--watchlist now
         )
 
     async def start(self) -> None:
@@ -104,6 +106,11 @@ class Runtime:
         if self.attribution.engine is not None:
             self.attribution.engine.labels = self.features.labels.as_dict()  # `clerp` in graph JSON
 
+    def limits(self) -> dict[str, float]:
+        """Every input limit in force, by its `circuit.v1.Limits` field name (ModelInfo, README)."""
+        model = self.generation.describe()
+        return describe_limits(self.config, max_model_len=model.max_model_len, vocab_size=model.vocab_size)
+
     def shutdown(self) -> None:
         self.attribution.shutdown()
         self.generation.shutdown()
@@ -113,7 +120,8 @@ class Runtime:
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features),
+    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features,
+                                                              limits=runtime.limits),
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]
@@ -125,7 +133,14 @@ async def build_server(
     """A started grpc.aio server on `address` ("host:0" picks a free port): the services,
     health (NOT_SERVING until `mark_serving`) and reflection. Returns (server, port, health)."""
     interceptor = ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)
-    server = grpc.aio.server(interceptors=[interceptor], options=_SERVER_OPTIONS)
+    limits = runtime.config.limits
+    asyncio.get_running_loop().set_default_executor(  # asyncio.to_thread: bounded queue
+        BoundedExecutor(limits.executor_threads, limits.max_executor_queue))
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", limits.max_request_bytes)],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     names = [register(runtime, server) for register in (SERVICES if services is None else services)]
     runtime.service_names = names
 

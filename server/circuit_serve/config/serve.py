@@ -15,6 +15,7 @@ from typing import Any
 
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.features import FeaturesConfig
+from circuit_serve.config.limits import InputLimits
 
 _GIB = 1 << 30
 
@@ -77,6 +78,7 @@ class ServeConfig:
     log_level: str = "INFO"
     attribution: AttributionConfig = field(default_factory=AttributionConfig)  # --transcoders, --redis-url, ...
     features: FeaturesConfig = field(default_factory=FeaturesConfig)  # --labels, --watchlist, --monitor-all, ...
+    limits: InputLimits = field(default_factory=InputLimits)  # --max-prompt-bytes, --max-concurrent-rpcs, ...
 
     @property
     def address(self) -> str:
@@ -117,6 +119,7 @@ class ServeConfig:
                             "(repeatable, e.g. --engine-arg max_num_batched_tokens=2048)")
         AttributionConfig.add_arguments(parser)
         FeaturesConfig.add_arguments(parser)
+        InputLimits.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -145,6 +148,7 @@ class ServeConfig:
             log_level=args.log_level,
             attribution=AttributionConfig.from_args(args),
             features=FeaturesConfig.from_args(args),
+            limits=InputLimits.from_args(args),
         )
 
 

@@ -9,14 +9,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from circuit_serve.config.features import FeaturesConfig
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.errors import BackendUnavailable, NotConfigured
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
@@ -41,9 +44,11 @@ class FeaturesService:
     """Created with the server; `load` attaches the replacement model once it is loaded (and reads
     and checks the labels and watchlist files: FeatureFileError stops the server's start-up)."""
 
-    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry) -> None:
+    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry,
+                 limits: InputLimits | None = None) -> None:
         """Reads the files' syntax now, so a malformed file stops the server before any model loads."""
         self.config = config
+        self.limits = limits or InputLimits()
         self.registry = registry
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
@@ -65,7 +70,7 @@ class FeaturesService:
             return
         shape = TranscoderShape(rm.transcoders.n_layers, rm.transcoders.d_transcoder)
         labels = check_labels(self._labels, shape)
-        engine = FeaturesEngine(rm, labels=labels, config=config)
+        engine = FeaturesEngine(rm, labels=labels, config=config, limits=self.limits)
         if config.watchlist:
             watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
             self.monitor = Monitor(watched, engine, FeatureMetrics(self.registry, watched))
@@ -109,17 +114,19 @@ class FeaturesService:
             return False
         return asked or self.config.monitor_all
 
-    def stream(self, generation: GenerationEngine, request: GenerationRequest) -> AsyncIterator[MonitoredChunk]:
+    async def stream(self, generation: GenerationEngine, request: GenerationRequest) -> AsyncIterator[MonitoredChunk]:
         """A monitored generation stream (vLLM underneath); the last item carries the report."""
         assert self.monitor is not None and self.engine is not None
-        if request.prompt_token_ids:
-            prompt_ids = list(request.prompt_token_ids)
-        else:
-            prompt_ids, _ = generation.tokenize(request.prompt or "")  # as the engine tokenizes it
+        # checked and tokenized once, off the event loop, exactly as the engine tokenizes it
+        prompt_ids = await generation.prompt_ids(request)
+        request = replace(request, prompt=None, prompt_token_ids=tuple(prompt_ids))
         tokenizer = self.engine.rm.tokenizer
-        return monitor_stream(generation.stream(request), monitor=self.monitor, prompt_ids=prompt_ids,
-                              interval=self.config.monitor_interval,
-                              decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        items = monitor_stream(generation.stream(request), monitor=self.monitor, prompt_ids=prompt_ids,
+                               interval=self.config.monitor_interval,
+                               decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield item
 
     async def generate(self, generation: GenerationEngine,
                        request: GenerationRequest) -> tuple[GenerationResult, MonitorReport]:

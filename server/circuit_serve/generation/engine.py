@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.errors import BackendUnavailable, InvalidRequest
 from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
@@ -36,6 +37,7 @@ from circuit_serve.generation.types import (
     Usage,
 )
 from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
+from circuit_serve.input_checks import check_text_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,10 @@ _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": Fi
 
 
 class GenerationEngine:
-    def __init__(self, config: EngineConfig, *, stats_sink: StatsSink | None = None) -> None:
+    def __init__(self, config: EngineConfig, *, stats_sink: StatsSink | None = None,
+                 limits: InputLimits | None = None) -> None:
         self.config = config
+        self.input_limits = limits or InputLimits()
         self._stats_sink = stats_sink
         self._llm: Any = None  # vllm AsyncLLM once started
         self._tokenizer: Any = None
@@ -73,6 +77,9 @@ class GenerationEngine:
             max_model_len=model_config.max_model_len,
             max_new_tokens_limit=self.config.max_new_tokens_limit,
             max_top_logprobs=self.config.max_top_logprobs,
+            max_prompt_bytes=self.input_limits.max_prompt_bytes,
+            max_stop_strings=self.input_limits.max_stop_strings,
+            max_stop_chars=self.input_limits.max_stop_chars,
         )
         architectures = getattr(model_config.hf_config, "architectures", None) or ["unknown"]
         self._description = ModelDescription(
@@ -114,6 +121,23 @@ class GenerationEngine:
         ids = list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
         return ids, list(self._tokenizer.convert_ids_to_tokens(ids))
 
+    async def tokenize_text(self, text: str, *, add_special_tokens: bool = True) -> tuple[list[int], list[str]]:
+        """`tokenize` with the prompt byte limit checked first, run off the event loop."""
+        self._require_ready()
+        check_text_bytes(text, self.input_limits.max_prompt_bytes, field="text")
+        return await asyncio.to_thread(self.tokenize, text, add_special_tokens=add_special_tokens)
+
+    async def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The request checked (sizes first) and its prompt as token ids (tokenized off the event loop)."""
+        self._require_ready()
+        assert self._limits is not None
+        check_request(request, self._limits)
+        if request.prompt_token_ids:
+            return list(request.prompt_token_ids)
+        prompt_ids = await asyncio.to_thread(lambda: list(self._tokenizer.encode(request.prompt)))
+        check_prompt_length(len(prompt_ids), self._limits, field="prompt")
+        return prompt_ids
+
     def load(self) -> EngineLoad:
         """Requests running and waiting in the scheduler right now (safe to call from any thread)."""
         llm = self._llm
@@ -143,18 +167,12 @@ class GenerationEngine:
         return self._run(request, RequestOutputKind.DELTA)
 
     async def _run(self, request: GenerationRequest, output_kind: Any) -> AsyncIterator[GenerationChunk]:
-        self._require_ready()
-        assert self._limits is not None
-        check_request(request, self._limits)
-        if request.prompt_token_ids:
-            prompt_ids = list(request.prompt_token_ids)
-            check_prompt_length(len(prompt_ids), self._limits, field="prompt_token_ids")
-        else:
-            prompt_ids = list(self._tokenizer.encode(request.prompt))
-            check_prompt_length(len(prompt_ids), self._limits, field="prompt")
-
+        prompt_ids = await self.prompt_ids(request)
         request_id = f"gen-{uuid.uuid4().hex}"
-        params = _sampling_params(request.sampling, output_kind)
+        try:
+            params = _sampling_params(request.sampling, output_kind)
+        except _vllm_client_errors() as exc:  # a bound vLLM has and check_request missed
+            raise InvalidRequest(f"vLLM refused the sampling parameters: {exc}", field="sampling") from exc
         tokens: list[int] = []
         text: list[str] = []
         outputs = self._llm.generate({"prompt_token_ids": prompt_ids}, params, request_id=request_id)
