@@ -97,7 +97,7 @@ def run_attribution(
     check_stop()
     report("2 features", 0.0)
     acts = compute_activations(rm.transcoders, rec, should_stop=should_stop)
-    lrm = LocalReplacement(rm.arch, rm.transcoders, rec, acts)
+    lrm = LocalReplacement(rm.arch, rm.transcoders, rec, acts, should_stop)
     n_active, n_cols, L, P = lrm.n_active, lrm.n_cols, lrm.n_layers, lrm.n_pos
     t = phase("2_features", t)
 

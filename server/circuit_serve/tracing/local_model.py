@@ -243,7 +243,8 @@ class LocalReplacement:
     embeddings (P)].
     """
 
-    def __init__(self, arch: Architecture, tcs: TranscoderSet, rec: PromptRecord, acts: Activations):
+    def __init__(self, arch: Architecture, tcs: TranscoderSet, rec: PromptRecord, acts: Activations,
+                 should_stop: StopCheck = None):
         self.arch, self.tcs, self.rec, self.acts = arch, tcs, rec, acts
         L, P, d = arch.n_layers, rec.x0.shape[0], arch.d_model
         self.n_layers, self.n_pos, self.d = L, P, d
@@ -262,6 +263,7 @@ class LocalReplacement:
                 recon[li] += s.float()
         per_layer: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(L)]
         for li in range(L):
+            check_stop(should_stop, f"decoder groups, layer {li}")
             lo, hi = acts.layer_offsets[li], acts.layer_offsets[li + 1]
             if hi == lo:
                 continue
@@ -273,6 +275,7 @@ class LocalReplacement:
                 per_layer[li + k].append((pos, cols, dec[:, k]))
         self.groups: list[list[SourceGroup]] = []
         for lo_ in range(L):
+            check_stop(should_stop, f"source groups, layer {lo_}")
             groups = []
             if per_layer[lo_]:
                 pos = torch.cat([g[0] for g in per_layer[lo_]])
