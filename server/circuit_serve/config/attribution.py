@@ -78,6 +78,8 @@ class AttributionConfig:
                        help="size of the in-process cache used without Redis")
         c.add_argument("--completions-ttl", type=float, default=d.completions_ttl_s, dest="completions_ttl_s",
                        help="seconds a served generation can be audited by request_id (default %(default)s)")
+        c.add_argument("--completions-max", type=int, default=d.completions_max,
+                       help="served generations kept in memory for audits (default %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AttributionConfig:
@@ -98,6 +100,7 @@ class AttributionConfig:
             cache_max_entry_bytes=int(args.graph_cache_max_entry_mib * _MIB),
             memory_cache_bytes=int(args.graph_cache_memory_mib * _MIB),
             completions_ttl_s=args.completions_ttl_s,
+            completions_max=args.completions_max,
         )
         config.validate()
         return config
