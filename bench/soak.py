@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -107,7 +106,8 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
     feats = FeaturesClient(target, timeout=120)
     raw = grpc.insecure_channel(target)
     settings = AttributionSettings(max_feature_nodes=32, batch_size=32)
-    seen_keys: list[AttributionSettings] = []
+    seen_keys: list[tuple[str, AttributionSettings]] = []
+    new_keys = itertools.count(1)
 
     def stream(i):
         chunks = list(gen.stream(PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=32, temperature=0.7, seed=i,
@@ -120,18 +120,21 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
 
     def cancelled(i):
         it = gen.stream(PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=200, ignore_eos=True))
-        for _ in range(3):
-            next(it)
+        # vLLM merges the deltas a slow reader has not taken yet, so a loaded machine may send all
+        # 200 tokens in fewer than 3 messages: then the stream simply ends before the cancel
+        for _, chunk in zip(range(3), it):
+            if chunk.finished:
+                return "GenerateStream (ended before the cancel)"
         it.close()  # cancels the call; the server aborts the vLLM request
 
     def tokenize(i):
         assert gen.tokenize(PROMPTS[i % len(PROMPTS)]).token_ids
 
     def attribute(i):
-        if i % 2 == 0 or not seen_keys:  # a miss: a new key
-            s = replace(settings, edge_threshold=0.9 + 0.09 * (uuid.uuid4().int % 10_000) / 10_000)
+        if i % 2 == 0 or not seen_keys:  # a miss: a key never asked before (the edge threshold is in the key)
+            s = replace(settings, edge_threshold=0.9 + 0.09 * next(new_keys) / 1_000_000)
             result = graphs.attribute(PROMPTS[i % len(PROMPTS)], s, output="json")
-            assert result.source == "computed"
+            assert result.source == "computed", result.source
             seen_keys.append((PROMPTS[i % len(PROMPTS)], s))
             del seen_keys[:-4]  # the newest few: still in the small cache
             return "Attribute (miss)"
