@@ -13,7 +13,9 @@ Traffic, each kind in its own client thread(s), back to back for the whole run:
 The server's completions store and graph cache are bounded small (--completions-max,
 --graph-cache-memory-mib) so that both fill during the warm-up; after it the resident memory of the
 server (its process tree) must stay within 5% of its value at the end of the warm-up (the baseline
-measured in the same run). Any failed valid request fails the run. Writes bench/results/soak.md.
+measured in the same run). The verdict reads the heap (RssAnon): VmRSS also counts file-backed pages
+that the kernel drops and re-reads when other processes need memory, which moves it either way. Any
+failed valid request fails the run. Writes bench/results/soak.md.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ PROMPTS = ["the old river runs to the sea and the", "One, two, three, four,", "A
            "the capital of the country is", "Once upon a time there was a"]
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of `pid` and every descendant (vLLM may run its engine in a child process)."""
+def tree_rss_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, RssAnon) in MiB of `pid` and every descendant (vLLM may run its engine in a child
+    process). RssAnon is the heap: what a leak grows. VmRSS adds file-backed pages (libraries,
+    memory-mapped weights) that the kernel drops and re-reads under memory pressure."""
     children: dict[int, list[int]] = defaultdict(list)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -50,17 +54,20 @@ def tree_rss_mib(pid: int) -> float:
             children[int(fields[1])].append(int(stat.parent.name))
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [pid]
+    rss = anon = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, []))
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+                    rss += int(line.split()[1])
+                elif line.startswith("RssAnon:"):
+                    anon += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return rss / 1024, anon / 1024
 
 
 class Recorder:
@@ -183,37 +190,47 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def write_results(args, samples: list[tuple[float, float]], warmup_s: float, rec: Recorder, loads: list) -> tuple[str, bool]:
-    base = statistics.median([m for t, m in samples if warmup_s - 30 <= t <= warmup_s + 1] or [samples[0][1]])
-    tail = [m for t, m in samples if t >= samples[-1][0] - 60]
-    final = statistics.median(tail)
-    peak_after = max(m for t, m in samples if t >= warmup_s)
-    growth = final / base - 1
+def write_results(args, samples: list[tuple[float, float, float]], warmup_s: float, rec: Recorder,
+                  loads: list) -> tuple[str, bool]:
+    def growth_of(k: int) -> tuple[float, float, float, float]:
+        """(baseline, final, peak after the warm-up, growth) of sample column k (1 VmRSS, 2 RssAnon)."""
+        base = statistics.median([x[k] for x in samples if warmup_s - 30 <= x[0] <= warmup_s + 1] or [samples[0][k]])
+        final = statistics.median([x[k] for x in samples if x[0] >= samples[-1][0] - 60])
+        peak = max(x[k] for x in samples if x[0] >= warmup_s)
+        return base, final, peak, final / base - 1
+
+    rss_base, rss_final, rss_peak, rss_growth = growth_of(1)
+    base, final, peak_after, growth = growth_of(2)
     passed = growth < 0.05 and not rec.failures
     every = max(1, len(samples) // 24)
     shown = samples[::every] + ([samples[-1]] if (len(samples) - 1) % every else [])
-    rss_rows = "\n".join(f"| {t / 60:.1f} | {m:.0f} |{' warm-up' if t < warmup_s else ''}" for t, m in shown)
+    rss_rows = "\n".join(f"| {t / 60:.1f} | {a:.0f} | {m:.0f} |{' warm-up' if t < warmup_s else ''}"
+                         for t, m, a in shown)
     lat_rows = "\n".join(
         f"| {kind} | {len(xs)} | {percentile(xs, 0.5) * 1e3:.0f} | {percentile(xs, 0.99) * 1e3:.0f} |"
         for kind, xs in sorted(rec.latency.items()))
     failures = "\n".join(f"- {k}: {e}" for k, e in rec.failures[:20]) or "none"
     text = f"""# Soak: {args.minutes:g} minutes of mixed traffic against one server
 
-{'PASS' if passed else 'FAIL'}: RSS after the warm-up grew {growth * 100:+.1f}% (limit +5%; ratio to the
-end-of-warm-up baseline measured in this run {final / base:.3f}); failed valid requests: {len(rec.failures)}.
+{'PASS' if passed else 'FAIL'}: resident heap (RssAnon) after the warm-up grew {growth * 100:+.1f}% (limit +5%;
+ratio to the end-of-warm-up baseline measured in this run {final / base:.3f}); VmRSS {rss_growth * 100:+.1f}%;
+failed valid requests: {len(rec.failures)}.
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs shared with other work;
 load average during the run, sampled each minute: {', '.join(f'{x:.1f}' for x in loads)}).
 Server: the demo model (float32, vLLM CPU, eager, 1 GiB KV cache) with random JumpReLU transcoders,
 no Redis (in-process graph cache of {args.cache_mib:g} MiB), --completions-max {args.completions_max}. Warm-up:
-the first {warmup_s / 60:.1f} minutes. RSS is the server's process tree (VmRSS), sampled every
-{args.sample_s:g} s: baseline {base:.0f} MiB (median around the end of the warm-up), final {final:.0f} MiB
-(median of the last minute), peak after the warm-up {peak_after:.0f} MiB.
+the first {warmup_s / 60:.1f} minutes. Memory is the server's process tree, sampled every
+{args.sample_s:g} s. RssAnon (heap, what a leak grows; no swap here, so it stays resident): baseline
+{base:.0f} MiB (median around the end of the warm-up), final {final:.0f} MiB (median of the last minute),
+peak after the warm-up {peak_after:.0f} MiB. VmRSS (heap + file-backed pages such as libraries and
+mapped weights, which the kernel drops under memory pressure from other processes): baseline
+{rss_base:.0f}, final {rss_final:.0f}, peak after the warm-up {rss_peak:.0f} MiB.
 
-## RSS over time
+## Memory over time
 
-| minute | RSS MiB |
-|---|---|
+| minute | RssAnon MiB | VmRSS MiB |
+|---|---|---|
 {rss_rows}
 
 ## Latency per RPC (client side, whole run, warm-up included)
@@ -252,7 +269,7 @@ def main() -> int:
              "--completions-max", str(args.completions_max), "--attribution-max-queued", "16"]
     server, target = serve_process.start_server(args.model, flags, log_prefix="bench-soak-")
     rec, stop = Recorder(), threading.Event()
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float]] = []
     loads: list[float] = []
     duration, warmup = args.minutes * 60, args.minutes * 60 * args.warmup_fraction
     try:
@@ -262,11 +279,12 @@ def main() -> int:
             t.start()
         next_load = 0.0
         while (now := time.monotonic() - started) < duration:
-            samples.append((now, tree_rss_mib(server.pid)))
+            samples.append((now, *tree_rss_mib(server.pid)))
             if now >= next_load:
                 loads.append(os.getloadavg()[0])
                 next_load += 60
-            print(f"{now / 60:5.1f} min  RSS {samples[-1][1]:.0f} MiB  calls {sum(map(len, rec.latency.values()))}"
+            print(f"{now / 60:5.1f} min  RSS {samples[-1][1]:.0f} MiB  anon {samples[-1][2]:.0f} MiB"
+                  f"  calls {sum(map(len, rec.latency.values()))}"
                   f"  failures {len(rec.failures)}", flush=True)
             assert server.poll() is None, "the server exited"
             time.sleep(args.sample_s)
