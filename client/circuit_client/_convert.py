@@ -116,4 +116,5 @@ def model_info(msg: pb.ModelInfoResponse) -> ModelInfo:
         max_top_logprobs=msg.max_top_logprobs,
         max_request_watch=msg.max_request_watch,
         transcoders=TranscoderSet(tc.name, tc.path, tc.kind, tc.num_layers, tc.features_per_layer) if tc else None,
+        limits={f.name: v for f, v in msg.limits.ListFields()} if msg.HasField("limits") else {},
     )

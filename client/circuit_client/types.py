@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from circuit_client.monitor import MonitorReport, WatchedValues
 
@@ -109,3 +109,4 @@ class ModelInfo:
     max_top_logprobs: int
     transcoders: TranscoderSet | None = None
     max_request_watch: int = 0  # most watch rules one request may send (0: no monitoring)
+    limits: dict[str, float] = field(default_factory=dict)  # every input limit (circuit.v1.Limits field names)

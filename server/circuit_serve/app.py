@@ -34,9 +34,11 @@ from circuit_serve.attribution import build_service as build_attribution
 from circuit_serve.attribution.loading import start_attribution
 from circuit_serve.auth import TokenTable, current_caller
 from circuit_serve.config.security import Reflection, is_loopback
+from circuit_serve.config.describe import describe_limits
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.jobs.executor import BoundedExecutor
 from circuit_serve.metrics import CollectorRegistry, new_registry
 from circuit_serve.metrics.auth import AuthMetrics
 from circuit_serve.metrics.exporter import start_metrics_server
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 _SERVER_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a taken port is an error, not a silently shared one
     ("grpc.max_send_message_length", 64 << 20),
-    ("grpc.max_receive_message_length", 64 << 20),
     # A unary Generate writes nothing while it decodes; client keepalive pings in that
     # window must not count as abuse (GOAWAY "too_many_pings" would fail every call).
     ("grpc.http2.max_ping_strikes", 0),
@@ -86,9 +87,10 @@ class Runtime:
     def create(cls, config: ServeConfig, registry: CollectorRegistry | None = None) -> Runtime:
         registry = registry or new_registry()
         generation_metrics = GenerationMetrics(registry)
-        engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step)
+        engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step, limits=config.limits)
         generation_metrics.track_load(engine.load)
-        attribution = build_attribution(config.attribution, registry, engine=None)  # engine set in start()
+        attribution = build_attribution(config.attribution, registry, engine=None,  # engine set in start()
+                                        limits=config.limits)
         if config.attribution.transcoders is not None:  # completions are kept for audits only when they can be audited
             engine.add_finish_listener(lambda r: attribution.on_completion(
                 r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name))
@@ -101,7 +103,7 @@ class Runtime:
             generation=engine,
             generation_metrics=generation_metrics,
             attribution=attribution,
-            features=FeaturesService(config.features, registry),  # reads --labels/--watchlist now
+            features=FeaturesService(config.features, registry, limits=config.limits),  # reads --labels/--watchlist now
             auth_metrics=auth_metrics,
             tokens=TokenTable(tokens_file, on_reload=auth_metrics.reloaded) if tokens_file else None,
         )
@@ -122,6 +124,11 @@ class Runtime:
         monitor = self.features.engine_monitor(Path(tempfile.gettempdir()))
         await self.generation.start(monitor)
 
+    def limits(self) -> dict[str, float]:
+        """Every input limit in force, by its `circuit.v1.Limits` field name (ModelInfo, README)."""
+        model = self.generation.describe()
+        return describe_limits(self.config, max_model_len=model.max_model_len, vocab_size=model.vocab_size)
+
     def shutdown(self) -> None:
         self.attribution.shutdown()
         self.generation.shutdown()
@@ -131,7 +138,8 @@ class Runtime:
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features),
+    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features,
+                                                              limits=runtime.limits),
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]
@@ -144,11 +152,17 @@ async def build_server(
     health (NOT_SERVING until `mark_serving`) and reflection. Returns (server, port, health)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [
         ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)]
-    security = runtime.config.security
+    security, limits = runtime.config.security, runtime.config.limits
     if runtime.tokens is not None:
         assert runtime.auth_metrics is not None
         interceptors.append(AuthInterceptor(runtime.tokens, runtime.auth_metrics, reflection=security.reflection))
-    server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
+    asyncio.get_running_loop().set_default_executor(  # asyncio.to_thread: bounded queue
+        BoundedExecutor(limits.executor_threads, limits.max_executor_queue))
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", limits.max_request_bytes)],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
     names = [register(runtime, server) for register in (SERVICES if services is None else services)]
     runtime.service_names = names
 

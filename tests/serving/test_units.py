@@ -58,6 +58,12 @@ def _req(prompt="hi", ids=None, **sampling):
         (_req(top_k=101), "sampling.top_k", "[0, 100]"),
         (_req(stop=("",)), "sampling.stop", "non-empty"),
         (_req(top_logprobs=6), "top_logprobs", "[0, 5]"),
+        (_req(temperature=1e30), "sampling.temperature", "<= 2"),
+        (_req(temperature=2.01), "sampling.temperature", "<= 2"),
+        (_req(stop=("a",) * 17), "sampling.stop", "limit is 16"),
+        (_req(stop=("x" * 257,)), "sampling.stop", "limit is 256"),
+        (_req(prompt="é" * 131073), "prompt", "limit is 262144 bytes"),
+        (_req(prompt=None, ids=(1,) * 64), "prompt_token_ids", "[1, 63] tokens"),
     ],
 )
 def test_bad_requests_name_field_and_range(request_, field, range_text):
@@ -92,3 +98,23 @@ def test_config_from_flags():
     assert kwargs["enforce_eager"] is True and kwargs["kv_cache_memory_bytes"] == 1 << 30
     assert kwargs["max_num_batched_tokens"] == 2048 and kwargs["tokenizer"] == "/t"
     assert config.engine.model_name == "m"
+
+
+def test_input_limit_flags():
+    parser = argparse.ArgumentParser()
+    ServeConfig.add_arguments(parser)
+    config = ServeConfig.from_args(parser.parse_args([
+        "--model", "/m", "--max-prompt-bytes", "1000", "--max-stop-strings", "2", "--max-stop-chars", "9",
+        "--max-attribution-targets", "12", "--max-intervention-positions", "7", "--max-concurrent-rpcs", "5",
+        "--max-executor-queue", "3", "--executor-threads", "2", "--max-request-bytes", "4096",
+        "--features-max-prompt-tokens", "99", "--features-max-top-k", "4", "--max-interventions", "6",
+    ]))
+    lim = config.limits
+    assert (lim.max_prompt_bytes, lim.max_stop_strings, lim.max_stop_chars, lim.max_targets, lim.max_positions,
+            lim.max_concurrent_rpcs, lim.max_executor_queue, lim.executor_threads, lim.max_request_bytes) == (
+        1000, 2, 9, 12, 7, 5, 3, 2, 4096)
+    assert (config.features.max_prompt_tokens, config.features.max_top_k, config.features.max_interventions) == (99, 4, 6)
+    with pytest.raises(ValueError, match="--max-attribution-targets must be >= 10"):
+        ServeConfig.from_args(parser.parse_args(["--model", "/m", "--max-attribution-targets", "5"]))
+    with pytest.raises(ValueError, match="--max-concurrent-rpcs must be >= 1"):
+        ServeConfig.from_args(parser.parse_args(["--model", "/m", "--max-concurrent-rpcs", "0"]))

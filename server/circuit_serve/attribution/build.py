@@ -10,11 +10,13 @@ from circuit_serve.attribution.types import GraphEngine
 from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink
 from circuit_serve.completions.store import CompletionStore
 from circuit_serve.config.attribution import AttributionConfig
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.jobs import GraphJobs, ReplicaLocks, WorkerPool
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 
-def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None) -> AttributionService:
+def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None,
+                  limits: InputLimits | None = None) -> AttributionService:
     """The service; `engine` is None when the server runs without transcoders.
 
     Must be called inside the server's event loop (the Redis client binds to it).
@@ -46,5 +48,6 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
         metrics=metrics, link=link,
     )
     return AttributionService(
-        engine=engine, jobs=jobs, completions=completions, config=config, metrics=metrics, redis=link
+        engine=engine, jobs=jobs, completions=completions, config=config, metrics=metrics, redis=link,
+        limits=limits,
     )

@@ -1,7 +1,7 @@
 """The `GraphEngine` the service uses, over the tracing package's `ReplacementModel`.
 
-`compute` runs in a worker thread: attribute (stopping at batch boundaries when
-asked), prune, serialize the protobuf graph (with the serializer the RPC layer
+`compute` runs in a worker thread: attribute (stopping when asked: the engine polls
+inside each long phase, per layer and per influence iteration), prune, serialize the protobuf graph (with the serializer the RPC layer
 passes in: this package knows no protobuf) and the frontend JSON, and collect
 the graph's stats for the metrics.
 """
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO, Target
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.errors import Cancelled, InvalidRequest
 from circuit_serve.jobs.events import Computed, GraphStats, Progress, ShouldStop
 from circuit_serve.tracing import AttributionGraph, AttributionSettings, PruneResult, ReplacementModel
 
@@ -81,13 +81,20 @@ class TracingEngine:
             progress=progress,
             should_stop=should_stop,
         )
+        def stop_point(step: str) -> None:
+            if should_stop():
+                raise Cancelled(f"attribution was cancelled (before {step})")
+
+        stop_point("pruning")
         progress("serialize", 0.0)
         started = time.perf_counter()
         pruned = graph.prune()
-        sections = {
-            GRAPH_PROTO: self.serialize(graph, pruned),
-            GRAPH_JSON: json.dumps(graph.to_frontend_json(slug=slug, labels=self.labels), separators=(",", ":")).encode(),
-        }
+        stop_point("serializing")
+        graph_pb = self.serialize(graph, pruned)
+        stop_point("the frontend JSON")
+        graph_json = json.dumps(graph.to_frontend_json(slug=slug, labels=self.labels), separators=(",", ":")).encode()
+        sections = {GRAPH_PROTO: graph_pb, GRAPH_JSON: graph_json}
+        stop_point("scoring")
         replacement, completeness = graph.scores()
         compact = graph.compact_adjacency()
         stats = GraphStats(

@@ -34,6 +34,7 @@ from circuit_serve.cache.key import graph_key, is_graph_key
 from circuit_serve.cache.redis_link import RedisLink
 from circuit_serve.completions.store import CompletionStore, not_found
 from circuit_serve.config.attribution import AttributionConfig
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.errors import (
     BackendUnavailable,
     CapacityExceeded,
@@ -44,6 +45,7 @@ from circuit_serve.errors import (
     NotConfigured,
     NotFound,
 )
+from circuit_serve.input_checks import check_count, check_text_bytes
 from circuit_serve.jobs.events import Finished, JobEvent
 from circuit_serve.jobs.runner import GraphJobs
 from circuit_serve.metrics.attribution import AttributionMetrics
@@ -69,8 +71,10 @@ class AttributionService:
         metrics: AttributionMetrics,
         redis: RedisLink | None = None,
         owners: GraphOwners | None = None,
+        limits: InputLimits | None = None,
     ) -> None:
         self.engine = engine
+        self.limits = limits or InputLimits()
         self.redis = redis
         self.jobs = jobs
         self.completions = completions
@@ -89,6 +93,7 @@ class AttributionService:
         outcome = "error"
         try:
             engine = self._engine()
+            self._check_sizes(engine, request)
             tokens, audited, owner = await self._resolve(engine, request.input, caller)
             settings = self._check_limits(engine, tokens, request.settings)
             key = self.key_for(engine, tokens, settings, request.targets)
@@ -163,8 +168,8 @@ class AttributionService:
             )
         if given.token_index is not None and not given.request_id:
             raise InvalidRequest("token_index needs request_id (it indexes a served completion)", field="token_index")
-        if given.prompt:
-            return engine.prepare(engine.tokenize(given.prompt)), None, ""
+        if given.prompt:  # tokenized off the event loop (its size was checked first)
+            return await asyncio.to_thread(lambda: engine.prepare(engine.tokenize(given.prompt))), None, ""
         if given.token_ids:
             bad = [t for t in given.token_ids if not 0 <= t < engine.vocab_size]
             if bad:
@@ -182,6 +187,20 @@ class AttributionService:
                         caller.name, given.request_id, served.tenant, given.token_index)
         context = served.context_for(given.token_index)
         return engine.prepare(context), served.completion_token_ids[given.token_index], served.tenant
+
+    def _check_sizes(self, engine: GraphEngine, request: AttributeRequest) -> None:
+        """Sizes of the request's fields, before anything is tokenized, scanned or looked up."""
+        given, limits = request.input, self.limits
+        check_text_bytes(given.prompt, limits.max_prompt_bytes, field="prompt")
+        check_count(given.token_ids, min(self.config.max_prompt_tokens, engine.max_positions),
+                    field="prompt_token_ids", what="token ids")
+        if given.request_id and len(given.request_id.encode("utf-8", errors="surrogatepass")) > limits.max_request_id_bytes:
+            raise InvalidRequest(f"is longer than {limits.max_request_id_bytes} bytes; no served completion has "
+                                 "such an id", field="request_id")
+        check_count(request.targets, limits.max_targets, field="settings.targets", what="targets")
+        if request.settings.max_n_logits > limits.max_targets:
+            raise InvalidRequest(f"{request.settings.max_n_logits} is above this server's limit of "
+                                 f"{limits.max_targets} logit targets", field="max_n_logits")
 
     def _check_limits(self, engine: GraphEngine, tokens: list[int], settings: AttributionSettings) -> AttributionSettings:
         cfg = self.config

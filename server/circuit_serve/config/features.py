@@ -27,6 +27,7 @@ class FeaturesConfig:
     max_listed_features: int = 256  # most features one FeatureActivations call may list
     max_steer_new_tokens: int = 256  # largest Steer max_new_tokens
     max_interventions: int = 64  # most interventions in one Steer call
+    max_prompt_tokens: int = 512  # FeatureActivations input length (BOS included)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,14 @@ class FeaturesConfig:
         g.add_argument("--max-request-watch", type=int, default=8,
                        help="most watched features one generation request may add (default %(default)s)")
         g.add_argument("--max-steer-new-tokens", type=int, default=256)
+        d = FeaturesConfig
+        g.add_argument("--features-max-top-k", type=int, default=d.max_top_k, help="largest FeatureActivations top_k")
+        g.add_argument("--features-max-listed", type=int, default=d.max_listed_features,
+                       help="most features one FeatureActivations call may list")
+        g.add_argument("--features-max-prompt-tokens", type=int, default=d.max_prompt_tokens,
+                       help="FeatureActivations input length, BOS included (default %(default)s)")
+        g.add_argument("--max-interventions", type=int, default=d.max_interventions,
+                       help="most interventions in one Steer call")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FeaturesConfig:
@@ -54,4 +63,8 @@ class FeaturesConfig:
             monitor_slots=args.monitor_slots,
             max_request_watch=args.max_request_watch,
             max_steer_new_tokens=args.max_steer_new_tokens,
+            max_top_k=args.features_max_top_k,
+            max_listed_features=args.features_max_listed,
+            max_prompt_tokens=args.features_max_prompt_tokens,
+            max_interventions=args.max_interventions,
         )

@@ -16,6 +16,7 @@ from typing import Any
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.security import SecurityConfig
+from circuit_serve.config.limits import InputLimits
 
 _GIB = 1 << 30
 
@@ -79,6 +80,7 @@ class ServeConfig:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)  # --transcoders, --redis-url, ...
     features: FeaturesConfig = field(default_factory=FeaturesConfig)  # --labels, --watchlist, --monitor-all, ...
     security: SecurityConfig = field(default_factory=SecurityConfig)  # --tls-*, --auth-tokens, --reflection
+    limits: InputLimits = field(default_factory=InputLimits)  # --max-prompt-bytes, --max-concurrent-rpcs, ...
 
     @property
     def address(self) -> str:
@@ -120,6 +122,7 @@ class ServeConfig:
         AttributionConfig.add_arguments(parser)
         FeaturesConfig.add_arguments(parser)
         SecurityConfig.add_arguments(parser)
+        InputLimits.add_arguments(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeConfig:
@@ -149,6 +152,7 @@ class ServeConfig:
             attribution=AttributionConfig.from_args(args),
             features=FeaturesConfig.from_args(args),
             security=SecurityConfig.from_args(args),
+            limits=InputLimits.from_args(args),
         )
 
 

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import torch
 
 from circuit_serve.config.features import FeaturesConfig
+from circuit_serve.config.limits import MAX_TEMPERATURE, InputLimits
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.features import steering
 from circuit_serve.features.labels import Labels
 from circuit_serve.features.steering import Intervention, Sampling, SteerResult
 from circuit_serve.features.target import ModelTarget
 from circuit_serve.features.types import FeatureRef, TranscoderShape
+from circuit_serve.input_checks import check_count, check_text_bytes
 from circuit_serve.tracing.replacement import FeatureActivations, ReplacementModel
 
 
@@ -56,8 +58,9 @@ class SteerQuery:
 
 class FeaturesEngine:
     def __init__(self, rm: ReplacementModel, *, labels: Labels | None = None,
-                 config: FeaturesConfig | None = None) -> None:
+                 config: FeaturesConfig | None = None, limits: InputLimits | None = None) -> None:
         self.rm = rm
+        self.limits = limits or InputLimits()
         self.labels = labels or Labels()
         self.config = config or FeaturesConfig()
         self.shape = TranscoderShape(rm.transcoders.n_layers, rm.transcoders.d_transcoder)
@@ -65,11 +68,18 @@ class FeaturesEngine:
 
     # ---- inputs --------------------------------------------------------------------------
 
-    def tokens(self, given: TokensInput) -> list[int]:
-        """The ids the replacement model runs on (BOS first), validated."""
+    def tokens(self, given: TokensInput, *, max_tokens: int | None = None) -> list[int]:
+        """The ids the replacement model runs on (BOS first), validated: sizes before tokenizing,
+        then at most `max_tokens` (default: FeaturesConfig.max_prompt_tokens) with BOS."""
         if bool(given.prompt) == bool(given.token_ids):
             raise InvalidRequest("give exactly one of prompt and prompt_token_ids", field="prompt")
+        limit = max_tokens or self.config.max_prompt_tokens
+        check_text_bytes(given.prompt, self.limits.max_prompt_bytes, field="prompt")
+        check_count(given.token_ids, limit, field="prompt_token_ids", what="token ids")
         ids, _ = self.rm.check_tokens(given.prompt if given.prompt else list(given.token_ids or ()))
+        if len(ids) > limit:
+            raise InvalidRequest(f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it",
+                                 field="prompt")
         return ids.tolist()
 
     def check_features(self, features: Sequence[FeatureRef], *, field: str = "features") -> None:
@@ -123,14 +133,18 @@ class FeaturesEngine:
         if not 1 <= s.max_new_tokens <= cfg.max_steer_new_tokens:
             raise InvalidRequest(f"is {s.max_new_tokens}; allowed range is [1, {cfg.max_steer_new_tokens}]",
                                  field="max_new_tokens")
-        if not (math.isfinite(s.temperature) and s.temperature >= 0):
-            raise InvalidRequest(f"is {s.temperature}; must be >= 0 (0 = greedy)", field="temperature")
+        if not (math.isfinite(s.temperature) and 0 <= s.temperature <= MAX_TEMPERATURE):
+            raise InvalidRequest(f"is {s.temperature}; must be >= 0 and <= {MAX_TEMPERATURE:g} (0 = greedy)",
+                                 field="temperature")
         if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
             raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="top_p")
         if len(query.interventions) > cfg.max_interventions:
             raise InvalidRequest(f"has {len(query.interventions)} entries; the limit is {cfg.max_interventions}",
                                  field="interventions")
-        ids = self.tokens(query.input)
+        for i, iv in enumerate(query.interventions):
+            check_count(iv.positions, self.limits.max_positions, field=f"interventions[{i}].positions",
+                        what="positions")
+        ids = self.tokens(query.input, max_tokens=max_tokens)
         if len(ids) + s.max_new_tokens > max_tokens:
             raise InvalidRequest(
                 f"prompt ({len(ids)} tokens with BOS) + max_new_tokens ({s.max_new_tokens}) is above this "

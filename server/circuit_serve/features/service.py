@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from circuit_serve.config.features import FeaturesConfig
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
@@ -39,9 +40,11 @@ class FeaturesService:
     """Created with the server; `load` attaches the replacement model once it is loaded (and reads
     and checks the labels and watchlist files: FeatureFileError stops the server's start-up)."""
 
-    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry) -> None:
+    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry,
+                 limits: InputLimits | None = None) -> None:
         """Reads the files' syntax now, so a malformed file stops the server before any model loads."""
         self.config = config
+        self.limits = limits or InputLimits()
         self.registry = registry
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
@@ -64,7 +67,7 @@ class FeaturesService:
             return
         shape = TranscoderShape(rm.transcoders.n_layers, rm.transcoders.d_transcoder)
         labels = check_labels(self._labels, shape)
-        engine = FeaturesEngine(rm, labels=labels, config=config)
+        engine = FeaturesEngine(rm, labels=labels, config=config, limits=self.limits)
         if config.watchlist:
             self.watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
             self.metrics = FeatureMetrics(self.registry, self.watched)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
@@ -38,6 +39,7 @@ from circuit_serve.generation.types import (
     Usage,
 )
 from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
+from circuit_serve.input_checks import check_text_bytes
 
 if TYPE_CHECKING:
     from circuit_serve.monitoring.monitor import EngineMonitor, MonitoredRequest, Outcome
@@ -51,8 +53,10 @@ _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": Fi
 
 
 class GenerationEngine:
-    def __init__(self, config: EngineConfig, *, stats_sink: StatsSink | None = None) -> None:
+    def __init__(self, config: EngineConfig, *, stats_sink: StatsSink | None = None,
+                 limits: InputLimits | None = None) -> None:
         self.config = config
+        self.input_limits = limits or InputLimits()
         self._stats_sink = stats_sink
         self._llm: Any = None  # vllm AsyncLLM once started
         self._tokenizer: Any = None
@@ -96,6 +100,9 @@ class GenerationEngine:
             max_model_len=model_config.max_model_len,
             max_new_tokens_limit=self.config.max_new_tokens_limit,
             max_top_logprobs=self.config.max_top_logprobs,
+            max_prompt_bytes=self.input_limits.max_prompt_bytes,
+            max_stop_strings=self.input_limits.max_stop_strings,
+            max_stop_chars=self.input_limits.max_stop_chars,
         )
         architectures = getattr(model_config.hf_config, "architectures", None) or ["unknown"]
         self._description = ModelDescription(
@@ -140,6 +147,23 @@ class GenerationEngine:
         ids = list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
         return ids, list(self._tokenizer.convert_ids_to_tokens(ids))
 
+    async def tokenize_text(self, text: str, *, add_special_tokens: bool = True) -> tuple[list[int], list[str]]:
+        """`tokenize` with the prompt byte limit checked first, run off the event loop."""
+        self._require_ready()
+        check_text_bytes(text, self.input_limits.max_prompt_bytes, field="text")
+        return await asyncio.to_thread(self.tokenize, text, add_special_tokens=add_special_tokens)
+
+    async def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The request checked (sizes first) and its prompt as token ids (tokenized off the event loop)."""
+        self._require_ready()
+        assert self._limits is not None
+        check_request(request, self._limits)
+        if request.prompt_token_ids:
+            return list(request.prompt_token_ids)
+        prompt_ids = await asyncio.to_thread(lambda: list(self._tokenizer.encode(request.prompt)))
+        check_prompt_length(len(prompt_ids), self._limits, field="prompt")
+        return prompt_ids
+
     def load(self) -> EngineLoad:
         """Requests running and waiting in the scheduler right now (safe to call from any thread)."""
         llm = self._llm
@@ -169,20 +193,16 @@ class GenerationEngine:
         return self._run(request, RequestOutputKind.DELTA)
 
     async def _run(self, request: GenerationRequest, output_kind: Any) -> AsyncIterator[GenerationChunk]:
-        self._require_ready()
-        assert self._limits is not None
-        check_request(request, self._limits)
-        if request.prompt_token_ids:
-            prompt_ids = list(request.prompt_token_ids)
-            check_prompt_length(len(prompt_ids), self._limits, field="prompt_token_ids")
-        else:
-            prompt_ids = list(self._tokenizer.encode(request.prompt))
-            check_prompt_length(len(prompt_ids), self._limits, field="prompt")
-
+        prompt_ids = await self.prompt_ids(request)
         request_id = f"gen-{uuid.uuid4().hex}"
         watch = self._begin_watch(request, request_id, len(prompt_ids))
         overrides = watch.sampling_overrides(request.sampling.ignore_eos) if watch is not None else {}
-        params = _sampling_params(request.sampling, output_kind, **overrides)
+        try:
+            params = _sampling_params(request.sampling, output_kind, **overrides)
+        except _vllm_client_errors() as exc:  # a bound vLLM has and check_request missed
+            if watch is not None:
+                watch.close()
+            raise InvalidRequest(f"vLLM refused the sampling parameters: {exc}", field="sampling") from exc
         inputs: dict[str, Any] = {"prompt_token_ids": prompt_ids}
         if watch is not None:
             inputs["cache_salt"] = watch.cache_salt

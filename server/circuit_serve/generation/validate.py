@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from circuit_serve.config.limits import MAX_TEMPERATURE
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.generation.types import GenerationRequest
+from circuit_serve.input_checks import check_count, check_text_bytes
 
 
 @dataclass(frozen=True)
@@ -15,10 +17,17 @@ class Limits:
     max_model_len: int
     max_new_tokens_limit: int
     max_top_logprobs: int
+    max_prompt_bytes: int = 256 << 10
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256
+    max_temperature: float = MAX_TEMPERATURE
 
 
 def check_request(request: GenerationRequest, limits: Limits) -> None:
-    """Checks that need no tokenizer; raises InvalidRequest."""
+    """Checks that need no tokenizer (sizes first, before anything is scanned); raises InvalidRequest."""
+    check_text_bytes(request.prompt, limits.max_prompt_bytes, field="prompt")
+    if request.prompt_token_ids:
+        check_prompt_length(len(request.prompt_token_ids), limits, field="prompt_token_ids")
     has_text = bool(request.prompt)
     has_ids = bool(request.prompt_token_ids)
     if has_text and has_ids:
@@ -42,8 +51,9 @@ def check_request(request: GenerationRequest, limits: Limits) -> None:
             f"is {s.max_new_tokens}; allowed range is [1, {limits.max_new_tokens_limit}]",
             field="sampling.max_new_tokens",
         )
-    if not (math.isfinite(s.temperature) and s.temperature >= 0):
-        raise InvalidRequest(f"is {s.temperature}; must be >= 0 (0 = greedy)", field="sampling.temperature")
+    if not (math.isfinite(s.temperature) and 0 <= s.temperature <= limits.max_temperature):
+        raise InvalidRequest(f"is {s.temperature}; must be >= 0 and <= {limits.max_temperature:g} (0 = greedy)",
+                             field="sampling.temperature")
     if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
         raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="sampling.top_p")
     if not 0 <= s.top_k <= limits.vocab_size:
@@ -51,6 +61,11 @@ def check_request(request: GenerationRequest, limits: Limits) -> None:
             f"is {s.top_k}; allowed range is [0, {limits.vocab_size}] (0 disables top-k)",
             field="sampling.top_k",
         )
+    check_count(s.stop, limits.max_stop_strings, field="sampling.stop", what="stop strings")
+    longest = max((len(stop) for stop in s.stop), default=0)
+    if longest > limits.max_stop_chars:
+        raise InvalidRequest(f"has a stop string of {longest} characters; the limit is {limits.max_stop_chars}",
+                             field="sampling.stop")
     if any(not stop for stop in s.stop):
         raise InvalidRequest("contains an empty string; every stop sequence must be non-empty", field="sampling.stop")
     if s.top_logprobs is not None and not 0 <= s.top_logprobs <= limits.max_top_logprobs:

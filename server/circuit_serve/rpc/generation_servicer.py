@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -20,9 +20,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
-    def __init__(self, engine: GenerationEngine, features: FeaturesService | None = None) -> None:
+    def __init__(self, engine: GenerationEngine, features: FeaturesService | None = None,
+                 limits: Callable[[], dict[str, float]] | None = None) -> None:
         self._engine = engine
         self._features = features
+        self._limits = limits
 
     def _request(self, request: pb.GenerateRequest) -> GenerationRequest:
         req = convert.request_from_pb(request)
@@ -46,14 +48,18 @@ class GenerationServicer(pb_grpc.GenerationServicer):
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
-        ids, tokens = self._engine.tokenize(request.text, add_special_tokens=add_special)
+        ids, tokens = await self._engine.tokenize_text(request.text, add_special_tokens=add_special)
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
-        return convert.model_info_to_pb(self._engine.describe(), server_version=__version__)
+        info = convert.model_info_to_pb(self._engine.describe(), server_version=__version__)
+        if self._limits is not None:
+            info.limits.CopyFrom(pb.Limits(**self._limits()))
+        return info
 
 
-def add_to_server(engine: GenerationEngine, server: grpc.aio.Server, features: FeaturesService | None = None) -> str:
+def add_to_server(engine: GenerationEngine, server: grpc.aio.Server, features: FeaturesService | None = None,
+                  *, limits: Callable[[], dict[str, float]] | None = None) -> str:
     """Register the servicer; return its full service name (for health and reflection)."""
-    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features), server)
+    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features, limits), server)
     return SERVICE_NAME

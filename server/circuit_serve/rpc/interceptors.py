@@ -1,9 +1,11 @@
 """The server interceptor: per-RPC metrics, domain errors -> status codes, and a last resort.
 
 Servicers do not catch anything. Here a `CircuitError` becomes its status code
-(see `status.py`); anything unexpected is logged with the method and becomes
-INTERNAL, and the server keeps serving. Every call is counted and timed by method
-and final status code.
+(see `status.py`); anything unexpected is logged with the method and an error id
+and becomes INTERNAL carrying only that id (never the exception's text), and the
+server keeps serving. A request whose bytes do not decode as its message gets
+INVALID_ARGUMENT (gRPC alone would answer UNKNOWN naming a Python exception class).
+Every call is counted and timed by method and final status code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -47,13 +50,13 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(name, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(name, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client/bidi streaming: none yet; passed through untouched
@@ -64,6 +67,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.started(name)
             ended_early = False
             try:
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(name))
                 return await behavior(request, context)
             except (asyncio.CancelledError, GeneratorExit):
                 ended_early = True  # the caller cancelled or its deadline passed
@@ -81,6 +86,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             self._metrics.started(name)
             ended_early = False
             try:
+                if isinstance(request, Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(name))
                 async for response in behavior(request, context):
                     yield response
             except (asyncio.CancelledError, GeneratorExit):
@@ -101,12 +108,40 @@ async def _handle(name: str, exc: BaseException, context: grpc.aio.ServicerConte
     if isinstance(exc, CircuitError):
         code, message = status_for(exc)
     elif isinstance(exc, Exception):
-        log.exception("unexpected error in %s", name)
-        code, message = grpc.StatusCode.INTERNAL, f"internal error in {name}: {type(exc).__name__}: {exc}"
+        error_id = uuid.uuid4().hex[:16]
+        log.exception("unexpected error in %s (error id %s)", name, error_id)
+        code = grpc.StatusCode.INTERNAL
+        message = f"internal error in {name}; error id {error_id} (the server log has the details)"
     else:
         raise exc  # GeneratorExit, KeyboardInterrupt, SystemExit
     await context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
+
+
+class Undecodable:
+    """Stands in for a request whose bytes did not parse as its message type."""
+
+    def __init__(self, size: int, error: Exception) -> None:
+        self.size = size
+        self.error = error
+
+    def message(self, name: str) -> str:
+        return (f"request: {self.size} bytes that do not decode as the request message of {name}; "
+                "send a message serialized from this service's .proto")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer` that returns `Undecodable` instead of raising (grpc would answer UNKNOWN)."""
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # DecodeError, invalid UTF-8 in a string field, ...
+            return Undecodable(len(raw), exc)
+
+    return parse
 
 
 _ALWAYS_ANSWERED = ("grpc.health.v1.Health/", "grpc.reflection.")

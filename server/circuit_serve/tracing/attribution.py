@@ -27,6 +27,7 @@ import torch
 from circuit_serve.errors import Cancelled
 from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.local_model import LocalReplacement, compute_activations, record
+from circuit_serve.tracing.local_model import check_stop as lm_check_stop
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec, select_targets
 
@@ -36,7 +37,8 @@ Progress = Callable[[str, float], None]
 
 
 def partial_influence(
-    edges: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor, n_cols: int, chunk: int = 2048, max_iter: int = 128
+    edges: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor, n_cols: int, chunk: int = 2048, max_iter: int = 128,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(n_cols + K,) influence of every node on the logits using only the rows computed so far.
 
@@ -52,6 +54,7 @@ def partial_influence(
     x[n_cols:] = logit_probs.to(dev)
     total = torch.zeros(n_cols + K, device=dev)
     for _ in range(max_iter):
+        lm_check_stop(should_stop, "influence estimate")
         w = x[row_nodes] / sums  # (R,)
         nxt = torch.zeros(n_cols + K, device=dev)
         for i in range(0, R, chunk):
@@ -87,14 +90,14 @@ def run_attribution(
     t = time.perf_counter()
     # Phase 1: record the prompt's forward pass --------------------------------------------
     report("1 record", 0.0)
-    rec = rm.record(tokens)
+    rec = rm.record(tokens, should_stop)
     t = phase("1_record", t)
 
     # Phase 2: features, errors, decoder groups --------------------------------------------
     check_stop()
     report("2 features", 0.0)
-    acts = compute_activations(rm.transcoders, rec)
-    lrm = LocalReplacement(rm.arch, rm.transcoders, rec, acts)
+    acts = compute_activations(rm.transcoders, rec, should_stop=should_stop)
+    lrm = LocalReplacement(rm.arch, rm.transcoders, rec, acts, should_stop)
     n_active, n_cols, L, P = lrm.n_active, lrm.n_cols, lrm.n_layers, lrm.n_pos
     t = phase("2_features", t)
 
@@ -120,7 +123,7 @@ def run_attribution(
 
     def fill(dest: torch.Tensor, layers: torch.Tensor, positions: torch.Tensor, vectors: torch.Tensor) -> None:
         buf = torch.zeros(len(dest), n_cols, device=dev)  # (b, n_cols)
-        lrm.rows(layers, positions, vectors, buf)
+        lrm.rows(layers, positions, vectors, buf, should_stop)
         edges.index_copy_(0, dest.to(dev), buf)
 
     t = phase("3_targets", t)
@@ -146,7 +149,7 @@ def run_attribution(
         if full:
             pending = torch.arange(n_active)
         else:
-            infl = partial_influence(edges[:st], row_nodes[:st], tg.probabilities, n_cols)
+            infl = partial_influence(edges[:st], row_nodes[:st], tg.probabilities, n_cols, should_stop=should_stop)
             rank = torch.argsort(infl[:n_active], descending=True).cpu()
             pending = rank[~visited[rank]][: min(UPDATE_INTERVAL * B, n_sel - n_visited)]
         for i in range(0, len(pending), B):

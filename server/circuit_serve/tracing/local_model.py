@@ -22,10 +22,12 @@ Method (DESIGN.md section 3), with P prompt positions, d = hidden size, L layers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from circuit_serve.errors import Cancelled
 from circuit_serve.tracing.architecture import Architecture
 from circuit_serve.tracing.transcoders import TranscoderSet
 
@@ -54,9 +56,20 @@ def _first_tensor(args, kwargs):
     return kwargs.get("hidden_states", next(iter(kwargs.values())))
 
 
+StopCheck = Callable[[], bool] | None
+
+
+def check_stop(should_stop: StopCheck, where: str) -> None:
+    """Raise Cancelled when `should_stop()` says every caller left (polled inside long phases)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"attribution was cancelled ({where})")
+
+
 @torch.inference_mode()
-def record(model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, tokens: torch.Tensor) -> PromptRecord:
-    """Run the real model once on `tokens` (P,) and keep what attribution needs."""
+def record(model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, tokens: torch.Tensor,
+           should_stop: StopCheck = None) -> PromptRecord:
+    """Run the real model once on `tokens` (P,) and keep what attribution needs
+    (`should_stop` is polled as each layer starts)."""
     L = arch.n_layers
     rec: dict[str, list] = {k: [None] * L for k in ("r1", "pat", "r_pa", "r2", "xmid", "mlp_in", "mlp_out", "r_pf", "pf_out")}
     top: dict[str, torch.Tensor] = {}
@@ -64,6 +77,8 @@ def record(model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, token
 
     def pre(key, li, norm):
         def fn(mod, args, kwargs):
+            if key == "r1":
+                check_stop(should_stop, f"forward pass, layer {li}")
             x = _first_tensor(args, kwargs)[0]
             rec[key][li] = arch.norm_scale(norm, x)
             if key == "r2":
@@ -205,9 +220,11 @@ class Activations:
     layer_offsets: list[int]  # first row of each layer in `indices`, plus n at the end
 
 
-def compute_activations(tcs: TranscoderSet, rec: PromptRecord, zero_bos: bool = True) -> Activations:
+def compute_activations(tcs: TranscoderSet, rec: PromptRecord, zero_bos: bool = True,
+                        should_stop: StopCheck = None) -> Activations:
     idx, vals, offsets = [], [], [0]
     for li, x in enumerate(rec.x_in):
+        check_stop(should_stop, f"features, layer {li}")
         pre = tcs.pre_activations(li, x).float()  # (P, d_tc)
         act = tcs.activate(li, pre)
         if zero_bos:
@@ -226,7 +243,8 @@ class LocalReplacement:
     embeddings (P)].
     """
 
-    def __init__(self, arch: Architecture, tcs: TranscoderSet, rec: PromptRecord, acts: Activations):
+    def __init__(self, arch: Architecture, tcs: TranscoderSet, rec: PromptRecord, acts: Activations,
+                 should_stop: StopCheck = None):
         self.arch, self.tcs, self.rec, self.acts = arch, tcs, rec, acts
         L, P, d = arch.n_layers, rec.x0.shape[0], arch.d_model
         self.n_layers, self.n_pos, self.d = L, P, d
@@ -245,6 +263,7 @@ class LocalReplacement:
                 recon[li] += s.float()
         per_layer: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(L)]
         for li in range(L):
+            check_stop(should_stop, f"decoder groups, layer {li}")
             lo, hi = acts.layer_offsets[li], acts.layer_offsets[li + 1]
             if hi == lo:
                 continue
@@ -256,6 +275,7 @@ class LocalReplacement:
                 per_layer[li + k].append((pos, cols, dec[:, k]))
         self.groups: list[list[SourceGroup]] = []
         for lo_ in range(L):
+            check_stop(should_stop, f"source groups, layer {lo_}")
             groups = []
             if per_layer[lo_]:
                 pos = torch.cat([g[0] for g in per_layer[lo_]])
@@ -321,6 +341,7 @@ class LocalReplacement:
         positions: torch.Tensor,
         vectors: torch.Tensor,
         out: torch.Tensor,
+        should_stop: StopCheck = None,
     ) -> None:
         """Direct effects of every node on B targets, written into `out` (B, n_cols), zeroed.
 
@@ -341,17 +362,20 @@ class LocalReplacement:
         counts = torch.bincount(layers.cpu(), minlength=L + 1)
         above = int(counts[L])  # rows whose target sits above the current layer
         for li in range(L - 1, -1, -1):
+            check_stop(should_stop, f"transposed pass, layer {li}")
             k_out = above  # rows alive at layer li's output (targets above layer li)
             k_in = above + int(counts[li])  # plus targets reading at layer li
             if k_out:
                 gh = g[:k_out] if self.out_f[li] is None else g[:k_out] * self.out_f[li]  # (k, P, d)
                 o = out[:k_out]
                 for grp in self.groups[li]:
+                    check_stop(should_stop, f"transposed pass, layer {li}, position {grp.pos}")
                     o.index_add_(1, grp.cols, gh[:, grp.pos] @ grp.vecs.T)  # (k, n_grp)
                 err_cols = slice(self.error_offset + li * P, self.error_offset + (li + 1) * P)
                 o[:, err_cols] += torch.einsum("bpd,pd->bp", gh, self.errors[li])
             if k_in == 0:
                 continue
+            check_stop(should_stop, f"transposed pass, layer {li}, attention")
             gx = None  # gradient at the transcoder input x_in, (k_in, P, d)
             if k_out and self.tcs.W_skip is not None:
                 gx = torch.zeros(k_in, P, d, device=self.device)

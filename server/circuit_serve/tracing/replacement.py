@@ -214,9 +214,9 @@ class ReplacementModel:
             )
 
     # -- the work -------------------------------------------------------------------------
-    def record(self, tokens: torch.Tensor) -> PromptRecord:
+    def record(self, tokens: torch.Tensor, should_stop: Callable[[], bool] | None = None) -> PromptRecord:
         with self._lock:
-            return record(self.model, self.arch, self.transcoders, tokens)
+            return record(self.model, self.arch, self.transcoders, tokens, should_stop=should_stop)
 
     def attribute(
         self,

@@ -176,7 +176,7 @@ class TranscoderSetInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., kind: _Optional[str] = ..., num_layers: _Optional[int] = ..., features_per_layer: _Optional[int] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "vocab_size", "dtype", "transcoders", "server_version", "max_new_tokens_limit", "max_top_logprobs", "max_request_watch")
+    __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "vocab_size", "dtype", "transcoders", "server_version", "max_new_tokens_limit", "max_top_logprobs", "max_request_watch", "limits")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class ModelInfoResponse(_message.Message):
     MAX_NEW_TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_WATCH_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     architecture: str
@@ -199,4 +200,63 @@ class ModelInfoResponse(_message.Message):
     max_new_tokens_limit: int
     max_top_logprobs: int
     max_request_watch: int
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., transcoders: _Optional[_Union[TranscoderSetInfo, _Mapping]] = ..., server_version: _Optional[str] = ..., max_new_tokens_limit: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., max_request_watch: _Optional[int] = ...) -> None: ...
+    limits: Limits
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., transcoders: _Optional[_Union[TranscoderSetInfo, _Mapping]] = ..., server_version: _Optional[str] = ..., max_new_tokens_limit: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., max_request_watch: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_request_bytes", "max_prompt_bytes", "max_concurrent_rpcs", "executor_threads", "max_executor_queue", "generation_max_prompt_tokens", "generation_max_new_tokens", "generation_max_top_logprobs", "generation_max_temperature", "generation_max_top_k", "generation_max_stop_strings", "generation_max_stop_chars", "attribution_max_prompt_tokens", "attribution_max_feature_nodes", "attribution_max_batch_size", "attribution_max_targets", "attribution_memory_budget_bytes", "attribution_max_queued", "max_request_id_bytes", "features_max_prompt_tokens", "features_max_top_k", "features_max_listed", "steer_max_tokens", "steer_max_new_tokens", "steer_max_interventions", "steer_max_positions", "steer_max_temperature")
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENT_RPCS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXECUTOR_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_STOP_STRINGS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_MAX_STOP_CHARS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_MAX_FEATURE_NODES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_MAX_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_MAX_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_ID_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_MAX_LISTED_FIELD_NUMBER: _ClassVar[int]
+    STEER_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEER_MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEER_MAX_INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    STEER_MAX_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    STEER_MAX_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    max_request_bytes: int
+    max_prompt_bytes: int
+    max_concurrent_rpcs: int
+    executor_threads: int
+    max_executor_queue: int
+    generation_max_prompt_tokens: int
+    generation_max_new_tokens: int
+    generation_max_top_logprobs: int
+    generation_max_temperature: float
+    generation_max_top_k: int
+    generation_max_stop_strings: int
+    generation_max_stop_chars: int
+    attribution_max_prompt_tokens: int
+    attribution_max_feature_nodes: int
+    attribution_max_batch_size: int
+    attribution_max_targets: int
+    attribution_memory_budget_bytes: int
+    attribution_max_queued: int
+    max_request_id_bytes: int
+    features_max_prompt_tokens: int
+    features_max_top_k: int
+    features_max_listed: int
+    steer_max_tokens: int
+    steer_max_new_tokens: int
+    steer_max_interventions: int
+    steer_max_positions: int
+    steer_max_temperature: float
+    def __init__(self, max_request_bytes: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ..., max_concurrent_rpcs: _Optional[int] = ..., executor_threads: _Optional[int] = ..., max_executor_queue: _Optional[int] = ..., generation_max_prompt_tokens: _Optional[int] = ..., generation_max_new_tokens: _Optional[int] = ..., generation_max_top_logprobs: _Optional[int] = ..., generation_max_temperature: _Optional[float] = ..., generation_max_top_k: _Optional[int] = ..., generation_max_stop_strings: _Optional[int] = ..., generation_max_stop_chars: _Optional[int] = ..., attribution_max_prompt_tokens: _Optional[int] = ..., attribution_max_feature_nodes: _Optional[int] = ..., attribution_max_batch_size: _Optional[int] = ..., attribution_max_targets: _Optional[int] = ..., attribution_memory_budget_bytes: _Optional[int] = ..., attribution_max_queued: _Optional[int] = ..., max_request_id_bytes: _Optional[int] = ..., features_max_prompt_tokens: _Optional[int] = ..., features_max_top_k: _Optional[int] = ..., features_max_listed: _Optional[int] = ..., steer_max_tokens: _Optional[int] = ..., steer_max_new_tokens: _Optional[int] = ..., steer_max_interventions: _Optional[int] = ..., steer_max_positions: _Optional[int] = ..., steer_max_temperature: _Optional[float] = ...) -> None: ...
