@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from circuit_serve.attribution.service import AttributionService
 from circuit_serve.attribution.types import GraphEngine
-from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink
+from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink, entry
 from circuit_serve.completions.store import CompletionStore
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.jobs import GraphJobs, ReplicaLocks, WorkerPool
@@ -32,6 +32,7 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
         ttl_s=config.cache_ttl_s,
         max_entry_bytes=config.cache_max_entry_bytes,
         metrics=metrics,
+        codec=entry.Codec.ZLIB if config.cache_compression == "zlib" else entry.Codec.STORED,
     )
     jobs = GraphJobs(
         cache=cache,
