@@ -80,7 +80,8 @@ class Runtime:
         generation_metrics = GenerationMetrics(registry)
         engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step)
         generation_metrics.track_load(engine.load)
-        attribution = build_attribution(config.attribution, registry, engine=None)  # engine set in start()
+        attribution = build_attribution(config.attribution, registry, engine=None,  # engine set in start()
+                                        graph_format=GRAPH_FORMAT)
         engine.add_finish_listener(lambda r: attribution.on_completion(r.request_id, r.prompt_token_ids, r.token_ids))
         return cls(
             config=config,

@@ -115,6 +115,23 @@ def test_cache_hits_and_get_graph_stream_return_the_same_bytes(large_server, com
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_stored_entry_is_the_checked_v2_format_holding_the_sent_bytes(redis_service, computed):
+    import redis
+
+    from circuit_serve.cache import entry
+    from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
+
+    r = redis.Redis.from_url(redis_service)
+    for key, _, result, _ in computed:
+        blob = r.get(f"{PREFIX}graph:{key}")
+        assert blob[:4] == b"CSGE" and int.from_bytes(blob[4:6], "big") == entry.ENTRY_VERSION == 2
+        assert int.from_bytes(blob[6:8], "big") == GRAPH_FORMAT and blob[40] == entry.Codec.STORED
+        sections = entry.decode(key, blob, graph_format=GRAPH_FORMAT)
+        assert graph_pb2.Graph.FromString(bytes(sections["graph.pb"])) == result.graph
+        assert sections["graph.json"] == result.frontend_json
+    r.close()
+
+
 def test_client_library_reassembles_with_the_default_limit(large_server, computed):
     with grpc.insecure_channel(large_server.target) as channel:
         client = AttributionClient(channel, retries=0)

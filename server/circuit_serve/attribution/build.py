@@ -14,8 +14,11 @@ from circuit_serve.jobs import GraphJobs, ReplicaLocks, WorkerPool
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 
-def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None) -> AttributionService:
-    """The service; `engine` is None when the server runs without transcoders.
+def build_service(
+    config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None, *, graph_format: int | None = None
+) -> AttributionService:
+    """The service; `engine` is None when the server runs without transcoders (or until it is loaded).
+    `graph_format` is written in and checked on every cache entry (default: the engine's).
 
     Must be called inside the server's event loop (the Redis client binds to it).
     """
@@ -28,7 +31,7 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
     backend = RedisBackend(link) if link is not None else MemoryBackend(config.memory_cache_bytes)
     cache = GraphCache(
         backend,
-        graph_format=engine.graph_format if engine is not None else 0,
+        graph_format=graph_format if graph_format is not None else engine.graph_format if engine is not None else 0,
         ttl_s=config.cache_ttl_s,
         max_entry_bytes=config.cache_max_entry_bytes,
         metrics=metrics,
