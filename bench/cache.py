@@ -325,7 +325,7 @@ def main() -> int:
         "Issue 10's random model: Llama 6 layers, d_model 256, 8 heads, MLP 1024, random JumpReLU transcoders",
         "of 2,048 features per layer firing on about 5% of (layer, position) pairs (tests/support/large_graphs.py).",
         "Clients use channels with gRPC's default options (4 MiB receive limit), so each result comes as",
-        "chunks that the client library reassembles (checking length and SHA-256) and parses. Per graph,",
+        "chunks that the client library reassembles (checking length and CRC-32) and parses. Per graph,",
         f"{args.hit_calls} rounds of: a raw GET of the stored entry from the bench process (redis.asyncio,",
         "the client the server reads with), a cached Attribute (client-observed: call, chunks, reassembly,",
         "parse), a GetGraphStream of the same key; medians. Second row: a server started with",

@@ -13,6 +13,9 @@
 
     # audit token 3 of a completion this server served:
     graphs.attribute(request_id=generation.request_id, token_index=3)
+
+Results larger than the server's chunk size arrive in chunks and are reassembled here
+(chunks.py), so a channel with gRPC's default 4 MiB receive limit gets any graph.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A result larger than the server's chunk size comes as a `result_header`, then
 `chunk_count` `result_chunk`s with index 0, 1, ... in order. Their data, concatenated,
-is `total_bytes` long, has the header's SHA-256 and parses as the header's
+is `total_bytes` long, has the header's CRC-32 and parses as the header's
 `message_type` (circuit.v1.AttributionResult). Anything else is refused with DATA_LOSS.
 
     assembler = ResultAssembler()
@@ -12,7 +12,7 @@ is `total_bytes` long, has the header's SHA-256 and parses as the header's
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 
 import grpc
 
@@ -74,8 +74,8 @@ class ResultAssembler:
         self._header, self._parts = None, []
         if len(data) != header.total_bytes:
             raise _broken(f"{len(data)} bytes, the header announced {header.total_bytes}")
-        if hashlib.sha256(data).digest() != header.sha256:
-            raise _broken("SHA-256 mismatch")
+        if zlib.crc32(data) != header.crc32:
+            raise _broken("CRC-32 mismatch")
         return pb.AttributionResult.FromString(data)
 
     def check_done(self) -> None:

@@ -6,8 +6,7 @@ chunked result must reassemble, as attribution.proto says, into exactly that res
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
+import zlib
 import json
 
 import grpc
@@ -38,10 +37,9 @@ SECTIONS = {"graph.pb": GRAPH.SerializeToString(), "graph.json": JSON}
 
 
 def collect(key: str, result: bytes, chunk_bytes: int) -> list[bytes]:
-    async def go():
-        return [m async for m in result_wire.result_messages(key, result, chunk_bytes)]
-
-    return asyncio.run(go())
+    # split the result into uneven parts, as result_parts gives them (prefixes and sections)
+    parts = [result[:3], memoryview(result)[3:5000], result[5000:5001], memoryview(result)[5001:]]
+    return list(result_wire.result_messages(key, parts, chunk_bytes))
 
 
 @pytest.mark.parametrize("output", [pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_PROTO,
@@ -56,6 +54,7 @@ def test_framed_result_is_what_protobuf_writes(output, source):
     views = {k: memoryview(v) for k, v in SECTIONS.items()}  # what a cache hit hands over
     framed = result_wire.result_bytes(views, source, output)
     assert framed == expected.SerializeToString()
+    assert b"".join(result_wire.result_parts(views, source, output)) == framed
     assert result_wire.get_graph_response(framed) == pb.GetGraphResponse(result=expected).SerializeToString()
     [single] = collect(KEY, framed, chunk_bytes=len(framed))
     assert single == pb.AttributeResponse(key=KEY, result=expected).SerializeToString()
@@ -70,13 +69,13 @@ def test_large_result_is_chunked_and_reassembles_as_documented():
     assert header.chunk_count == len(messages) - 1 == -(-len(result) // chunk) > 3
     assert header.total_bytes == len(result) and header.message_type == "circuit.v1.AttributionResult"
     assert [m.result_chunk.index for m in messages[1:]] == list(range(header.chunk_count))
-    assert all(len(m.result_chunk.data) <= chunk for m in messages[1:])
+    assert all(len(m.result_chunk.data) == chunk for m in messages[1:-1]) and len(messages[-1].result_chunk.data) <= chunk
     # the framed chunk messages are what protobuf writes too
     raw = collect(KEY, result, chunk)
     assert all(r == m.SerializeToString() for r, m in zip(raw, messages))
-    # reassembly, as attribution.proto says: concatenate, check length and SHA-256, parse
+    # reassembly, as attribution.proto says: concatenate, check length and CRC-32, parse
     data = b"".join(m.result_chunk.data for m in messages[1:])
-    assert len(data) == header.total_bytes and hashlib.sha256(data).digest() == header.sha256
+    assert len(data) == header.total_bytes and zlib.crc32(data) == header.crc32
     parsed = pb.AttributionResult.FromString(data)
     assert parsed.graph == GRAPH and parsed.frontend_json == JSON and parsed.source == "cache"
     # and the client library's assembler gives the same

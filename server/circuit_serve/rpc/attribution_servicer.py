@@ -43,8 +43,8 @@ class AttributionServicer(pb_grpc.AttributionServicer):
                 if isinstance(event, Accepted):
                     key = event.key
                 if isinstance(event, Finished):
-                    result = result_wire.result_bytes(event.sections, event.source, request.output)
-                    async for message in result_wire.result_messages(key, result, self._chunk_bytes):
+                    parts = result_wire.result_parts(event.sections, event.source, request.output)
+                    for message in result_wire.result_messages(key, parts, self._chunk_bytes):
                         yield message
                 else:
                     yield convert.event_to_pb(event, key)
@@ -55,8 +55,8 @@ class AttributionServicer(pb_grpc.AttributionServicer):
 
     async def GetGraphStream(self, request: pb.GetGraphRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         sections = await self._service.get_graph(request.key)
-        result = result_wire.result_bytes(sections, "cache", request.output)
-        async for message in result_wire.result_messages(request.key, result, self._chunk_bytes):
+        parts = result_wire.result_parts(sections, "cache", request.output)
+        for message in result_wire.result_messages(request.key, parts, self._chunk_bytes):
             yield message
 
 

@@ -15,20 +15,20 @@ The bytes are exactly what SerializeToString writes for the same messages (field
 number order, defaults left out; tests/attribution_service/test_result_wire.py checks it).
 
 Results larger than `chunk_bytes` go out as a `result_header` and `result_chunk`s
-(attribution.proto, "Large results"); the SHA-256 of the result is hashed off the event
-loop (hashlib releases the GIL), the rest is slicing.
+(attribution.proto, "Large results"): a CRC-32 over the result, then slicing. The sections
+are copied once, into the message that carries them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from collections.abc import AsyncIterator, Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO
 
 RESULT_MESSAGE_TYPE = pb.AttributionResult.DESCRIPTOR.full_name  # "circuit.v1.AttributionResult"
+Buffer = bytes | memoryview
 _VARINT, _LEN = 0, 2
 _WITH_GRAPH = (pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_PROTO)
 _WITH_JSON = (pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_JSON)
@@ -50,26 +50,32 @@ def _len_prefix(field: int, length: int) -> bytes:
     return _varint(field << 3 | _LEN) + _varint(length)
 
 
-def _len_field(field: int, data: bytes | memoryview) -> list[bytes | memoryview]:
+def _len_field(field: int, data: Buffer) -> list[Buffer]:
     return [_len_prefix(field, len(data)), data] if len(data) else []
 
 
-def result_bytes(sections: Mapping[str, bytes | memoryview], source: str, output: int) -> bytes:
-    """A serialized circuit.v1.AttributionResult holding the sections `output` asks for."""
-    parts: list[bytes | memoryview] = []
+def result_parts(sections: Mapping[str, Buffer], source: str, output: int) -> list[Buffer]:
+    """The pieces of a serialized circuit.v1.AttributionResult holding the sections `output` asks
+    for: field prefixes and the sections themselves (not copied)."""
+    parts: list[Buffer] = []
     if output in _WITH_GRAPH:
         graph = sections[GRAPH_PROTO]
         parts += [_len_prefix(1, len(graph)), graph]  # a set sub-message is written even when empty
     if output in _WITH_JSON:
         parts += _len_field(2, sections[GRAPH_JSON])
     parts += _len_field(3, source.encode())
-    return b"".join(parts)
+    return parts
 
 
-def _response(key: str, field: int, payload: bytes | memoryview, *extra: bytes | memoryview) -> bytes:
-    """An AttributeResponse with `key` and one event field whose payload is `payload` + `extra`."""
-    size = len(payload) + sum(len(e) for e in extra)
-    return b"".join([*_len_field(_KEY, key.encode()), _len_prefix(field, size), payload, *extra])
+def result_bytes(sections: Mapping[str, Buffer], source: str, output: int) -> bytes:
+    """A serialized circuit.v1.AttributionResult (see `result_parts`)."""
+    return b"".join(result_parts(sections, source, output))
+
+
+def _response(key: str, field: int, *payload: Buffer) -> bytes:
+    """An AttributeResponse with `key` and one event field whose payload is the pieces joined."""
+    size = sum(len(p) for p in payload)
+    return b"".join([*_len_field(_KEY, key.encode()), _len_prefix(field, size), *payload])
 
 
 def get_graph_response(result: bytes) -> bytes:
@@ -77,18 +83,38 @@ def get_graph_response(result: bytes) -> bytes:
     return _len_prefix(1, len(result)) + result
 
 
-async def result_messages(key: str, result: bytes, chunk_bytes: int) -> AsyncIterator[bytes]:
-    """The serialized AttributeResponses that carry `result`: one `result`, or a header and chunks."""
-    if len(result) <= chunk_bytes:
-        yield _response(key, _RESULT, result)
+def _pieces(parts: list[Buffer], size: int) -> Iterator[list[memoryview]]:
+    """`parts`, as if concatenated, cut into runs of `size` bytes (the last may be shorter)."""
+    run: list[memoryview] = []
+    room = size
+    for part in parts:
+        view = memoryview(part)
+        while len(view):
+            piece = view[:room]
+            run.append(piece)
+            room -= len(piece)
+            view = view[len(piece):]
+            if room == 0:
+                yield run
+                run, room = [], size
+    if run:
+        yield run
+
+
+def result_messages(key: str, parts: list[Buffer], chunk_bytes: int) -> Iterator[bytes]:
+    """The serialized AttributeResponses that carry the result made of `parts`: one `result`, or a
+    `result_header` and `result_chunk`s of at most `chunk_bytes`. Each section is copied once,
+    into the message that carries it."""
+    total = sum(len(p) for p in parts)
+    if total <= chunk_bytes:
+        yield _response(key, _RESULT, *parts)
         return
-    digest = (await asyncio.to_thread(hashlib.sha256, result)).digest()
-    count = -(-len(result) // chunk_bytes)
-    header = pb.ChunkedResultHeader(total_bytes=len(result), chunk_count=count, sha256=digest,
-                                     message_type=RESULT_MESSAGE_TYPE)
+    crc = 0
+    for part in parts:  # zlib releases the GIL on large buffers
+        crc = zlib.crc32(part, crc)
+    count = -(-total // chunk_bytes)
+    header = pb.ChunkedResultHeader(total_bytes=total, chunk_count=count, crc32=crc, message_type=RESULT_MESSAGE_TYPE)
     yield _response(key, _HEADER, header.SerializeToString())
-    view = memoryview(result)
-    for index in range(count):
-        data = view[index * chunk_bytes : (index + 1) * chunk_bytes]
+    for index, run in enumerate(_pieces(parts, chunk_bytes)):
         index_field = _varint(1 << 3 | _VARINT) + _varint(index) if index else b""
-        yield _response(key, _CHUNK, index_field, _len_prefix(2, len(data)), data)
+        yield _response(key, _CHUNK, index_field, _len_prefix(2, sum(len(r) for r in run)), *run)

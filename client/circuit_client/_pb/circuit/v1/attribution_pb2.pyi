@@ -124,16 +124,16 @@ class AttributeResponse(_message.Message):
     def __init__(self, key: _Optional[str] = ..., accepted: _Optional[_Union[AttributeAccepted, _Mapping]] = ..., queued: _Optional[_Union[AttributeQueued, _Mapping]] = ..., running: _Optional[_Union[AttributeRunning, _Mapping]] = ..., result: _Optional[_Union[AttributionResult, _Mapping]] = ..., result_header: _Optional[_Union[ChunkedResultHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[ResultChunk, _Mapping]] = ...) -> None: ...
 
 class ChunkedResultHeader(_message.Message):
-    __slots__ = ("total_bytes", "chunk_count", "sha256", "message_type")
+    __slots__ = ("total_bytes", "chunk_count", "crc32", "message_type")
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
-    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
     total_bytes: int
     chunk_count: int
-    sha256: bytes
+    crc32: int
     message_type: str
-    def __init__(self, total_bytes: _Optional[int] = ..., chunk_count: _Optional[int] = ..., sha256: _Optional[bytes] = ..., message_type: _Optional[str] = ...) -> None: ...
+    def __init__(self, total_bytes: _Optional[int] = ..., chunk_count: _Optional[int] = ..., crc32: _Optional[int] = ..., message_type: _Optional[str] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("index", "data")
