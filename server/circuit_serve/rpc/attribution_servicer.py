@@ -53,7 +53,9 @@ class AttributionServicer(pb_grpc.AttributionServicer):
         sections = await self._service.get_graph(request.key)
         return result_wire.get_graph_response(result_wire.result_bytes(sections, "cache", request.output))
 
-    async def GetGraphStream(self, request: pb.GetGraphRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def GetGraphStream(
+        self, request: pb.GetGraphRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         sections = await self._service.get_graph(request.key)
         parts = result_wire.result_parts(sections, "cache", request.output)
         for message in result_wire.result_messages(request.key, parts, self._chunk_bytes):
@@ -79,7 +81,8 @@ def add_to_server(service: AttributionService, server: grpc.aio.Server) -> str:
             response_serializer=_serialize),
     }
     missing = set(pb.DESCRIPTOR.services_by_name["Attribution"].methods_by_name) - set(handlers)
-    assert not missing, f"Attribution methods without a handler: {missing}"
+    if missing:
+        raise RuntimeError(f"Attribution methods without a handler: {sorted(missing)}")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
     return SERVICE_NAME
