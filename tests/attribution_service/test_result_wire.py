@@ -135,3 +135,12 @@ def test_stream_ending_inside_a_chunked_result_is_data_loss():
         assert assembler.feed(m) is None
     with pytest.raises(CircuitRpcError, match="ended after"):
         assembler.check_done()
+
+
+@pytest.mark.parametrize("kib", [0, 4081, 8192])
+def test_chunk_size_must_fit_under_the_default_receive_limit(kib):
+    from circuit_serve.config.attribution import AttributionConfig
+
+    with pytest.raises(ValueError, match="--attribution-result-chunk-kib must be in"):
+        AttributionConfig(result_chunk_bytes=kib << 10).validate()
+    AttributionConfig(result_chunk_bytes=4080 << 10).validate()
