@@ -69,7 +69,7 @@ def start_server(model_dir: Path, tc_dir: Path, redis_url: str, log_path: Path, 
     proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **ENV},
                             start_new_session=True)
     target = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     with CircuitClient(target, timeout=2, retries=0) as client:
         while True:
             if proc.poll() is not None:
@@ -80,7 +80,9 @@ def start_server(model_dir: Path, tc_dir: Path, redis_url: str, log_path: Path, 
             except CircuitRpcError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError("server did not start")
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the server and anything it started
+                proc.wait(30)
+                raise TimeoutError(f"server did not start in 600 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
 
 
@@ -199,7 +201,8 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
     from support.large_graphs import GRAPHS, build_large_graph_model
 
     model_dir, tc_dir = build_large_graph_model(tmp / "large")
-    flags = ["--attribution-max-prompt-tokens", "128"]
+    # a 5 s Redis timeout (default 0.5 s): a load spike on the shared machine must not turn a hit into a miss
+    flags = ["--attribution-max-prompt-tokens", "128", "--redis-timeout", "5"]
     proc, target = start_server(model_dir, tc_dir, redis_url, tmp / "server3.log", "--redis-prefix", "bench3:",
                                 *flags)
     graphs, computed, shapes = [], [], []
@@ -220,6 +223,9 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
                                    nodes=len(g.nodes), edges=len(g.edges.weights), pb=g.ByteSize(),
                                    json=len(first.frontend_json)))
         stored = time_hits(target, redis_url, "bench3:", graphs, calls)
+    except Exception:
+        print((tmp / "server3.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+        raise
     finally:
         stop(proc)
 
@@ -236,6 +242,9 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
                                 "--graph-cache-compression", "zlib", *flags)
     try:
         zlibbed = time_hits(target, redis_url, "bench3z:", graphs, calls)
+    except Exception:
+        print((tmp / "server4.log").read_text(errors="replace")[-4000:], file=sys.stderr)
+        raise
     finally:
         stop(proc)
     return dict(shapes=shapes, computed=computed, stored=stored, zlib=zlibbed)
@@ -329,7 +338,9 @@ def main() -> int:
         f"{args.hit_calls} rounds of: a raw GET of the stored entry from the bench process (redis.asyncio,",
         "the client the server reads with), a cached Attribute (client-observed: call, chunks, reassembly,",
         "parse), a GetGraphStream of the same key; medians. Second row: a server started with",
-        "`--graph-cache-compression zlib` over the same entries re-encoded.",
+        "`--graph-cache-compression zlib` over the same entries re-encoded. Both servers run with",
+        "`--redis-timeout 5` (default 0.5 s) so that a load spike on this shared machine cannot turn a hit",
+        "into a miss.",
         "",
         *large_table(large),
         "Target: a cached hit at most 3x the raw GET of the same entry (entries stored as they are, the default).",
