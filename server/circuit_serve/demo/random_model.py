@@ -66,7 +66,7 @@ def build_demo_model(
     """Write config, safetensors weights and tokenizer files to `out_dir`; return it.
 
     The shape defaults to the constants above; a larger one (for example 6 layers, d_model 256,
-    8 heads, MLP 1024) gives graphs of tens of MB. `d_model / n_heads` must be a head size
+    8 heads, MLP 1024) gives graph results of several MB. `d_model / n_heads` must be a head size
     that vLLM's CPU attention supports (32, 64, 80, ...).
     """
     import torch
