@@ -13,6 +13,9 @@
 
     # audit token 3 of a completion this server served:
     graphs.attribute(request_id=generation.request_id, token_index=3)
+
+Results larger than the server's chunk size arrive in chunks and are reassembled here
+(chunks.py), so a channel with gRPC's default 4 MiB receive limit gets any graph.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import grpc
 from circuit_client._channel import AsyncServiceClient, ServiceClient
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_client.chunks import ResultAssembler
 from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 
@@ -112,9 +116,13 @@ class AttributionClient(ServiceClient):
         req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
                        output, background)
         call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
+        assembler = ResultAssembler()
         try:
             for msg in call:
-                yield _event(msg)
+                event = _event(msg, assembler)
+                if event is not None:
+                    yield event
+            assembler.check_done()
         except grpc.RpcError as err:
             raise CircuitRpcError.from_rpc_error(err) from None
         finally:
@@ -137,13 +145,30 @@ class AttributionClient(ServiceClient):
         raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the Attribute stream ended without a graph")
 
     def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> GraphResult:
-        """A cached graph by key; CircuitRpcError(NOT_FOUND) when it is not (or no longer) cached."""
+        """A cached graph by key; CircuitRpcError(NOT_FOUND) when it is not (or no longer) cached.
+
+        Uses GetGraphStream (chunked when large, so any receive limit works), or unary GetGraph
+        on a server that predates it."""
+        req = pb.GetGraphRequest(key=key, output=_OUTPUT[output])
+        timeout = self.timeout if timeout is None else timeout
+        call = self._stub.GetGraphStream(req, timeout=timeout)
+        assembler = ResultAssembler()
         try:
-            resp = self._stub.GetGraph(pb.GetGraphRequest(key=key, output=_OUTPUT[output]),
-                                       timeout=self.timeout if timeout is None else timeout)
+            for msg in call:
+                result = assembler.feed(msg)
+                if result is not None:
+                    return _result(key, result)
+            assembler.check_done()
         except grpc.RpcError as err:
-            raise CircuitRpcError.from_rpc_error(err) from None
-        return _result(key, resp.result)
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise CircuitRpcError.from_rpc_error(err) from None
+            try:
+                return _result(key, self._stub.GetGraph(req, timeout=timeout).result)
+            except grpc.RpcError as err:
+                raise CircuitRpcError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the GetGraphStream stream ended without a graph")
 
 
 class AsyncAttributionClient(AsyncServiceClient):
@@ -162,9 +187,13 @@ class AsyncAttributionClient(AsyncServiceClient):
         req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
                        output, background)
         call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
+        assembler = ResultAssembler()
         try:
             async for msg in call:
-                yield _event(msg)
+                event = _event(msg, assembler)
+                if event is not None:
+                    yield event
+            assembler.check_done()
         except grpc.RpcError as err:
             raise CircuitRpcError.from_rpc_error(err) from None
         finally:
@@ -180,12 +209,26 @@ class AsyncAttributionClient(AsyncServiceClient):
         raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the Attribute stream ended without a graph")
 
     async def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> GraphResult:
+        req = pb.GetGraphRequest(key=key, output=_OUTPUT[output])
+        timeout = self.timeout if timeout is None else timeout
+        call = self._stub.GetGraphStream(req, timeout=timeout)
+        assembler = ResultAssembler()
         try:
-            resp = await self._stub.GetGraph(pb.GetGraphRequest(key=key, output=_OUTPUT[output]),
-                                             timeout=self.timeout if timeout is None else timeout)
+            async for msg in call:
+                result = assembler.feed(msg)
+                if result is not None:
+                    return _result(key, result)
+            assembler.check_done()
         except grpc.RpcError as err:
-            raise CircuitRpcError.from_rpc_error(err) from None
-        return _result(key, resp.result)
+            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise CircuitRpcError.from_rpc_error(err) from None
+            try:
+                return _result(key, (await self._stub.GetGraph(req, timeout=timeout)).result)
+            except grpc.RpcError as err:
+                raise CircuitRpcError.from_rpc_error(err) from None
+        finally:
+            call.cancel()
+        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the GetGraphStream stream ended without a graph")
 
 
 def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSettings, output, background):
@@ -208,7 +251,11 @@ def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSe
     return req
 
 
-def _event(msg: pb.AttributeResponse) -> Event:
+def _event(msg: pb.AttributeResponse, assembler: ResultAssembler) -> Event | None:
+    """The event `msg` completes; None for a result header or chunk before the last one."""
+    result = assembler.feed(msg)
+    if result is not None:
+        return _result(msg.key, result)
     kind = msg.WhichOneof("event")
     if kind == "accepted":
         a = msg.accepted
@@ -217,7 +264,7 @@ def _event(msg: pb.AttributeResponse) -> Event:
         return Queued(msg.key, msg.queued.position)
     if kind == "running":
         return Running(msg.key, msg.running.phase, msg.running.fraction)
-    return _result(msg.key, msg.result)
+    return None
 
 
 def _result(key: str, r: pb.AttributionResult) -> GraphResult:

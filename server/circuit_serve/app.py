@@ -90,7 +90,7 @@ class Runtime:
         engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step, limits=config.limits)
         generation_metrics.track_load(engine.load)
         attribution = build_attribution(config.attribution, registry, engine=None,  # engine set in start()
-                                        limits=config.limits)
+                                        limits=config.limits, graph_format=GRAPH_FORMAT)
         if config.attribution.transcoders is not None:  # completions are kept for audits only when they can be audited
             engine.add_finish_listener(lambda r: attribution.on_completion(
                 r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name))

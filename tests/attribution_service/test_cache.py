@@ -66,10 +66,32 @@ def test_key_material_is_versioned_json_not_pickle():
 # ---------------------------------------------------------------- entry format
 
 
-def test_entry_round_trip_is_exact():
-    blob = entry.encode("k1", SECTIONS, graph_format=1)
-    assert len(blob) < sum(map(len, SECTIONS.values()))  # compressed
-    assert entry.decode("k1", blob, graph_format=1) == SECTIONS
+@pytest.mark.parametrize("codec", list(entry.Codec))
+def test_entry_round_trip_is_exact(codec):
+    blob = entry.encode("k1", SECTIONS, graph_format=1, codec=codec)
+    raw = sum(map(len, SECTIONS.values()))
+    assert len(blob) < raw if codec == entry.Codec.ZLIB else len(blob) > raw  # compressed, or stored as is
+    sections = entry.decode("k1", blob, graph_format=1)
+    assert sections == SECTIONS and {k: bytes(v) for k, v in sections.items()} == SECTIONS
+
+
+def test_stored_entry_sections_are_views_into_the_blob_not_copies():
+    blob = entry.encode("k1", SECTIONS, graph_format=1, codec=entry.Codec.STORED)
+    sections = entry.decode("k1", blob, graph_format=1)
+    assert all(isinstance(v, memoryview) and v.readonly and v.obj is blob for v in sections.values())
+
+
+def test_version_1_entries_are_refused_not_misread():
+    """A version-1 entry (zlib, no codec byte) is refused, so the graph is recomputed."""
+    import hashlib
+    import struct
+    import zlib
+
+    body = entry.encode("k1", SECTIONS, graph_format=1)[entry.HEADER_BYTES:]
+    packed = zlib.compress(body)
+    v1 = struct.pack(">4sHH32sII", b"CSGE", 1, 1, hashlib.sha256(b"k1").digest(), zlib.crc32(packed), len(body))
+    with pytest.raises(entry.BadEntry, match="entry format 1, this server reads 2"):
+        entry.decode("k1", v1 + packed, graph_format=1)
 
 
 @pytest.mark.parametrize(
@@ -82,10 +104,13 @@ def test_entry_round_trip_is_exact():
         lambda b: b[:6] + b"\x00\x02" + b[8:],  # other graph format
         lambda b: b[:-1] + bytes([b[-1] ^ 1]),  # bit flip in the body
         lambda b: b[:8] + bytes(32) + b[40:],  # stored for another key
+        lambda b: b[:40] + b"\x07" + b[41:],  # unknown codec
+        lambda b: b[:48] + b"\x00\x00\x00\x01" + b[52:],  # body length
     ],
 )
-def test_bad_entries_are_refused(mangle):
-    blob = entry.encode("k1", SECTIONS, graph_format=1)
+@pytest.mark.parametrize("codec", list(entry.Codec))
+def test_bad_entries_are_refused(mangle, codec):
+    blob = entry.encode("k1", SECTIONS, graph_format=1, codec=codec)
     with pytest.raises(entry.BadEntry):
         entry.decode("k1", mangle(blob), graph_format=1)
 
@@ -159,7 +184,7 @@ def test_redis_cache_round_trip_and_ttl(redis_service, redis_prefix, metrics, re
         assert await cache.get(k) is None
         assert await cache.put(k, SECTIONS)
         got = await cache.get(k)
-        assert got == SECTIONS and all(type(v) is bytes for v in got.values())
+        assert got == SECTIONS and {n: bytes(v) for n, v in got.items()} == SECTIONS  # read-only views of the blob
         await asyncio.sleep(0.5)
         assert await cache.get(k) is None  # expired by Redis itself
         await link.close()

@@ -20,8 +20,11 @@ def write_random_transcoders(
     *,
     d_transcoder: int = 1024,
     target_l0: int = 32,
+    threshold: float | None = None,
     seed: int = 0,
 ) -> Path:
+    """`threshold` (when given) replaces the estimate from `target_l0`: models whose residual
+    stream is larger than the estimate assumes need it to fire as rarely as asked."""
     import torch
     from safetensors.torch import save_file
     from statistics import NormalDist
@@ -43,7 +46,7 @@ def write_random_transcoders(
             "W_dec": W_dec.contiguous(),
             "b_enc": torch.zeros(d_transcoder),
             "b_dec": torch.zeros(d),
-            "activation_function.threshold": torch.full((d_transcoder,), z * 0.6),
+            "activation_function.threshold": torch.full((d_transcoder,), z * 0.6 if threshold is None else threshold),
         }
         save_file(tensors, str(out / f"layer_{layer}.safetensors"))
     (out / "config.yaml").write_text(

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from circuit_serve.attribution.service import AttributionService
 from circuit_serve.attribution.types import GraphEngine
-from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink
+from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink, entry
 from circuit_serve.completions.store import CompletionStore
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.limits import InputLimits
@@ -16,8 +16,9 @@ from circuit_serve.metrics.attribution import AttributionMetrics
 
 
 def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None,
-                  limits: InputLimits | None = None) -> AttributionService:
-    """The service; `engine` is None when the server runs without transcoders.
+                  limits: InputLimits | None = None, *, graph_format: int | None = None) -> AttributionService:
+    """The service; `engine` is None when the server runs without transcoders (or until it is loaded).
+    `graph_format` is written in and checked on every cache entry (default: the engine's).
 
     Must be called inside the server's event loop (the Redis client binds to it).
     """
@@ -30,10 +31,11 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
     backend = RedisBackend(link) if link is not None else MemoryBackend(config.memory_cache_bytes)
     cache = GraphCache(
         backend,
-        graph_format=engine.graph_format if engine is not None else 0,
+        graph_format=graph_format if graph_format is not None else engine.graph_format if engine is not None else 0,
         ttl_s=config.cache_ttl_s,
         max_entry_bytes=config.cache_max_entry_bytes,
         metrics=metrics,
+        codec=entry.Codec.ZLIB if config.cache_compression == "zlib" else entry.Codec.STORED,
     )
     jobs = GraphJobs(
         cache=cache,

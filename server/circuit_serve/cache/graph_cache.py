@@ -29,8 +29,10 @@ class GraphCache:
         ttl_s: float,
         max_entry_bytes: int,
         metrics: AttributionMetrics,
+        codec: entry.Codec = entry.Codec.STORED,
     ) -> None:
         self.backend = backend
+        self.codec = codec
         self.graph_format = graph_format
         self.ttl_s = ttl_s
         self.max_entry_bytes = max_entry_bytes
@@ -41,8 +43,9 @@ class GraphCache:
     def backend_name(self) -> str:
         return self.backend.name
 
-    async def get(self, key: str, *, record: bool = True) -> dict[str, bytes] | None:
-        """The sections stored under `key`, or None (a miss) for anything unusable.
+    async def get(self, key: str, *, record: bool = True) -> dict[str, memoryview] | None:
+        """The sections stored under `key` (read-only views, not copies), or None (a miss) for
+        anything unusable.
 
         `record=False` (polling while another replica computes) leaves the hit and
         miss counters alone; errors and bad entries are always counted.
@@ -73,10 +76,10 @@ class GraphCache:
         self.metrics.cache_bytes.labels(name, "read").inc(len(blob))
         return sections
 
-    async def put(self, key: str, sections: Mapping[str, bytes]) -> bool:
+    async def put(self, key: str, sections: Mapping[str, bytes | memoryview]) -> bool:
         """Store `sections` under `key`; False when skipped (too large) or the backend failed."""
         name = self.backend.name
-        blob = entry.encode(key, sections, graph_format=self.graph_format)
+        blob = entry.encode(key, sections, graph_format=self.graph_format, codec=self.codec)
         if len(blob) > self.max_entry_bytes:
             log.info("graph %s not cached: %d bytes > max entry size %d", key, len(blob), self.max_entry_bytes)
             self.metrics.cache_skipped.labels(name, "too_large").inc()

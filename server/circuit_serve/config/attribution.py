@@ -13,8 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+_KIB = 1 << 10
 _MIB = 1 << 20
 _GIB = 1 << 30
+# gRPC's default receive limit is 4 MiB; a chunk's framing (key, tags, lengths) stays under 16 KiB.
+MAX_RESULT_CHUNK_BYTES = 4 * _MIB - 16 * _KIB
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,14 @@ class AttributionConfig:
     max_feature_nodes_limit: int = 16384  # largest max_feature_nodes a request may ask for
     max_batch_size: int = 1024  # largest backward batch a request may ask for
     memory_budget_bytes: int = 8 * _GIB  # the engine's peak-memory estimate (real active-feature count) must fit
+    result_chunk_bytes: int = 3 * _MIB  # larger results go out as chunks of at most this (attribution.proto)
     # ---- graph cache
     redis_url: str | None = None  # None: an in-process LRU serves as the cache
     redis_prefix: str = "circuit:"  # every Redis key this server writes starts with it
     redis_timeout_s: float = 0.5  # connect/read timeout of each Redis command
     cache_ttl_s: float = 7 * 24 * 3600.0
     cache_max_entry_bytes: int = 64 * _MIB  # larger graphs are served but not cached
+    cache_compression: str = "none"  # "none" or "zlib": how entries are stored (cache/entry.py)
     memory_cache_bytes: int = 512 * _MIB  # size of the in-process LRU (used without Redis)
     lock_ttl_s: float = 30.0  # replica lock expiry (renewed while computing)
     lock_wait_s: float = 120.0  # longest wait for another replica's graph before computing it here
@@ -68,6 +73,10 @@ class AttributionConfig:
         g.add_argument("--attribution-memory-budget-gib", type=float, default=d.memory_budget_bytes / _GIB,
                        help="peak working memory one graph may need, as the engine estimates it once the "
                             "prompt's active features are known (default %(default)s GiB)")
+        g.add_argument("--attribution-result-chunk-kib", type=int, default=d.result_chunk_bytes // _KIB,
+                       help="results larger than this are streamed as chunks of at most this size, so that "
+                            "clients with gRPC's default 4 MiB receive limit get them (default %(default)s; "
+                            f"at most {MAX_RESULT_CHUNK_BYTES // _KIB})")
 
         c = parser.add_argument_group("graph cache and Redis")
         c.add_argument("--redis-url", default=env("CIRCUIT_REDIS_URL"),
@@ -78,6 +87,9 @@ class AttributionConfig:
         c.add_argument("--graph-cache-ttl", type=float, default=d.cache_ttl_s, dest="graph_cache_ttl_s",
                        help="seconds a cached graph lives (default %(default)s)")
         c.add_argument("--graph-cache-max-entry-mib", type=float, default=d.cache_max_entry_bytes / _MIB)
+        c.add_argument("--graph-cache-compression", choices=("none", "zlib"), default=d.cache_compression,
+                       help="store cache entries as they are (a hit only slices them) or zlib-compressed "
+                            "(about 4x smaller, a decompression per hit) (default %(default)s)")
         c.add_argument("--graph-cache-memory-mib", type=float, default=d.memory_cache_bytes / _MIB,
                        help="size of the in-process cache used without Redis")
         c.add_argument("--completions-ttl", type=float, default=d.completions_ttl_s, dest="completions_ttl_s",
@@ -100,11 +112,13 @@ class AttributionConfig:
             max_feature_nodes_limit=args.attribution_max_feature_nodes,
             max_batch_size=args.attribution_max_batch_size,
             memory_budget_bytes=int(args.attribution_memory_budget_gib * _GIB),
+            result_chunk_bytes=args.attribution_result_chunk_kib * _KIB,
             redis_url=args.redis_url or None,
             redis_prefix=args.redis_prefix,
             redis_timeout_s=args.redis_timeout_s,
             cache_ttl_s=args.graph_cache_ttl_s,
             cache_max_entry_bytes=int(args.graph_cache_max_entry_mib * _MIB),
+            cache_compression=args.graph_cache_compression,
             memory_cache_bytes=int(args.graph_cache_memory_mib * _MIB),
             completions_ttl_s=args.completions_ttl_s,
             completions_max=args.completions_max,
@@ -122,5 +136,10 @@ class AttributionConfig:
             raise ValueError(f"--attribution-max-queued-per-tenant must be >= 0, got {self.max_queued_per_tenant}")
         if self.completions_max < 1 or self.completions_max_bytes < 1:
             raise ValueError("--completions-max and --completions-max-mib must be positive")
+        if not _KIB <= self.result_chunk_bytes <= MAX_RESULT_CHUNK_BYTES:
+            raise ValueError(f"--attribution-result-chunk-kib must be in [1, {MAX_RESULT_CHUNK_BYTES // _KIB}], "
+                             f"got {self.result_chunk_bytes / _KIB:g}")
+        if self.cache_compression not in ("none", "zlib"):
+            raise ValueError(f"--graph-cache-compression must be none or zlib, got {self.cache_compression!r}")
         if self.transcoders is not None and not self.transcoders.is_dir():
             raise ValueError(f"--transcoders {self.transcoders} is not a directory")

@@ -52,8 +52,23 @@ What colour is the sky? Blue. How many days are in a week? Seven. What comes aft
 """
 
 
-def build_demo_model(out_dir: str | Path, *, arch: Arch = "llama", seed: int = 0) -> Path:
-    """Write config, safetensors weights and tokenizer files to `out_dir`; return it."""
+def build_demo_model(
+    out_dir: str | Path,
+    *,
+    arch: Arch = "llama",
+    seed: int = 0,
+    n_layers: int = N_LAYERS,
+    d_model: int = D_MODEL,
+    n_heads: int = N_HEADS,
+    n_kv_heads: int = N_KV_HEADS,
+    d_mlp: int = D_MLP,
+) -> Path:
+    """Write config, safetensors weights and tokenizer files to `out_dir`; return it.
+
+    The shape defaults to the constants above; a larger one (for example 6 layers, d_model 256,
+    8 heads, MLP 1024) gives graph results of several MB. `d_model / n_heads` must be a head size
+    that vLLM's CPU attention supports (32, 64, 80, ...).
+    """
     import torch
     import transformers
 
@@ -65,12 +80,12 @@ def build_demo_model(out_dir: str | Path, *, arch: Arch = "llama", seed: int = 0
 
     common = dict(
         vocab_size=vocab,
-        hidden_size=D_MODEL,
-        intermediate_size=D_MLP,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=N_HEADS,
-        num_key_value_heads=N_KV_HEADS,
-        head_dim=HEAD_DIM,
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        head_dim=d_model // n_heads,
         max_position_embeddings=MAX_POSITIONS,
         initializer_range=INIT_STD,
         bos_token_id=ids["<s>"],
@@ -84,7 +99,7 @@ def build_demo_model(out_dir: str | Path, *, arch: Arch = "llama", seed: int = 0
         config = transformers.Gemma2Config(
             **common,
             tie_word_embeddings=True,  # vLLM's Gemma-2 requires tied embeddings
-            query_pre_attn_scalar=HEAD_DIM,
+            query_pre_attn_scalar=d_model // n_heads,
             sliding_window=256,
             attn_logit_softcapping=50.0,
             final_logit_softcapping=30.0,

@@ -38,6 +38,7 @@ METHOD_SCOPES: dict[str, Scope | str] = {
     "circuit.v1.Generation/ModelInfo": AUTHENTICATED,
     "circuit.v1.Attribution/Attribute": Scope.ATTRIBUTE,
     "circuit.v1.Attribution/GetGraph": Scope.ATTRIBUTE,
+    "circuit.v1.Attribution/GetGraphStream": Scope.ATTRIBUTE,
     "circuit.v1.Features/FeatureActivations": Scope.FEATURES,
     "circuit.v1.Features/Steer": Scope.STEER,
 }

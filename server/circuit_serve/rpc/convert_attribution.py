@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
-from circuit_client._pb.circuit.v1 import graph_pb2
-from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO, Accepted, AttributeRequest, AttributionInput
-from circuit_serve.jobs.events import Finished, Queued, Running
+from circuit_serve.attribution.types import Accepted, AttributeRequest, AttributionInput
+from circuit_serve.jobs.events import Queued, Running
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast
 
@@ -42,7 +41,8 @@ def _target(msg: pb.AttributionTarget) -> int | Contrast:
     return msg.token_id
 
 
-def event_to_pb(event: Accepted | Queued | Running | Finished, key: str, output: int) -> pb.AttributeResponse:
+def event_to_pb(event: Accepted | Queued | Running, key: str) -> pb.AttributeResponse:
+    """Progress events; a Finished result is framed from its bytes by result_wire.py."""
     if isinstance(event, Accepted):
         accepted = pb.AttributeAccepted(key=event.key, token_ids=event.token_ids)
         if event.audited_token_id is not None:
@@ -50,15 +50,4 @@ def event_to_pb(event: Accepted | Queued | Running | Finished, key: str, output:
         return pb.AttributeResponse(key=event.key, accepted=accepted)
     if isinstance(event, Queued):
         return pb.AttributeResponse(key=key, queued=pb.AttributeQueued(position=event.position))
-    if isinstance(event, Running):
-        return pb.AttributeResponse(key=key, running=pb.AttributeRunning(phase=event.phase, fraction=event.fraction))
-    return pb.AttributeResponse(key=key, result=result_to_pb(event.sections, event.source, output))
-
-
-def result_to_pb(sections: dict[str, bytes], source: str, output: int) -> pb.AttributionResult:
-    result = pb.AttributionResult(source=source)
-    if output in (pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_PROTO):
-        result.graph.MergeFrom(graph_pb2.Graph.FromString(sections[GRAPH_PROTO]))
-    if output in (pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_JSON):
-        result.frontend_json = sections[GRAPH_JSON]
-    return result
+    return pb.AttributeResponse(key=key, running=pb.AttributeRunning(phase=event.phase, fraction=event.fraction))

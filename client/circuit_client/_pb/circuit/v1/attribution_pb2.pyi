@@ -106,18 +106,42 @@ class AttributionResult(_message.Message):
     def __init__(self, graph: _Optional[_Union[_graph_pb2.Graph, _Mapping]] = ..., frontend_json: _Optional[bytes] = ..., source: _Optional[str] = ...) -> None: ...
 
 class AttributeResponse(_message.Message):
-    __slots__ = ("key", "accepted", "queued", "running", "result")
+    __slots__ = ("key", "accepted", "queued", "running", "result", "result_header", "result_chunk")
     KEY_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_HEADER_FIELD_NUMBER: _ClassVar[int]
+    RESULT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     key: str
     accepted: AttributeAccepted
     queued: AttributeQueued
     running: AttributeRunning
     result: AttributionResult
-    def __init__(self, key: _Optional[str] = ..., accepted: _Optional[_Union[AttributeAccepted, _Mapping]] = ..., queued: _Optional[_Union[AttributeQueued, _Mapping]] = ..., running: _Optional[_Union[AttributeRunning, _Mapping]] = ..., result: _Optional[_Union[AttributionResult, _Mapping]] = ...) -> None: ...
+    result_header: ChunkedResultHeader
+    result_chunk: ResultChunk
+    def __init__(self, key: _Optional[str] = ..., accepted: _Optional[_Union[AttributeAccepted, _Mapping]] = ..., queued: _Optional[_Union[AttributeQueued, _Mapping]] = ..., running: _Optional[_Union[AttributeRunning, _Mapping]] = ..., result: _Optional[_Union[AttributionResult, _Mapping]] = ..., result_header: _Optional[_Union[ChunkedResultHeader, _Mapping]] = ..., result_chunk: _Optional[_Union[ResultChunk, _Mapping]] = ...) -> None: ...
+
+class ChunkedResultHeader(_message.Message):
+    __slots__ = ("total_bytes", "chunk_count", "crc32", "message_type")
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    total_bytes: int
+    chunk_count: int
+    crc32: int
+    message_type: str
+    def __init__(self, total_bytes: _Optional[int] = ..., chunk_count: _Optional[int] = ..., crc32: _Optional[int] = ..., message_type: _Optional[str] = ...) -> None: ...
+
+class ResultChunk(_message.Message):
+    __slots__ = ("index", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class GetGraphRequest(_message.Message):
     __slots__ = ("key", "output")

@@ -44,6 +44,11 @@ class AttributionStub:
                 request_serializer=circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.SerializeToString,
                 response_deserializer=circuit_dot_v1_dot_attribution__pb2.GetGraphResponse.FromString,
                 _registered_method=True)
+        self.GetGraphStream = channel.unary_stream(
+                '/circuit.v1.Attribution/GetGraphStream',
+                request_serializer=circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.SerializeToString,
+                response_deserializer=circuit_dot_v1_dot_attribution__pb2.AttributeResponse.FromString,
+                _registered_method=True)
 
 
 class AttributionServicer:
@@ -53,7 +58,8 @@ class AttributionServicer:
         """The attribution graph of the next-token prediction after the input.
         Stream: `accepted` (the graph's key; always first), then `queued` and
         `running` progress while it is computed (none when it is cached), then
-        `result`. Cancelling the call (or its deadline passing) stops the work at
+        `result`, or a chunked result when it is large (see "Large results").
+        Cancelling the call (or its deadline passing) stops the work at
         the next batch boundary unless another caller waits for the same graph or
         `background` was set.
         Errors: FAILED_PRECONDITION (server started without --transcoders),
@@ -67,6 +73,17 @@ class AttributionServicer:
 
     def GetGraph(self, request, context):
         """A finished graph by key. NOT_FOUND when it is not (or no longer) cached.
+        Always one message, however large: a graph above 4 MiB needs a client
+        whose receive limit is raised. GetGraphStream needs none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGraphStream(self, request, context):
+        """GetGraph as a stream that fits gRPC's default 4 MiB receive limit: one
+        AttributeResponse with `result`, or a chunked result (`result_header`,
+        then its `result_chunk`s; see "Large results" below). Same errors as GetGraph.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,6 +101,11 @@ def add_AttributionServicer_to_server(servicer, server):
                     servicer.GetGraph,
                     request_deserializer=circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.FromString,
                     response_serializer=circuit_dot_v1_dot_attribution__pb2.GetGraphResponse.SerializeToString,
+            ),
+            'GetGraphStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetGraphStream,
+                    request_deserializer=circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.FromString,
+                    response_serializer=circuit_dot_v1_dot_attribution__pb2.AttributeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +162,33 @@ class Attribution:
             '/circuit.v1.Attribution/GetGraph',
             circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.SerializeToString,
             circuit_dot_v1_dot_attribution__pb2.GetGraphResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGraphStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/circuit.v1.Attribution/GetGraphStream',
+            circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.SerializeToString,
+            circuit_dot_v1_dot_attribution__pb2.AttributeResponse.FromString,
             options,
             channel_credentials,
             insecure,
