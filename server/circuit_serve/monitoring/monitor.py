@@ -72,8 +72,8 @@ class EngineMonitor:
         self.watched = tuple(watched)
         self.model_type = model_type
         self.max_request_watch = max_request_watch
-        self.work_dir = Path(tempfile.mkdtemp(prefix="circuit-monitor-", dir=work_dir))  # spec and socket
-        self.channel = ValueChannel(self.work_dir)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="circuit-monitor-", dir=work_dir))  # the spec
+        self.channel = ValueChannel()  # its socket in the system's temporary directory (a unix socket path is short)
         self.spec = MonitorSpec.from_transcoders(transcoders, [w.feature for w in self.watched],
                                                  request_slots=request_slots, endpoint=self.channel.endpoint)
         self.plan: ColumnPlan = self.spec.plan

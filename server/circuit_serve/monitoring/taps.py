@@ -93,15 +93,16 @@ class TapBank:
             return
         n = x_mid.shape[0]
         x = x_mid.float()  # (T, d)
-        if self.normalize:
-            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps[layer]))  # (T, d) * (T, 1)
+        if self.normalize:  # x * rsqrt(mean(x^2) + eps), one fused op
+            x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.eps[layer])
         pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
         if self.topk:
             w_full, b_full = self.enc[layer]
             full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
             kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
             torch.index_select(full, 1, self.index[lo:hi], out=pre)
-            torch.logical_and(pre >= kth, pre > 0, out=active)
+            # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
+            torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
         else:
             torch.addmm(self.b[lo:hi], x, self.Wt[:, lo:hi], out=pre)  # (T, C_l)
             torch.gt(pre, self.threshold[lo:hi], out=active)
