@@ -23,32 +23,55 @@ log = logging.getLogger(__name__)
 
 
 class RequestValues:
-    """Pre-activations and active masks of one request's columns at positions 0..covered-1."""
+    """Pre-activations and active masks of one request's columns at positions 0..covered-1.
+
+    Steps are kept as the views the decoder made of each message (no copy per step); the
+    `(positions, k)` arrays are assembled when read."""
 
     def __init__(self, n_columns: int) -> None:
-        self.pre = np.zeros((32, n_columns), dtype=np.float32)  # (capacity, k)
-        self.active = np.zeros((32, n_columns), dtype=bool)
+        self.n_columns = n_columns
+        self._steps: list[StepValues] = []
+        self._pre = np.zeros((0, n_columns), dtype=np.float32)  # assembled (covered, k)
+        self._active = np.zeros((0, n_columns), dtype=bool)
         self.covered = 0  # positions 0..covered-1 have values
         self.fired: tuple[int, int] | None = None  # (column index, position) of the engine's first stop firing
         self._changed = asyncio.Event()
 
     def add(self, step: StepValues) -> None:
-        end = step.first_pos + step.pre.shape[0]
-        if end > self.pre.shape[0]:
-            grow = max(end, 2 * self.pre.shape[0])
-            self.pre = np.resize(self.pre, (grow, self.pre.shape[1]))
-            self.active = np.resize(self.active, (grow, self.active.shape[1]))
-        self.pre[step.first_pos:end] = step.pre
-        self.active[step.first_pos:end] = step.active
+        self._steps.append(step)
         if step.first_pos <= self.covered:
-            self.covered = max(self.covered, end)
+            self.covered = max(self.covered, step.first_pos + step.pre.shape[0])
         if step.fired is not None and self.fired is None:
             self.fired = step.fired
         self._changed.set()
 
+    def _assemble(self) -> None:
+        if not self._steps:
+            return
+        end = max(self.covered, max(s.first_pos + s.pre.shape[0] for s in self._steps))
+        pre = np.zeros((end, self.n_columns), dtype=np.float32)
+        active = np.zeros((end, self.n_columns), dtype=bool)
+        pre[: len(self._pre)], active[: len(self._active)] = self._pre, self._active
+        for s in self._steps:
+            pre[s.first_pos: s.first_pos + s.pre.shape[0]] = s.pre
+            active[s.first_pos: s.first_pos + s.pre.shape[0]] = s.active
+        self._pre, self._active, self._steps = pre, active, []
+
+    @property
+    def pre(self) -> np.ndarray:
+        """`(positions, k)` pre-activations (rows past `covered` are not final)."""
+        self._assemble()
+        return self._pre
+
+    @property
+    def active(self) -> np.ndarray:
+        self._assemble()
+        return self._active
+
     def activations(self, start: int, stop: int) -> np.ndarray:
         """`(stop - start, k)` activations (pre-activation where active, else 0)."""
-        return np.where(self.active[start:stop], self.pre[start:stop], np.float32(0))
+        self._assemble()
+        return np.where(self._active[start:stop], self._pre[start:stop], np.float32(0))
 
     async def wait_for(self, n_positions: int, timeout_s: float) -> bool:
         """Wait until positions 0..n_positions-1 have values; False on timeout."""

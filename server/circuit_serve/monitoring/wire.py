@@ -85,12 +85,12 @@ def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.nda
 def decode_step(frames: list[bytes]) -> list[StepValues]:
     header = json.loads(frames[0])
     pre = np.frombuffer(frames[1], dtype=np.float32)
-    active = np.frombuffer(frames[2], dtype=np.uint8)
+    active = np.frombuffer(frames[2], dtype=np.bool_)  # written as 0/1 bytes
     out, at = [], 0
     for rid, first_pos, n, n_cols, fired_col, fired_pos in header:
         size = n * n_cols
         out.append(StepValues(rid=rid, first_pos=first_pos, pre=pre[at: at + size].reshape(n, n_cols),
-                              active=active[at: at + size].reshape(n, n_cols).astype(bool),
+                              active=active[at: at + size].reshape(n, n_cols),
                               fired=None if fired_col < 0 else (fired_col, fired_pos)))
         at += size
     return out
