@@ -48,7 +48,8 @@ class AttributionConfig:
         d = AttributionConfig
         g = parser.add_argument_group("attribution")
         g.add_argument("--transcoders", type=Path, default=env("CIRCUIT_TRANSCODERS"),
-                       help="transcoder directory (circuit-tracer format; env CIRCUIT_TRANSCODERS); "
+                       help="transcoder directory or Hugging Face repo id org/name[@revision] (circuit-tracer "
+                            "formats; env CIRCUIT_TRANSCODERS); "
                             "without it the attribution RPCs answer FAILED_PRECONDITION")
         g.add_argument("--attribution-device", default=d.device, help="auto, cpu, cuda or cuda:N")
         g.add_argument("--attribution-dtype", default=None,
@@ -108,4 +109,8 @@ class AttributionConfig:
         if self.max_queued < 0:
             raise ValueError(f"--attribution-max-queued must be >= 0, got {self.max_queued}")
         if self.transcoders is not None and not self.transcoders.is_dir():
-            raise ValueError(f"--transcoders {self.transcoders} is not a directory")
+            from circuit_serve.tracing.hub import parse_repo_spec
+
+            if parse_repo_spec(str(self.transcoders)) is None:
+                raise ValueError(f"--transcoders {self.transcoders} is neither a directory nor a Hugging Face "
+                                 "repo id (org/name[/subfolder][@revision])")
