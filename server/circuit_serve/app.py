@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from circuit_serve.attribution import AttributionService
 from circuit_serve.attribution import build_service as build_attribution
+from circuit_serve.attribution.gpu_plan import apply_plan, plan_for_serving
 from circuit_serve.attribution.loading import start_attribution
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
@@ -94,6 +95,8 @@ class Runtime:
 
     async def start(self) -> None:
         """Load the model(s). Calls made before this finishes get UNAVAILABLE."""
+        plan = await asyncio.to_thread(plan_for_serving, self.config)  # None unless sharing a GPU with vLLM
+        self.generation.config = apply_plan(self.generation.config, plan)  # raises PlanRefused
         await self.generation.start()
         self.replacement = await start_attribution(
             self.attribution, self.config.attribution, self.config.engine.model, serve_dtype=self.config.engine.dtype,

@@ -22,6 +22,7 @@ from typing import Any
 
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.errors import BackendUnavailable, InvalidRequest
+from circuit_serve.generation.vllm_version import check_vllm_version
 from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
 from circuit_serve.generation.types import (
     CompletionRecord,
@@ -63,6 +64,7 @@ class GenerationEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        check_vllm_version()  # raises UntestedVllm before touching vLLM's internals
         args = AsyncEngineArgs(**self.config.engine_kwargs(), disable_log_stats=True)
         loggers = [stat_logger_factory(self._on_step)]
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)

@@ -324,3 +324,35 @@ def load_transcoders(
         name=loc.name,
         revision=revision,
     )
+
+
+def transcoder_shape(path: str | Path, *, lazy: bool = True):
+    """The set's shapes (memory_plan.TranscoderShape) from its config and file headers; no weights read."""
+    import numpy as np
+    import yaml
+    from safetensors import safe_open
+
+    from circuit_serve.memory_plan import TranscoderShape
+
+    loc = _locate(path)
+    cfg = yaml.safe_load(loc.config.read_text()) or {}
+    if cfg.get("model_kind") == "cross_layer_transcoder":
+        root = loc.root if loc.repo is None else hub_folder(loc.repo, ["W_enc_*.safetensors", "W_dec_*.safetensors"])
+        n = len(list(root.glob("W_enc_*.safetensors")))
+        if n == 0:
+            raise InvalidRequest(f"{root} has no W_enc_*.safetensors files", field="transcoders")
+        with safe_open(str(root / "W_enc_0.safetensors"), framework="pt") as f:
+            F, d = f.get_slice("W_enc_0").get_shape()
+            keys = set(f.keys())
+        return TranscoderShape("clt", n, F, d, skip="W_skip_0" in keys, threshold="threshold_0" in keys,
+                               lazy_decoder=lazy)
+    files = _layer_files(loc, cfg)
+    if files[0].suffix == ".npz":
+        with np.load(files[0]) as z:
+            F, d = len(z["b_enc"]), len(z["b_dec"])
+        return TranscoderShape("plt", len(files), F, d, skip=False, threshold=True, lazy_decoder=False)
+    with safe_open(str(files[0]), framework="pt") as f:
+        F, d = f.get_slice("W_enc").get_shape()
+        keys = set(f.keys())
+    return TranscoderShape("plt", len(files), F, d, skip="W_skip" in keys,
+                           threshold="activation_function.threshold" in keys, lazy_decoder=lazy)
