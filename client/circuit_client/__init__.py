@@ -7,6 +7,7 @@ from circuit_client.aio import AsyncCircuitClient
 from circuit_client.errors import CircuitRpcError
 from circuit_client.sync import CircuitClient
 from circuit_client.types import (
+    ChatMessage,
     FinishReason,
     Generation,
     ModelInfo,
@@ -21,6 +22,7 @@ from circuit_client.types import (
 
 __all__ = [
     "AsyncCircuitClient",
+    "ChatMessage",
     "CircuitClient",
     "CircuitRpcError",
     "FinishReason",

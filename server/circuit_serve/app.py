@@ -107,6 +107,10 @@ class Runtime:
         if self.attribution.engine is not None:
             self.attribution.engine.labels = self.features.labels.as_dict()  # `clerp` in graph JSON
 
+    def transcoders_info(self) -> dict | None:
+        """What transcoder set is loaded (ModelInfo.transcoders); None before loading or without one."""
+        return None if self.replacement is None else self.replacement.transcoders.describe()
+
     def shutdown(self) -> None:
         self.attribution.shutdown()
         self.generation.shutdown()
@@ -116,7 +120,8 @@ class Runtime:
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features),
+    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features,
+                                                              transcoders=runtime.transcoders_info),
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]

@@ -40,10 +40,13 @@ def load_replacement(config: AttributionConfig, model_dir: Path, *, serve_dtype:
     dtype = resolve_dtype(config, serve_dtype, device, model_dir)
     started = time.perf_counter()
     rm = ReplacementModel.from_pretrained(
-        model_dir, config.transcoders, dtype=dtype, device=device, memory_budget_bytes=config.memory_budget_bytes
+        model_dir, config.transcoders, dtype=dtype, device=device, memory_budget_bytes=config.memory_budget_bytes,
+        identity_cache=config.identity_cache, lazy_decoders=config.lazy_decoders,
     )
-    log.info("replacement model loaded on %s in %s (%.1fs): transcoders %s", device, dtype,
-             time.perf_counter() - started, config.transcoders)
+    t = rm.transcoders
+    log.info("replacement model loaded on %s in %s (%.1fs): transcoders %s (%s, %d layers x %d features, %s, "
+             "decoders %s; %.2f GiB held)", device, dtype, time.perf_counter() - started, t.name, t.kind, t.n_layers,
+             t.d_transcoder, t.activation, "read lazily" if t.lazy else "in memory", t.resident_bytes() / 2**30)
     return rm
 
 

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from circuit_serve.config.tracing import identity_cache_dir
+
 _MIB = 1 << 20
 _GIB = 1 << 30
 
@@ -41,6 +43,9 @@ class AttributionConfig:
     # ---- served completions
     completions_ttl_s: float = 24 * 3600.0
     completions_max: int = 100_000  # in-process records kept (LRU)
+    # ---- loading
+    identity_cache: Path | None = None  # weight-file hashes kept between starts (None: hash every start)
+    lazy_decoders: bool = True  # decoder rows read from the safetensors files when a graph needs them
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +70,13 @@ class AttributionConfig:
         g.add_argument("--attribution-memory-budget-gib", type=float, default=d.memory_budget_bytes / _GIB,
                        help="peak working memory one graph may need, as the engine estimates it once the "
                             "prompt's active features are known (default %(default)s GiB)")
+
+        g.add_argument("--cache-dir", type=Path, default=None,
+                       help="where weight-file hashes are kept so restarts do not re-read the weights "
+                            "(default $CIRCUIT_CACHE_DIR, else ~/.cache/circuit-serve)")
+        g.add_argument("--eager-decoders", action="store_true",
+                       help="hold every transcoder decoder in memory instead of reading the rows a graph needs "
+                            "from the safetensors files")
 
         c = parser.add_argument_group("graph cache and Redis")
         c.add_argument("--redis-url", default=env("CIRCUIT_REDIS_URL"),
@@ -99,6 +111,8 @@ class AttributionConfig:
             cache_max_entry_bytes=int(args.graph_cache_max_entry_mib * _MIB),
             memory_cache_bytes=int(args.graph_cache_memory_mib * _MIB),
             completions_ttl_s=args.completions_ttl_s,
+            identity_cache=args.cache_dir or identity_cache_dir(),
+            lazy_decoders=not args.eager_decoders,
         )
         config.validate()
         return config

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuit_serve.chat import ChatMessage
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.features import steering
@@ -29,6 +30,7 @@ class TokensInput:
 
     prompt: str | None = None
     token_ids: tuple[int, ...] | None = None
+    messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,11 @@ class FeaturesEngine:
 
     def tokens(self, given: TokensInput) -> list[int]:
         """The ids the replacement model runs on (BOS first), validated."""
-        if bool(given.prompt) == bool(given.token_ids):
-            raise InvalidRequest("give exactly one of prompt and prompt_token_ids", field="prompt")
+        if sum(map(bool, (given.prompt, given.token_ids, given.messages))) != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids and messages", field="prompt")
+        if given.messages:
+            ids, _ = self.rm.check_tokens(self.rm.chat_tokens(given.messages))
+            return ids.tolist()
         ids, _ = self.rm.check_tokens(given.prompt if given.prompt else list(given.token_ids or ()))
         return ids.tolist()
 

@@ -114,6 +114,8 @@ class FeaturesService:
         assert self.monitor is not None and self.engine is not None
         if request.prompt_token_ids:
             prompt_ids = list(request.prompt_token_ids)
+        elif request.messages:
+            prompt_ids = generation.chat_tokens(request.messages)  # as the engine renders them
         else:
             prompt_ids, _ = generation.tokenize(request.prompt or "")  # as the engine tokenizes it
         tokenizer = self.engine.rm.tokenizer

@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from circuit_serve.chat import ChatMessage, chat_token_ids
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.errors import BackendUnavailable, InvalidRequest
 from circuit_serve.generation.vllm_version import check_vllm_version
@@ -116,6 +117,29 @@ class GenerationEngine:
         ids = list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
         return ids, list(self._tokenizer.convert_ids_to_tokens(ids))
 
+    def tokenize_chat(self, messages: Sequence[ChatMessage]) -> tuple[list[int], list[str]]:
+        """Token ids and strings of chat messages (as Generate renders them)."""
+        ids = self.chat_tokens(messages)
+        return ids, list(self._tokenizer.convert_ids_to_tokens(ids))
+
+    def chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of chat messages under the model's chat template (generation prompt added)."""
+        self._require_ready()
+        return chat_token_ids(self._tokenizer, messages)
+
+    def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
+        """The prompt ids vLLM is given for `request` (checked against max_model_len)."""
+        self._require_ready()
+        assert self._limits is not None
+        if request.messages:
+            ids, name = self.chat_tokens(request.messages), "messages"
+        elif request.prompt_token_ids:
+            ids, name = list(request.prompt_token_ids), "prompt_token_ids"
+        else:
+            ids, name = list(self._tokenizer.encode(request.prompt)), "prompt"
+        check_prompt_length(len(ids), self._limits, field=name)
+        return ids
+
     def load(self) -> EngineLoad:
         """Requests running and waiting in the scheduler right now (safe to call from any thread)."""
         llm = self._llm
@@ -148,12 +172,7 @@ class GenerationEngine:
         self._require_ready()
         assert self._limits is not None
         check_request(request, self._limits)
-        if request.prompt_token_ids:
-            prompt_ids = list(request.prompt_token_ids)
-            check_prompt_length(len(prompt_ids), self._limits, field="prompt_token_ids")
-        else:
-            prompt_ids = list(self._tokenizer.encode(request.prompt))
-            check_prompt_length(len(prompt_ids), self._limits, field="prompt")
+        prompt_ids = self.prompt_token_ids(request)
 
         request_id = f"gen-{uuid.uuid4().hex}"
         params = _sampling_params(request.sampling, output_kind)

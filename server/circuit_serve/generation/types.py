@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from circuit_serve.chat import ChatMessage
+
 
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end-of-sequence token or a stop string
@@ -27,11 +29,12 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Exactly one of `prompt` and `prompt_token_ids` is set."""
+    """Exactly one of `prompt`, `prompt_token_ids` and `messages` is set."""
 
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
 
 
 @dataclass(frozen=True)

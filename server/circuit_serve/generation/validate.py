@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from circuit_serve.chat import check_messages
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.generation.types import GenerationRequest
 
@@ -21,9 +22,13 @@ def check_request(request: GenerationRequest, limits: Limits) -> None:
     """Checks that need no tokenizer; raises InvalidRequest."""
     has_text = bool(request.prompt)
     has_ids = bool(request.prompt_token_ids)
-    if has_text and has_ids:
+    if request.messages:
+        if has_text or has_ids:
+            raise InvalidRequest("set one of prompt, prompt_token_ids and messages, not several", field="messages")
+        check_messages(request.messages)
+    elif has_text and has_ids:
         raise InvalidRequest("set either prompt or prompt_token_ids, not both", field="prompt")
-    if not has_text and not has_ids:
+    elif not has_text and not has_ids:
         raise InvalidRequest(
             "is empty; set prompt to non-empty text or prompt_token_ids to 1 or more token ids",
             field="prompt",

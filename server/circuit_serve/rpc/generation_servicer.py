@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -18,9 +18,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
-    def __init__(self, engine: GenerationEngine, features: FeaturesService | None = None) -> None:
+    def __init__(self, engine: GenerationEngine, features: FeaturesService | None = None,
+                 transcoders: Callable[[], dict | None] = lambda: None) -> None:
         self._engine = engine
         self._features = features
+        self._transcoders = transcoders  # the loaded set's description (None without transcoders)
 
     def _monitored(self, request: pb.GenerateRequest) -> bool:
         return self._features is not None and self._features.should_monitor(request.monitor)
@@ -50,15 +52,21 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 yield message
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        messages = convert.messages_from_pb(request.messages)
+        if messages:
+            ids, tokens = self._engine.tokenize_chat(messages)
+            return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
         ids, tokens = self._engine.tokenize(request.text, add_special_tokens=add_special)
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
-        return convert.model_info_to_pb(self._engine.describe(), server_version=__version__)
+        return convert.model_info_to_pb(self._engine.describe(), server_version=__version__,
+                                        transcoders=self._transcoders())
 
 
-def add_to_server(engine: GenerationEngine, server: grpc.aio.Server, features: FeaturesService | None = None) -> str:
+def add_to_server(engine: GenerationEngine, server: grpc.aio.Server, features: FeaturesService | None = None,
+                  transcoders: Callable[[], dict | None] = lambda: None) -> str:
     """Register the servicer; return its full service name (for health and reflection)."""
-    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features), server)
+    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features, transcoders), server)
     return SERVICE_NAME

@@ -162,6 +162,12 @@ class ReplacementModel:
         ids = list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
         return self._with_bos(ids)
 
+    def chat_tokens(self, messages) -> list[int]:
+        """Token ids of chat messages under the model's chat template (as generation renders them)."""
+        from circuit_serve.chat import chat_token_ids
+
+        return chat_token_ids(self.tokenizer, messages)
+
     def _with_bos(self, ids: list[int]) -> list[int]:
         if not ids or ids[0] not in set(self.tokenizer.all_special_ids):
             bos = self.bos_id()

@@ -84,7 +84,8 @@ class TranscoderSet:
     def describe(self) -> dict:
         """What is loaded, for ModelInfo and logs (plain values)."""
         return {
-            "name": self.name or self.path or "", "revision": self.revision or "", "kind": self.kind,
+            "name": self.name or self.path or "", "path": self.path or "", "revision": self.revision or "",
+            "kind": self.kind,
             "n_layers": self.n_layers, "d_transcoder": self.d_transcoder, "d_model": self.d_model,
             "feature_input_hook": self.feature_input_hook, "feature_output_hook": self.feature_output_hook,
             "activation": self.activation, "top_k": self.top_k or 0, "skip": self.has_skip,
