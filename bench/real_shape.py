@@ -109,6 +109,10 @@ def rss():
 from circuit_serve.tracing import load_transcoders
 before = rss()
 tcs = load_transcoders(sys.argv[2], dtype=torch.bfloat16, lazy=sys.argv[3] == 'lazy')
+held = [*tcs.W_enc, *tcs.b_enc, *tcs.W_dec, *tcs.b_dec, *(tcs.threshold or []), *(tcs.W_skip or [])]
+for t in held:  # safetensors tensors are memory-mapped: count the pages a graph touches
+    if isinstance(t, torch.Tensor):
+        t.sum()
 print('RESULT ' + json.dumps({'rss': rss() - before, 'held': tcs.resident_bytes()}))
 """
 
