@@ -115,3 +115,16 @@ def test_serving_plan_reads_the_config_and_transcoder_headers_and_sets_vllm_shar
                                                    str(fx / "transcoders"), "--attribution-memory-budget-gib", "4"]))
     with pytest.raises(PlanRefused, match="lower --attribution-memory-budget-gib"):
         apply_plan(big.engine, plan_for_serving(big, card_bytes=4 * GIB, device="cuda"))
+
+
+def test_replacement_model_dtype_follows_the_serving_dtype_on_a_gpu():
+    from circuit_serve.attribution.loading import resolve_dtype
+    from circuit_serve.config.attribution import AttributionConfig
+    from tests.tracing.tracing_helpers import FIXTURES
+
+    model = FIXTURES / "llama" / "model"  # a float32 checkpoint
+    auto = AttributionConfig()
+    assert resolve_dtype(auto, "auto", "cpu", model) == "float32"
+    assert resolve_dtype(auto, "auto", "cuda", model) == "bfloat16"  # as vLLM serves a float32 checkpoint
+    assert resolve_dtype(auto, "float16", "cuda", model) == "float16"
+    assert resolve_dtype(AttributionConfig(dtype="float32"), "auto", "cuda", model) == "float32"
