@@ -11,7 +11,7 @@
    sets), read at hook_resid_mid and written at mlp.hook_out.
 2. Transcoder memory: resident set size of loading the set lazily and eagerly (two subprocesses).
 3. First start of `circuit-serve serve` (bfloat16, CPU, fresh --cache-dir: the weight files are
-   hashed), its peak RSS (VmHWM; vLLM runs in-process), generation tokens/s (sequential and
+   hashed), its peak RSS (VmHWM of the server and vLLM's engine core process), generation tokens/s (sequential and
    concurrent greedy streams), one 16-token graph with max_feature_nodes 1000 through the server.
 4. Second start with the same --cache-dir (file identities reused): start-up time.
 5. After the server has stopped: circuit-tracer 0.5.0 (nnsight backend, same files, bfloat16,
@@ -42,7 +42,7 @@ import serve_process  # noqa: E402
 SHAPE = dict(layers=16, d=2048, heads=32, kv_heads=8, head_dim=64, d_mlp=8192, vocab=128256, n_tc=8192, l0=64)
 SMOKE = dict(layers=2, d=128, heads=4, kv_heads=2, head_dim=32, d_mlp=256, vocab=1000, n_tc=512, l0=16)
 N_TOKENS, MAX_FEATURE_NODES = 16, 1000
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
+ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
        "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
 
@@ -50,6 +50,7 @@ def build(out: Path, s: dict) -> tuple[Path, Path]:
     """The model directory and transcoder directory (skipped when already built)."""
     model_dir, tc_dir = out / "model", out / "transcoders"
     if (tc_dir / "config.yaml").exists():
+        _tokenizer_class_for_the_reference(model_dir)
         return model_dir, tc_dir
     import torch
     from safetensors.torch import save_file
@@ -98,7 +99,16 @@ def build(out: Path, s: dict) -> tuple[Path, Path]:
                   str(tc_dir / f"layer_{li}.safetensors"))
     (tc_dir / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: hook_resid_mid\n"
                                         "feature_output_hook: mlp.hook_out\nscan: bench-real-shape\n")
+    _tokenizer_class_for_the_reference(model_dir)
     return model_dir, tc_dir
+
+
+def _tokenizer_class_for_the_reference(model_dir: Path) -> None:
+    """transformers 5 writes `TokenizersBackend`; the reference's transformers 4.57 needs a 4.x class name."""
+    p = model_dir / "tokenizer_config.json"
+    cfg = json.loads(p.read_text())
+    if cfg.get("tokenizer_class") != "PreTrainedTokenizerFast":
+        p.write_text(json.dumps({**cfg, "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2))
 
 
 MEM_PROBE = r"""
@@ -127,7 +137,27 @@ def transcoder_memory(tc_dir: Path) -> dict[str, dict]:
 
 
 def peak_rss(pid: int) -> int:
-    return int(next(x for x in open(f"/proc/{pid}/status") if x.startswith("VmHWM")).split()[1]) * 1024
+    """Sum of the peak RSS (VmHWM) of `pid` and its descendants (vLLM's engine core is a child process)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier += kids
+    total = 0
+    for p in tree:
+        try:
+            total += int(next(x for x in open(f"/proc/{p}/status") if x.startswith("VmHWM")).split()[1]) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
 
 
 def timed_start(model_dir: Path, flags: list[str]):
@@ -234,6 +264,20 @@ def main() -> int:
     cache = work / "identity-cache"
     for f in cache.glob("identities/*"):
         f.unlink()  # the first start hashes every weight file
+    from circuit_serve.tracing.identity import file_identity
+
+    weights = sorted([*model_dir.glob("*.safetensors"), *tc_dir.glob("*.safetensors")])
+    t = time.perf_counter()
+    file_identity(weights)
+    hash_s = time.perf_counter() - t
+    scratch = work / "identity-scratch"
+    file_identity(weights, scratch)
+    t = time.perf_counter()
+    file_identity(weights, scratch)
+    cached_s = time.perf_counter() - t
+    size = sum(p.stat().st_size for p in weights)
+    print(f"hashing {size / 2**30:.2f} GiB of weights {hash_s:.1f}s; from the identity cache {cached_s * 1e3:.1f} ms",
+          flush=True)
     flags = ["--transcoders", str(tc_dir), "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "1024",
              "--kv-cache-gib", "1", "--attribution-memory-budget-gib", "4", "--attribution-max-feature-nodes",
              str(MAX_FEATURE_NODES), "--cache-dir", str(cache)]
@@ -278,15 +322,17 @@ shapes (16 layers, d_model 2048, 32 heads / 8 KV heads of 64, MLP 8192, tied emb
 word-level tokenizer, max_position_embeddings 1024), bfloat16. Transcoders: 16 PLTs of 8,192 features
 (bfloat16, JumpReLU + W_skip, about {s['l0']} features per token), decoders read lazily. Server:
 `circuit-serve serve --dtype bfloat16 --enforce-eager --max-model-len 1024 --kv-cache-gib 1` on vLLM-cpu
-0.32.0, engine in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`).
+0.32.0 (its engine core runs in a child process: peak RSS below is the sum of both processes' peaks;
+weights are memory-mapped, so pages count once touched).
 
 | measurement | value |
 |---|---|
 | first start (fresh --cache-dir: weight files hashed) to SERVING | {first_start:.1f} s |
 | second start (file identities from --cache-dir) to SERVING | {second_start:.1f} s (ratio {second_start / first_start:.2f}) |
-| peak RSS of the server process (VmHWM), first run / second start | {rss1 / gib:.2f} GiB / {rss2 / gib:.2f} GiB |
-| transcoder set held, lazy decoders: tensors / RSS growth | {mem['lazy']['held'] / gib:.2f} GiB / {mem['lazy']['rss'] / gib:.2f} GiB |
-| transcoder set held, eager decoders: tensors / RSS growth | {mem['eager']['held'] / gib:.2f} GiB / {mem['eager']['rss'] / gib:.2f} GiB |
+| sha256 of the {size / gib:.2f} GiB of weight files (what a start without the cache does) / the same identities from the cache | {hash_s:.1f} s / {cached_s * 1e3:.1f} ms |
+| peak RSS (VmHWM, server + engine core): after generation and the graph / second start at SERVING | {rss1 / gib:.2f} GiB / {rss2 / gib:.2f} GiB |
+| transcoder set, lazy decoders: tensors held / RSS growth once every held tensor is read | {mem['lazy']['held'] / gib:.2f} GiB / {mem['lazy']['rss'] / gib:.2f} GiB |
+| transcoder set, eager decoders: tensors held / RSS growth once every held tensor is read | {mem['eager']['held'] / gib:.2f} GiB / {mem['eager']['rss'] / gib:.2f} GiB |
 | generation, one greedy stream of 32 tokens | {seq:.1f} tokens/s |
 | generation, 4 concurrent greedy streams of 32 tokens | {conc:.1f} tokens/s |
 | one 16-token graph, max_feature_nodes 1000, through the server (client wall time) | {graph_s:.1f} s ({n_nodes} nodes, {n_links} links after pruning) |
