@@ -128,3 +128,16 @@ def test_replacement_model_dtype_follows_the_serving_dtype_on_a_gpu():
     assert resolve_dtype(auto, "auto", "cuda", model) == "bfloat16"  # as vLLM serves a float32 checkpoint
     assert resolve_dtype(auto, "float16", "cuda", model) == "float16"
     assert resolve_dtype(AttributionConfig(dtype="float32"), "auto", "cuda", model) == "float32"
+
+
+def test_memory_plan_command_prints_what_serve_would_do(capsys):
+    from circuit_serve.cli import main
+    from tests.tracing.tracing_helpers import FIXTURES
+
+    fx = FIXTURES / "gemma2"
+    args = ["memory-plan", "--model", str(fx / "model"), "--transcoders", str(fx / "transcoders")]
+    assert main([*args, "--card-gib", "4", "--attribution-memory-budget-gib", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU memory plan for a 4.0 GiB card" in out and "gpu_memory_utilization" in out and "fits:" in out
+    assert main([*args, "--card-gib", "2", "--attribution-memory-budget-gib", "2"]) == 2
+    assert "REFUSED" in capsys.readouterr().out

@@ -54,7 +54,7 @@ def plan_for_serving(config: ServeConfig, *, card_bytes: int | None = None, devi
         card_bytes = torch.cuda.get_device_properties(0).total_memory
     max_len = config.engine.max_model_len or int(cfg.get("max_position_embeddings") or 8192)
     return plan_memory(
-        ModelShape.from_config(cfg), transcoder_shape(att.transcoders), card_bytes=card_bytes,
+        ModelShape.from_config(cfg), transcoder_shape(att.transcoders, lazy=att.lazy_decoders), card_bytes=card_bytes,
         dtype=serving_dtype(config.engine.dtype, cfg, device), attribution_budget_bytes=att.memory_budget_bytes,
         attribution_workers=att.workers, max_model_len=max_len,
         max_num_seqs=config.engine.max_num_seqs or 256,
