@@ -106,7 +106,7 @@ class MemoryPlan:
     def render(self) -> str:
         rows = [f"GPU memory plan for a {self.card_bytes / GIB:.1f} GiB card:"]
         for name, b in self.components.items():
-            rows.append(f"  {name:<28} {b / GIB:8.2f} GiB  {self.notes.get(name, '')}".rstrip())
+            rows.append(f"  {name:<30} {b / GIB:8.2f} GiB  {self.notes.get(name, '')}".rstrip())
         rows.append(f"  vLLM gpu_memory_utilization {self.gpu_memory_utilization:.3f}")
         rows.append(("  fits: " if self.fits else "  REFUSED: ") + self.reason)
         return "\n".join(rows)
