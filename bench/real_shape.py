@@ -237,7 +237,8 @@ def reference(args, model_dir: Path, tc_dir: Path, tokens: list[int]) -> dict | 
     env.pop("PYTHONPATH", None)
     p = subprocess.run([args.ref_python, "-c", REF_RUNNER, json.dumps(spec)], capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        return "failed: " + " ".join(p.stderr.strip().splitlines()[-3:])[-600:]
+        why = " ".join(p.stderr.strip().splitlines()[-3:])[-600:] or "no error message (killed?)"
+        return f"failed with exit status {p.returncode}: {why}"
     return json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])
 
 
