@@ -299,10 +299,22 @@ def main() -> int:
     finally:
         serve_process.stop_server(server)
     print(f"second start {second_start:.1f}s", flush=True)
+    if not args.smoke:  # written now too, in case the reference does not finish
+        write(args, s, locals(), "not finished when this file was written (the run was stopped)")
     ref = reference(args, model_dir, tc_dir, graph_tokens)
     print("reference:", ref, flush=True)
     if args.smoke:
         return 0
+    write(args, s, locals(), ref)
+    return 0
+
+
+def write(args, s: dict, m: dict, ref) -> None:
+    """bench/results/real_shape.md from the measurements `m` (main's locals) and the reference's result."""
+    first_start, second_start, hash_s, cached_s, size = (m[k] for k in ("first_start", "second_start", "hash_s",
+                                                                          "cached_s", "size"))
+    rss1, rss2, mem, seq, conc, graph_s, result, load_before = (m[k] for k in ("rss1", "rss2", "mem", "seq", "conc",
+                                                                               "graph_s", "result", "load_before"))
 
     front = result.frontend()
     n_nodes, n_links = len(front["nodes"]), len(front["links"])
@@ -342,7 +354,6 @@ weights are memory-mapped, so pages count once touched).
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
