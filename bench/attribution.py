@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/attribution.py [--ref-python /work/ref-venv/bin/python]
         [--ref-scripts /work/shared/reference] [--threads 1] [--reps 3] [--out bench/results/attribution.md]
-    .venv/bin/python bench/attribution.py --gpu-gemma2-2b     # GPU only: Gemma-2-2B-shaped random model
+    .venv/bin/python bench/attribution.py --gpu-gemma2-2b [--ref-site DIR|TGZ]   # GPU: Gemma-2-2B shape
+    .venv/bin/python bench/attribution.py --shaped-smoke [--ref-site DIR]   # the same path, tiny, on the CPU
 
 1. Models: the committed tiny fixture (tests/fixtures/reference/llama), plus, when the reference
    venv is present, a larger Llama and Gemma-2 built by the reference's make_tiny.py (cached in
@@ -15,6 +16,11 @@
    within 1e-4 of the largest edge; with max_feature_nodes: >= 95% shared selection, shared
    edges within the same tolerance) and write the ratio to --out. Without the reference venv the
    reference columns say "not run".
+4. `--gpu-gemma2-2b`: a random Gemma-2-2B-shaped model with 16,384-feature JumpReLU PLTs on CUDA,
+   16 tokens, max_feature_nodes 7500: this engine twice, then the same files, tokens and settings
+   through circuit-tracer 0.5.0 (nnsight backend, float32, CUDA) in a subprocess whose PYTHONPATH
+   starts with `--ref-site` (circuit-tracer, nnsight, transformers 4.57.3 and their pure-Python
+   dependencies, or a .tgz of them), so one command on a GPU machine gives both numbers.
 """
 
 from __future__ import annotations
@@ -146,9 +152,89 @@ def agreement(g, Z, limited: bool) -> str:
             + ("" if ok else " (FAIL)"))
 
 
+REF_SHAPED = r"""
+import json, os, sys, time
+import numpy as np, torch
+cfg = json.loads(sys.argv[1])
+from circuit_tracer import attribute
+from circuit_tracer.utils.caching import load_transcoders_from_cache
+from circuit_tracer.replacement_model.replacement_model_nnsight import NNSightReplacementModel
+dev = torch.device(cfg["device"])
+t0 = time.perf_counter()
+parent, name = os.path.split(cfg["transcoders"])
+tcs, _ = load_transcoders_from_cache(name, cache_dir=parent, device=dev, dtype=torch.float32, lazy_encoder=False,
+                                     lazy_decoder=True)
+model = NNSightReplacementModel.from_pretrained_and_transcoders(cfg["model"], tcs, device=dev, dtype=torch.float32)
+load = time.perf_counter() - t0
+cuda = dev.type == "cuda"
+times = []
+for _ in range(cfg["reps"]):
+    if cuda:
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    g = attribute(torch.tensor(cfg["tokens"]), model, max_n_logits=10, desired_logit_prob=0.95, batch_size=256,
+                  max_feature_nodes=cfg["max_feature_nodes"])
+    if cuda:
+        torch.cuda.synchronize()
+    times.append(time.perf_counter() - t)
+peak = torch.cuda.max_memory_allocated() if cuda else 0
+np.savez(cfg["out"], adjacency_matrix=g.adjacency_matrix.float().cpu().numpy(),
+         active_features=g.active_features.cpu().numpy(), selected_features=g.selected_features.cpu().numpy(),
+         logit_targets=g.logit_token_ids.cpu().numpy())
+print("RESULT " + json.dumps({"times": times, "load": load, "peak": peak, "versions": {
+    "torch": torch.__version__, "transformers": __import__("transformers").__version__}}))
+"""
+
+
+def ref_pythonpath(site: Path, tmp: Path) -> str:
+    """The reference's packages: a directory, or a .tgz of one (unpacked under `tmp`)."""
+    if site.suffix in (".tgz", ".gz"):
+        import tarfile
+
+        with tarfile.open(site) as tf:
+            tf.extractall(tmp, filter="data")
+        site = next(p for p in tmp.iterdir() if p.is_dir())
+    return str(site)
+
+
+def run_reference_shaped(model_dir: Path, tc_dir: Path, tokens: list[int], *, device: str, max_feature_nodes: int,
+                         reps: int, site: Path | None, tmp: Path):
+    """circuit-tracer on the saved files in a subprocess; (npz, result dict) or (None, reason)."""
+    spec = dict(model=str(model_dir), transcoders=str(tc_dir), tokens=tokens, device=device, reps=reps,
+                max_feature_nodes=max_feature_nodes, out=str(tmp / "ref.npz"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if site is not None:
+        env["PYTHONPATH"] = ref_pythonpath(site, tmp)
+    proc = subprocess.run([sys.executable, "-c", REF_SHAPED, json.dumps(spec)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return None, "reference failed: " + " | ".join(proc.stderr.strip().splitlines()[-4:])[-800:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return np.load(tmp / "ref.npz"), json.loads(line[7:])
+
+
+def save_shaped(model, tok, tcs, workdir: Path) -> tuple[Path, Path]:
+    """The random model and transcoders in the formats circuit-tracer reads (float32)."""
+    from safetensors.torch import save_file
+
+    model_dir, tc_dir = workdir / "model", workdir / "transcoders"
+    model.save_pretrained(str(model_dir))
+    tok.save_pretrained(str(model_dir))
+    tc_cfg = model_dir / "tokenizer_config.json"  # a class name transformers 4.x (the reference's) knows
+    tc_cfg.write_text(json.dumps({**json.loads(tc_cfg.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}))
+    tc_dir.mkdir(parents=True, exist_ok=True)
+    for li in range(tcs.n_layers):
+        save_file({"W_enc": tcs.W_enc[li].cpu().contiguous(), "W_dec": tcs.W_dec[li].cpu().contiguous(),
+                   "b_enc": tcs.b_enc[li].cpu(), "b_dec": tcs.b_dec[li].cpu(),
+                   "activation_function.threshold": tcs.threshold[li].cpu()}, str(tc_dir / f"layer_{li}.safetensors"))
+    (tc_dir / "config.yaml").write_text(f"model_kind: transcoder_set\nfeature_input_hook: {tcs.feature_input_hook}\n"
+                                        f"feature_output_hook: {tcs.feature_output_hook}\nscan: {tcs.scan}\n")
+    return model_dir, tc_dir
+
+
 def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_mlp: int = 9216, heads: int = 8,
                   kv_heads: int = 4, head_dim: int = 256, vocab: int = 256000, n_tc: int = 16384, n_tokens: int = 16,
-                  max_feature_nodes: int = 7500, l0: int = 64, reps: int = 2) -> str:
+                  max_feature_nodes: int = 7500, l0: int = 64, reps: int = 2, ref_site: Path | None = None,
+                  with_reference: bool = False) -> str:
     """Random Gemma-2-shaped model + JumpReLU PLTs (about `l0` features per token and layer).
 
     Defaults: Gemma-2-2B's shape, 16,384 features per layer, 16 tokens, 7,500 feature nodes."""
@@ -187,7 +273,7 @@ def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_ml
         pre = tcs.pre_activations(li, rec.x_in[li][1:]).float()
         tcs.threshold[li].fill_(float(torch.quantile(pre.flatten(), 1 - l0 / n_tc)))
     cuda = device.startswith("cuda")
-    lines = []
+    lines, run_times = [], []
     for rep in range(reps):
         if cuda:
             torch.cuda.synchronize()
@@ -197,13 +283,52 @@ def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_ml
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
+        run_times.append(dt)
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
         est = rm.estimate_memory(n_tokens, graph.settings, n_active=graph.n_active, n_logits=graph.n_logits) / 2**30
         lines.append(f"| Gemma-2-shaped L={layers} d={d} n_tc={n_tc}, {n_tokens} tokens, max_feature_nodes "
                      f"{max_feature_nodes} (run {rep + 1}, {device}) | {graph.n_active} active / {graph.n_selected} "
                      f"selected | {dt:.2f} s | peak GPU memory {peak} (model + transcoders + graph); estimate "
                      f"{est:.2f} GiB | {json.dumps({k: round(v, 3) for k, v in graph.timings.items()})} |")
+    print("\n".join(lines), flush=True)
+    if not with_reference:
+        return "\n".join(lines)
+    best = min(run_times)
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        t = time.perf_counter()
+        model_dir, tc_dir = save_shaped(model, tok, tcs, tmp)
+        saved = time.perf_counter() - t
+        ours = _Saved(graph.active_features.cpu(), graph.selected_features.cpu(), graph.logit_token_ids.cpu(),
+                      graph.adjacency().cpu())
+        del rm, model, tcs, rec, graph
+        if cuda:
+            torch.cuda.empty_cache()
+        Z, info = run_reference_shaped(model_dir, tc_dir, tokens.tolist(), device=device, reps=reps,
+                                       max_feature_nodes=max_feature_nodes, site=ref_site, tmp=tmp)
+    if Z is None:
+        lines.append(f"| circuit-tracer 0.5.0 on the same graph | {info} |")
+        return "\n".join(lines)
+    agree = agreement(ours, Z, limited=True)
+    ref_t = min(info["times"])
+    lines.append(f"| circuit-tracer 0.5.0 (nnsight backend, float32, {device}; files written in {saved:.0f} s, "
+                 f"loaded in {info['load']:.0f} s; {info['versions']}) | {ref_t:.2f} s (runs "
+                 f"{', '.join(f'{x:.2f}' for x in info['times'])}) | peak GPU memory {info['peak'] / 2**30:.2f} GiB | "
+                 f"ratio this engine / reference {best / ref_t:.3f} | {agree} |")
     return "\n".join(lines)
+
+
+@dataclass
+class _Saved:
+    """A graph's parts kept on the CPU for `agreement` after the model is freed."""
+
+    active_features: torch.Tensor
+    selected_features: torch.Tensor
+    logit_token_ids: torch.Tensor
+    adj: torch.Tensor
+
+    def adjacency(self) -> torch.Tensor:
+        return self.adj
 
 
 def main() -> int:
@@ -216,14 +341,19 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attribution.md")
     ap.add_argument("--gpu-gemma2-2b", action="store_true", help="time the Gemma-2-2B-shaped config on CUDA")
     ap.add_argument("--shaped-smoke", action="store_true", help="the same code path, tiny shape, on the CPU")
+    ap.add_argument("--ref-site", type=Path, default=None,
+                    help="with --gpu-gemma2-2b/--shaped-smoke: circuit-tracer's packages (a dir or .tgz) to put first "
+                         "on the reference subprocess's PYTHONPATH")
+    ap.add_argument("--no-reference", action="store_true", help="with --gpu-gemma2-2b: this engine only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.gpu_gemma2_2b:
-        print(gemma2_shaped("cuda"))
+        print(gemma2_shaped("cuda", ref_site=args.ref_site, with_reference=not args.no_reference))
         return 0
     if args.shaped_smoke:
         print(gemma2_shaped("cpu", layers=4, d=256, d_mlp=512, heads=4, kv_heads=2, head_dim=64, vocab=1000,
-                            n_tc=2048, max_feature_nodes=300, l0=32, reps=1))
+                            n_tc=2048, max_feature_nodes=300, l0=32, reps=1, ref_site=args.ref_site,
+                            with_reference=True))
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     have_ref = Path(args.ref_python).exists() and (Path(args.ref_scripts) / "oracle.py").exists()

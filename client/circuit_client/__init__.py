@@ -9,6 +9,7 @@ from circuit_client.errors import CircuitRpcError
 from circuit_client.monitor import MonitorReport, Monitoring, WatchedValues, WatchRule
 from circuit_client.sync import CircuitClient
 from circuit_client.types import (
+    ChatMessage,
     FinishReason,
     Generation,
     ModelInfo,
@@ -23,6 +24,7 @@ from circuit_client.types import (
 
 __all__ = [
     "AsyncCircuitClient",
+    "ChatMessage",
     "CircuitClient",
     "CircuitRpcError",
     "Credentials",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from circuit_client import monitor
+from collections.abc import Mapping, Sequence
+
 from circuit_client import monitor as monitor_types
+from circuit_client._pb.circuit.v1 import chat_pb2 as chat_pb
 from circuit_client._pb.circuit.v1 import generation_pb2 as pb
 from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
 from circuit_client.types import (
+    ChatMessage,
     FinishReason,
     Generation,
     ModelInfo,
@@ -19,6 +23,8 @@ from circuit_client.types import (
     Usage,
 )
 
+Messages = Sequence[ChatMessage | tuple[str, str] | Mapping[str, str]]
+
 _FINISH = {
     pb.FINISH_REASON_UNSPECIFIED: FinishReason.UNSPECIFIED,
     pb.FINISH_REASON_STOP: FinishReason.STOP,
@@ -28,9 +34,31 @@ _FINISH = {
 }
 
 
+def chat_messages(messages: Messages | None) -> list[chat_pb.ChatMessage]:
+    """ChatMessage / (role, content) / {"role", "content"} items -> circuit.v1.ChatMessage."""
+    out = []
+    for m in messages or ():
+        if isinstance(m, dict):
+            role, content = m["role"], m["content"]
+        elif isinstance(m, ChatMessage):
+            role, content = m.role, m.content
+        else:
+            role, content = m
+        out.append(chat_pb.ChatMessage(role=str(role), content=str(content)))
+    return out
+
+
+def parse_message(text: str) -> ChatMessage:
+    """`ROLE:CONTENT` (a command-line --message) -> ChatMessage; ValueError without a role."""
+    role, sep, content = text.partition(":")
+    if not sep or not role.strip():
+        raise ValueError(f"expected ROLE:CONTENT (e.g. 'user:Hello'), got {text!r}")
+    return ChatMessage(role.strip(), content.lstrip())
+
+
 def generate_request(
     prompt: str | None, prompt_token_ids: list[int] | tuple[int, ...] | None, sampling: Sampling,
-    monitor: bool | monitor.Monitoring = False,
+    monitor: bool | monitor.Monitoring = False, messages: Messages | None = None,
 ) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
     for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
@@ -38,7 +66,7 @@ def generate_request(
         if value is not None:
             setattr(s, name, value)
     req = pb.GenerateRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), sampling=s,
-                             monitor=bool(monitor))
+                             monitor=bool(monitor), messages=chat_messages(messages))
     if isinstance(monitor, monitor_types.Monitoring):
         req.watch.extend(mpb.WatchRule(name=r.name, layer=r.layer, index=r.index, threshold=r.threshold,
                                        action=r.action) for r in monitor.rules)
@@ -115,6 +143,11 @@ def model_info(msg: pb.ModelInfoResponse) -> ModelInfo:
         max_new_tokens_limit=msg.max_new_tokens_limit,
         max_top_logprobs=msg.max_top_logprobs,
         max_request_watch=msg.max_request_watch,
-        transcoders=TranscoderSet(tc.name, tc.path, tc.kind, tc.num_layers, tc.features_per_layer) if tc else None,
+        transcoders=TranscoderSet(
+            tc.name, tc.path, tc.kind, tc.num_layers, tc.features_per_layer, revision=tc.revision,
+            feature_input_hook=tc.feature_input_hook, feature_output_hook=tc.feature_output_hook,
+            activation=tc.activation, top_k=tc.top_k, dtype=tc.dtype, lazy_decoder=tc.lazy_decoder,
+            skip_connection=tc.skip_connection, d_model=tc.d_model,
+        ) if tc else None,
         limits={f.name: v for f, v in msg.limits.ListFields()} if msg.HasField("limits") else {},
     )

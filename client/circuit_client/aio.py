@@ -47,10 +47,11 @@ class AsyncCircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> Generation:
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor, messages)
         try:
             return _convert.generation(await self._generation.Generate(req, timeout=self._deadline(timeout)))
         except grpc.RpcError as err:
@@ -62,11 +63,12 @@ class AsyncCircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Chunks as they are generated; leaving early (break, aclose, cancel) cancels the call."""
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor, messages)
         call = self._generation.GenerateStream(req, timeout=self._deadline(timeout))
         try:
             async for msg in call:
@@ -77,9 +79,12 @@ class AsyncCircuitClient:
             call.cancel()
 
     async def tokenize(
-        self, text: str, *, add_special_tokens: bool = True, timeout: float | None = None
+        self, text: str = "", *, add_special_tokens: bool = True, messages: _convert.Messages | None = None,
+        timeout: float | None = None,
     ) -> Tokenization:
-        req = pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens)
+        """Token ids of `text`, or of chat `messages` rendered with the model's chat template."""
+        req = pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens,
+                                 messages=_convert.chat_messages(messages))
         try:
             return _convert.tokenization(await self._generation.Tokenize(req, timeout=self._deadline(timeout)))
         except grpc.RpcError as err:

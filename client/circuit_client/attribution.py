@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import grpc
 
+from circuit_client._convert import Messages, chat_messages
 from circuit_client._channel import AsyncServiceClient, ServiceClient
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
@@ -107,6 +108,7 @@ class AttributionClient(ServiceClient):
         prompt_token_ids: Sequence[int] | None = None,
         request_id: str | None = None,
         token_index: int | None = None,
+        messages: Messages | None = None,
         output: Output = "both",
         background: bool = False,
         timeout: float | None = None,
@@ -114,7 +116,7 @@ class AttributionClient(ServiceClient):
         """Accepted, then Queued/Running progress, then the GraphResult. Leaving early cancels
         the call (the server stops the work unless `background` or another caller waits)."""
         req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
-                       output, background)
+                       output, background, messages)
         call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
         assembler = ResultAssembler()
         try:
@@ -183,9 +185,9 @@ class AsyncAttributionClient(AsyncServiceClient):
     async def stream(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,
                      prompt_token_ids: Sequence[int] | None = None, request_id: str | None = None,
                      token_index: int | None = None, output: Output = "both", background: bool = False,
-                     timeout: float | None = None) -> AsyncIterator[Event]:
+                     timeout: float | None = None, messages: Messages | None = None) -> AsyncIterator[Event]:
         req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
-                       output, background)
+                       output, background, messages)
         call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
         assembler = ResultAssembler()
         try:
@@ -231,7 +233,8 @@ class AsyncAttributionClient(AsyncServiceClient):
         raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the GetGraphStream stream ended without a graph")
 
 
-def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSettings, output, background):
+def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSettings, output, background,
+             messages: Messages | None = None):
     settings = pb.AttributionSettings()
     for name in ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold",
                  "edge_threshold"):
@@ -245,7 +248,7 @@ def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSe
             settings.targets.add(token_id=target)
     req = pb.AttributeRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()),
                               request_id=request_id or "", settings=settings, output=_OUTPUT[output],
-                              background=background)
+                              background=background, messages=chat_messages(messages))
     if token_index is not None:
         req.token_index = token_index
     return req

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from circuit_client._convert import parse_message
 from circuit_client.attribution import (
     DEFAULT_ATTRIBUTION_TIMEOUT_S,
     Accepted,
@@ -34,6 +35,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
     src.add_argument("--prompt", help="text to explain the next token of")
     src.add_argument("--token-ids", help="comma-separated token ids (BOS is added when missing)")
     src.add_argument("--request-id", help="a generation this server served (with --token-index)")
+    src.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
+                     help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
     a.add_argument("--token-index", type=int, help="completion token to explain (0-based)")
     a.add_argument("--max-n-logits", type=int)
     a.add_argument("--desired-logit-prob", type=float)
@@ -76,6 +79,7 @@ def _attribute(client: object, args: argparse.Namespace) -> int:
     result = AttributionClient(client, timeout=args.timeout).attribute(
         args.prompt, settings, prompt_token_ids=token_ids, request_id=args.request_id,
         token_index=args.token_index, background=args.background, on_event=progress, timeout=args.timeout,
+        messages=args.message,
         output="both" if args.proto_out else "json",
     )
     progress.done()

@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 
 from circuit_client import attribution_cli, credentials_cli, features_cli
+from circuit_client._convert import parse_message
 from circuit_client.errors import CircuitRpcError
 from circuit_client.monitor import Monitoring, WatchRule
 from circuit_client.sync import CircuitClient
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     g = add("generate", "stream a completion to the terminal")
-    g.add_argument("prompt")
+    g.add_argument("prompt", nargs="?", help="text (or give --message)")
+    g.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
+                   help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-p", type=float, default=None)
@@ -54,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also watch this feature with this rule (record, flag or stop; default record); repeatable")
 
     t = add("tokenize", "show how the served tokenizer splits a text")
-    t.add_argument("text")
+    t.add_argument("text", nargs="?", default="")
+    t.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
+                   help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
     t.add_argument("--no-special-tokens", action="store_true")
 
     add("info", "describe the served model")
@@ -81,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+    if bool(args.prompt) == bool(args.message):
+        print("error: give a prompt or --message (not both)", file=sys.stderr)
+        return 2
     monitor = Monitoring(rules=tuple(args.watch)) if args.watch else args.monitor
-    for chunk in client.stream(args.prompt, sampling, monitor=monitor):
+    for chunk in client.stream(args.prompt, sampling, monitor=monitor, messages=args.message):
         if chunk.text:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()
@@ -108,7 +116,7 @@ def _watch_rule(text: str) -> WatchRule:
 
 
 def _tokenize(client: CircuitClient, args: argparse.Namespace) -> int:
-    result = client.tokenize(args.text, add_special_tokens=not args.no_special_tokens)
+    result = client.tokenize(args.text, add_special_tokens=not args.no_special_tokens, messages=args.message)
     for token_id, token in zip(result.token_ids, result.tokens, strict=True):
         print(f"{token_id}\t{token!r}")
     return 0

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import grpc
 
+from circuit_client._convert import Messages, chat_messages
 from circuit_client._channel import DEFAULT_TIMEOUT_S, ServiceClient
 from circuit_client._pb.circuit.v1 import features_pb2 as pb
 from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
@@ -112,11 +113,13 @@ class FeaturesClient(ServiceClient):
         prompt_token_ids: Sequence[int] | None = None,
         features: Sequence[tuple[int, int]] = (),
         top_k: int = 0,
+        messages: Messages | None = None,
         timeout: float | None = None,
     ) -> list[PositionActivations]:
         """Per position: the listed (layer, index) features' values, or the top_k active ones."""
         req = pb.FeatureActivationsRequest(
             prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), top_k=top_k,
+            messages=chat_messages(messages),
             features=[pb.FeatureRef(layer=layer, index=index) for layer, index in features],
         )
         resp = self._call(self._stub.FeatureActivations, req, timeout)
@@ -137,12 +140,13 @@ class FeaturesClient(ServiceClient):
         top_p: float | None = None,
         seed: int | None = None,
         include_default: bool = False,
+        messages: Messages | None = None,
         timeout: float | None = None,
     ) -> SteerResult:
         """Generate on the replacement model with the interventions (greedy unless temperature > 0)."""
         req = pb.SteerRequest(
             prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), temperature=temperature,
-            include_default=include_default,
+            include_default=include_default, messages=chat_messages(messages),
             interventions=[
                 pb.Intervention(feature=pb.FeatureRef(layer=iv.layer, index=iv.index), op=_OPS[iv.op],
                                 value=iv.value, positions=iv.positions, generated_tokens=iv.generated_tokens,

@@ -50,10 +50,11 @@ class CircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> Generation:
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor, messages)
         try:
             return _convert.generation(self._generation.Generate(req, timeout=self._deadline(timeout)))
         except grpc.RpcError as err:
@@ -65,11 +66,12 @@ class CircuitClient:
         sampling: Sampling | None = None,
         *,
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
+        messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> Iterator[StreamChunk]:
         """Chunks as they are generated; stopping early (break, close) cancels the call on the server."""
-        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor)
+        req = _convert.generate_request(prompt, prompt_token_ids, sampling or Sampling(), monitor, messages)
         call = self._generation.GenerateStream(req, timeout=self._deadline(timeout))
         try:
             for msg in call:
@@ -79,8 +81,11 @@ class CircuitClient:
         finally:
             call.cancel()
 
-    def tokenize(self, text: str, *, add_special_tokens: bool = True, timeout: float | None = None) -> Tokenization:
-        req = pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens)
+    def tokenize(self, text: str = "", *, add_special_tokens: bool = True, messages: _convert.Messages | None = None,
+                 timeout: float | None = None) -> Tokenization:
+        """Token ids of `text`, or of chat `messages` rendered with the model's chat template."""
+        req = pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens,
+                                 messages=_convert.chat_messages(messages))
         try:
             return _convert.tokenization(self._generation.Tokenize(req, timeout=self._deadline(timeout)))
         except grpc.RpcError as err:

@@ -89,11 +89,28 @@ class Tokenization:
 
 @dataclass(frozen=True)
 class TranscoderSet:
-    name: str
+    name: str  # directory or Hugging Face repo id
     path: str
-    kind: str
+    kind: str  # "transcoder_set" (per-layer) or "cross_layer_transcoder"
     num_layers: int
     features_per_layer: int
+    revision: str = ""  # hub commit of a set loaded by repo id
+    feature_input_hook: str = ""
+    feature_output_hook: str = ""
+    activation: str = ""  # relu | jumprelu | topk
+    top_k: int = 0
+    dtype: str = ""
+    lazy_decoder: bool = False
+    skip_connection: bool = False
+    d_model: int = 0
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One chat turn; the server renders a list of them with the model's chat template."""
+
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)

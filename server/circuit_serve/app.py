@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from circuit_serve.attribution import AttributionService
 from circuit_serve.attribution import build_service as build_attribution
+from circuit_serve.attribution.gpu_plan import apply_plan, plan_for_serving
 from circuit_serve.attribution.loading import start_attribution
 from circuit_serve.auth import TokenTable, current_caller
 from circuit_serve.config.security import Reflection, is_loopback
@@ -111,8 +112,10 @@ class Runtime:
     async def start(self) -> None:
         """Load the model(s). Calls made before this finishes get UNAVAILABLE.
 
-        The replacement model (with the transcoders) loads first: in-engine monitoring hands
-        vLLM the watched encoder rows when vLLM starts."""
+        The GPU memory plan is applied first; then the replacement model (with the transcoders)
+        loads: in-engine monitoring hands vLLM the watched encoder rows when vLLM starts."""
+        plan = await asyncio.to_thread(plan_for_serving, self.config)  # None unless sharing a GPU with vLLM
+        self.generation.config = apply_plan(self.generation.config, plan)  # raises PlanRefused
         self.replacement = await start_attribution(
             self.attribution, self.config.attribution, self.config.engine.model, serve_dtype=self.config.engine.dtype,
             serialize=serialize_graph, graph_format=GRAPH_FORMAT,
@@ -129,6 +132,10 @@ class Runtime:
         model = self.generation.describe()
         return describe_limits(self.config, max_model_len=model.max_model_len, vocab_size=model.vocab_size)
 
+    def transcoders_info(self) -> dict | None:
+        """What transcoder set is loaded (ModelInfo.transcoders); None before loading or without one."""
+        return None if self.replacement is None else self.replacement.transcoders.describe()
+
     def shutdown(self) -> None:
         self.attribution.shutdown()
         self.generation.shutdown()
@@ -139,7 +146,8 @@ ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
     lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features,
-                                                              limits=runtime.limits),
+                                                              limits=runtime.limits,
+                                                              transcoders=runtime.transcoders_info),
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]

@@ -13,6 +13,7 @@ _COMMANDS = {
     "demo-model": "demo_model",
     "attribute": "attribute",
     "train-demo": "train_demo",
+    "memory-plan": "memory_plan",
 }
 
 

@@ -130,7 +130,7 @@ def test_audit_a_served_completion_token(registry):
 @pytest.mark.parametrize(
     "request_, message",
     [
-        (req(), "give exactly one of prompt, prompt_token_ids, or request_id with token_index (got none)"),
+        (req(), "give exactly one of prompt, prompt_token_ids, messages, or request_id with token_index (got none)"),
         (req(prompt="a", token_ids=(3,)), "(got prompt, prompt_token_ids)"),
         (req(token_ids=(3, 100)), "token ids [100] are outside the vocabulary [0, 100)"),
         (req(prompt="x" * 20), "the input has 21 tokens (BOS included); the attribution limit is 16"),

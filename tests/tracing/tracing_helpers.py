@@ -71,6 +71,7 @@ CASES = {
     "qwen3-plt-topk": ("qwen3", "plt", "topk", True, "mlp.hook_in", "mlp.hook_out"),
     "llama-clt-relu": ("llama", "clt", "relu", False, "hook_resid_mid", "hook_mlp_out"),
     "gemma2-clt-jumprelu": ("gemma2", "clt", "jumprelu", False, "ln2.hook_normalized", "mlp.hook_out"),
+    "llama-clt-relu-skip": ("llama", "clt", "relu", True, "hook_resid_mid", "mlp.hook_out"),  # W_skip_{i}
 }
 
 
@@ -139,6 +140,8 @@ def write_transcoders(directory: Path, model, case: str, tokens: torch.Tensor, *
             enc = {f"W_enc_{li}": W, f"b_enc_{li}": b, f"b_dec_{li}": b_dec}
             if thr is not None:
                 enc[f"threshold_{li}"] = thr
+            if skip:  # applied as x @ W_skip_i (circuit-tracer's CLT orientation)
+                enc[f"W_skip_{li}"] = 0.3 * torch.randn(d, d, generator=g) / d**0.5
             save_file({k: v.contiguous() for k, v in enc.items()}, str(directory / f"W_enc_{li}.safetensors"))
             dec = 0.5 * torch.randn(d_tc, L - li, d, generator=g) / d**0.5
             save_file({f"W_dec_{li}": dec.contiguous()}, str(directory / f"W_dec_{li}.safetensors"))

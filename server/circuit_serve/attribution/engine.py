@@ -55,6 +55,9 @@ class TracingEngine:
             raise InvalidRequest("the prompt is empty; give some text to attribute", field="prompt")
         return self.model.tokenize(prompt)
 
+    def chat_tokens(self, messages) -> list[int]:
+        return self.model.chat_tokens(messages)
+
     def prepare(self, token_ids: Sequence[int]) -> list[int]:
         ids, _ = self.model.check_tokens(list(token_ids))
         return ids.tolist()

@@ -20,9 +20,14 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(config: AttributionConfig, serve_dtype: str) -> str:
-    """The attribution dtype: explicit, else generation's, with "auto" meaning float32."""
+def resolve_dtype(config: AttributionConfig, serve_dtype: str, device: str = "cpu", model_dir: Path | None = None) -> str:
+    """The attribution dtype: explicit, else generation's. "auto" is float32 on the CPU and the
+    serving dtype (bfloat16/float16) on a GPU; edges and completeness accumulate in float32."""
+    from circuit_serve.attribution.gpu_plan import model_config, serving_dtype
+
     dtype = config.dtype or serve_dtype
+    if dtype in ("auto", "float", "") and device.startswith("cuda") and model_dir is not None:
+        return serving_dtype("auto", model_config(model_dir), device)
     return "float32" if dtype in ("auto", "float", "") else dtype
 
 
@@ -31,13 +36,17 @@ def load_replacement(config: AttributionConfig, model_dir: Path, *, serve_dtype:
     from circuit_serve.tracing import ReplacementModel
 
     assert config.transcoders is not None
-    device, dtype = resolve_device(config.device), resolve_dtype(config, serve_dtype)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config, serve_dtype, device, model_dir)
     started = time.perf_counter()
     rm = ReplacementModel.from_pretrained(
-        model_dir, config.transcoders, dtype=dtype, device=device, memory_budget_bytes=config.memory_budget_bytes
+        model_dir, config.transcoders, dtype=dtype, device=device, memory_budget_bytes=config.memory_budget_bytes,
+        identity_cache=config.identity_cache, lazy_decoders=config.lazy_decoders,
     )
-    log.info("replacement model loaded on %s in %s (%.1fs): transcoders %s", device, dtype,
-             time.perf_counter() - started, config.transcoders)
+    t = rm.transcoders
+    log.info("replacement model loaded on %s in %s (%.1fs): transcoders %s (%s, %d layers x %d features, %s, "
+             "decoders %s; %.2f GiB held)", device, dtype, time.perf_counter() - started, t.name, t.kind, t.n_layers,
+             t.d_transcoder, t.activation, "read lazily" if t.lazy else "in memory", t.resident_bytes() / 2**30)
     return rm
 
 

@@ -159,10 +159,10 @@ class AttributionService:
     ) -> tuple[list[int], int | None, str]:
         """(token ids, the audited token or None, the owning tenant of an audited completion)."""
         named = [n for n, v in (("prompt", given.prompt), ("prompt_token_ids", given.token_ids),
-                                ("request_id", given.request_id)) if v]
+                                ("request_id", given.request_id), ("messages", given.messages)) if v]
         if len(named) != 1:
             raise InvalidRequest(
-                "give exactly one of prompt, prompt_token_ids, or request_id with token_index"
+                "give exactly one of prompt, prompt_token_ids, messages, or request_id with token_index"
                 + (f" (got {', '.join(named)})" if named else " (got none)"),
                 field="input",
             )
@@ -170,6 +170,8 @@ class AttributionService:
             raise InvalidRequest("token_index needs request_id (it indexes a served completion)", field="token_index")
         if given.prompt:  # tokenized off the event loop (its size was checked first)
             return await asyncio.to_thread(lambda: engine.prepare(engine.tokenize(given.prompt))), None, ""
+        if given.messages:
+            return await asyncio.to_thread(lambda: engine.prepare(engine.chat_tokens(given.messages))), None, ""
         if given.token_ids:
             bad = [t for t in given.token_ids if not 0 <= t < engine.vocab_size]
             if bad:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from circuit_serve.chat import ChatMessage
 from circuit_serve.jobs.events import Computed, Progress, ShouldStop
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast
@@ -25,6 +26,7 @@ class AttributionInput:
     token_ids: tuple[int, ...] | None = None
     request_id: str | None = None
     token_index: int | None = None
+    messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class GraphEngine(Protocol):
 
     def tokenize(self, prompt: str) -> list[int]:
         """Token ids exactly as generation tokenizes `prompt` (BOS handling included)."""
+
+    def chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of chat messages exactly as generation renders them."""
 
     def prepare(self, token_ids: Sequence[int]) -> list[int]:
         """The ids the engine will attribute (BOS prepended when the tokenizer does so)."""

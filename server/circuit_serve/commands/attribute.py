@@ -69,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
         cfg.settings.validate()
         rm = ReplacementModel.from_pretrained(tc.model, tc.transcoders, dtype=tc.dtype, device=tc.device,
                                               memory_budget_bytes=tc.memory_budget_bytes,
-                                              max_prompt_tokens=tc.max_prompt_tokens)
+                                              max_prompt_tokens=tc.max_prompt_tokens,
+                                              identity_cache=cfg.identity_cache)
         s = cfg.settings
+        if cfg.messages:
+            from circuit_serve.chat import ChatMessage
+
+            given = rm.chat_tokens([ChatMessage(r, c) for r, c in cfg.messages])
+        else:
+            given = cfg.prompt if cfg.prompt is not None else cfg.token_ids
         graph = rm.attribute(
-            cfg.prompt if cfg.prompt is not None else cfg.token_ids,
+            given,
             max_n_logits=s.max_n_logits, desired_logit_prob=s.desired_logit_prob,
             max_feature_nodes=s.max_feature_nodes, batch_size=s.batch_size,
             node_threshold=s.node_threshold, edge_threshold=s.edge_threshold,

@@ -19,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from circuit_serve.app import serve
+    from circuit_serve.attribution.gpu_plan import PlanRefused
     from circuit_serve.features.files import FeatureFileError
+    from circuit_serve.generation.vllm_version import UntestedVllm
 
     config = ServeConfig.from_args(args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -27,6 +29,12 @@ def run(args: argparse.Namespace) -> int:
         return _event_loop_runner()(serve(config))
     except FeatureFileError as exc:  # a bad --labels/--watchlist file: say which entry and field
         logging.getLogger("circuit_serve").error("cannot start: %s", exc)
+        return 2
+    except UntestedVllm as exc:
+        logging.getLogger("circuit_serve").error("cannot start: %s", exc)
+        return 2
+    except PlanRefused as exc:  # model + transcoders + attribution budget do not fit on the GPU
+        logging.getLogger("circuit_serve").error("cannot start: the GPU memory plan does not fit: %s", exc)
         return 2
 
 

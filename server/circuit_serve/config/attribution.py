@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _KIB = 1 << 10
+from circuit_serve.config.tracing import identity_cache_dir
+
 _MIB = 1 << 20
 _GIB = 1 << 30
 # gRPC's default receive limit is 4 MiB; a chunk's framing (key, tags, lengths) stays under 16 KiB.
@@ -48,6 +50,9 @@ class AttributionConfig:
     completions_ttl_s: float = 24 * 3600.0
     completions_max: int = 100_000  # in-process records kept (LRU)
     completions_max_bytes: int = 256 * _MIB  # and their total size (token ids at 4 bytes + 256 a record)
+    # ---- loading
+    identity_cache: Path | None = None  # weight-file hashes kept between starts (None: hash every start)
+    lazy_decoders: bool = True  # decoder rows read from the safetensors files when a graph needs them
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +60,8 @@ class AttributionConfig:
         d = AttributionConfig
         g = parser.add_argument_group("attribution")
         g.add_argument("--transcoders", type=Path, default=env("CIRCUIT_TRANSCODERS"),
-                       help="transcoder directory (circuit-tracer format; env CIRCUIT_TRANSCODERS); "
+                       help="transcoder directory or Hugging Face repo id org/name[@revision] (circuit-tracer "
+                            "formats; env CIRCUIT_TRANSCODERS); "
                             "without it the attribution RPCs answer FAILED_PRECONDITION")
         g.add_argument("--attribution-device", default=d.device, help="auto, cpu, cuda or cuda:N")
         g.add_argument("--attribution-dtype", default=None,
@@ -77,6 +83,13 @@ class AttributionConfig:
                        help="results larger than this are streamed as chunks of at most this size, so that "
                             "clients with gRPC's default 4 MiB receive limit get them (default %(default)s; "
                             f"at most {MAX_RESULT_CHUNK_BYTES // _KIB})")
+
+        g.add_argument("--cache-dir", type=Path, default=None,
+                       help="where weight-file hashes are kept so restarts do not re-read the weights "
+                            "(default $CIRCUIT_CACHE_DIR, else ~/.cache/circuit-serve)")
+        g.add_argument("--eager-decoders", action="store_true",
+                       help="hold every transcoder decoder in memory instead of reading the rows a graph needs "
+                            "from the safetensors files")
 
         c = parser.add_argument_group("graph cache and Redis")
         c.add_argument("--redis-url", default=env("CIRCUIT_REDIS_URL"),
@@ -123,6 +136,8 @@ class AttributionConfig:
             completions_ttl_s=args.completions_ttl_s,
             completions_max=args.completions_max,
             completions_max_bytes=int(args.completions_max_mib * _MIB),
+            identity_cache=args.cache_dir or identity_cache_dir(),
+            lazy_decoders=not args.eager_decoders,
         )
         config.validate()
         return config
@@ -142,4 +157,8 @@ class AttributionConfig:
         if self.cache_compression not in ("none", "zlib"):
             raise ValueError(f"--graph-cache-compression must be none or zlib, got {self.cache_compression!r}")
         if self.transcoders is not None and not self.transcoders.is_dir():
-            raise ValueError(f"--transcoders {self.transcoders} is not a directory")
+            from circuit_serve.tracing.hub import parse_repo_spec
+
+            if parse_repo_spec(str(self.transcoders)) is None:
+                raise ValueError(f"--transcoders {self.transcoders} is neither a directory nor a Hugging Face "
+                                 "repo id (org/name[/subfolder][@revision])")

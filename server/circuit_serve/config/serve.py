@@ -101,7 +101,7 @@ class ServeConfig:
 
         e = parser.add_argument_group("model and engine")
         e.add_argument("--model", type=Path, default=env("CIRCUIT_MODEL"), required=env("CIRCUIT_MODEL") is None,
-                       help="Hugging Face model directory (env CIRCUIT_MODEL)")
+                       help="Hugging Face model directory or repo id org/name[@revision] (env CIRCUIT_MODEL)")
         e.add_argument("--served-model-name", default=None)
         e.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
         e.add_argument("--max-model-len", type=int, default=None, help="prompt + completion tokens")

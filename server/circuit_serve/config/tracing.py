@@ -16,12 +16,21 @@ from circuit_serve.tracing.settings import AttributionSettings
 _GIB = 1 << 30
 
 
+def identity_cache_dir() -> Path:
+    """This project's cache of weight-file hashes: $CIRCUIT_CACHE_DIR, else $XDG_CACHE_HOME or
+    ~/.cache, then circuit-serve (weight directories may be read-only)."""
+    env = os.environ.get
+    if env("CIRCUIT_CACHE_DIR"):
+        return Path(env("CIRCUIT_CACHE_DIR"))
+    return Path(env("XDG_CACHE_HOME") or Path.home() / ".cache") / "circuit-serve"
+
+
 @dataclass(frozen=True)
 class TracingConfig:
     """What the replacement model loads and the limits it enforces."""
 
-    model: Path
-    transcoders: Path
+    model: Path  # a directory or a Hugging Face repo id
+    transcoders: Path  # a directory or a Hugging Face repo id
     dtype: str = "float32"  # float32 | bfloat16
     device: str = "cpu"  # cpu | cuda | cuda:N
     memory_budget_bytes: int | None = None  # refuse requests estimated above this
@@ -41,19 +50,24 @@ class AttributeCommandConfig:
     progress: bool = True  # a progress bar when stderr is a terminal
     targets: list[int] = field(default_factory=list)
     html: Path | None = None  # the interactive graph view (one self-contained HTML file)
+    messages: list[tuple[str, str]] | None = None  # (role, content), rendered with the chat template
+    identity_cache: Path | None = None  # where weight-file hashes are kept between runs
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         env = os.environ.get
         d = AttributionSettings()
         parser.add_argument("--model", type=Path, default=env("CIRCUIT_MODEL"), required=env("CIRCUIT_MODEL") is None,
-                            help="Hugging Face model directory (env CIRCUIT_MODEL)")
+                            help="Hugging Face model directory or repo id org/name[@revision] (env CIRCUIT_MODEL)")
         parser.add_argument("--transcoders", type=Path, default=env("CIRCUIT_TRANSCODERS"),
                             required=env("CIRCUIT_TRANSCODERS") is None,
-                            help="transcoder directory in circuit-tracer's format (env CIRCUIT_TRANSCODERS)")
+                            help="transcoder directory or Hugging Face repo id org/name[/subfolder][@revision], "
+                                 "in circuit-tracer's formats (env CIRCUIT_TRANSCODERS)")
         src = parser.add_mutually_exclusive_group(required=True)
         src.add_argument("--prompt", help="text; tokenized as generation does (BOS prepended if missing)")
         src.add_argument("--token-ids", help="comma- or space-separated token ids (BOS prepended if missing)")
+        src.add_argument("--message", action="append", metavar="ROLE:CONTENT",
+                         help="a chat message, rendered with the model's chat template (repeatable)")
         parser.add_argument("--max-n-logits", type=int, default=d.max_n_logits)
         parser.add_argument("--desired-logit-prob", type=float, default=d.desired_logit_prob)
         parser.add_argument("--max-feature-nodes", type=int, default=None, help="default: every active feature")
@@ -86,6 +100,14 @@ class AttributeCommandConfig:
         if args.out is None and args.html is None:
             raise SystemExit("circuit-serve attribute: give --out FILE (graph JSON) and/or --html FILE (graph view)")
         budget = None if args.memory_budget_gib is None else int(args.memory_budget_gib * _GIB)
+        messages = None
+        if args.message:
+            messages = []
+            for m in args.message:
+                role, sep, content = m.partition(":")
+                if not sep or not role.strip():
+                    raise SystemExit(f"--message: expected ROLE:CONTENT (e.g. 'user:Hello'), got {m!r}")
+                messages.append((role.strip(), content.lstrip()))
         return cls(
             tracing=TracingConfig(model=args.model, transcoders=args.transcoders, dtype=args.dtype,
                                   device=args.device, memory_budget_bytes=budget),
@@ -106,4 +128,6 @@ class AttributeCommandConfig:
             progress=not args.no_progress,
             targets=list(args.targets),
             html=args.html,
+            messages=messages,
+            identity_cache=identity_cache_dir(),
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuit_serve.chat import ChatMessage
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import MAX_TEMPERATURE, InputLimits
 from circuit_serve.errors import InvalidRequest
@@ -31,6 +32,7 @@ class TokensInput:
 
     prompt: str | None = None
     token_ids: tuple[int, ...] | None = None
+    messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,17 @@ class FeaturesEngine:
     def tokens(self, given: TokensInput, *, max_tokens: int | None = None) -> list[int]:
         """The ids the replacement model runs on (BOS first), validated: sizes before tokenizing,
         then at most `max_tokens` (default: FeaturesConfig.max_prompt_tokens) with BOS."""
-        if bool(given.prompt) == bool(given.token_ids):
-            raise InvalidRequest("give exactly one of prompt and prompt_token_ids", field="prompt")
+        if sum(map(bool, (given.prompt, given.token_ids, given.messages))) != 1:
+            raise InvalidRequest("give exactly one of prompt, prompt_token_ids and messages", field="prompt")
         limit = max_tokens or self.config.max_prompt_tokens
         check_text_bytes(given.prompt, self.limits.max_prompt_bytes, field="prompt")
         check_count(given.token_ids, limit, field="prompt_token_ids", what="token ids")
+        if given.messages:
+            ids, _ = self.rm.check_tokens(self.rm.chat_tokens(given.messages))
+            if len(ids) > limit:
+                raise InvalidRequest(f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it",
+                                     field="messages")
+            return ids.tolist()
         ids, _ = self.rm.check_tokens(given.prompt if given.prompt else list(given.token_ids or ()))
         if len(ids) > limit:
             raise InvalidRequest(f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it",

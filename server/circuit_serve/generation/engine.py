@@ -19,12 +19,14 @@ import dataclasses
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from circuit_serve.chat import ChatMessage, chat_token_ids
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
+from circuit_serve.generation.vllm_version import check_vllm_version
 from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
 from circuit_serve.generation.types import (
     CompletionRecord,
@@ -77,10 +79,10 @@ class GenerationEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        check_vllm_version()  # raises UntestedVllm before touching vLLM's internals
         kwargs = self.config.engine_kwargs()
         _avoid_cpu_seed_crash(kwargs)
         if monitor is not None:
-            check_vllm_version()
             # The rules' logits processor has V1's interface (update_state/apply): pin that runner
             # (the CPU build uses it anyway). The taps run inside the compiled layers; the batch
             # layout is noted by the model's Python forward, which piecewise CUDA graphs keep.
@@ -153,16 +155,30 @@ class GenerationEngine:
         check_text_bytes(text, self.input_limits.max_prompt_bytes, field="text")
         return await asyncio.to_thread(self.tokenize, text, add_special_tokens=add_special_tokens)
 
+    def tokenize_chat(self, messages: Sequence[ChatMessage]) -> tuple[list[int], list[str]]:
+        """Token ids and strings of chat messages (as Generate renders them)."""
+        ids = self.chat_tokens(messages)
+        return ids, list(self._tokenizer.convert_ids_to_tokens(ids))
+
+    def chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of chat messages under the model's chat template (generation prompt added)."""
+        self._require_ready()
+        return chat_token_ids(self._tokenizer, messages)
+
     async def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        """The request checked (sizes first) and its prompt as token ids (tokenized off the event loop)."""
+        """The request checked (sizes first) and the prompt ids vLLM is given for it: token ids as
+        sent, or the prompt / chat messages tokenized off the event loop (checked against max_model_len)."""
         self._require_ready()
         assert self._limits is not None
         check_request(request, self._limits)
-        if request.prompt_token_ids:
-            return list(request.prompt_token_ids)
-        prompt_ids = await asyncio.to_thread(lambda: list(self._tokenizer.encode(request.prompt)))
-        check_prompt_length(len(prompt_ids), self._limits, field="prompt")
-        return prompt_ids
+        if request.messages:
+            ids, name = await asyncio.to_thread(self.chat_tokens, request.messages), "messages"
+        elif request.prompt_token_ids:
+            ids, name = list(request.prompt_token_ids), "prompt_token_ids"
+        else:
+            ids, name = await asyncio.to_thread(lambda: list(self._tokenizer.encode(request.prompt))), "prompt"
+        check_prompt_length(len(ids), self._limits, field=name)
+        return ids
 
     def load(self) -> EngineLoad:
         """Requests running and waiting in the scheduler right now (safe to call from any thread)."""
@@ -346,17 +362,6 @@ def _avoid_cpu_seed_crash(kwargs: dict[str, Any]) -> None:
     if current_platform.is_cpu() and max_len:
         kwargs.setdefault("enable_chunked_prefill", False)
         kwargs.setdefault("max_num_batched_tokens", max(int(max_len), 4096))
-
-
-def check_vllm_version() -> None:
-    """In-engine monitoring relies on vLLM internals checked with one version only."""
-    import vllm
-
-    from circuit_serve.monitoring.plugin import TESTED_VLLM
-
-    if vllm.__version__.split("+")[0] != TESTED_VLLM:
-        raise RuntimeError(f"in-engine monitoring needs vLLM {TESTED_VLLM} (its model runner and model classes "
-                           f"were checked with that version); this environment has vLLM {vllm.__version__}")
 
 
 def _logprobs(completion: Any, top_n: int | None) -> tuple[TokenLogprobs, ...]:

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from circuit_serve.features.types import MonitorReport, WatchedValues, WatchRequest
+from circuit_serve.chat import ChatMessage
 
 
 class FinishReason(enum.StrEnum):
@@ -29,12 +30,13 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Exactly one of `prompt` and `prompt_token_ids` is set."""
+    """Exactly one of `prompt`, `prompt_token_ids` and `messages` is set."""
 
     prompt: str | None = None
     prompt_token_ids: tuple[int, ...] | None = None
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     watch: WatchRequest | None = None  # monitored inside the engine (see circuit_serve.monitoring)
+    messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from circuit_serve.config.limits import MAX_TEMPERATURE
+from circuit_serve.chat import check_messages
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.generation.types import GenerationRequest
 from circuit_serve.input_checks import check_count, check_text_bytes
@@ -30,9 +31,13 @@ def check_request(request: GenerationRequest, limits: Limits) -> None:
         check_prompt_length(len(request.prompt_token_ids), limits, field="prompt_token_ids")
     has_text = bool(request.prompt)
     has_ids = bool(request.prompt_token_ids)
-    if has_text and has_ids:
+    if request.messages:
+        if has_text or has_ids:
+            raise InvalidRequest("set one of prompt, prompt_token_ids and messages, not several", field="messages")
+        check_messages(request.messages)
+    elif has_text and has_ids:
         raise InvalidRequest("set either prompt or prompt_token_ids, not both", field="prompt")
-    if not has_text and not has_ids:
+    elif not has_text and not has_ids:
         raise InvalidRequest(
             "is empty; set prompt to non-empty text or prompt_token_ids to 1 or more token ids",
             field="prompt",

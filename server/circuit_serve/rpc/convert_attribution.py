@@ -5,6 +5,7 @@ from __future__ import annotations
 from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
 from circuit_serve.attribution.types import Accepted, AttributeRequest, AttributionInput
 from circuit_serve.jobs.events import Queued, Running
+from circuit_serve.rpc.convert_chat import messages_from_pb
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast
 
@@ -31,6 +32,7 @@ def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
         token_ids=tuple(msg.prompt_token_ids) or None,
         request_id=msg.request_id or None,
         token_index=msg.token_index if msg.HasField("token_index") else None,
+        messages=messages_from_pb(msg.messages),
     )
     return AttributeRequest(given, settings, targets, background=msg.background)
 

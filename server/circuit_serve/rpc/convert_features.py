@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from circuit_client._pb.circuit.v1 import features_pb2 as pb
 from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
 from circuit_serve.errors import InvalidRequest
+from circuit_serve.rpc.convert_chat import messages_from_pb
 from circuit_serve.features.engine import PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.steering import Completion, Intervention, Op, Sampling, SteerResult
 from circuit_serve.features.types import FeatureRef, MonitorReport
@@ -14,8 +15,8 @@ from circuit_serve.features.types import FeatureRef, MonitorReport
 _OPS = {pb.INTERVENTION_OP_SET: Op.SET, pb.INTERVENTION_OP_SCALE: Op.SCALE, pb.INTERVENTION_OP_ADD: Op.ADD}
 
 
-def tokens_input(prompt: str, token_ids: Sequence[int]) -> TokensInput:
-    return TokensInput(prompt=prompt or None, token_ids=tuple(token_ids) or None)
+def tokens_input(prompt: str, token_ids: Sequence[int], messages=()) -> TokensInput:
+    return TokensInput(prompt=prompt or None, token_ids=tuple(token_ids) or None, messages=messages_from_pb(messages))
 
 
 def feature_refs(refs: Sequence[pb.FeatureRef]) -> list[FeatureRef]:
@@ -48,8 +49,8 @@ def steer_query(request: pb.SteerRequest) -> SteerQuery:
         top_p=request.top_p if request.HasField("top_p") else 1.0,
         seed=request.seed if request.HasField("seed") else None,
     )
-    return SteerQuery(tokens_input(request.prompt, request.prompt_token_ids), tuple(interventions), sampling,
-                      request.include_default)
+    given = tokens_input(request.prompt, request.prompt_token_ids, request.messages)
+    return SteerQuery(given, tuple(interventions), sampling, request.include_default)
 
 
 def _completion(c: Completion) -> pb.Completion:

@@ -16,6 +16,7 @@ from circuit_serve.generation.types import (
     TokenLogprobs,
     Usage,
 )
+from circuit_serve.rpc.convert_chat import messages_from_pb
 from circuit_serve.rpc.convert_features import monitor_report_to_pb
 
 _FINISH = {
@@ -43,6 +44,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
         prompt=msg.prompt or None,
         prompt_token_ids=tuple(msg.prompt_token_ids) or None,
         sampling=sampling,
+        messages=messages_from_pb(msg.messages),
     )
 
 
@@ -112,8 +114,20 @@ def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
     return out
 
 
-def model_info_to_pb(d: ModelDescription, *, server_version: str) -> pb.ModelInfoResponse:
+def transcoders_to_pb(t: dict) -> pb.TranscoderSetInfo:
+    """`TranscoderSet.describe()` -> TranscoderSetInfo."""
+    return pb.TranscoderSetInfo(
+        name=t["name"], path=t.get("path", ""), kind={"plt": "transcoder_set", "clt": "cross_layer_transcoder"}[t["kind"]],
+        num_layers=t["n_layers"], features_per_layer=t["d_transcoder"], revision=t["revision"],
+        feature_input_hook=t["feature_input_hook"], feature_output_hook=t["feature_output_hook"],
+        activation=t["activation"], top_k=t["top_k"], dtype=t["dtype"], lazy_decoder=t["lazy_decoder"],
+        skip_connection=t["skip"], d_model=t["d_model"],
+    )
+
+
+def model_info_to_pb(d: ModelDescription, *, server_version: str, transcoders: dict | None = None) -> pb.ModelInfoResponse:
     return pb.ModelInfoResponse(
+        transcoders=transcoders_to_pb(transcoders) if transcoders else None,
         model_name=d.name,
         model_path=d.path,
         architecture=d.architecture,

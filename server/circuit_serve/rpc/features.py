@@ -19,7 +19,7 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
     async def FeatureActivations(self, request: pb.FeatureActivationsRequest,
                                  context: grpc.aio.ServicerContext) -> pb.FeatureActivationsResponse:
         rows = await self._service.feature_activations(
-            convert.tokens_input(request.prompt, request.prompt_token_ids),
+            convert.tokens_input(request.prompt, request.prompt_token_ids, request.messages),
             features=convert.feature_refs(request.features), top_k=request.top_k,
         )
         return convert.activations_to_pb(rows)

@@ -21,10 +21,12 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 
 class GenerationServicer(pb_grpc.GenerationServicer):
     def __init__(self, engine: GenerationEngine, features: FeaturesService | None = None,
-                 limits: Callable[[], dict[str, float]] | None = None) -> None:
+                 limits: Callable[[], dict[str, float]] | None = None,
+                 transcoders: Callable[[], dict | None] = lambda: None) -> None:
         self._engine = engine
         self._features = features
         self._limits = limits
+        self._transcoders = transcoders  # the loaded set's description (None without transcoders)
 
     def _request(self, request: pb.GenerateRequest) -> GenerationRequest:
         req = convert.request_from_pb(request)
@@ -47,19 +49,25 @@ class GenerationServicer(pb_grpc.GenerationServicer):
                 yield message
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        messages = convert.messages_from_pb(request.messages)
+        if messages:
+            ids, tokens = self._engine.tokenize_chat(messages)
+            return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True
         ids, tokens = await self._engine.tokenize_text(request.text, add_special_tokens=add_special)
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
-        info = convert.model_info_to_pb(self._engine.describe(), server_version=__version__)
+        info = convert.model_info_to_pb(self._engine.describe(), server_version=__version__,
+                                        transcoders=self._transcoders())
         if self._limits is not None:
             info.limits.CopyFrom(pb.Limits(**self._limits()))
         return info
 
 
 def add_to_server(engine: GenerationEngine, server: grpc.aio.Server, features: FeaturesService | None = None,
-                  *, limits: Callable[[], dict[str, float]] | None = None) -> str:
+                  *, limits: Callable[[], dict[str, float]] | None = None,
+                  transcoders: Callable[[], dict | None] = lambda: None) -> str:
     """Register the servicer; return its full service name (for health and reflection)."""
-    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features, limits), server)
+    pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features, limits, transcoders), server)
     return SERVICE_NAME

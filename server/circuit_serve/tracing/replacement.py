@@ -31,7 +31,9 @@ from circuit_serve.tracing.local_model import PromptRecord, compute_activations,
 from circuit_serve.tracing.memory import estimate_bytes
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec
-from circuit_serve.tracing.transcoders import TranscoderSet, file_identity, load_transcoders
+from circuit_serve.tracing.hub import resolve_model_dir
+from circuit_serve.tracing.identity import file_identity
+from circuit_serve.tracing.transcoders import TranscoderSet, load_transcoders
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -66,10 +68,11 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def model_identity(model_dir: str | Path) -> str:
+def model_identity(model_dir: str | Path, cache_dir: Path | None = None) -> str:
+    """sha256 of the checkpoint's weight files and config (cached by size and mtime in `cache_dir`)."""
     d = Path(model_dir)
     files = sorted(list(d.glob("*.safetensors")) + list(d.glob("*.bin")) + [d / "config.json"])
-    return file_identity([f for f in files if f.is_file()])
+    return file_identity([f for f in files if f.is_file()], cache_dir)
 
 
 def _tensor_identity(model: torch.nn.Module) -> str:
@@ -118,17 +121,22 @@ class ReplacementModel:
         *,
         dtype: torch.dtype | str = torch.float32,
         device: torch.device | str = "cpu",
+        lazy_decoders: bool = True,
+        identity_cache: Path | None = None,
         **kwargs,
     ) -> ReplacementModel:
-        """Load an HF checkpoint directory (eager attention) and a transcoder directory."""
+        """Load an HF checkpoint (directory or repo id; eager attention) and a transcoder set
+        (directory or repo id). `identity_cache`: where file hashes are kept between starts."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         dt = _dtype(dtype)
+        model_dir = resolve_model_dir(model_dir)
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dt, attn_implementation="eager").to(device)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         if not isinstance(transcoders, TranscoderSet):
-            transcoders = load_transcoders(transcoders, dtype=dt, device=device)
-        return cls(model, tok, transcoders, model_id=model_identity(model_dir), **kwargs)
+            transcoders = load_transcoders(transcoders, dtype=dt, device=device, lazy=lazy_decoders,
+                                           identity_cache=identity_cache)
+        return cls(model, tok, transcoders, model_id=model_identity(model_dir, identity_cache), **kwargs)
 
     @classmethod
     def from_hf(cls, model: torch.nn.Module, tokenizer, transcoders: TranscoderSet, **kwargs) -> ReplacementModel:
@@ -153,6 +161,12 @@ class ReplacementModel:
             raise InvalidRequest("prompt must be text", field="prompt")
         ids = list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
         return self._with_bos(ids)
+
+    def chat_tokens(self, messages) -> list[int]:
+        """Token ids of chat messages under the model's chat template (as generation renders them)."""
+        from circuit_serve.chat import chat_token_ids
+
+        return chat_token_ids(self.tokenizer, messages)
 
     def _with_bos(self, ids: list[int]) -> list[int]:
         if not ids or ids[0] not in set(self.tokenizer.all_special_ids):

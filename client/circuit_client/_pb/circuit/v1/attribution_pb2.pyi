@@ -1,3 +1,4 @@
+from circuit_client._pb.circuit.v1 import chat_pb2 as _chat_pb2
 from circuit_client._pb.circuit.v1 import graph_pb2 as _graph_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -54,7 +55,7 @@ class AttributionSettings(_message.Message):
     def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ...) -> None: ...
 
 class AttributeRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background")
+    __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +63,7 @@ class AttributeRequest(_message.Message):
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     request_id: str
@@ -69,7 +71,8 @@ class AttributeRequest(_message.Message):
     settings: AttributionSettings
     output: GraphOutput
     background: bool
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., token_index: _Optional[int] = ..., settings: _Optional[_Union[AttributionSettings, _Mapping]] = ..., output: _Optional[_Union[GraphOutput, str]] = ..., background: _Optional[bool] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., token_index: _Optional[int] = ..., settings: _Optional[_Union[AttributionSettings, _Mapping]] = ..., output: _Optional[_Union[GraphOutput, str]] = ..., background: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class AttributeAccepted(_message.Message):
     __slots__ = ("key", "token_ids", "audited_token_id")

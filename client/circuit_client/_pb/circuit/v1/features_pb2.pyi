@@ -1,3 +1,4 @@
+from circuit_client._pb.circuit.v1 import chat_pb2 as _chat_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -27,16 +28,18 @@ class FeatureRef(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class FeatureActivationsRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "features", "top_k")
+    __slots__ = ("prompt", "prompt_token_ids", "features", "top_k", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     features: _containers.RepeatedCompositeFieldContainer[FeatureRef]
     top_k: int
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., features: _Optional[_Iterable[_Union[FeatureRef, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., features: _Optional[_Iterable[_Union[FeatureRef, _Mapping]]] = ..., top_k: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class FeatureValue(_message.Message):
     __slots__ = ("layer", "index", "activation", "label")
@@ -85,7 +88,7 @@ class Intervention(_message.Message):
     def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., op: _Optional[_Union[InterventionOp, str]] = ..., value: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ..., generated_tokens: _Optional[bool] = ..., all_prompt_positions: _Optional[bool] = ...) -> None: ...
 
 class SteerRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "include_default")
+    __slots__ = ("prompt", "prompt_token_ids", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "include_default", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +97,7 @@ class SteerRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     interventions: _containers.RepeatedCompositeFieldContainer[Intervention]
@@ -102,7 +106,8 @@ class SteerRequest(_message.Message):
     top_p: float
     seed: int
     include_default: bool
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., include_default: _Optional[bool] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ..., max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., include_default: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("text", "token_ids")

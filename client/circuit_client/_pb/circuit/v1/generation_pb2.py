@@ -22,48 +22,49 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from circuit_client._pb.circuit.v1 import chat_pb2 as circuit_dot_v1_dot_chat__pb2
 from circuit_client._pb.circuit.v1 import monitor_pb2 as circuit_dot_v1_dot_monitor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ircuit/v1/generation.proto\x12\ncircuit.v1\x1a\x18\x63ircuit/v1/monitor.proto\"\xe4\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.circuit.v1.SamplingParams\x12\x19\n\x0ctop_logprobs\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07monitor\x18\x14 \x01(\x08\x12$\n\x05watch\x18\x15 \x03(\x0b\x32\x15.circuit.v1.WatchRule\x12\x16\n\x0emonitor_values\x18\x16 \x01(\x08\x42\x0f\n\r_top_logprobs\"\xe4\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"W\n\rTokenLogprobs\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12#\n\x03top\x18\x03 \x03(\x0b\x32\x16.circuit.v1.TopLogprob\"\x8a\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.circuit.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x05 \x01(\t\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.circuit.v1.Usage\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.circuit.v1.TokenLogprobs\x12*\n\x07monitor\x18\x14 \x01(\x0b\x32\x19.circuit.v1.MonitorReport\"\x8a\x01\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12+\n\x08logprobs\x18\x03 \x03(\x0b\x32\x19.circuit.v1.TokenLogprobs\x12.\n\x0b\x61\x63tivations\x18\x14 \x03(\x0b\x32\x19.circuit.v1.WatchedValues\"\xd5\x01\n\rGenerationEnd\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.circuit.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.circuit.v1.Usage\x12*\n\x07monitor\x18\x14 \x01(\x0b\x32\x19.circuit.v1.MonitorReport\x12.\n\x0b\x61\x63tivations\x18\x15 \x03(\x0b\x32\x19.circuit.v1.WatchedValues\"\x88\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.circuit.v1.TokenDeltaH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.circuit.v1.GenerationEndH\x00\x42\x07\n\x05\x65vent\"W\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x15\n\x13_add_special_tokens\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"\x12\n\x10ModelInfoRequest\"m\n\x11TranscoderSetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x1a\n\x12\x66\x65\x61tures_per_layer\x18\x05 \x01(\r\"\xce\x02\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x32\n\x0btranscoders\x18\x07 \x01(\x0b\x32\x1d.circuit.v1.TranscoderSetInfo\x12\x16\n\x0eserver_version\x18\x08 \x01(\t\x12\x1c\n\x14max_new_tokens_limit\x18\t \x01(\r\x12\x18\n\x10max_top_logprobs\x18\n \x01(\r\x12\x19\n\x11max_request_watch\x18\x14 \x01(\r\x12\"\n\x06limits\x18\x15 \x01(\x0b\x32\x12.circuit.v1.Limits\"\xf4\x06\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\x12\x18\n\x10max_prompt_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13max_concurrent_rpcs\x18\x03 \x01(\r\x12\x18\n\x10\x65xecutor_threads\x18\x04 \x01(\r\x12\x1a\n\x12max_executor_queue\x18\x05 \x01(\r\x12$\n\x1cgeneration_max_prompt_tokens\x18\x06 \x01(\r\x12!\n\x19generation_max_new_tokens\x18\x07 \x01(\r\x12#\n\x1bgeneration_max_top_logprobs\x18\x08 \x01(\r\x12\"\n\x1ageneration_max_temperature\x18\t \x01(\x02\x12\x1c\n\x14generation_max_top_k\x18\n \x01(\r\x12#\n\x1bgeneration_max_stop_strings\x18\x0b \x01(\r\x12!\n\x19generation_max_stop_chars\x18\x0c \x01(\r\x12%\n\x1d\x61ttribution_max_prompt_tokens\x18\r \x01(\r\x12%\n\x1d\x61ttribution_max_feature_nodes\x18\x0e \x01(\r\x12\"\n\x1a\x61ttribution_max_batch_size\x18\x0f \x01(\r\x12\x1f\n\x17\x61ttribution_max_targets\x18\x10 \x01(\r\x12\'\n\x1f\x61ttribution_memory_budget_bytes\x18\x11 \x01(\x04\x12\x1e\n\x16\x61ttribution_max_queued\x18\x12 \x01(\r\x12\x1c\n\x14max_request_id_bytes\x18\x13 \x01(\r\x12\"\n\x1a\x66\x65\x61tures_max_prompt_tokens\x18\x14 \x01(\r\x12\x1a\n\x12\x66\x65\x61tures_max_top_k\x18\x15 \x01(\r\x12\x1b\n\x13\x66\x65\x61tures_max_listed\x18\x16 \x01(\r\x12\x18\n\x10steer_max_tokens\x18\x17 \x01(\r\x12\x1c\n\x14steer_max_new_tokens\x18\x18 \x01(\r\x12\x1f\n\x17steer_max_interventions\x18\x19 \x01(\r\x12\x1b\n\x13steer_max_positions\x18\x1a \x01(\r\x12\x1d\n\x15steer_max_temperature\x18\x1b \x01(\x02*\x98\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_FEATURE_RULE\x10\x04\x32\xb9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1b.circuit.v1.GenerateRequest\x1a\x1c.circuit.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.circuit.v1.GenerateRequest\x1a\".circuit.v1.GenerateStreamResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.circuit.v1.TokenizeRequest\x1a\x1c.circuit.v1.TokenizeResponse\x12H\n\tModelInfo\x12\x1c.circuit.v1.ModelInfoRequest\x1a\x1d.circuit.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63ircuit/v1/generation.proto\x12\ncircuit.v1\x1a\x15\x63ircuit/v1/chat.proto\x1a\x18\x63ircuit/v1/monitor.proto\"\x8f\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12,\n\x08sampling\x18\x03 \x01(\x0b\x32\x1a.circuit.v1.SamplingParams\x12\x19\n\x0ctop_logprobs\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07monitor\x18\x14 \x01(\x08\x12$\n\x05watch\x18\x15 \x03(\x0b\x32\x15.circuit.v1.WatchRule\x12\x16\n\x0emonitor_values\x18\x16 \x01(\x08\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessageB\x0f\n\r_top_logprobs\"\xe4\x01\n\x0eSamplingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x42\x11\n\x0f_max_new_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"W\n\rTokenLogprobs\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12#\n\x03top\x18\x03 \x03(\x0b\x32\x16.circuit.v1.TopLogprob\"\x8a\x02\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12/\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x18.circuit.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x05 \x01(\t\x12 \n\x05usage\x18\x06 \x01(\x0b\x32\x11.circuit.v1.Usage\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.circuit.v1.TokenLogprobs\x12*\n\x07monitor\x18\x14 \x01(\x0b\x32\x19.circuit.v1.MonitorReport\"\x8a\x01\n\nTokenDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12+\n\x08logprobs\x18\x03 \x03(\x0b\x32\x19.circuit.v1.TokenLogprobs\x12.\n\x0b\x61\x63tivations\x18\x14 \x03(\x0b\x32\x19.circuit.v1.WatchedValues\"\xd5\x01\n\rGenerationEnd\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.circuit.v1.FinishReason\x12\x15\n\rstop_sequence\x18\x02 \x01(\t\x12 \n\x05usage\x18\x03 \x01(\x0b\x32\x11.circuit.v1.Usage\x12*\n\x07monitor\x18\x14 \x01(\x0b\x32\x19.circuit.v1.MonitorReport\x12.\n\x0b\x61\x63tivations\x18\x15 \x03(\x0b\x32\x19.circuit.v1.WatchedValues\"\x88\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\'\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x16.circuit.v1.TokenDeltaH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.circuit.v1.GenerationEndH\x00\x42\x07\n\x05\x65vent\"\x82\x01\n\x0fTokenizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessageB\x15\n\x13_add_special_tokens\"5\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\"\x12\n\x10ModelInfoRequest\"\xaa\x02\n\x11TranscoderSetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nnum_layers\x18\x04 \x01(\r\x12\x1a\n\x12\x66\x65\x61tures_per_layer\x18\x05 \x01(\r\x12\x10\n\x08revision\x18\x06 \x01(\t\x12\x1a\n\x12\x66\x65\x61ture_input_hook\x18\x07 \x01(\t\x12\x1b\n\x13\x66\x65\x61ture_output_hook\x18\x08 \x01(\t\x12\x12\n\nactivation\x18\t \x01(\t\x12\r\n\x05top_k\x18\n \x01(\r\x12\r\n\x05\x64type\x18\x0b \x01(\t\x12\x14\n\x0clazy_decoder\x18\x0c \x01(\x08\x12\x17\n\x0fskip_connection\x18\r \x01(\x08\x12\x0f\n\x07\x64_model\x18\x0e \x01(\r\"\xce\x02\n\x11ModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x15\n\rmax_model_len\x18\x04 \x01(\r\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x32\n\x0btranscoders\x18\x07 \x01(\x0b\x32\x1d.circuit.v1.TranscoderSetInfo\x12\x16\n\x0eserver_version\x18\x08 \x01(\t\x12\x1c\n\x14max_new_tokens_limit\x18\t \x01(\r\x12\x18\n\x10max_top_logprobs\x18\n \x01(\r\x12\x19\n\x11max_request_watch\x18\x14 \x01(\r\x12\"\n\x06limits\x18\x15 \x01(\x0b\x32\x12.circuit.v1.Limits\"\xf4\x06\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\x12\x18\n\x10max_prompt_bytes\x18\x02 \x01(\x04\x12\x1b\n\x13max_concurrent_rpcs\x18\x03 \x01(\r\x12\x18\n\x10\x65xecutor_threads\x18\x04 \x01(\r\x12\x1a\n\x12max_executor_queue\x18\x05 \x01(\r\x12$\n\x1cgeneration_max_prompt_tokens\x18\x06 \x01(\r\x12!\n\x19generation_max_new_tokens\x18\x07 \x01(\r\x12#\n\x1bgeneration_max_top_logprobs\x18\x08 \x01(\r\x12\"\n\x1ageneration_max_temperature\x18\t \x01(\x02\x12\x1c\n\x14generation_max_top_k\x18\n \x01(\r\x12#\n\x1bgeneration_max_stop_strings\x18\x0b \x01(\r\x12!\n\x19generation_max_stop_chars\x18\x0c \x01(\r\x12%\n\x1d\x61ttribution_max_prompt_tokens\x18\r \x01(\r\x12%\n\x1d\x61ttribution_max_feature_nodes\x18\x0e \x01(\r\x12\"\n\x1a\x61ttribution_max_batch_size\x18\x0f \x01(\r\x12\x1f\n\x17\x61ttribution_max_targets\x18\x10 \x01(\r\x12\'\n\x1f\x61ttribution_memory_budget_bytes\x18\x11 \x01(\x04\x12\x1e\n\x16\x61ttribution_max_queued\x18\x12 \x01(\r\x12\x1c\n\x14max_request_id_bytes\x18\x13 \x01(\r\x12\"\n\x1a\x66\x65\x61tures_max_prompt_tokens\x18\x14 \x01(\r\x12\x1a\n\x12\x66\x65\x61tures_max_top_k\x18\x15 \x01(\r\x12\x1b\n\x13\x66\x65\x61tures_max_listed\x18\x16 \x01(\r\x12\x18\n\x10steer_max_tokens\x18\x17 \x01(\r\x12\x1c\n\x14steer_max_new_tokens\x18\x18 \x01(\r\x12\x1f\n\x17steer_max_interventions\x18\x19 \x01(\r\x12\x1b\n\x13steer_max_positions\x18\x1a \x01(\r\x12\x1d\n\x15steer_max_temperature\x18\x1b \x01(\x02*\x98\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x1e\n\x1a\x46INISH_REASON_FEATURE_RULE\x10\x04\x32\xb9\x02\n\nGeneration\x12\x45\n\x08Generate\x12\x1b.circuit.v1.GenerateRequest\x1a\x1c.circuit.v1.GenerateResponse\x12S\n\x0eGenerateStream\x12\x1b.circuit.v1.GenerateRequest\x1a\".circuit.v1.GenerateStreamResponse0\x01\x12\x45\n\x08Tokenize\x12\x1b.circuit.v1.TokenizeRequest\x1a\x1c.circuit.v1.TokenizeResponse\x12H\n\tModelInfo\x12\x1c.circuit.v1.ModelInfoRequest\x1a\x1d.circuit.v1.ModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'circuit.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=3008
-  _globals['_FINISHREASON']._serialized_end=3160
-  _globals['_GENERATEREQUEST']._serialized_start=70
-  _globals['_GENERATEREQUEST']._serialized_end=298
-  _globals['_SAMPLINGPARAMS']._serialized_start=301
-  _globals['_SAMPLINGPARAMS']._serialized_end=529
-  _globals['_USAGE']._serialized_start=531
-  _globals['_USAGE']._serialized_end=588
-  _globals['_TOPLOGPROB']._serialized_start=590
-  _globals['_TOPLOGPROB']._serialized_end=652
-  _globals['_TOKENLOGPROBS']._serialized_start=654
-  _globals['_TOKENLOGPROBS']._serialized_end=741
-  _globals['_GENERATERESPONSE']._serialized_start=744
-  _globals['_GENERATERESPONSE']._serialized_end=1010
-  _globals['_TOKENDELTA']._serialized_start=1013
-  _globals['_TOKENDELTA']._serialized_end=1151
-  _globals['_GENERATIONEND']._serialized_start=1154
-  _globals['_GENERATIONEND']._serialized_end=1367
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1370
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1506
-  _globals['_TOKENIZEREQUEST']._serialized_start=1508
-  _globals['_TOKENIZEREQUEST']._serialized_end=1595
-  _globals['_TOKENIZERESPONSE']._serialized_start=1597
-  _globals['_TOKENIZERESPONSE']._serialized_end=1650
-  _globals['_MODELINFOREQUEST']._serialized_start=1652
-  _globals['_MODELINFOREQUEST']._serialized_end=1670
-  _globals['_TRANSCODERSETINFO']._serialized_start=1672
-  _globals['_TRANSCODERSETINFO']._serialized_end=1781
-  _globals['_MODELINFORESPONSE']._serialized_start=1784
-  _globals['_MODELINFORESPONSE']._serialized_end=2118
-  _globals['_LIMITS']._serialized_start=2121
-  _globals['_LIMITS']._serialized_end=3005
-  _globals['_GENERATION']._serialized_start=3163
-  _globals['_GENERATION']._serialized_end=3476
+  _globals['_FINISHREASON']._serialized_start=3308
+  _globals['_FINISHREASON']._serialized_end=3460
+  _globals['_GENERATEREQUEST']._serialized_start=93
+  _globals['_GENERATEREQUEST']._serialized_end=364
+  _globals['_SAMPLINGPARAMS']._serialized_start=367
+  _globals['_SAMPLINGPARAMS']._serialized_end=595
+  _globals['_USAGE']._serialized_start=597
+  _globals['_USAGE']._serialized_end=654
+  _globals['_TOPLOGPROB']._serialized_start=656
+  _globals['_TOPLOGPROB']._serialized_end=718
+  _globals['_TOKENLOGPROBS']._serialized_start=720
+  _globals['_TOKENLOGPROBS']._serialized_end=807
+  _globals['_GENERATERESPONSE']._serialized_start=810
+  _globals['_GENERATERESPONSE']._serialized_end=1076
+  _globals['_TOKENDELTA']._serialized_start=1079
+  _globals['_TOKENDELTA']._serialized_end=1217
+  _globals['_GENERATIONEND']._serialized_start=1220
+  _globals['_GENERATIONEND']._serialized_end=1433
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1436
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1572
+  _globals['_TOKENIZEREQUEST']._serialized_start=1575
+  _globals['_TOKENIZEREQUEST']._serialized_end=1705
+  _globals['_TOKENIZERESPONSE']._serialized_start=1707
+  _globals['_TOKENIZERESPONSE']._serialized_end=1760
+  _globals['_MODELINFOREQUEST']._serialized_start=1762
+  _globals['_MODELINFOREQUEST']._serialized_end=1780
+  _globals['_TRANSCODERSETINFO']._serialized_start=1783
+  _globals['_TRANSCODERSETINFO']._serialized_end=2081
+  _globals['_MODELINFORESPONSE']._serialized_start=2084
+  _globals['_MODELINFORESPONSE']._serialized_end=2418
+  _globals['_LIMITS']._serialized_start=2421
+  _globals['_LIMITS']._serialized_end=3305
+  _globals['_GENERATION']._serialized_start=3463
+  _globals['_GENERATION']._serialized_end=3776
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from circuit_client._pb.circuit.v1 import chat_pb2 as _chat_pb2
 from circuit_client._pb.circuit.v1 import monitor_pb2 as _monitor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -22,7 +23,7 @@ FINISH_REASON_ABORT: FinishReason
 FINISH_REASON_FEATURE_RULE: FinishReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "sampling", "top_logprobs", "monitor", "watch", "monitor_values")
+    __slots__ = ("prompt", "prompt_token_ids", "sampling", "top_logprobs", "monitor", "watch", "monitor_values", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +31,7 @@ class GenerateRequest(_message.Message):
     MONITOR_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
     MONITOR_VALUES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: SamplingParams
@@ -37,7 +39,8 @@ class GenerateRequest(_message.Message):
     monitor: bool
     watch: _containers.RepeatedCompositeFieldContainer[_monitor_pb2.WatchRule]
     monitor_values: bool
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_logprobs: _Optional[int] = ..., monitor: _Optional[bool] = ..., watch: _Optional[_Iterable[_Union[_monitor_pb2.WatchRule, _Mapping]]] = ..., monitor_values: _Optional[bool] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_logprobs: _Optional[int] = ..., monitor: _Optional[bool] = ..., watch: _Optional[_Iterable[_Union[_monitor_pb2.WatchRule, _Mapping]]] = ..., monitor_values: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
@@ -142,12 +145,14 @@ class GenerateStreamResponse(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., delta: _Optional[_Union[TokenDelta, _Mapping]] = ..., end: _Optional[_Union[GenerationEnd, _Mapping]] = ...) -> None: ...
 
 class TokenizeRequest(_message.Message):
-    __slots__ = ("text", "add_special_tokens")
+    __slots__ = ("text", "add_special_tokens", "messages")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     text: str
     add_special_tokens: bool
-    def __init__(self, text: _Optional[str] = ..., add_special_tokens: _Optional[bool] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
+    def __init__(self, text: _Optional[str] = ..., add_special_tokens: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class TokenizeResponse(_message.Message):
     __slots__ = ("token_ids", "tokens")
@@ -162,18 +167,36 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TranscoderSetInfo(_message.Message):
-    __slots__ = ("name", "path", "kind", "num_layers", "features_per_layer")
+    __slots__ = ("name", "path", "kind", "num_layers", "features_per_layer", "revision", "feature_input_hook", "feature_output_hook", "activation", "top_k", "dtype", "lazy_decoder", "skip_connection", "d_model")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_PER_LAYER_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_INPUT_HOOK_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_OUTPUT_HOOK_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LAZY_DECODER_FIELD_NUMBER: _ClassVar[int]
+    SKIP_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    D_MODEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     kind: str
     num_layers: int
     features_per_layer: int
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., kind: _Optional[str] = ..., num_layers: _Optional[int] = ..., features_per_layer: _Optional[int] = ...) -> None: ...
+    revision: str
+    feature_input_hook: str
+    feature_output_hook: str
+    activation: str
+    top_k: int
+    dtype: str
+    lazy_decoder: bool
+    skip_connection: bool
+    d_model: int
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., kind: _Optional[str] = ..., num_layers: _Optional[int] = ..., features_per_layer: _Optional[int] = ..., revision: _Optional[str] = ..., feature_input_hook: _Optional[str] = ..., feature_output_hook: _Optional[str] = ..., activation: _Optional[str] = ..., top_k: _Optional[int] = ..., dtype: _Optional[str] = ..., lazy_decoder: _Optional[bool] = ..., skip_connection: _Optional[bool] = ..., d_model: _Optional[int] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
     __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "vocab_size", "dtype", "transcoders", "server_version", "max_new_tokens_limit", "max_top_logprobs", "max_request_watch", "limits")
