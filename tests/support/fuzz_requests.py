@@ -190,6 +190,7 @@ def _valid_requests() -> dict[str, list[bytes]]:
         "Attribute": [a.AttributeRequest(prompt="the cat sat on the mat", output=a.GRAPH_OUTPUT_JSON,
                                          settings=a.AttributionSettings(max_feature_nodes=16, batch_size=16))],
         "GetGraph": [a.GetGraphRequest(key="0" * 64)],
+        "GetGraphStream": [a.GetGraphRequest(key="0" * 64)],
         "FeatureActivations": [f.FeatureActivationsRequest(prompt="the cat sat", top_k=3),
                                f.FeatureActivationsRequest(prompt_token_ids=[20, 30],
                                                            features=[f.FeatureRef(layer=1, index=2)])],

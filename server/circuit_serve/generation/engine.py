@@ -191,6 +191,7 @@ class GenerationEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The whole completion (vLLM sends only the final output)."""
+        self._require_ready()  # before importing vLLM: a loader thread may be importing torch right now
         from vllm.sampling_params import RequestOutputKind
 
         last = None
@@ -204,6 +205,7 @@ class GenerationEngine:
 
         Closing the iterator early (or cancelling its consumer) aborts the request in vLLM.
         """
+        self._require_ready()  # before importing vLLM: a loader thread may be importing torch right now
         from vllm.sampling_params import RequestOutputKind
 
         return self._run(request, RequestOutputKind.DELTA)
