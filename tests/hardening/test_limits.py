@@ -4,6 +4,7 @@ checked before the work starts; undecodable bytes; the concurrency cap; ModelInf
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -178,6 +179,13 @@ def test_concurrent_rpcs_beyond_the_cap_get_resource_exhausted(launch_server):
     for t in threads:
         t.join(60)
     assert results == [grpc.StatusCode.RESOURCE_EXHAUSTED]
-    with grpc.insecure_channel(srv.target) as ch:  # the slots are free again
-        assert call(ch, GEN + "Generate", gen("hi"))[0] == grpc.StatusCode.OK
+    # The slots are free again once the server has processed the two cancellations (asynchronously,
+    # after the client side returned): poll for a while instead of asking once.
+    deadline, code = time.monotonic() + 15, None
+    with grpc.insecure_channel(srv.target) as ch:
+        while code != grpc.StatusCode.OK and time.monotonic() < deadline:
+            code = call(ch, GEN + "Generate", gen("hi"))[0]
+            if code != grpc.StatusCode.OK:
+                time.sleep(0.2)
+    assert code == grpc.StatusCode.OK
     srv.stop()
