@@ -117,5 +117,4 @@ class SlotPool:
             self._held[feature] = (column, refs - 1)
             return
         del self._held[feature]
-        self._free[feature.layer].append(column - self.plan.offset(feature.layer)
-                                         - (self.plan.capacity(feature.layer) - self.plan.request_slots))
+        self._free[feature.layer].append(column - self.plan.slot_column(feature.layer, 0))

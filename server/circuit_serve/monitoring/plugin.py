@@ -15,7 +15,6 @@ ARCHITECTURES = {
     "qwen3": ("CircuitQwen3ForCausalLM", "circuit_serve.monitoring.vllm_models:CircuitQwen3ForCausalLM"),
 }
 LOGITS_PROCESSOR = "circuit_serve.monitoring.logits:MonitorLogitsProcessor"
-from circuit_serve.generation.vllm_version import TESTED_VLLM  # noqa: E402,F401 (the version the server checks)
 
 
 def register() -> None:
