@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from circuit_serve.config.option import OptionParser
+
 # subcommand name -> module under circuit_serve.commands
 _COMMANDS = {
     "serve": "serve",
@@ -18,7 +20,7 @@ _COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuit-serve", description=__doc__)
+    parser = OptionParser(prog="circuit-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in _COMMANDS.items():
         mod = importlib.import_module(f"circuit_serve.commands.{module}")

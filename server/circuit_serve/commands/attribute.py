@@ -11,12 +11,13 @@ import json
 import sys
 import time
 
+from circuit_serve.config.option import build, command_parser
 from circuit_serve.config.tracing import AttributeCommandConfig
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "attribute", help="compute one attribution graph offline", description=__doc__,
+    parser = command_parser(
+        subparsers, "attribute", help="compute one attribution graph offline", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     AttributeCommandConfig.add_arguments(parser)
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()
 
-    cfg = AttributeCommandConfig.from_args(args)
+    cfg = build(AttributeCommandConfig.from_args, args)
     tc = cfg.tracing
     bar = _Bar(cfg.progress)
     try:

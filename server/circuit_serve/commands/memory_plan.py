@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 
+from circuit_serve.config.option import build, command_parser
 from circuit_serve.config.serve import ServeConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("memory-plan", help="print the GPU memory plan serve would use",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(subparsers, "memory-plan", help="print the GPU memory plan serve would use",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ServeConfig.add_arguments(parser)
     parser.add_argument("--card-gib", type=float, required=True, help="the GPU's memory in GiB (e.g. 80, 24)")
     parser.set_defaults(run=run)
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from circuit_serve.attribution.gpu_plan import plan_for_serving
     from circuit_serve.errors import CircuitError
 
-    config = ServeConfig.from_args(args)
+    config = build(ServeConfig.from_args, args)
     if config.attribution.transcoders is None:
         print("memory-plan: give --transcoders; without them vLLM keeps its own share of the card", file=sys.stderr)
         return 2

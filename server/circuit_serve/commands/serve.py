@@ -6,11 +6,12 @@ import argparse
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from circuit_serve.config.option import build, command_parser
 from circuit_serve.config.serve import ServeConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("serve", help="serve a model over gRPC", description=__doc__)
+    parser = command_parser(subparsers, "serve", help="serve a model over gRPC", description=__doc__)
     ServeConfig.add_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from circuit_serve.features.files import FeatureFileError
     from circuit_serve.generation.vllm_version import UntestedVllm
 
-    config = ServeConfig.from_args(args)
+    config = build(ServeConfig.from_args, args)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _event_loop_runner()(serve(config))

@@ -1,164 +1,116 @@
 """Configuration of the attribution service: transcoders, limits, workers, graph cache,
 Redis and the served-completions store.
 
-The only reader of these flags and of `CIRCUIT_TRANSCODERS` / `CIRCUIT_REDIS_URL`.
-`serve` adds the flags with `AttributionConfig.add_arguments` and builds the
-config with `AttributionConfig.from_args`.
+Each field is declared once (config/option.py): its flag of `circuit-serve serve`, default, unit,
+bound, environment variable (`CIRCUIT_TRANSCODERS`, `CIRCUIT_REDIS_URL`) and `circuit.v1.Limits` name.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
+
+from circuit_serve.config.option import Options, OptionError, declared, option
+from circuit_serve.config.tracing import TRANSCODERS, identity_cache_dir
+from circuit_serve.tracing.hub import parse_repo_spec
 
 _KIB = 1 << 10
-from circuit_serve.config.tracing import identity_cache_dir
-
 _MIB = 1 << 20
 _GIB = 1 << 30
 # gRPC's default receive limit is 4 MiB; a chunk's framing (key, tags, lengths) stays under 16 KiB.
 MAX_RESULT_CHUNK_BYTES = 4 * _MIB - 16 * _KIB
 
+_CACHE = "graph cache and Redis"
+
 
 @dataclass(frozen=True)
-class AttributionConfig:
-    transcoders: Path | None = None  # None: Attribution RPCs answer FAILED_PRECONDITION
-    device: str = "auto"  # where the replacement model runs: auto (cuda when present), cpu, cuda, cuda:1
-    dtype: str | None = None  # None: the same dtype as generation (float32 when that is "auto")
+class AttributionConfig(Options):
+    group: ClassVar[str] = "attribution"
+
+    transcoders: Path | None = declared(  # None: Attribution RPCs answer FAILED_PRECONDITION
+        replace(TRANSCODERS, help=TRANSCODERS.help + "; without it the attribution RPCs answer FAILED_PRECONDITION"),
+        None)
+    device: str = option(  # where the replacement model runs
+        "auto", flag="--attribution-device", help="auto (cuda when present), cpu, cuda or cuda:N")
+    dtype: str | None = option(  # None: the same dtype as generation (float32 when that is "auto")
+        None, flag="--attribution-dtype", type=str, help="dtype of the replacement model (default: generation's dtype)")
     # ---- admission
-    workers: int = 1  # graphs computed at once on this device
-    max_queued: int = 8  # graphs waiting for a worker; more -> RESOURCE_EXHAUSTED
-    max_queued_per_tenant: int = 4  # of those, waiting for one tenant (a named token); more -> RESOURCE_EXHAUSTED
-    max_prompt_tokens: int = 512  # attribution input length (BOS included)
-    max_feature_nodes_limit: int = 16384  # largest max_feature_nodes a request may ask for
-    max_batch_size: int = 1024  # largest backward batch a request may ask for
-    memory_budget_bytes: int = 8 * _GIB  # the engine's peak-memory estimate (real active-feature count) must fit
-    result_chunk_bytes: int = 3 * _MIB  # larger results go out as chunks of at most this (attribution.proto)
+    workers: int = option(1, flag="--attribution-workers", ge=1, help="graphs computed at once on this device")
+    max_queued: int = option(
+        8, flag="--attribution-max-queued", ge=0, limits=("attribution_max_queued",),
+        help="graphs waiting for a worker before RESOURCE_EXHAUSTED")
+    max_queued_per_tenant: int = option(
+        4, flag="--attribution-max-queued-per-tenant", ge=0,
+        help="of those, graphs one tenant (token name) may have waiting")
+    max_prompt_tokens: int = option(
+        512, flag="--attribution-max-prompt-tokens", ge=1, limits=("attribution_max_prompt_tokens", "steer_max_tokens"),
+        help="attribution input length (BOS included); also Steer's prompt + new tokens")
+    max_feature_nodes_limit: int = option(
+        16384, flag="--attribution-max-feature-nodes", ge=1, limits=("attribution_max_feature_nodes",),
+        help="largest max_feature_nodes a request may ask for")
+    max_batch_size: int = option(
+        1024, flag="--attribution-max-batch-size", ge=1, limits=("attribution_max_batch_size",),
+        help="largest backward batch a request may ask for")
+    memory_budget_bytes: int = option(
+        8 * _GIB, flag="--attribution-memory-budget-gib", type=float, unit=_GIB, unit_name="GiB", gt=0,
+        limits=("attribution_memory_budget_bytes",),
+        help="peak working memory one graph may need, as the engine estimates it once the prompt's active "
+             "features are known")
+    result_chunk_bytes: int = option(
+        3 * _MIB, flag="--attribution-result-chunk-kib", type=int, unit=_KIB, unit_name="KiB",
+        ge=1, le=MAX_RESULT_CHUNK_BYTES // _KIB,
+        help="results larger than this are streamed as chunks of at most this size, so that clients with "
+             "gRPC's default 4 MiB receive limit get them (attribution.proto)")
     # ---- graph cache
-    redis_url: str | None = None  # None: an in-process LRU serves as the cache
-    redis_prefix: str = "circuit:"  # every Redis key this server writes starts with it
-    redis_timeout_s: float = 0.5  # connect/read timeout of each Redis command
-    cache_ttl_s: float = 7 * 24 * 3600.0
-    cache_max_entry_bytes: int = 64 * _MIB  # larger graphs are served but not cached
-    cache_compression: str = "none"  # "none" or "zlib": how entries are stored (cache/entry.py)
-    memory_cache_bytes: int = 512 * _MIB  # size of the in-process LRU (used without Redis)
+    redis_url: str | None = option(
+        None, flag="--redis-url", type=str, env="CIRCUIT_REDIS_URL", group=_CACHE,
+        help="redis://host:port/db for the graph cache, locks and served completions; "
+             "without it an in-process LRU is used")
+    redis_prefix: str = option(
+        "circuit:", flag="--redis-prefix", group=_CACHE, help="every Redis key this server writes starts with it")
+    redis_timeout_s: float = option(
+        0.5, flag="--redis-timeout", group=_CACHE, help="connect/read timeout of each Redis command, seconds")
+    cache_ttl_s: float = option(
+        7 * 24 * 3600.0, flag="--graph-cache-ttl", group=_CACHE, help="seconds a cached graph lives")
+    cache_max_entry_bytes: int = option(
+        64 * _MIB, flag="--graph-cache-max-entry-mib", type=float, unit=_MIB, unit_name="MiB", group=_CACHE,
+        help="larger graphs are served but not cached")
+    cache_compression: str = option(
+        "none", flag="--graph-cache-compression", choices=("none", "zlib"), group=_CACHE,
+        help="store cache entries as they are (a hit only slices them) or zlib-compressed "
+             "(about 4x smaller, a decompression per hit) (cache/entry.py)")
+    memory_cache_bytes: int = option(
+        512 * _MIB, flag="--graph-cache-memory-mib", type=float, unit=_MIB, unit_name="MiB", group=_CACHE,
+        help="size of the in-process cache used without Redis")
     lock_ttl_s: float = 30.0  # replica lock expiry (renewed while computing)
     lock_wait_s: float = 120.0  # longest wait for another replica's graph before computing it here
     # ---- served completions
-    completions_ttl_s: float = 24 * 3600.0
-    completions_max: int = 100_000  # in-process records kept (LRU)
-    completions_max_bytes: int = 256 * _MIB  # and their total size (token ids at 4 bytes + 256 a record)
+    completions_ttl_s: float = option(
+        24 * 3600.0, flag="--completions-ttl", group=_CACHE,
+        help="seconds a served generation can be audited by request_id")
+    completions_max: int = option(
+        100_000, flag="--completions-max", ge=1, group=_CACHE, help="served generations kept in memory for audits")
+    completions_max_bytes: int = option(  # token ids at 4 bytes + 256 a record
+        256 * _MIB, flag="--completions-max-mib", type=float, unit=_MIB, unit_name="MiB", gt=0, group=_CACHE,
+        help="their total size in memory")
     # ---- loading
-    identity_cache: Path | None = None  # weight-file hashes kept between starts (None: hash every start)
-    lazy_decoders: bool = True  # decoder rows read from the safetensors files when a graph needs them
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        env = os.environ.get
-        d = AttributionConfig
-        g = parser.add_argument_group("attribution")
-        g.add_argument("--transcoders", type=Path, default=env("CIRCUIT_TRANSCODERS"),
-                       help="transcoder directory or Hugging Face repo id org/name[@revision] (circuit-tracer "
-                            "formats; env CIRCUIT_TRANSCODERS); "
-                            "without it the attribution RPCs answer FAILED_PRECONDITION")
-        g.add_argument("--attribution-device", default=d.device, help="auto, cpu, cuda or cuda:N")
-        g.add_argument("--attribution-dtype", default=None,
-                       help="dtype of the replacement model (default: generation's dtype)")
-        g.add_argument("--attribution-workers", type=int, default=d.workers,
-                       help="graphs computed at once (default %(default)s)")
-        g.add_argument("--attribution-max-queued", type=int, default=d.max_queued,
-                       help="graphs waiting for a worker before RESOURCE_EXHAUSTED (default %(default)s)")
-        g.add_argument("--attribution-max-queued-per-tenant", type=int, default=d.max_queued_per_tenant,
-                       help="of those, graphs one tenant (token name) may have waiting (default %(default)s)")
-        g.add_argument("--attribution-max-prompt-tokens", type=int, default=d.max_prompt_tokens)
-        g.add_argument("--attribution-max-feature-nodes", type=int, default=d.max_feature_nodes_limit,
-                       help="largest max_feature_nodes a request may ask for (default %(default)s)")
-        g.add_argument("--attribution-max-batch-size", type=int, default=d.max_batch_size)
-        g.add_argument("--attribution-memory-budget-gib", type=float, default=d.memory_budget_bytes / _GIB,
-                       help="peak working memory one graph may need, as the engine estimates it once the "
-                            "prompt's active features are known (default %(default)s GiB)")
-        g.add_argument("--attribution-result-chunk-kib", type=int, default=d.result_chunk_bytes // _KIB,
-                       help="results larger than this are streamed as chunks of at most this size, so that "
-                            "clients with gRPC's default 4 MiB receive limit get them (default %(default)s; "
-                            f"at most {MAX_RESULT_CHUNK_BYTES // _KIB})")
-
-        g.add_argument("--cache-dir", type=Path, default=None,
-                       help="where weight-file hashes are kept so restarts do not re-read the weights "
-                            "(default $CIRCUIT_CACHE_DIR, else ~/.cache/circuit-serve)")
-        g.add_argument("--eager-decoders", action="store_true",
-                       help="hold every transcoder decoder in memory instead of reading the rows a graph needs "
-                            "from the safetensors files")
-
-        c = parser.add_argument_group("graph cache and Redis")
-        c.add_argument("--redis-url", default=env("CIRCUIT_REDIS_URL"),
-                       help="redis://host:port/db for the graph cache, locks and served completions "
-                            "(env CIRCUIT_REDIS_URL); without it an in-process LRU is used")
-        c.add_argument("--redis-prefix", default=d.redis_prefix)
-        c.add_argument("--redis-timeout", type=float, default=d.redis_timeout_s, dest="redis_timeout_s")
-        c.add_argument("--graph-cache-ttl", type=float, default=d.cache_ttl_s, dest="graph_cache_ttl_s",
-                       help="seconds a cached graph lives (default %(default)s)")
-        c.add_argument("--graph-cache-max-entry-mib", type=float, default=d.cache_max_entry_bytes / _MIB)
-        c.add_argument("--graph-cache-compression", choices=("none", "zlib"), default=d.cache_compression,
-                       help="store cache entries as they are (a hit only slices them) or zlib-compressed "
-                            "(about 4x smaller, a decompression per hit) (default %(default)s)")
-        c.add_argument("--graph-cache-memory-mib", type=float, default=d.memory_cache_bytes / _MIB,
-                       help="size of the in-process cache used without Redis")
-        c.add_argument("--completions-ttl", type=float, default=d.completions_ttl_s, dest="completions_ttl_s",
-                       help="seconds a served generation can be audited by request_id (default %(default)s)")
-        c.add_argument("--completions-max", type=int, default=d.completions_max,
-                       help="served generations kept in memory for audits (default %(default)s)")
-        c.add_argument("--completions-max-mib", type=float, default=d.completions_max_bytes / _MIB,
-                       help="their total size in memory (default %(default)s MiB)")
+    identity_cache: Path | None = option(  # None: hash every start
+        None, flag="--cache-dir", type=Path,
+        help="where weight-file hashes are kept so restarts do not re-read the weights "
+             "(default $CIRCUIT_CACHE_DIR, else ~/.cache/circuit-serve)")
+    lazy_decoders: bool = option(
+        True, flag="--eager-decoders", negate=True,
+        help="hold every transcoder decoder in memory instead of reading the rows a graph needs "
+             "from the safetensors files")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AttributionConfig:
-        config = cls(
-            transcoders=Path(args.transcoders) if args.transcoders else None,
-            device=args.attribution_device,
-            dtype=args.attribution_dtype,
-            workers=args.attribution_workers,
-            max_queued=args.attribution_max_queued,
-            max_queued_per_tenant=args.attribution_max_queued_per_tenant,
-            max_prompt_tokens=args.attribution_max_prompt_tokens,
-            max_feature_nodes_limit=args.attribution_max_feature_nodes,
-            max_batch_size=args.attribution_max_batch_size,
-            memory_budget_bytes=int(args.attribution_memory_budget_gib * _GIB),
-            result_chunk_bytes=args.attribution_result_chunk_kib * _KIB,
-            redis_url=args.redis_url or None,
-            redis_prefix=args.redis_prefix,
-            redis_timeout_s=args.redis_timeout_s,
-            cache_ttl_s=args.graph_cache_ttl_s,
-            cache_max_entry_bytes=int(args.graph_cache_max_entry_mib * _MIB),
-            cache_compression=args.graph_cache_compression,
-            memory_cache_bytes=int(args.graph_cache_memory_mib * _MIB),
-            completions_ttl_s=args.completions_ttl_s,
-            completions_max=args.completions_max,
-            completions_max_bytes=int(args.completions_max_mib * _MIB),
-            identity_cache=args.cache_dir or identity_cache_dir(),
-            lazy_decoders=not args.eager_decoders,
-        )
-        config.validate()
-        return config
+    def values_from_args(cls, args) -> dict:
+        values = super().values_from_args(args)
+        return values | {"identity_cache": values["identity_cache"] or identity_cache_dir()}
 
-    def validate(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"--attribution-workers must be >= 1, got {self.workers}")
-        if self.max_queued < 0:
-            raise ValueError(f"--attribution-max-queued must be >= 0, got {self.max_queued}")
-        if self.max_queued_per_tenant < 0:
-            raise ValueError(f"--attribution-max-queued-per-tenant must be >= 0, got {self.max_queued_per_tenant}")
-        if self.completions_max < 1 or self.completions_max_bytes < 1:
-            raise ValueError("--completions-max and --completions-max-mib must be positive")
-        if not _KIB <= self.result_chunk_bytes <= MAX_RESULT_CHUNK_BYTES:
-            raise ValueError(f"--attribution-result-chunk-kib must be in [1, {MAX_RESULT_CHUNK_BYTES // _KIB}], "
-                             f"got {self.result_chunk_bytes / _KIB:g}")
-        if self.cache_compression not in ("none", "zlib"):
-            raise ValueError(f"--graph-cache-compression must be none or zlib, got {self.cache_compression!r}")
-        if self.transcoders is not None and not self.transcoders.is_dir():
-            from circuit_serve.tracing.hub import parse_repo_spec
-
-            if parse_repo_spec(str(self.transcoders)) is None:
-                raise ValueError(f"--transcoders {self.transcoders} is neither a directory nor a Hugging Face "
-                                 "repo id (org/name[/subfolder][@revision])")
+    def check(self) -> None:
+        tc = self.transcoders
+        if tc is not None and not tc.is_dir() and parse_repo_spec(str(tc)) is None:
+            raise OptionError("--transcoders", f"{self.transcoders} is neither a directory nor a Hugging Face "
+                                               "repo id (org/name[/subfolder][@revision])")

@@ -1,70 +1,49 @@
 """Configuration of the features service: labels, watchlist monitoring and request limits.
 
-Flags of `circuit-serve serve` (the only reader of them is this module):
-
-    --labels FILE            feature labels (JSON or YAML: layer, index, label)
-    --watchlist FILE         watched features (JSON or YAML: name, layer, index, threshold, action)
-    --monitor-all            monitor every generation request, not only those that ask
-    --monitor-slots N        columns per layer that requests lend for watched features of their own
-    --max-request-watch N    most watched features (rules) one generation request may add
+Each field is declared once (config/option.py): its flag of `circuit-serve serve`, default, bound and
+`circuit.v1.Limits` name.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from circuit_serve.config.option import Options, OptionError, option
 
 
 @dataclass(frozen=True)
-class FeaturesConfig:
-    labels: Path | None = None
-    watchlist: Path | None = None
-    monitor_all: bool = False  # monitor every generation request (needs a watchlist)
-    monitor_slots: int = 16  # per layer: in-engine columns for features that requests add (0: none)
-    max_request_watch: int = 8  # most watched features one generation request may add
-    max_top_k: int = 64  # largest FeatureActivations top_k
-    max_listed_features: int = 256  # most features one FeatureActivations call may list
-    max_steer_new_tokens: int = 256  # largest Steer max_new_tokens
-    max_interventions: int = 64  # most interventions in one Steer call
-    max_prompt_tokens: int = 512  # FeatureActivations input length (BOS included)
+class FeaturesConfig(Options):
+    group: ClassVar[str] = "features (needs --transcoders)"
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("features (needs --transcoders)")
-        g.add_argument("--labels", type=Path, default=None, help="feature labels file (JSON or YAML)")
-        g.add_argument("--watchlist", type=Path, default=None, help="watched features file (JSON or YAML)")
-        g.add_argument("--monitor-all", action="store_true", help="monitor every generation request")
-        g.add_argument("--monitor-slots", type=int, default=16,
-                       help="per layer, how many features requests may add to in-engine monitoring at once "
-                            "(default %(default)s)")
-        g.add_argument("--max-request-watch", type=int, default=8,
-                       help="most watched features one generation request may add (default %(default)s)")
-        g.add_argument("--max-steer-new-tokens", type=int, default=256)
-        d = FeaturesConfig
-        g.add_argument("--features-max-top-k", type=int, default=d.max_top_k, help="largest FeatureActivations top_k")
-        g.add_argument("--features-max-listed", type=int, default=d.max_listed_features,
-                       help="most features one FeatureActivations call may list")
-        g.add_argument("--features-max-prompt-tokens", type=int, default=d.max_prompt_tokens,
-                       help="FeatureActivations input length, BOS included (default %(default)s)")
-        g.add_argument("--max-interventions", type=int, default=d.max_interventions,
-                       help="most interventions in one Steer call")
+    labels: Path | None = option(
+        None, flag="--labels", type=Path, help="feature labels file (JSON or YAML: layer, index, label)")
+    watchlist: Path | None = option(
+        None, flag="--watchlist", type=Path,
+        help="watched features file (JSON or YAML: name, layer, index, threshold, action)")
+    monitor_all: bool = option(
+        False, flag="--monitor-all", action="store_true",
+        help="monitor every generation request, not only those that ask (needs --watchlist)")
+    monitor_slots: int = option(
+        16, flag="--monitor-slots", ge=0,
+        help="per layer, how many features requests may add to in-engine monitoring at once (0: none)")
+    max_request_watch: int = option(
+        8, flag="--max-request-watch", ge=0, help="most watched features one generation request may add")
+    max_steer_new_tokens: int = option(
+        256, flag="--max-steer-new-tokens", ge=1, limits=("steer_max_new_tokens",), help="largest Steer max_new_tokens")
+    max_top_k: int = option(
+        64, flag="--features-max-top-k", ge=1, limits=("features_max_top_k",), help="largest FeatureActivations top_k")
+    max_listed_features: int = option(
+        256, flag="--features-max-listed", ge=1, limits=("features_max_listed",),
+        help="most features one FeatureActivations call may list")
+    max_prompt_tokens: int = option(
+        512, flag="--features-max-prompt-tokens", ge=1, limits=("features_max_prompt_tokens",),
+        help="FeatureActivations input length, BOS included")
+    max_interventions: int = option(
+        64, flag="--max-interventions", ge=1, limits=("steer_max_interventions",),
+        help="most interventions in one Steer call")
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FeaturesConfig:
-        if args.monitor_slots < 0 or args.max_request_watch < 0:
-            raise argparse.ArgumentTypeError("--monitor-slots and --max-request-watch must be >= 0")
-        if args.monitor_all and args.watchlist is None:
-            raise argparse.ArgumentTypeError("--monitor-all needs --watchlist")
-        return cls(
-            labels=args.labels,
-            watchlist=args.watchlist,
-            monitor_all=args.monitor_all,
-            monitor_slots=args.monitor_slots,
-            max_request_watch=args.max_request_watch,
-            max_steer_new_tokens=args.max_steer_new_tokens,
-            max_top_k=args.features_max_top_k,
-            max_listed_features=args.features_max_listed,
-            max_prompt_tokens=args.features_max_prompt_tokens,
-            max_interventions=args.max_interventions,
-        )
+    def check(self) -> None:
+        if self.monitor_all and self.watchlist is None:
+            raise OptionError("--monitor-all", "needs --watchlist")

@@ -7,13 +7,15 @@ The bounds that belong to one engine live in its own config (`EngineConfig.max_n
 services or guard the server itself. A request over a limit gets INVALID_ARGUMENT naming the field
 and the limit; a server over its concurrency limits answers RESOURCE_EXHAUSTED.
 
-The only reader of these flags.
+Each field is declared once (config/option.py): its flag, default, bound and `circuit.v1.Limits` name.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
+
+from circuit_serve.config.option import Options, option
 
 _KIB = 1 << 10
 _MIB = 1 << 20
@@ -25,50 +27,35 @@ DEFAULT_MAX_N_LOGITS = 10  # tracing.AttributionSettings.max_n_logits: a request
 
 
 @dataclass(frozen=True)
-class InputLimits:
-    max_request_bytes: int = 4 * _MIB  # one serialized request message (gRPC's own default)
-    max_prompt_bytes: int = 256 * _KIB  # UTF-8 bytes of a prompt or Tokenize text, checked before tokenizing
-    max_stop_strings: int = 16  # stop strings of one generation request
-    max_stop_chars: int = 256  # characters of one stop string
-    max_targets: int = 64  # logit targets of one graph: explicit targets, and max_n_logits
-    max_positions: int = 1024  # positions listed by one steering intervention
-    max_request_id_bytes: int = 128  # an audited completion's request_id
-    max_concurrent_rpcs: int = 256  # RPCs handled at once; more get RESOURCE_EXHAUSTED
-    executor_threads: int = 8  # threads of the default executor (tokenizing, activations)
-    max_executor_queue: int = 64  # blocking jobs waiting for one of those threads; more get RESOURCE_EXHAUSTED
+class InputLimits(Options):
+    group: ClassVar[str] = "input limits (each rejection names the field and the limit)"
 
-    def validate(self) -> None:
-        for f in fields(self):
-            if getattr(self, f.name) < 1:
-                raise ValueError(f"--{f.name.replace('_', '-')} must be >= 1, got {getattr(self, f.name)}")
-        if self.max_targets < DEFAULT_MAX_N_LOGITS:
-            raise ValueError(f"--max-attribution-targets must be >= {DEFAULT_MAX_N_LOGITS} (the default max_n_logits), "
-                             f"got {self.max_targets}")
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        d = InputLimits
-        g = parser.add_argument_group("input limits (each rejection names the field and the limit)")
-        g.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes,
-                       help="largest serialized request message (default %(default)s)")
-        g.add_argument("--max-prompt-bytes", type=int, default=d.max_prompt_bytes,
-                       help="largest prompt / Tokenize text in UTF-8 bytes, checked before tokenizing "
-                            "(default %(default)s)")
-        g.add_argument("--max-stop-strings", type=int, default=d.max_stop_strings)
-        g.add_argument("--max-stop-chars", type=int, default=d.max_stop_chars, help="longest stop string")
-        g.add_argument("--max-attribution-targets", type=int, default=d.max_targets, dest="max_targets")
-        g.add_argument("--max-intervention-positions", type=int, default=d.max_positions, dest="max_positions",
-                       help="prompt positions one steering intervention may list")
-        g.add_argument("--max-request-id-bytes", type=int, default=d.max_request_id_bytes)
-        g.add_argument("--max-concurrent-rpcs", type=int, default=d.max_concurrent_rpcs,
-                       help="RPCs handled at once; more get RESOURCE_EXHAUSTED (default %(default)s)")
-        g.add_argument("--executor-threads", type=int, default=d.executor_threads,
-                       help="threads for blocking work such as tokenizing (default %(default)s)")
-        g.add_argument("--max-executor-queue", type=int, default=d.max_executor_queue,
-                       help="blocking jobs waiting for a thread; more get RESOURCE_EXHAUSTED (default %(default)s)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> InputLimits:
-        limits = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-        limits.validate()
-        return limits
+    max_request_bytes: int = option(
+        4 * _MIB, flag="--max-request-bytes", ge=1, limits=("max_request_bytes",),
+        help="largest serialized request message (gRPC's own default)")
+    max_prompt_bytes: int = option(
+        256 * _KIB, flag="--max-prompt-bytes", ge=1, limits=("max_prompt_bytes",),
+        help="largest prompt / Tokenize text in UTF-8 bytes, checked before tokenizing")
+    max_stop_strings: int = option(
+        16, flag="--max-stop-strings", ge=1, limits=("generation_max_stop_strings",),
+        help="stop strings of one generation request")
+    max_stop_chars: int = option(
+        256, flag="--max-stop-chars", ge=1, limits=("generation_max_stop_chars",), help="longest stop string")
+    max_targets: int = option(
+        64, flag="--max-attribution-targets", ge=DEFAULT_MAX_N_LOGITS, why="the default max_n_logits",
+        limits=("attribution_max_targets",), help="logit targets of one graph: explicit targets, and max_n_logits")
+    max_positions: int = option(
+        1024, flag="--max-intervention-positions", ge=1, limits=("steer_max_positions",),
+        help="prompt positions one steering intervention may list")
+    max_request_id_bytes: int = option(
+        128, flag="--max-request-id-bytes", ge=1, limits=("max_request_id_bytes",),
+        help="an audited completion's request_id")
+    max_concurrent_rpcs: int = option(
+        256, flag="--max-concurrent-rpcs", ge=1, limits=("max_concurrent_rpcs",),
+        help="RPCs handled at once; more get RESOURCE_EXHAUSTED")
+    executor_threads: int = option(
+        8, flag="--executor-threads", ge=1, limits=("executor_threads",),
+        help="threads for blocking work such as tokenizing")
+    max_executor_queue: int = option(
+        64, flag="--max-executor-queue", ge=1, limits=("max_executor_queue",),
+        help="blocking jobs waiting for a thread; more get RESOURCE_EXHAUSTED")

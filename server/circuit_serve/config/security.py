@@ -1,17 +1,18 @@
 """Configuration of transport security and authentication of `circuit-serve serve`.
 
-The only reader of `--tls-cert`, `--tls-key`, `--tls-client-ca`, `--auth-tokens`,
-`--reflection` and of their environment variables (`CIRCUIT_TLS_CERT`, ...).
+Each field is declared once (config/option.py): its flag, its environment variable (`CIRCUIT_TLS_CERT`,
+...) and its default.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import ClassVar
+
+from circuit_serve.config.option import Options, OptionError, option
 
 
 class Reflection(StrEnum):
@@ -21,55 +22,39 @@ class Reflection(StrEnum):
 
 
 @dataclass(frozen=True)
-class SecurityConfig:
-    tls_cert: Path | None = None  # PEM certificate chain of the server; with tls_key: TLS
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # PEM CA bundle; clients must present a certificate it signed (mTLS)
-    auth_tokens: Path | None = None  # tokens file (see circuit_serve.auth.tokens); None: no authentication
-    reflection: Reflection = Reflection.TOKEN
+class SecurityConfig(Options):
+    group: ClassVar[str] = "security"
+
+    tls_cert: Path | None = option(
+        None, flag="--tls-cert", type=Path, env="CIRCUIT_TLS_CERT",
+        help="PEM server certificate chain; with --tls-key the server speaks TLS only")
+    tls_key: Path | None = option(None, flag="--tls-key", type=Path, env="CIRCUIT_TLS_KEY",
+                                  help="PEM private key of --tls-cert")
+    tls_client_ca: Path | None = option(  # clients must present a certificate it signed (mTLS)
+        None, flag="--tls-client-ca", type=Path, env="CIRCUIT_TLS_CLIENT_CA",
+        help="PEM CA bundle: require client certificates signed by it (mTLS)")
+    auth_tokens: Path | None = option(  # see circuit_serve.auth.tokens; None: no authentication
+        None, flag="--auth-tokens", type=Path, env="CIRCUIT_AUTH_TOKENS",
+        help="tokens file (YAML or JSON list of {name, sha256, scopes}); every RPC but health "
+             "then needs `authorization: Bearer TOKEN`; SIGHUP reloads it")
+    reflection: Reflection = option(
+        Reflection.TOKEN, flag="--reflection", type=str, choices=tuple(r.value for r in Reflection),
+        convert=Reflection, help="server reflection: open, token (any valid token) or off")
 
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        env = os.environ.get
-        g = parser.add_argument_group("security")
-        g.add_argument("--tls-cert", type=Path, default=env("CIRCUIT_TLS_CERT"),
-                       help="PEM server certificate chain; with --tls-key the server speaks TLS only "
-                            "(env CIRCUIT_TLS_CERT)")
-        g.add_argument("--tls-key", type=Path, default=env("CIRCUIT_TLS_KEY"),
-                       help="PEM private key of --tls-cert (env CIRCUIT_TLS_KEY)")
-        g.add_argument("--tls-client-ca", type=Path, default=env("CIRCUIT_TLS_CLIENT_CA"),
-                       help="PEM CA bundle: require client certificates signed by it (mTLS; env CIRCUIT_TLS_CLIENT_CA)")
-        g.add_argument("--auth-tokens", type=Path, default=env("CIRCUIT_AUTH_TOKENS"),
-                       help="tokens file (YAML or JSON list of {name, sha256, scopes}); every RPC but health "
-                            "then needs `authorization: Bearer TOKEN`; SIGHUP reloads it (env CIRCUIT_AUTH_TOKENS)")
-        g.add_argument("--reflection", choices=[r.value for r in Reflection], default=Reflection.TOKEN.value,
-                       help="server reflection: open, token (any valid token) or off (default %(default)s)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SecurityConfig:
-        config = cls(
-            tls_cert=args.tls_cert or None,
-            tls_key=args.tls_key or None,
-            tls_client_ca=args.tls_client_ca or None,
-            auth_tokens=args.auth_tokens or None,
-            reflection=Reflection(args.reflection),
-        )
-        config.validate()
-        return config
-
-    def validate(self) -> None:
+    def check(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("give --tls-cert and --tls-key together")
+            given, missing = ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            raise OptionError(given, f"needs {missing}: give --tls-cert and --tls-key together")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+            raise OptionError("--tls-client-ca", "(mTLS) needs --tls-cert and --tls-key")
         for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
                            ("--tls-client-ca", self.tls_client_ca), ("--auth-tokens", self.auth_tokens)):
             if path is not None and not path.is_file():
-                raise ValueError(f"{flag} {path} is not a file")
+                raise OptionError(flag, f"{path} is not a file")
 
 
 def is_loopback(host: str) -> bool:

@@ -1,19 +1,29 @@
 """Configuration of `circuit-serve attribute`: the replacement model and one attribution request.
 
-The only reader of the command's flags (and of `CIRCUIT_MODEL` / `CIRCUIT_TRANSCODERS` as
-defaults for `--model` / `--transcoders`).
+Each field is declared once (config/option.py). `--model` and `--transcoders` are declared here
+(`MODEL`, `TRANSCODERS`) for `attribute` and `serve` alike, with `CIRCUIT_MODEL` / `CIRCUIT_TRANSCODERS`
+as their defaults; the attribution settings' defaults are `AttributionSettings`'s own.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
+from circuit_serve.config.option import Option, Options, OptionError, declared, option
 from circuit_serve.tracing.settings import AttributionSettings
 
 _GIB = 1 << 30
+
+MODEL = Option(flag="--model", type=Path, env="CIRCUIT_MODEL", required=True,
+               help="Hugging Face model directory or repo id org/name[@revision]")
+TRANSCODERS = Option(
+    flag="--transcoders", type=Path, env="CIRCUIT_TRANSCODERS",
+    help="transcoder directory or Hugging Face repo id org/name[/subfolder][@revision], in circuit-tracer's formats")
+_INPUT = "input (one of)"
 
 
 def identity_cache_dir() -> Path:
@@ -25,109 +35,113 @@ def identity_cache_dir() -> Path:
     return Path(env("XDG_CACHE_HOME") or Path.home() / ".cache") / "circuit-serve"
 
 
+def parse_token_ids(text: str) -> list[int]:
+    """`--token-ids "2,160 80"` -> `[2, 160, 80]`."""
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma- or space-separated token ids, got {text!r}") from None
+
+
+def parse_chat_message(text: str) -> tuple[str, str]:
+    """`--message "user:Hello"` -> `("user", "Hello")`."""
+    role, sep, content = text.partition(":")
+    if not sep or not role.strip():
+        raise argparse.ArgumentTypeError(f"expected ROLE:CONTENT (e.g. 'user:Hello'), got {text!r}")
+    return role.strip(), content.lstrip()
+
+
 @dataclass(frozen=True)
-class TracingConfig:
+class TracingConfig(Options):
     """What the replacement model loads and the limits it enforces."""
 
-    model: Path  # a directory or a Hugging Face repo id
-    transcoders: Path  # a directory or a Hugging Face repo id
-    dtype: str = "float32"  # float32 | bfloat16
-    device: str = "cpu"  # cpu | cuda | cuda:N
-    memory_budget_bytes: int | None = None  # refuse requests estimated above this
+    model: Path = declared(MODEL)  # a directory or a Hugging Face repo id
+    transcoders: Path = declared(replace(TRANSCODERS, required=True))  # a directory or a Hugging Face repo id
+    dtype: str = option("float32", flag="--dtype", choices=("float32", "bfloat16"))
+    device: str = option("cpu", flag="--device", help="cpu, cuda or cuda:N")
+    memory_budget_bytes: int | None = option(  # refuse requests estimated above this
+        None, flag="--memory-budget-gib", type=float, unit=_GIB, unit_name="GiB", gt=0,
+        help="refuse graphs whose estimated peak memory exceeds this")
     max_prompt_tokens: int | None = None  # None: the model's max_position_embeddings
 
 
 @dataclass(frozen=True)
-class AttributeCommandConfig:
-    tracing: TracingConfig
-    settings: AttributionSettings
-    out: Path | None  # pruned frontend JSON (this and/or `html`)
-    prompt: str | None = None
-    token_ids: list[int] | None = None
-    npz: Path | None = None
-    labels: Path | None = None
-    slug: str = "graph"
-    progress: bool = True  # a progress bar when stderr is a terminal
-    targets: list[int] = field(default_factory=list)
-    html: Path | None = None  # the interactive graph view (one self-contained HTML file)
-    messages: list[tuple[str, str]] | None = None  # (role, content), rendered with the chat template
-    identity_cache: Path | None = None  # where weight-file hashes are kept between runs
+class SettingsFlags(Options):
+    """The flags of one request's `AttributionSettings` (its defaults; its `validate` checks the values)."""
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        env = os.environ.get
-        d = AttributionSettings()
-        parser.add_argument("--model", type=Path, default=env("CIRCUIT_MODEL"), required=env("CIRCUIT_MODEL") is None,
-                            help="Hugging Face model directory or repo id org/name[@revision] (env CIRCUIT_MODEL)")
-        parser.add_argument("--transcoders", type=Path, default=env("CIRCUIT_TRANSCODERS"),
-                            required=env("CIRCUIT_TRANSCODERS") is None,
-                            help="transcoder directory or Hugging Face repo id org/name[/subfolder][@revision], "
-                                 "in circuit-tracer's formats (env CIRCUIT_TRANSCODERS)")
-        src = parser.add_mutually_exclusive_group(required=True)
-        src.add_argument("--prompt", help="text; tokenized as generation does (BOS prepended if missing)")
-        src.add_argument("--token-ids", help="comma- or space-separated token ids (BOS prepended if missing)")
-        src.add_argument("--message", action="append", metavar="ROLE:CONTENT",
-                         help="a chat message, rendered with the model's chat template (repeatable)")
-        parser.add_argument("--max-n-logits", type=int, default=d.max_n_logits)
-        parser.add_argument("--desired-logit-prob", type=float, default=d.desired_logit_prob)
-        parser.add_argument("--max-feature-nodes", type=int, default=None, help="default: every active feature")
-        parser.add_argument("--batch-size", type=int, default=d.batch_size, help="targets per backward pass")
-        parser.add_argument("--node-threshold", type=float, default=d.node_threshold)
-        parser.add_argument("--edge-threshold", type=float, default=d.edge_threshold)
-        parser.add_argument("--target", type=int, action="append", default=[], dest="targets",
-                            help="explicit target token id (repeatable); default: the most probable tokens")
-        parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-        parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-        parser.add_argument("--memory-budget-gib", type=float, default=None,
-                            help="refuse graphs whose estimated peak memory exceeds this")
-        parser.add_argument("--out", type=Path, default=None, help="pruned frontend graph JSON")
-        parser.add_argument("--html", type=Path, default=None,
-                            help="the interactive graph view: one self-contained HTML file (with or without --out)")
-        parser.add_argument("--npz", type=Path, default=None, help="also write the full unpruned graph (.npz)")
-        parser.add_argument("--labels", type=Path, default=None,
-                            help='JSON list of {"layer", "index", "label"}: feature labels (clerp)')
-        parser.add_argument("--slug", default=None, help="graph name in the JSON metadata (default: --out's stem)")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _d: ClassVar[type[AttributionSettings]] = AttributionSettings
+
+    max_n_logits: int = option(_d.max_n_logits, flag="--max-n-logits", help="at most this many logit targets")
+    desired_logit_prob: float = option(
+        _d.desired_logit_prob, flag="--desired-logit-prob",
+        help="logit targets are taken until their cumulative probability reaches this")
+    max_feature_nodes: int | None = option(
+        _d.max_feature_nodes, flag="--max-feature-nodes", type=int, help="default: every active feature")
+    batch_size: int = option(_d.batch_size, flag="--batch-size", help="targets per backward pass")
+    node_threshold: float = option(_d.node_threshold, flag="--node-threshold",
+                                   help="pruning: cumulative node influence kept")
+    edge_threshold: float = option(_d.edge_threshold, flag="--edge-threshold",
+                                   help="pruning: cumulative edge influence kept")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> AttributeCommandConfig:
-        ids = None
-        if args.token_ids is not None:
-            try:
-                ids = [int(t) for t in args.token_ids.replace(",", " ").split()]
-            except ValueError as e:
-                raise SystemExit(f"--token-ids: {e}") from None
-        if args.out is None and args.html is None:
-            raise SystemExit("circuit-serve attribute: give --out FILE (graph JSON) and/or --html FILE (graph view)")
-        budget = None if args.memory_budget_gib is None else int(args.memory_budget_gib * _GIB)
-        messages = None
-        if args.message:
-            messages = []
-            for m in args.message:
-                role, sep, content = m.partition(":")
-                if not sep or not role.strip():
-                    raise SystemExit(f"--message: expected ROLE:CONTENT (e.g. 'user:Hello'), got {m!r}")
-                messages.append((role.strip(), content.lstrip()))
-        return cls(
-            tracing=TracingConfig(model=args.model, transcoders=args.transcoders, dtype=args.dtype,
-                                  device=args.device, memory_budget_bytes=budget),
-            settings=AttributionSettings(
-                max_n_logits=args.max_n_logits,
-                desired_logit_prob=args.desired_logit_prob,
-                max_feature_nodes=args.max_feature_nodes,
-                batch_size=args.batch_size,
-                node_threshold=args.node_threshold,
-                edge_threshold=args.edge_threshold,
-            ),
-            out=args.out,
-            prompt=args.prompt,
-            token_ids=ids,
-            npz=args.npz,
-            labels=args.labels,
-            slug=args.slug or (args.out or args.html).stem,
-            progress=not args.no_progress,
-            targets=list(args.targets),
-            html=args.html,
-            messages=messages,
-            identity_cache=identity_cache_dir(),
-        )
+    def from_args(cls, args: argparse.Namespace) -> AttributionSettings:  # type: ignore[override]
+        return AttributionSettings(**cls.values_from_args(args))
+
+
+@dataclass(frozen=True)
+class AttributeCommandConfig(Options):
+    sections: ClassVar[dict[str, type]] = {"tracing": TracingConfig, "settings": SettingsFlags}
+
+    tracing: TracingConfig
+    settings: AttributionSettings
+    out: Path | None = option(None, flag="--out", type=Path, help="pruned frontend graph JSON (this and/or --html)")
+    prompt: str | None = option(
+        None, flag="--prompt", type=str, group=_INPUT,
+        help="text; tokenized as generation does (BOS prepended if missing)")
+    token_ids: list[int] | None = option(
+        None, flag="--token-ids", type=parse_token_ids, group=_INPUT,
+        help="comma- or space-separated token ids (BOS prepended if missing)")
+    npz: Path | None = option(None, flag="--npz", type=Path, help="also write the full unpruned graph (.npz)")
+    labels: Path | None = option(None, flag="--labels", type=Path,
+                                 help='JSON list of {"layer", "index", "label"}: feature labels (clerp)')
+    slug: str | None = option(None, flag="--slug", type=str, help="graph name in the JSON metadata (default: --out's stem)")
+    progress: bool = option(True, flag="--no-progress", negate=True, help="no progress bar")  # only on a terminal
+    targets: list[int] = option(
+        default_factory=list, flag="--target", type=int, action="append", convert=list,
+        help="explicit target token id (repeatable); default: the most probable tokens")
+    html: Path | None = option(  # the interactive graph view (one self-contained HTML file)
+        None, flag="--html", type=Path,
+        help="the interactive graph view: one self-contained HTML file (with or without --out)")
+    messages: list[tuple[str, str]] | None = option(  # (role, content), rendered with the chat template
+        None, flag="--message", type=parse_chat_message, action="append", metavar="ROLE:CONTENT", group=_INPUT,
+        help="a chat message, rendered with the model's chat template (repeatable)")
+    identity_cache: Path | None = field(default_factory=identity_cache_dir)  # weight-file hashes between runs
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The input flags (`--prompt`, `--token-ids`, `--message`) are mutually exclusive; one is required."""
+        super().add_arguments(_OneInput(parser, parser.add_mutually_exclusive_group(required=True)))
+
+    @classmethod
+    def values_from_args(cls, args: argparse.Namespace) -> dict:
+        values = super().values_from_args(args)
+        named = values["out"] or values["html"]
+        return values | {"messages": values["messages"] or None,
+                         "slug": values["slug"] or (named.stem if named else None)}
+
+    def check(self) -> None:
+        if self.out is None and self.html is None:
+            raise OptionError("--out", "give --out FILE (graph JSON) and/or --html FILE (graph view)")
+
+
+class _OneInput:
+    """The parser as `Options.add_arguments` sees it, with the input group mutually exclusive."""
+
+    def __init__(self, parser: argparse.ArgumentParser, exclusive) -> None:
+        self.parser, self.exclusive = parser, exclusive
+
+    def add_argument_group(self, title: str):
+        return self.exclusive if title == _INPUT else self.parser.add_argument_group(title)
+
+    def add_argument(self, *a, **kw):
+        return self.parser.add_argument(*a, **kw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from circuit_serve.config.limits import MAX_TEMPERATURE
+from circuit_serve.config.limits import MAX_TEMPERATURE, InputLimits
 from circuit_serve.chat import check_messages
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.generation.types import GenerationRequest
@@ -18,9 +18,9 @@ class Limits:
     max_model_len: int
     max_new_tokens_limit: int
     max_top_logprobs: int
-    max_prompt_bytes: int = 256 << 10
-    max_stop_strings: int = 16
-    max_stop_chars: int = 256
+    max_prompt_bytes: int = InputLimits.max_prompt_bytes  # the defaults are the flags' (config/limits.py)
+    max_stop_strings: int = InputLimits.max_stop_strings
+    max_stop_chars: int = InputLimits.max_stop_chars
     max_temperature: float = MAX_TEMPERATURE
 
 
