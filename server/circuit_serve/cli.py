@@ -22,7 +22,7 @@ _COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = OptionParser(prog="circuit-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, module in _COMMANDS.items():
+    for module in _COMMANDS.values():
         mod = importlib.import_module(f"circuit_serve.commands.{module}")
         mod.add_parser(sub)
     return parser

@@ -25,7 +25,7 @@ def limits_fields() -> dict[str, str | None]:
     body = proto[proto.index("message Limits {"):]
     body = body[:body.index("\n}")]
     out: dict[str, str | None] = {}
-    for m in re.finditer(r"^\s*\w+ (\w+) = \d+;(.*)$", body, flags=re.M):
+    for m in re.finditer(r"^\s*\w+ (\w+) = \d+;(.*)$", body, flags=re.MULTILINE):
         flag = re.search(r"\[(--[a-z0-9-]+)\]", m.group(2))
         out[m.group(1)] = flag.group(1) if flag else None
     return out

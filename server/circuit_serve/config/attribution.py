@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
-from circuit_serve.config.option import Options, OptionError, declared, option
+from circuit_serve.config.option import OptionError, Options, declared, option
 from circuit_serve.config.tracing import TRANSCODERS, identity_cache_dir
 from circuit_serve.tracing.hub import parse_repo_spec
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from circuit_serve.config.option import Options, OptionError, option
+from circuit_serve.config.option import OptionError, Options, option
 
 
 @dataclass(frozen=True)

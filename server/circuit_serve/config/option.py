@@ -125,7 +125,7 @@ def usage_error(prog: str, message: str) -> UsageExit:
 class OptionParser(argparse.ArgumentParser):
     """argparse with one error line (the usage of `serve` is 60 lines; `--help` shows it)."""
 
-    def error(self, message: str):  # noqa: D102 - argparse's hook
+    def error(self, message: str):
         raise usage_error(self.prog, message)
 
 

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
-from circuit_serve.config.option import Options, OptionError, option
+from circuit_serve.config.option import OptionError, Options, option
 
 
 class Reflection(StrEnum):

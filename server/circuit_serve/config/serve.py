@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import InputLimits
-from circuit_serve.config.option import Options, OptionError, declared, option
+from circuit_serve.config.option import OptionError, Options, declared, option
 from circuit_serve.config.security import SecurityConfig
 from circuit_serve.config.tracing import MODEL
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
-from circuit_serve.config.option import Option, Options, OptionError, declared, option
+from circuit_serve.config.option import Option, OptionError, Options, declared, option
 from circuit_serve.tracing.settings import AttributionSettings
 
 _GIB = 1 << 30
