@@ -19,7 +19,7 @@ In each, over gRPC:
 
 Writes the medians and the ratio computed / cached to the results file (target >= 1000x).
 
-3. Issue 10's random model (tests/support/large_graphs.py: Llama 6 layers, d_model 256, 8 heads,
+3. Issue 10's random model (circuit_serve/demo/large_graph_model.py: Llama 6 layers, d_model 256, 8 heads,
    MLP 1024; 2,048-feature transcoders firing about 5% of the time), whose two graphs (a 7-token
    prompt with default settings; a 71-token prompt with max_feature_nodes 2,000) come back as
    results of 8-10 MB, above gRPC's default 4 MiB message limit. Clients use channels with gRPC's
@@ -37,16 +37,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from circuit_serve.launch import LaunchedServer, start_server
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 TRAINED_PROMPT = ("the teacher in kouston paints the old bridge in the morning . everyone in the city likes "
                   "the market . the capital of doxmoupolis is")
@@ -58,39 +57,19 @@ ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VL
        "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start_server(model_dir: Path, tc_dir: Path, redis_url: str, log_path: Path, *flags: str):
-    from circuit_client import CircuitClient, CircuitRpcError
-    from support.redis_server import free_port
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "circuit_serve.cli", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", "0", "--dtype", "float32", "--max-model-len", "512",
-           "--enforce-eager", "--kv-cache-gib", "1", "--transcoders", str(tc_dir), "--redis-url", redis_url, *flags]
-    proc = subprocess.Popen(cmd, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, **ENV},
-                            start_new_session=True)
-    target = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    with CircuitClient(target, timeout=2, retries=0) as client:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                if client.health() == "SERVING":
-                    return proc, target
-            except CircuitRpcError:
-                pass
-            if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the server and anything it started
-                proc.wait(30)
-                raise TimeoutError(f"server did not start in 600 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+def start_cache_server(model_dir: Path, tc_dir: Path, redis_url: str, log_path: Path, *flags: str) -> LaunchedServer:
+    """The server of this benchmark: CPU settings, `tc_dir` and `redis_url`, `flags`; SERVING within 600 s."""
+    return start_server(model_dir, ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--kv-cache-gib",
+                                    "1", "--transcoders", str(tc_dir), "--redis-url", redis_url, *flags],
+                        log_path=log_path, env=ENV, timeout_s=600)
 
 
 def measure(model_dir: Path, tc_dir: Path, prompt: str, redis_url: str, log_path: Path, *, graphs: int,
             cached_calls: int, max_feature_nodes: int | None) -> dict:
     from circuit_client.attribution import AttributionClient, AttributionSettings
 
-    proc, target = start_server(model_dir, tc_dir, redis_url, log_path)
+    server = start_cache_server(model_dir, tc_dir, redis_url, log_path)
+    target = server.target
     try:
         with AttributionClient(target, timeout=1800) as client:
             # one full-size graph first (another key), so first-call costs do not count as compute time
@@ -116,11 +95,7 @@ def measure(model_dir: Path, tc_dir: Path, prompt: str, redis_url: str, log_path
                     fetched.append(time.perf_counter() - t0)
                     assert got.frontend_json == first.frontend_json
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     return dict(computed=computed, cached=cached, fetched=fetched, sizes=sizes[0], n_tokens=n_tokens)
 
 
@@ -143,14 +118,6 @@ def table(r: dict) -> list[str]:
         f"**Ratio computed / cached: {comp / hit:,.0f}x**",
         "",
     ]
-
-
-def stop(proc) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def time_hits(target: str, redis_url: str, prefix: str, graphs: list[tuple[str, object, str]], calls: int) -> list[dict]:
@@ -198,13 +165,14 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
     from circuit_client.attribution import AttributionClient, AttributionSettings
     from circuit_serve.cache import entry
     from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
-    from support.large_graphs import GRAPHS, build_large_graph_model
+    from circuit_serve.demo.large_graph_model import GRAPHS, build_large_graph_model
 
     model_dir, tc_dir = build_large_graph_model(tmp / "large")
     # a 5 s Redis timeout (default 0.5 s): a load spike on the shared machine must not turn a hit into a miss
     flags = ["--attribution-max-prompt-tokens", "128", "--redis-timeout", "5"]
-    proc, target = start_server(model_dir, tc_dir, redis_url, tmp / "server3.log", "--redis-prefix", "bench3:",
+    server = start_cache_server(model_dir, tc_dir, redis_url, tmp / "server3.log", "--redis-prefix", "bench3:",
                                 *flags)
+    target = server.target
     graphs, computed, shapes = [], [], []
     try:
         import grpc
@@ -227,7 +195,7 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
         print((tmp / "server3.log").read_text(errors="replace")[-4000:], file=sys.stderr)
         raise
     finally:
-        stop(proc)
+        server.stop()
 
     async def recode() -> None:  # the same entries, zlib-compressed, where the second server looks
         r = aioredis.Redis.from_url(redis_url)
@@ -238,15 +206,16 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
         await r.aclose()
 
     asyncio.run(recode())
-    proc, target = start_server(model_dir, tc_dir, redis_url, tmp / "server4.log", "--redis-prefix", "bench3z:",
+    server = start_cache_server(model_dir, tc_dir, redis_url, tmp / "server4.log", "--redis-prefix", "bench3z:",
                                 "--graph-cache-compression", "zlib", *flags)
+    target = server.target
     try:
         zlibbed = time_hits(target, redis_url, "bench3z:", graphs, calls)
     except Exception:
         print((tmp / "server4.log").read_text(errors="replace")[-4000:], file=sys.stderr)
         raise
     finally:
-        stop(proc)
+        server.stop()
     return dict(shapes=shapes, computed=computed, stored=stored, zlib=zlibbed)
 
 
@@ -285,8 +254,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from circuit_serve.demo import build_demo_model
-    from support.redis_server import RedisServer
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.testing.redis_server import RedisServer
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp, RedisServer() as redis:
         tmp = Path(tmp)
@@ -332,7 +301,7 @@ def main() -> int:
         "## 3. Results above gRPC's 4 MiB default: a cache hit against a raw Redis GET of the same entry",
         "",
         "Issue 10's random model: Llama 6 layers, d_model 256, 8 heads, MLP 1024, random JumpReLU transcoders",
-        "of 2,048 features per layer firing on about 5% of (layer, position) pairs (tests/support/large_graphs.py).",
+        "of 2,048 features per layer firing on about 5% of (layer, position) pairs (circuit_serve/demo/large_graph_model.py).",
         "Clients use channels with gRPC's default options (4 MiB receive limit), so each result comes as",
         "chunks that the client library reassembles (checking length and CRC-32) and parses. Per graph,",
         f"{args.hit_calls} rounds of: a raw GET of the stored entry from the bench process (redis.asyncio,",

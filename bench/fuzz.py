@@ -3,9 +3,9 @@
     .venv/bin/python bench/fuzz.py                 # demo model, random transcoders, 1,000 requests
     .venv/bin/python bench/fuzz.py --requests 3000 --seed 7
 
-The requests come from tests/support/fuzz_requests.py (every field of every request message on the
+The requests come from circuit_serve/testing/fuzz_requests.py (every field of every request message on the
 wire, values no generated stub would send, random bytes). The server runs with the small input
-limits of tests/hardening so that each limit is reachable. Pass: no request answered INTERNAL or
+limits of tests/hardening (`LIMIT_FLAGS`, beside the strategies) so that each limit is reachable. Pass: no request answered INTERNAL or
 UNKNOWN, the server process alive at the end, and a valid request afterwards succeeds. The baseline:
 the median latency of a valid Generate before the run, against the same after it (ratio ~1 means
 the fuzzing left nothing behind), and the server's RSS before and after.
@@ -24,18 +24,16 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-import serve_process  # bench/serve_process.py (scripts run from bench/)
+from circuit_serve.launch import start_server
+from circuit_serve.process_memory import status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "fuzz.md"
-sys.path.insert(0, str(ROOT))
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """VmRSS of the server process itself (not its children), in MiB."""
+    return status_kib(pid, "VmRSS").get("VmRSS", float("nan")) / 1024
 
 
 def valid_latency(target: str, n: int = 20) -> float:
@@ -54,7 +52,7 @@ def run(args: argparse.Namespace, target: str, pid: int) -> dict:
     import grpc
     from hypothesis import HealthCheck, given, settings
 
-    from tests.support.fuzz_requests import FORBIDDEN, fuzz_call, send
+    from circuit_serve.testing.fuzz_requests import FORBIDDEN, fuzz_call, send
 
     seen: Counter = Counter()
     kinds: Counter = Counter()
@@ -126,8 +124,8 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: build the demo model)")
     args = ap.parse_args()
 
-    from tests.hardening.conftest import LIMIT_FLAGS
-    from tests.support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
+    from circuit_serve.testing.fuzz_requests import LIMIT_FLAGS
 
     work = Path(tempfile.mkdtemp(prefix="bench-fuzz-"))
     if args.model is None:
@@ -137,11 +135,12 @@ def main() -> int:
     tc = write_random_transcoders(args.model, work / "transcoders", d_transcoder=128, target_l0=8, seed=5)
     flags = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
              "--transcoders", str(tc), *[str(x) for kv in LIMIT_FLAGS.items() for x in kv]]
-    server, target = serve_process.start_server(args.model, flags, log_prefix="bench-fuzz-")
+    server = start_server(args.model, [*flags, "--log-level", "WARNING"], log_prefix="bench-fuzz-")
+    target = server.target
     try:
         before = (valid_latency(target), rss_mib(server.pid))
         out = run(args, target, server.pid)
-        alive = server.poll() is None
+        alive = server.process.poll() is None
         try:
             after = (valid_latency(target), rss_mib(server.pid))
             valid_after = True
@@ -149,7 +148,7 @@ def main() -> int:
             print(f"valid request after the run failed: {exc}", file=sys.stderr)
             after, valid_after = (float("nan"), float("nan")), False
     finally:
-        serve_process.stop_server(server)
+        server.stop()
     print(write_results(args, out, before, after, alive, valid_after))
     return 0 if not out["bad"] and alive and valid_after else 1
 

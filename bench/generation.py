@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import serve_process  # bench/serve_process.py (scripts run from bench/)
+from circuit_serve.launch import LaunchedServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "generation.md"
@@ -64,8 +63,9 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(args: argparse.Namespace, interval: int) -> tuple[subprocess.Popen, str]:
-    return serve_process.start_server(args.model, engine_flags(args, interval), log_prefix="bench-server-")
+def start_grpc_server(args: argparse.Namespace, interval: int) -> LaunchedServer:
+    return start_server(args.model, [*engine_flags(args, interval), "--log-level", "WARNING"],
+                        log_prefix="bench-server-")
 
 
 async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, PathStats, list[float]]:
@@ -81,7 +81,7 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
     ServeConfig.add_arguments(parser)
     config = ServeConfig.from_args(parser.parse_args(["--model", str(args.model), *engine_flags(args, interval)]))
 
-    server, target = start_server(args, interval)
+    server = start_grpc_server(args, interval)
     # vLLM's defaults, as a server built on it would run: per-step stats on (the gRPC
     # server needs them for its metrics; vLLM's own loggers consume them here).
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
@@ -113,7 +113,7 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
     raw, grpc_, ratios = PathStats(), PathStats(), []
     grpc_split: list[tuple[float, float]] = []  # (server, client) CPU us per token, per gRPC run
     try:
-        async with AsyncCircuitClient(target, timeout=600) as client:
+        async with AsyncCircuitClient(server.target, timeout=600) as client:
 
             async def grpc_run() -> tuple[float, float]:
                 async def one(i: int) -> int:
@@ -144,9 +144,9 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
                       f"gRPC {pair['grpc'][0]:,.0f} tok/s, ratio {ratios[-1]:.3f}", flush=True)
     finally:
         engine.shutdown()
-        del engine
+        engine = None  # the last reference, so that the collection below frees vLLM's engine
         gc.collect()
-        serve_process.stop_server(server)
+        server.stop()
     grpc_.server_cpu_us = statistics.median(x[0] for x in grpc_split[1:])
     grpc_.client_cpu_us = statistics.median(x[1] for x in grpc_split[1:])
     return raw, grpc_, ratios

@@ -38,7 +38,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import serve_process  # bench/serve_process.py (scripts run from bench/)
+from circuit_serve.launch import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "monitoring.md"
@@ -65,8 +65,7 @@ def build_wide(work: Path) -> tuple[Path, Path]:
 
     from circuit_serve.demo.random_model import _train_tokenizer
 
-    sys.path.insert(0, str(ROOT))
-    from tests.support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     out = work / "wide"
     tokenizer = _train_tokenizer()
@@ -151,21 +150,22 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     tcs = load_transcoders(transcoders)
     watchlist = write_watchlist(work / f"watchlist-{name}.yaml", tcs.n_layers, tcs.d_transcoder)
     common = ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-gib", "2", "--enforce-eager"]
-    monitored = serve_process.start_server(model, [*common, "--transcoders", str(transcoders), "--watchlist",
-                                                   str(watchlist)], log_prefix=f"bench-monitoring-{name}-")
-    plain = serve_process.start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-")
+    common += ["--log-level", "WARNING"]
+    monitored = start_server(model, [*common, "--transcoders", str(transcoders), "--watchlist", str(watchlist)],
+                             log_prefix=f"bench-monitoring-{name}-")
+    plain = start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-")
     rows = []
     try:
         for length in args.prompt_lengths:
-            pids = {"unmonitored": monitored[0].pid, "monitored": monitored[0].pid, "plain": plain[0].pid}
-            rates, cpu = asyncio.run(measure(monitored[1], plain[1], model, length, args, pids))
+            pids = {"unmonitored": monitored.pid, "monitored": monitored.pid, "plain": plain.pid}
+            rates, cpu = asyncio.run(measure(monitored.target, plain.target, model, length, args, pids))
             print(f"{name} prompt {length}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
                   + "; CPU ms/token " + ", ".join(f"{k} {[round(r, 3) for r in v]}" for k, v in cpu.items()),
                   flush=True)
             rows.append((name, tcs, length, rates, cpu))
     finally:
-        serve_process.stop_server(monitored[0])
-        serve_process.stop_server(plain[0])
+        monitored.stop()
+        plain.stop()
     return rows
 
 
@@ -255,8 +255,7 @@ def main() -> int:
             model = build_demo_model(work / "demo")
             transcoders = model / "transcoders"
             if name == "demo-jumprelu":
-                sys.path.insert(0, str(ROOT))
-                from tests.support.transcoders import write_random_transcoders
+                from circuit_serve.demo.random_transcoders import write_random_transcoders
 
                 transcoders = write_random_transcoders(model, work / "demo-jumprelu", d_transcoder=1024, target_l0=32)
         else:

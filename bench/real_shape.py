@@ -35,9 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(ROOT / "client"))
-sys.path.insert(0, str(ROOT / "bench"))
 
-import serve_process  # noqa: E402
+from circuit_serve.launch import start_server  # noqa: E402
+from circuit_serve.process_memory import tree_status_kib  # noqa: E402
 
 SHAPE = dict(layers=16, d=2048, heads=32, kv_heads=8, head_dim=64, d_mlp=8192, vocab=128256, n_tc=8192, l0=64)
 SMOKE = dict(layers=2, d=128, heads=4, kv_heads=2, head_dim=32, d_mlp=256, vocab=1000, n_tc=512, l0=16)
@@ -114,9 +114,10 @@ def _tokenizer_class_for_the_reference(model_dir: Path) -> None:
 MEM_PROBE = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
-def rss():
-    return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) * 1024
+from circuit_serve.process_memory import status_kib
 from circuit_serve.tracing import load_transcoders
+def rss():
+    return status_kib('self', 'VmRSS')['VmRSS'] * 1024
 before = rss()
 tcs = load_transcoders(sys.argv[2], dtype=torch.bfloat16, lazy=sys.argv[3] == 'lazy')
 held = [*tcs.W_enc, *tcs.b_enc, *tcs.W_dec, *tcs.b_dec, *(tcs.threshold or []), *(tcs.W_skip or [])]
@@ -137,33 +138,14 @@ def transcoder_memory(tc_dir: Path) -> dict[str, dict]:
 
 
 def peak_rss(pid: int) -> int:
-    """Sum of the peak RSS (VmHWM) of `pid` and its descendants (vLLM's engine core is a child process)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = {pid}, [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
-        tree.update(kids)
-        frontier += kids
-    total = 0
-    for p in tree:
-        try:
-            total += int(next(x for x in open(f"/proc/{p}/status") if x.startswith("VmHWM")).split()[1]) * 1024
-        except (OSError, StopIteration):
-            pass
-    return total
+    """Sum of the peak RSS (VmHWM) of `pid` and its descendants (vLLM's engine core is a child process), bytes."""
+    return tree_status_kib(pid, "VmHWM")["VmHWM"] * 1024
 
 
 def timed_start(model_dir: Path, flags: list[str]):
     t = time.perf_counter()
-    server, target = serve_process.start_server(model_dir, flags, log_prefix="real-shape-")
-    return server, target, time.perf_counter() - t
+    server = start_server(model_dir, [*flags, "--log-level", "WARNING"], log_prefix="real-shape-")
+    return server, server.target, time.perf_counter() - t
 
 
 def generation_rates(target: str, vocab: int, *, tokens: int, streams: int) -> tuple[float, float]:
@@ -292,12 +274,12 @@ def main() -> int:
         print(f"graph through the server {graph_s:.1f}s", flush=True)
         rss1 = peak_rss(server.pid)
     finally:
-        serve_process.stop_server(server)
+        server.stop()
     server, target, second_start = timed_start(model_dir, flags)
     try:
         rss2 = peak_rss(server.pid)
     finally:
-        serve_process.stop_server(server)
+        server.stop()
     print(f"second start {second_start:.1f}s", flush=True)
     if not args.smoke:  # written now too, in case the reference does not finish
         write(args, s, locals(), "not finished when this file was written (the run was stopped)")

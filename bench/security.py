@@ -6,7 +6,7 @@ measured in alternating rounds.
     .venv/bin/python bench/security.py --calls 500 --model DIR
 
 For each configuration a `circuit-serve serve` subprocess serves the demo model on 127.0.0.1
-(the test certificates are made here with `openssl`, as in tests/support/certs.py). Measured
+(the test certificates are made here with `openssl`, as in the tests: circuit_serve/testing/certs.py). Measured
 from one client over one channel: the latency of a unary Tokenize (the cheapest RPC: transport,
 interceptors and auth dominate it), the time to open a new channel and make its first call (the
 TLS handshake). Each figure is also given as a ratio to the plaintext server's, measured in the
@@ -26,11 +26,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import serve_process  # bench/serve_process.py (scripts run from bench/)
+from circuit_serve.launch import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "security.md"
-sys.path.insert(0, str(ROOT / "tests"))
 TOKEN = "bench-token-7f3e9a1c5b2d"
 
 
@@ -62,10 +61,9 @@ def main() -> int:
     parser.add_argument("--fresh", type=int, default=10, help="new channels (each with one call) per round")
     args = parser.parse_args()
 
-    from support.certs import make_pki
-
     from circuit_client import Credentials
     from circuit_serve.auth import token_sha256
+    from circuit_serve.testing.certs import make_pki
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -89,10 +87,10 @@ def main() -> int:
     servers = []
     try:
         for name, flags, creds in configs:  # all up at once, so that rounds alternate under the same load
-            server, target = serve_process.start_server(model, [*engine, *flags], log_prefix="bench-security-",
-                                                        credentials=creds)
+            server = start_server(model, [*engine, *flags, "--log-level", "WARNING"], log_prefix="bench-security-",
+                                  credentials=creds)
             servers.append(server)
-            configs[len(servers) - 1] = (name, target, creds)
+            configs[len(servers) - 1] = (name, server.target, creds)
         per_round: list[list[dict[str, float]]] = []  # round -> config -> medians
         for r in range(args.rounds):
             round_ = []
@@ -105,7 +103,7 @@ def main() -> int:
                   flush=True)
     finally:
         for server in servers:
-            serve_process.stop_server(server)
+            server.stop()
 
     def med(i: int, key: str) -> float:
         return statistics.median(rnd[i][key] for rnd in per_round)

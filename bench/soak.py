@@ -34,11 +34,11 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-import serve_process  # bench/serve_process.py (scripts run from bench/)
+from circuit_serve.launch import start_server
+from circuit_serve.process_memory import tree_status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "soak.md"
-sys.path.insert(0, str(ROOT))
 PROMPTS = ["the old river runs to the sea and the", "One, two, three, four,", "A transcoder reads the",
            "the capital of the country is", "Once upon a time there was a"]
 
@@ -47,27 +47,8 @@ def tree_rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, RssAnon) in MiB of `pid` and every descendant (vLLM may run its engine in a child
     process). RssAnon is the heap: what a leak grows. VmRSS adds file-backed pages (libraries,
     memory-mapped weights) that the kernel drops and re-reads under memory pressure."""
-    children: dict[int, list[int]] = defaultdict(list)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children[int(fields[1])].append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    rss = anon = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        todo.extend(children.get(p, []))
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("RssAnon:"):
-                    anon += int(line.split()[1])
-        except OSError:
-            continue
-    return rss / 1024, anon / 1024
+    kib = tree_status_kib(pid, "VmRSS", "RssAnon")
+    return kib["VmRSS"] / 1024, kib["RssAnon"] / 1024
 
 
 class Recorder:
@@ -256,7 +237,7 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: build the demo model)")
     args = ap.parse_args()
 
-    from tests.support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     if args.model is None:
@@ -267,7 +248,8 @@ def main() -> int:
     flags = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
              "--transcoders", str(tc), "--graph-cache-memory-mib", str(args.cache_mib),
              "--completions-max", str(args.completions_max), "--attribution-max-queued", "16"]
-    server, target = serve_process.start_server(args.model, flags, log_prefix="bench-soak-")
+    server = start_server(args.model, [*flags, "--log-level", "WARNING"], log_prefix="bench-soak-")
+    target = server.target
     rec, stop = Recorder(), threading.Event()
     samples: list[tuple[float, float, float]] = []
     loads: list[float] = []
@@ -286,14 +268,14 @@ def main() -> int:
             print(f"{now / 60:5.1f} min  RSS {samples[-1][1]:.0f} MiB  anon {samples[-1][2]:.0f} MiB"
                   f"  calls {sum(map(len, rec.latency.values()))}"
                   f"  failures {len(rec.failures)}", flush=True)
-            assert server.poll() is None, "the server exited"
+            assert server.process.poll() is None, "the server exited"
             time.sleep(args.sample_s)
         stop.set()
         for t in threads:
             t.join(300)
     finally:
         stop.set()
-        serve_process.stop_server(server)
+        server.stop()
     text, passed = write_results(args, samples, warmup, rec, loads)
     print(text)
     return 0 if passed else 1

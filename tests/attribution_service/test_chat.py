@@ -51,7 +51,7 @@ def expected_ids(chat_model_dir) -> list[int]:
 def hub_commit(random_model_dir, tmp_path_factory):
     """An offline HF_HOME holding the server's transcoders as repo test-org/chat-tcs."""
     from support.hub_cache import add_repo
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tcs = write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("chat-tcs"), d_transcoder=128, seed=1)
     home = tmp_path_factory.mktemp("hf_home")
@@ -129,7 +129,7 @@ def test_clis_accept_messages(chat_server, chat_model_dir, random_model_dir, tmp
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert [int(line.split("\t")[0]) for line in r.stdout.splitlines()] == expected_ids
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tcs = write_random_transcoders(random_model_dir, tmp_path / "tcs", d_transcoder=64, seed=2)
     r = subprocess.run([sys.executable, "-m", "circuit_serve.cli", "attribute", "--model", str(chat_model_dir),

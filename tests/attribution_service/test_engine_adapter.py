@@ -16,7 +16,7 @@ SETTINGS = AttributionSettings(max_feature_nodes=64, batch_size=32)
 
 @pytest.fixture(scope="module")
 def replacement(random_model_dir, tmp_path_factory):
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tc = write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, seed=0)
     return ReplacementModel.from_pretrained(random_model_dir, tc, dtype="float32", device="cpu")

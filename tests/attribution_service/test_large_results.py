@@ -25,8 +25,8 @@ from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
 from circuit_client._pb.circuit.v1 import graph_pb2
 from circuit_client.attribution import AsyncAttributionClient, AttributionClient, AttributionSettings
 
-from support.large_graphs import GRAPHS, N_LAYERS, D_TRANSCODER, build_large_graph_model
-from support.redis_server import delete_prefix
+from circuit_serve.demo.large_graph_model import GRAPHS, N_LAYERS, D_TRANSCODER, build_large_graph_model
+from circuit_serve.testing.redis_server import delete_prefix
 
 DEFAULT_LIMIT = 4 << 20  # gRPC's default max receive message length
 PREFIX = f"t-large-{uuid.uuid4().hex[:8]}:"

@@ -33,7 +33,7 @@ PREFIX = f"res-{uuid.uuid4().hex[:8]}:"
 
 @pytest.fixture(scope="module")
 def redis_server():
-    from support.redis_server import RedisServer
+    from circuit_serve.testing.redis_server import RedisServer
 
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server binary to start a private Redis")
@@ -44,7 +44,7 @@ def redis_server():
 
 @pytest.fixture(scope="module")
 def srv(launch_server, random_model_dir, tmp_path_factory, redis_server):
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tc = write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, seed=0)
     return launch_server(

@@ -31,7 +31,7 @@ SERVER_PREFIX = f"t-{uuid.uuid4().hex[:8]}:"  # the test server's Redis keys
 
 @pytest.fixture(scope="module")
 def transcoder_dir(random_model_dir, tmp_path_factory):
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     return write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("transcoders"), d_transcoder=256, seed=0)
 
@@ -39,7 +39,7 @@ def transcoder_dir(random_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def redis_for_server():
     """A Redis this module owns (it is stopped and restarted mid-test)."""
-    from support.redis_server import RedisServer
+    from circuit_serve.testing.redis_server import RedisServer
 
     if shutil.which("redis-server") is None:
         pytest.skip("no redis-server binary to start a private Redis")

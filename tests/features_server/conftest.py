@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.support.transcoders import write_random_transcoders
+from circuit_serve.demo.random_transcoders import write_random_transcoders
 
 PROMPT = "the old river runs to the sea and the"
 N_NEW = 16

@@ -5,31 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.transcoders import write_random_transcoders
-
-# flag -> value; ModelInfo must report each under its Limits field name
-LIMIT_FLAGS = {
-    "--max-request-bytes": 65536,
-    "--max-prompt-bytes": 2000,
-    "--max-stop-strings": 3,
-    "--max-stop-chars": 12,
-    "--max-attribution-targets": 10,
-    "--max-intervention-positions": 6,
-    "--max-request-id-bytes": 64,
-    "--max-concurrent-rpcs": 64,
-    "--executor-threads": 4,
-    "--max-executor-queue": 32,
-    "--max-new-tokens-limit": 16,
-    "--attribution-max-prompt-tokens": 24,
-    "--attribution-max-feature-nodes": 64,
-    "--attribution-max-batch-size": 64,
-    "--attribution-max-queued": 4,
-    "--features-max-prompt-tokens": 24,
-    "--features-max-top-k": 8,
-    "--features-max-listed": 10,
-    "--max-steer-new-tokens": 8,
-    "--max-interventions": 4,
-}
+from circuit_serve.demo.random_transcoders import write_random_transcoders
+from circuit_serve.testing.fuzz_requests import LIMIT_FLAGS
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from circuit_client import CircuitClient, Sampling
-from tests.support.fuzz_requests import FORBIDDEN, RPCS, fuzz_call, send
+from circuit_serve.testing.fuzz_requests import FORBIDDEN, RPCS, fuzz_call, send
 
 N_REQUESTS = 320
 
@@ -51,7 +51,7 @@ def test_fuzzed_requests_never_get_internal_or_unknown(limited_server, channel):
 @pytest.mark.parametrize("rpc", RPCS, ids=[r.path.rsplit("/", 1)[1] for r in RPCS])
 def test_the_fuzzers_valid_requests_are_valid(channel, rpc):
     """The bases the fuzzer mutates are answered (OK, or NOT_FOUND for the unknown graph key)."""
-    from tests.support.fuzz_requests import VALID, FuzzCall
+    from circuit_serve.testing.fuzz_requests import VALID, FuzzCall
 
     for payload in VALID[rpc.path.rsplit("/", 1)[1]]:
         code, details = send(channel, FuzzCall(rpc, payload, "valid"))

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable
 
-from support.certs import Pki, make_pki  # noqa: E402
+from circuit_serve.testing.certs import Pki, make_pki  # noqa: E402
 
 from circuit_serve.auth.tokens import token_sha256  # noqa: E402
 

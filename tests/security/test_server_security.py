@@ -32,7 +32,7 @@ NEWBIE = ("tok-newbie-0e1d2c3b4a5968778695", ["generate"])
 
 @pytest.fixture(scope="module")
 def redis_with_password():
-    from support.redis_server import RedisServer
+    from circuit_serve.testing.redis_server import RedisServer
 
     server = RedisServer(extra_args=("--user", "circuit", "on", f">{REDIS_PASSWORD}", "~*", "&*", "+@all"))
     server.start()
@@ -47,7 +47,7 @@ def tokens_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def secure_server(launch_server, demo_model_dir, tmp_path_factory, pki, tokens_file, redis_with_password):
-    from support.transcoders import write_random_transcoders
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tc = write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, target_l0=16, seed=3)
     return launch_server(

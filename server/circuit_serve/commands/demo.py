@@ -49,15 +49,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import signal
-    import socket
-    import subprocess
     import sys
     import time
     import urllib.request
 
-    from circuit_client import CircuitClient, CircuitRpcError, Sampling, credentials_cli
+    from circuit_client import CircuitClient, Sampling, credentials_cli
+    from circuit_serve.launch import ServerExited, start_server
 
     credentials = credentials_cli.credentials_from_args(args)
 
@@ -68,45 +65,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"building the demo model in {model_dir} ...", flush=True)
         build_demo_model(model_dir)
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    port, metrics_port = free_port(), free_port()
     log_path = model_dir.parent / "server.log"
-    cmd = [sys.executable, "-m", "circuit_serve.cli", "serve", "--model", str(model_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--metrics-host", "127.0.0.1",
-           "--metrics-port", str(metrics_port), "--dtype", "float32", "--max-model-len", "512",
-           "--enforce-eager", "--kv-cache-gib", "1"]
+    flags = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--kv-cache-gib", "1"]
     for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
                         ("--tls-client-ca", args.tls_client_ca), ("--auth-tokens", args.auth_tokens)):
         if value:
-            cmd += [flag, str(value)]
+            flags += [flag, str(value)]
     transcoders, labels = model_dir / "transcoders", model_dir / "labels.json"
     if transcoders.is_dir():
-        cmd += ["--transcoders", str(transcoders)]
+        flags += ["--transcoders", str(transcoders)]
         if labels.is_file():
-            cmd += ["--labels", str(labels)]
-    print(f"starting: circuit-serve serve --model {model_dir} --port {port} --metrics-port {metrics_port} "
-          f"(log: {log_path})", flush=True)
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            flags += ["--labels", str(labels)]
+    print(f"starting: circuit-serve serve --model {model_dir} on free local ports (log: {log_path})", flush=True)
+    started = time.monotonic()
     try:
-        target = f"127.0.0.1:{port}"
+        server = start_server(model_dir, flags, log_path=log_path, metrics=True, credentials=credentials)
+    except ServerExited:
+        print(f"the server exited; see {log_path}", file=sys.stderr)
+        return 1
+    try:
+        target = server.target
         with CircuitClient(target, timeout=120, retries=0, credentials=credentials) as client:
-            started = time.monotonic()
-            while True:
-                if server.poll() is not None:
-                    print(f"the server exited ({server.returncode}); see {log_path}", file=sys.stderr)
-                    return 1
-                try:
-                    if client.health() == "SERVING":
-                        break
-                except CircuitRpcError:
-                    pass
-                time.sleep(0.5)
-            print(f"SERVING after {time.monotonic() - started:.1f}s; model: {client.model_info().model_name}\n")
+            print(f"SERVING after {time.monotonic() - started:.1f}s on {target} (metrics port "
+                  f"{server.metrics_port}); model: {client.model_info().model_name}\n")
 
             print(f"> {args.prompt}")
             sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0)
@@ -121,20 +102,16 @@ def run(args: argparse.Namespace) -> int:
         if transcoders.is_dir() and request_id:
             _show_graph(target, request_id, model_dir.parent / "graph.html", credentials)
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        metrics_url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        with urllib.request.urlopen(metrics_url, timeout=10) as resp:
             metrics = resp.read().decode()
-        print(f"\nmetrics (http://127.0.0.1:{metrics_port}/metrics):")
+        print(f"\nmetrics ({metrics_url}):")
         for line in metrics.splitlines():
             if line.startswith(SHOWN_METRICS) and not line.endswith(" 0.0"):
                 print(f"  {line}")
         return 0
     finally:
-        if server.poll() is None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        server.stop()
 
 
 def _show_graph(target: str, request_id: str, html: Path, credentials=None) -> None:

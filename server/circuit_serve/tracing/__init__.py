@@ -1,6 +1,6 @@
 """Tracing engine: attribution graphs on a Hugging Face model with transcoders (no protobuf).
 
-The method (DESIGN.md section 3; Ameisen et al. 2025, "Circuit Tracing"):
+The method (server/docs/design.md, "The attribution method"; Ameisen et al. 2025, "Circuit Tracing"):
 
 1. Replace each MLP by its transcoder plus a constant error term; freeze the prompt's
    attention patterns and normalisation denominators. What remains is linear in feature

@@ -1,6 +1,6 @@
 """Attribution: the graph of direct effects between features, errors, embeddings and logits.
 
-Method (Ameisen et al. 2025, "Circuit Tracing", transformer-circuits.pub; DESIGN.md section 3),
+Method (Ameisen et al. 2025, "Circuit Tracing", transformer-circuits.pub; server/docs/design.md),
 in the phases this module runs and times:
 
 1. Record: one forward pass of the real model on the prompt (local_model.record).

@@ -1,6 +1,6 @@
 """The local replacement model of one prompt, and its transpose.
 
-Method (DESIGN.md section 3), with P prompt positions, d = hidden size, L layers:
+Method (server/docs/design.md, "The attribution method"), with P prompt positions, d = hidden size, L layers:
 
 1. Record: one forward pass of the real HF model stores, per layer, the attention patterns
    (H, P, P), the RMSNorm denominators r (P, 1) of every norm on the residual path, the

@@ -8,7 +8,7 @@ Most requests are a valid request with one or two fields overridden by such valu
 behind the first one are reached); others are whole random messages, random bytes, or a message
 with garbage appended.
 
-    from tests.support.fuzz_requests import RPCS, fuzz_call, send
+    from circuit_serve.testing.fuzz_requests import RPCS, fuzz_call, send
     @given(fuzz_call())
     def test(call): code, details = send(channel, call)
 """
@@ -23,6 +23,31 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
 from circuit_client._pb.circuit.v1 import attribution_pb2, features_pb2, generation_pb2
+
+# Deliberately small input limits for a fuzzed server (tests/hardening, bench/fuzz.py), so that a
+# fuzzer reaches each of them cheaply: flag -> value; ModelInfo must report each under its Limits field name
+LIMIT_FLAGS = {
+    "--max-request-bytes": 65536,
+    "--max-prompt-bytes": 2000,
+    "--max-stop-strings": 3,
+    "--max-stop-chars": 12,
+    "--max-attribution-targets": 10,
+    "--max-intervention-positions": 6,
+    "--max-request-id-bytes": 64,
+    "--max-concurrent-rpcs": 64,
+    "--executor-threads": 4,
+    "--max-executor-queue": 32,
+    "--max-new-tokens-limit": 16,
+    "--attribution-max-prompt-tokens": 24,
+    "--attribution-max-feature-nodes": 64,
+    "--attribution-max-batch-size": 64,
+    "--attribution-max-queued": 4,
+    "--features-max-prompt-tokens": 24,
+    "--features-max-top-k": 8,
+    "--features-max-listed": 10,
+    "--max-steer-new-tokens": 8,
+    "--max-interventions": 4,
+}
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from circuit_serve.launch import free_port
 
 
 def ping(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from circuit_serve.demo.random_model import build_demo_model
+from circuit_serve.demo.random_transcoders import write_random_transcoders
+
 N_LAYERS, D_MODEL, N_HEADS, D_MLP = 6, 256, 8, 1024
 D_TRANSCODER = 2048
 # The demo tokenizer's residual stream here is larger than write_random_transcoders' estimate
@@ -31,9 +34,6 @@ GRAPHS = [(PROMPT_7, None), (PROMPT_71, 2000)]
 
 def build_large_graph_model(out_dir: str | Path) -> tuple[Path, Path]:
     """Write the model and its transcoders under `out_dir`; return (model_dir, transcoder_dir)."""
-    from circuit_serve.demo.random_model import build_demo_model
-    from support.transcoders import write_random_transcoders
-
     out = Path(out_dir)
     model = build_demo_model(out / "model", seed=0, n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS,
                              n_kv_heads=N_HEADS, d_mlp=D_MLP)
