@@ -17,6 +17,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     CIRCUIT_MODEL=/model
 
+# DL3008 (pin apt versions) ignored: the CUDA base image tag fixes the Ubuntu release, and Ubuntu drops
+# superseded package versions from its archive, so exact pins would break rebuilds at each security update.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev build-essential \
  && rm -rf /var/lib/apt/lists/*
@@ -32,7 +35,8 @@ RUN CIRCUIT_VLLM=gpu server/scripts/setup.sh
 # Run unprivileged: the installed code stays root-owned and read-only to the server.
 RUN useradd --system --uid 10001 --create-home --home-dir /home/circuit --shell /usr/sbin/nologin circuit
 ENV HOME=/home/circuit
-USER circuit
+# numeric, so the kubelet can verify runAsNonRoot without looking the name up
+USER 10001
 
 EXPOSE 50051 9090
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
