@@ -65,10 +65,9 @@ def wrapped(handler: grpc.RpcMethodHandler, layer: Layer, *,
 
     def stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with layer(request, context):
-                async with contextlib.aclosing(behavior(request, context)) as responses:
-                    async for response in responses:
-                        yield response
+            async with layer(request, context), contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return run
 
