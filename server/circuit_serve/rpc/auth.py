@@ -4,7 +4,7 @@ Each call's metadata must carry `authorization: Bearer <token>`; the token's ent
 the tokens file (`circuit_serve.auth.tokens`) names its tenant and scopes. Refusals:
 - no header, a header that is not `Bearer ...`, or an unknown token -> UNAUTHENTICATED;
 - a known token without the method's scope -> PERMISSION_DENIED naming the scope;
-- a method missing from `METHOD_SCOPES` -> PERMISSION_DENIED (fail closed: a new RPC
+- a method missing from `SCOPES` -> PERMISSION_DENIED (fail closed: a new RPC
   must be given a scope here before anyone can call it).
 Health checks are always open; reflection follows `--reflection`. An admitted call runs
 with its `Principal` as `current_caller()`. Failures are counted by reason, never by
@@ -15,36 +15,49 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from circuit_client._pb.circuit.v1 import attribution_pb2, features_pb2, generation_pb2
 from circuit_serve.auth.principal import Principal, Scope, calling_as
 from circuit_serve.auth.tokens import TokenTable
 from circuit_serve.config.security import Reflection
 from circuit_serve.metrics.auth import AuthMetrics
+from circuit_serve.rpc.wrapping import HEALTH_PREFIX, REFLECTION_PREFIX, HandlerInterceptor, Layer, refusal, wrapped
 
 log = logging.getLogger(__name__)
 
 # Any valid token, whatever its scopes (calls that reveal nothing but the served model).
 AUTHENTICATED = "authenticated"
 
-# The one map from RPC method to the scope it needs.
-METHOD_SCOPES: dict[str, Scope | str] = {
-    "circuit.v1.Generation/Generate": Scope.GENERATE,
-    "circuit.v1.Generation/GenerateStream": Scope.GENERATE,
-    "circuit.v1.Generation/Tokenize": AUTHENTICATED,
-    "circuit.v1.Generation/ModelInfo": AUTHENTICATED,
-    "circuit.v1.Attribution/Attribute": Scope.ATTRIBUTE,
-    "circuit.v1.Attribution/GetGraph": Scope.ATTRIBUTE,
-    "circuit.v1.Attribution/GetGraphStream": Scope.ATTRIBUTE,
-    "circuit.v1.Features/FeatureActivations": Scope.FEATURES,
-    "circuit.v1.Features/Steer": Scope.STEER,
+_GENERATION: ServiceDescriptor = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
+_ATTRIBUTION: ServiceDescriptor = attribution_pb2.DESCRIPTOR.services_by_name["Attribution"]
+_FEATURES: ServiceDescriptor = features_pb2.DESCRIPTOR.services_by_name["Features"]
+
+# The one map from RPC method (its generated descriptor) to the scope it needs.
+SCOPES: dict[MethodDescriptor, Scope | str] = {
+    _GENERATION.methods_by_name["Generate"]: Scope.GENERATE,
+    _GENERATION.methods_by_name["GenerateStream"]: Scope.GENERATE,
+    _GENERATION.methods_by_name["Tokenize"]: AUTHENTICATED,
+    _GENERATION.methods_by_name["ModelInfo"]: AUTHENTICATED,
+    _ATTRIBUTION.methods_by_name["Attribute"]: Scope.ATTRIBUTE,
+    _ATTRIBUTION.methods_by_name["GetGraph"]: Scope.ATTRIBUTE,
+    _ATTRIBUTION.methods_by_name["GetGraphStream"]: Scope.ATTRIBUTE,
+    _FEATURES.methods_by_name["FeatureActivations"]: Scope.FEATURES,
+    _FEATURES.methods_by_name["Steer"]: Scope.STEER,
 }
 
-HEALTH_PREFIX = "grpc.health.v1.Health/"
-REFLECTION_PREFIX = "grpc.reflection."
+
+def method_path(method: MethodDescriptor) -> str:
+    """The name a call arrives with, without its leading slash: "circuit.v1.Generation/Generate"."""
+    return f"{method.containing_service.full_name}/{method.name}"
+
+
+# `SCOPES` by the name a call arrives with.
+METHOD_SCOPES: dict[str, Scope | str] = {method_path(m): need for m, need in SCOPES.items()}
 
 _NO_TOKEN = ("this server requires a token: send the metadata `authorization: Bearer <token>` "
              "(circuit CLI: set CIRCUIT_TOKEN or pass --token-file)")
@@ -52,21 +65,14 @@ _MALFORMED = "the authorization metadata must read `Bearer <token>`"
 _UNKNOWN = "the token is not valid on this server (unknown or revoked)"
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(HandlerInterceptor):
     def __init__(self, tokens: TokenTable, metrics: AuthMetrics, *, reflection: Reflection = Reflection.TOKEN) -> None:
         self._tokens = tokens
         self._metrics = metrics
         self._reflection = reflection
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        name = handler_call_details.method.lstrip("/")
+    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
+             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         if name.startswith(HEALTH_PREFIX):
             return handler
         if name.startswith(REFLECTION_PREFIX):
@@ -74,12 +80,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         else:
             need = METHOD_SCOPES.get(name)
             if need is None:
-                log.error("RPC %s has no entry in METHOD_SCOPES; refusing it", name)
+                log.error("RPC %s has no entry in SCOPES; refusing it", name)
                 return self._refuse(handler, "unmapped_method", grpc.StatusCode.PERMISSION_DENIED,
                                     f"{name} is not open to any scope on this server")
         if need is None:
             return handler
-        principal, failure = self._authenticate(handler_call_details.invocation_metadata)
+        principal, failure = self._authenticate(details.invocation_metadata)
         if principal is None:
             reason, message = failure
             return self._refuse(handler, reason, grpc.StatusCode.UNAUTHENTICATED, message)
@@ -88,7 +94,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return self._refuse(handler, "missing_scope", grpc.StatusCode.PERMISSION_DENIED,
                                 f"{name} needs the scope '{need}' (or 'admin'); this token "
                                 f"(tenant '{principal.name}') has: {held}")
-        return _as_caller(handler, principal)
+        return wrapped(handler, _as_caller(principal))
 
     def _authenticate(self, metadata: Any) -> tuple[Principal | None, tuple[str, str]]:
         values = [v for k, v in (metadata or ()) if k == "authorization"]
@@ -109,49 +115,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return refusal(handler, code, message)
 
 
-def _as_caller(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
-    """The same handler, running with `principal` as the current caller. Each RPC runs in its
+def _as_caller(principal: Principal) -> Layer:
+    """A layer running the call with `principal` as the current caller. Each RPC runs in its
     own task (its own context), so the value set here is seen by that call alone."""
 
-    def unary(behavior):
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            calling_as(principal)
-            return await behavior(request, context)
+    @contextlib.asynccontextmanager
+    async def layer(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        calling_as(principal)
+        yield
 
-        return run
-
-    def stream(behavior):
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            calling_as(principal)
-            async with contextlib.aclosing(behavior(request, context)) as responses:
-                async for response in responses:
-                    yield response
-
-        return run
-
-    if handler.unary_unary:
-        return handler._replace(unary_unary=unary(handler.unary_unary))
-    if handler.unary_stream:
-        return handler._replace(unary_stream=stream(handler.unary_stream))
-    if handler.stream_unary:
-        return handler._replace(stream_unary=unary(handler.stream_unary))
-    return handler._replace(stream_stream=stream(handler.stream_stream))
-
-
-def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """The same method, answering `code` without running the servicer (any of the four kinds)."""
-
-    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(code, message)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(code, message)
-        yield  # makes this an async generator
-
-    if handler.unary_unary:
-        return handler._replace(unary_unary=refuse_unary)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=refuse_stream)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=refuse_unary)
-    return handler._replace(stream_stream=refuse_stream)
+    return layer

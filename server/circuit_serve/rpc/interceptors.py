@@ -11,10 +11,11 @@ Every call is counted and timed by method and final status code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -22,83 +23,49 @@ import grpc
 from circuit_serve.errors import CircuitError
 from circuit_serve.metrics.rpc import RpcMetrics
 from circuit_serve.rpc.status import status_for
+from circuit_serve.rpc.wrapping import ALWAYS_ANSWERED, HandlerInterceptor, Layer, refusal, wrapped
 
 log = logging.getLogger(__name__)
 
 _BY_NUMBER = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
-class ServingInterceptor(grpc.aio.ServerInterceptor):
+class ServingInterceptor(HandlerInterceptor):
     """`draining()` true (shutting down): new calls, except health checks, get UNAVAILABLE."""
 
     def __init__(self, metrics: RpcMetrics, *, draining: Callable[[], bool] = lambda: False) -> None:
         self._metrics = metrics
         self._draining = draining
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 2)[-2:]
-        name = "/".join(method)  # "circuit.v1.Generation/Generate"
-        if self._draining() and not name.startswith(_ALWAYS_ANSWERED):
-            handler = _refusal(handler)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(name, handler.unary_unary),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(name, handler.unary_stream),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client/bidi streaming: none yet; passed through untouched
+    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
+             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        if handler.request_streaming:
+            return handler  # client/bidi streaming (reflection): passed through untouched
+        if self._draining() and not name.startswith(ALWAYS_ANSWERED):
+            handler = refusal(handler, grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
+        return wrapped(handler, self._served(name), request_deserializer=_tolerant(handler.request_deserializer))
 
-    def _unary(self, name: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _served(self, name: str) -> Layer:
+        """The layer that counts and times the call and turns what it raises into a status."""
+
+        @contextlib.asynccontextmanager
+        async def layer(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             start = time.perf_counter()
             self._metrics.started(name)
             ended_early = False
             try:
                 if isinstance(request, Undecodable):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(name))
-                return await behavior(request, context)
+                yield
             except (asyncio.CancelledError, GeneratorExit):
-                ended_early = True  # the caller cancelled or its deadline passed
+                ended_early = True  # the caller cancelled or its deadline passed; grpc closed the stream
                 raise
             except BaseException as exc:  # noqa: BLE001 - _handle re-raises or aborts with a status
                 await _handle(name, exc, context)
             finally:
                 self._metrics.finished(name, _final_code(context, ended_early), time.perf_counter() - start)
 
-        return wrapper
-
-    def _stream(self, name: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            start = time.perf_counter()
-            self._metrics.started(name)
-            ended_early = False
-            try:
-                if isinstance(request, Undecodable):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message(name))
-                async for response in behavior(request, context):
-                    yield response
-            except (asyncio.CancelledError, GeneratorExit):
-                ended_early = True  # the caller cancelled or its deadline passed; grpc closed the stream
-                raise
-            except BaseException as exc:  # noqa: BLE001
-                await _handle(name, exc, context)
-            finally:
-                self._metrics.finished(name, _final_code(context, ended_early), time.perf_counter() - start)
-
-        return wrapper
+        return layer
 
 
 async def _handle(name: str, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
@@ -144,25 +111,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-_ALWAYS_ANSWERED = ("grpc.health.v1.Health/", "grpc.reflection.")
 _SHUTTING_DOWN = "the server is shutting down; retry on another replica"
-
-
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The same method, answering UNAVAILABLE without running the servicer."""
-
-    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, _SHUTTING_DOWN)
-        yield  # makes this an async generator
-
-    if handler.unary_unary:
-        return handler._replace(unary_unary=refuse_unary)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=refuse_stream)
-    return handler
 
 
 def _final_code(context: grpc.aio.ServicerContext, ended_early: bool) -> str:
