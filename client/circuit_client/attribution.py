@@ -29,8 +29,8 @@ import grpc
 
 from circuit_client._convert import Messages, chat_messages
 from circuit_client._channel import AsyncServiceClient, ServiceClient
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
-from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_proto.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2_grpc as pb_grpc
 from circuit_client.chunks import ResultAssembler
 from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
@@ -77,7 +77,7 @@ class Running:
 @dataclass(frozen=True)
 class GraphResult:
     key: str
-    graph: Any | None  # circuit.v1.Graph (circuit_client._pb.circuit.v1.graph_pb2.Graph), when asked for
+    graph: Any | None  # circuit.v1.Graph (circuit_proto.v1.graph_pb2.Graph), when asked for
     frontend_json: bytes  # UTF-8 JSON, when asked for
     source: str  # "cache", "computed" or "replica"
 

@@ -22,8 +22,8 @@ import grpc
 
 from circuit_client._convert import Messages, chat_messages
 from circuit_client._channel import DEFAULT_TIMEOUT_S, ServiceClient
-from circuit_client._pb.circuit.v1 import features_pb2 as pb
-from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
+from circuit_proto.v1 import features_pb2 as pb
+from circuit_proto.v1 import features_pb2_grpc as pb_grpc
 from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 

@@ -14,8 +14,8 @@ import grpc
 
 from circuit_client import _convert
 from circuit_client._channel import DEFAULT_TIMEOUT_S, channel_options, health_messages
-from circuit_client._pb.circuit.v1 import generation_pb2 as pb
-from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
+from circuit_proto.v1 import generation_pb2 as pb
+from circuit_proto.v1 import generation_pb2_grpc as pb_grpc
 from circuit_client.monitor import Monitoring
 from circuit_client.credentials import Credentials, open_channel
 from circuit_client.errors import CircuitRpcError

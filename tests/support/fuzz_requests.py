@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
-from circuit_client._pb.circuit.v1 import attribution_pb2, features_pb2, generation_pb2
+from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
 
 
 @dataclass(frozen=True)
