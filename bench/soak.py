@@ -70,7 +70,7 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
     import grpc
 
     from circuit_client import CircuitClient, Sampling
-    from circuit_client._pb.circuit.v1 import generation_pb2 as gpb
+    from circuit_proto.v1 import generation_pb2 as gpb
     from circuit_client.attribution import AttributionClient, AttributionSettings
     from circuit_client.features import FeaturesClient, Intervention
 

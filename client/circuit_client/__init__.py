@@ -6,6 +6,7 @@ Needs only grpcio and protobuf (health checks also need grpcio-health-checking).
 from circuit_client.aio import AsyncCircuitClient
 from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
+from circuit_client.features import AsyncFeaturesClient, FeaturesClient
 from circuit_client.monitor import MonitorReport, Monitoring, WatchedValues, WatchRule
 from circuit_client.sync import CircuitClient
 from circuit_client.types import (
@@ -24,10 +25,12 @@ from circuit_client.types import (
 
 __all__ = [
     "AsyncCircuitClient",
+    "AsyncFeaturesClient",
     "ChatMessage",
     "CircuitClient",
     "CircuitRpcError",
     "Credentials",
+    "FeaturesClient",
     "FinishReason",
     "Generation",
     "ModelInfo",

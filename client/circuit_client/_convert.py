@@ -6,9 +6,9 @@ from circuit_client import monitor
 from collections.abc import Mapping, Sequence
 
 from circuit_client import monitor as monitor_types
-from circuit_client._pb.circuit.v1 import chat_pb2 as chat_pb
-from circuit_client._pb.circuit.v1 import generation_pb2 as pb
-from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
+from circuit_proto.v1 import chat_pb2 as chat_pb
+from circuit_proto.v1 import generation_pb2 as pb
+from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_client.types import (
     ChatMessage,
     FinishReason,

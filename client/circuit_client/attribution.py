@@ -21,19 +21,17 @@ Results larger than the server's chunk size arrive in chunks and are reassembled
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import grpc
-
-from circuit_client._convert import Messages, chat_messages
+from circuit_client._calls import Answer, Items, Stream, Unary
 from circuit_client._channel import AsyncServiceClient, ServiceClient
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
-from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_client._convert import Messages, chat_messages
 from circuit_client.chunks import ResultAssembler
 from circuit_client.credentials import Credentials
-from circuit_client.errors import CircuitRpcError
+from circuit_proto.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2_grpc as pb_grpc
 
 DEFAULT_ATTRIBUTION_TIMEOUT_S = 600.0
 Output = Literal["both", "proto", "json"]
@@ -77,7 +75,7 @@ class Running:
 @dataclass(frozen=True)
 class GraphResult:
     key: str
-    graph: Any | None  # circuit.v1.Graph (circuit_client._pb.circuit.v1.graph_pb2.Graph), when asked for
+    graph: Any | None  # circuit.v1.Graph (circuit_proto.v1.graph_pb2.Graph), when asked for
     frontend_json: bytes  # UTF-8 JSON, when asked for
     source: str  # "cache", "computed" or "replica"
 
@@ -92,13 +90,12 @@ class GraphResult:
 Event = Accepted | Queued | Running | GraphResult
 
 
-class AttributionClient(ServiceClient):
-    """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
+class AttributionCalls:
+    """The calls of circuit.v1.Attribution, written once for both clients (`_calls.py`)."""
 
     def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3,
                  credentials: Credentials | None = None) -> None:
-        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)
-        self._stub = pb_grpc.AttributionStub(self.channel)
+        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)  # the driver's
 
     def stream(
         self,
@@ -112,23 +109,11 @@ class AttributionClient(ServiceClient):
         output: Output = "both",
         background: bool = False,
         timeout: float | None = None,
-    ) -> Iterator[Event]:
+    ) -> Items[Event]:
         """Accepted, then Queued/Running progress, then the GraphResult. Leaving early cancels
         the call (the server stops the work unless `background` or another caller waits)."""
-        req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
-                       output, background, messages)
-        call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
-        assembler = ResultAssembler()
-        try:
-            for msg in call:
-                event = _event(msg, assembler)
-                if event is not None:
-                    yield event
-            assembler.check_done()
-        except grpc.RpcError as err:
-            raise CircuitRpcError.from_rpc_error(err) from None
-        finally:
-            call.cancel()
+        return self._stream(ATTRIBUTE, prompt, prompt_token_ids, request_id, token_index,
+                            settings or AttributionSettings(), output, background, messages, timeout=timeout)
 
     def attribute(
         self,
@@ -137,100 +122,27 @@ class AttributionClient(ServiceClient):
         *,
         on_event: Callable[[Event], None] | None = None,
         **kwargs: Any,
-    ) -> GraphResult:
+    ) -> Answer[GraphResult]:
         """The finished graph (see `stream` for the arguments); `on_event` sees every event."""
-        for event in self.stream(prompt, settings, **kwargs):
-            if on_event is not None:
-                on_event(event)
-            if isinstance(event, GraphResult):
-                return event
-        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the Attribute stream ended without a graph")
+        return self._first(self.stream(prompt, settings, **kwargs), "the Attribute stream ended without a graph",
+                           found=lambda event: isinstance(event, GraphResult), on_item=on_event)
 
-    def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> GraphResult:
+    def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> Answer[GraphResult]:
         """A cached graph by key; CircuitRpcError(NOT_FOUND) when it is not (or no longer) cached.
 
         Uses GetGraphStream (chunked when large, so any receive limit works), or unary GetGraph
         on a server that predates it."""
-        req = pb.GetGraphRequest(key=key, output=_OUTPUT[output])
-        timeout = self.timeout if timeout is None else timeout
-        call = self._stub.GetGraphStream(req, timeout=timeout)
-        assembler = ResultAssembler()
-        try:
-            for msg in call:
-                result = assembler.feed(msg)
-                if result is not None:
-                    return _result(key, result)
-            assembler.check_done()
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise CircuitRpcError.from_rpc_error(err) from None
-            try:
-                return _result(key, self._stub.GetGraph(req, timeout=timeout).result)
-            except grpc.RpcError as err:
-                raise CircuitRpcError.from_rpc_error(err) from None
-        finally:
-            call.cancel()
-        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the GetGraphStream stream ended without a graph")
+        return self._first(self._stream(GET_GRAPH_STREAM, key, output, timeout=timeout),
+                           "the GetGraphStream stream ended without a graph")
 
 
-class AsyncAttributionClient(AsyncServiceClient):
+class AttributionClient(AttributionCalls, ServiceClient):
+    """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
+
+
+class AsyncAttributionClient(AttributionCalls, AsyncServiceClient):
     """asyncio twin of `AttributionClient`; `target` is host:port, a grpc.aio.Channel, or an
     AsyncCircuitClient (its channel is shared)."""
-
-    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3,
-                 credentials: Credentials | None = None) -> None:
-        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)
-        self._stub = pb_grpc.AttributionStub(self.channel)
-
-    async def stream(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,
-                     prompt_token_ids: Sequence[int] | None = None, request_id: str | None = None,
-                     token_index: int | None = None, output: Output = "both", background: bool = False,
-                     timeout: float | None = None, messages: Messages | None = None) -> AsyncIterator[Event]:
-        req = _request(prompt, prompt_token_ids, request_id, token_index, settings or AttributionSettings(),
-                       output, background, messages)
-        call = self._stub.Attribute(req, timeout=self.timeout if timeout is None else timeout)
-        assembler = ResultAssembler()
-        try:
-            async for msg in call:
-                event = _event(msg, assembler)
-                if event is not None:
-                    yield event
-            assembler.check_done()
-        except grpc.RpcError as err:
-            raise CircuitRpcError.from_rpc_error(err) from None
-        finally:
-            call.cancel()
-
-    async def attribute(self, prompt: str | None = None, settings: AttributionSettings | None = None, *,
-                        on_event: Callable[[Event], None] | None = None, **kwargs: Any) -> GraphResult:
-        async for event in self.stream(prompt, settings, **kwargs):
-            if on_event is not None:
-                on_event(event)
-            if isinstance(event, GraphResult):
-                return event
-        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the Attribute stream ended without a graph")
-
-    async def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> GraphResult:
-        req = pb.GetGraphRequest(key=key, output=_OUTPUT[output])
-        timeout = self.timeout if timeout is None else timeout
-        call = self._stub.GetGraphStream(req, timeout=timeout)
-        assembler = ResultAssembler()
-        try:
-            async for msg in call:
-                result = assembler.feed(msg)
-                if result is not None:
-                    return _result(key, result)
-            assembler.check_done()
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise CircuitRpcError.from_rpc_error(err) from None
-            try:
-                return _result(key, (await self._stub.GetGraph(req, timeout=timeout)).result)
-            except grpc.RpcError as err:
-                raise CircuitRpcError.from_rpc_error(err) from None
-        finally:
-            call.cancel()
-        raise CircuitRpcError(grpc.StatusCode.INTERNAL, "the GetGraphStream stream ended without a graph")
 
 
 def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSettings, output, background,
@@ -272,3 +184,41 @@ def _event(msg: pb.AttributeResponse, assembler: ResultAssembler) -> Event | Non
 
 def _result(key: str, r: pb.AttributionResult) -> GraphResult:
     return GraphResult(key, r.graph if r.HasField("graph") else None, bytes(r.frontend_json), r.source)
+
+
+class _Events:
+    """Reader of an Attribute stream: its events, large results reassembled."""
+
+    def __init__(self, _request: pb.AttributeRequest) -> None:
+        self._assembler = ResultAssembler()
+
+    def feed(self, msg: pb.AttributeResponse) -> Event | None:
+        return _event(msg, self._assembler)
+
+    def done(self) -> None:
+        self._assembler.check_done()
+
+
+class _Graph:
+    """Reader of a GetGraphStream stream: the graph of the requested key."""
+
+    def __init__(self, request: pb.GetGraphRequest) -> None:
+        self._key = request.key
+        self._assembler = ResultAssembler()
+
+    def feed(self, msg: pb.AttributeResponse) -> GraphResult | None:
+        result = self._assembler.feed(msg)
+        return None if result is None else _result(self._key, result)
+
+    def done(self) -> None:
+        self._assembler.check_done()
+
+
+def _graph_request(key: str, output: Output) -> pb.GetGraphRequest:
+    return pb.GetGraphRequest(key=key, output=_OUTPUT[output])
+
+
+ATTRIBUTE = Stream(pb_grpc.AttributionStub, "Attribute", _request, _Events)
+GET_GRAPH = Unary(pb_grpc.AttributionStub, "GetGraph", _graph_request,
+                  lambda request, msg: _result(request.key, msg.result))
+GET_GRAPH_STREAM = Stream(pb_grpc.AttributionStub, "GetGraphStream", _graph_request, _Graph, fallback=GET_GRAPH)

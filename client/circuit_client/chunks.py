@@ -16,7 +16,7 @@ import zlib
 
 import grpc
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_client.errors import CircuitRpcError
 
 RESULT_MESSAGE_TYPE = pb.AttributionResult.DESCRIPTOR.full_name

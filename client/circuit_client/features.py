@@ -10,6 +10,8 @@
         result = features.steer("The capital of France is", [Intervention(2, 17, "set", 0.0, positions=(5,))],
                                 include_default=True)
         print(result.default.text, "->", result.steered.text)
+
+`AsyncFeaturesClient` is its asyncio twin (`await features.activations(...)`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import grpc
-
+from circuit_client._calls import Answer, Unary
+from circuit_client._channel import DEFAULT_TIMEOUT_S, AsyncServiceClient, ServiceClient
 from circuit_client._convert import Messages, chat_messages
-from circuit_client._channel import DEFAULT_TIMEOUT_S, ServiceClient
-from circuit_client._pb.circuit.v1 import features_pb2 as pb
-from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
 from circuit_client.credentials import Credentials
-from circuit_client.errors import CircuitRpcError
+from circuit_proto.v1 import features_pb2 as pb
+from circuit_proto.v1 import features_pb2_grpc as pb_grpc
 
 Op = Literal["set", "scale", "add"]
 _OPS = {"set": pb.INTERVENTION_OP_SET, "scale": pb.INTERVENTION_OP_SCALE, "add": pb.INTERVENTION_OP_ADD}
@@ -92,19 +92,12 @@ class SteerResult:
     default: Completion | None
 
 
-class FeaturesClient(ServiceClient):
-    """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
+class FeaturesCalls:
+    """The calls of circuit.v1.Features, written once for both clients (`_calls.py`)."""
 
     def __init__(self, target: Any, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3,
                  credentials: Credentials | None = None) -> None:
-        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)
-        self._stub = pb_grpc.FeaturesStub(self.channel)
-
-    def _call(self, method, request, timeout: float | None):
-        try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as err:
-            raise CircuitRpcError.from_rpc_error(err) from None
+        super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)  # the driver's
 
     def activations(
         self,
@@ -115,19 +108,9 @@ class FeaturesClient(ServiceClient):
         top_k: int = 0,
         messages: Messages | None = None,
         timeout: float | None = None,
-    ) -> list[PositionActivations]:
+    ) -> Answer[list[PositionActivations]]:
         """Per position: the listed (layer, index) features' values, or the top_k active ones."""
-        req = pb.FeatureActivationsRequest(
-            prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), top_k=top_k,
-            messages=chat_messages(messages),
-            features=[pb.FeatureRef(layer=layer, index=index) for layer, index in features],
-        )
-        resp = self._call(self._stub.FeatureActivations, req, timeout)
-        return [
-            PositionActivations(p.position, p.token_id, p.token, tuple(
-                FeatureValue(v.layer, v.index, v.activation, v.label) for v in p.features))
-            for p in resp.positions
-        ]
+        return self._unary(ACTIVATIONS, prompt, prompt_token_ids, features, top_k, messages, timeout=timeout)
 
     def steer(
         self,
@@ -142,25 +125,64 @@ class FeaturesClient(ServiceClient):
         include_default: bool = False,
         messages: Messages | None = None,
         timeout: float | None = None,
-    ) -> SteerResult:
+    ) -> Answer[SteerResult]:
         """Generate on the replacement model with the interventions (greedy unless temperature > 0)."""
-        req = pb.SteerRequest(
-            prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), temperature=temperature,
-            include_default=include_default, messages=chat_messages(messages),
-            interventions=[
-                pb.Intervention(feature=pb.FeatureRef(layer=iv.layer, index=iv.index), op=_OPS[iv.op],
-                                value=iv.value, positions=iv.positions, generated_tokens=iv.generated_tokens,
-                                all_prompt_positions=iv.all_prompt_positions)
-                for iv in interventions
-            ],
-        )
-        for name, value in (("max_new_tokens", max_new_tokens), ("top_p", top_p), ("seed", seed)):
-            if value is not None:
-                setattr(req, name, value)
-        resp = self._call(self._stub.Steer, req, timeout)
-        default = getattr(resp, "default")
-        return SteerResult(
-            tuple(resp.prompt_token_ids),
-            Completion(resp.steered.text, tuple(resp.steered.token_ids)),
-            Completion(default.text, tuple(default.token_ids)) if resp.HasField("default") else None,
-        )
+        return self._unary(STEER, prompt, interventions, prompt_token_ids, max_new_tokens, temperature, top_p, seed,
+                           include_default, messages, timeout=timeout)
+
+
+class FeaturesClient(FeaturesCalls, ServiceClient):
+    """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
+
+
+class AsyncFeaturesClient(FeaturesCalls, AsyncServiceClient):
+    """asyncio twin of `FeaturesClient`; `target` is host:port, a grpc.aio.Channel, or an
+    AsyncCircuitClient (its channel is shared)."""
+
+
+def _activations_request(prompt, prompt_token_ids, features, top_k, messages) -> pb.FeatureActivationsRequest:
+    return pb.FeatureActivationsRequest(
+        prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), top_k=top_k,
+        messages=chat_messages(messages),
+        features=[pb.FeatureRef(layer=layer, index=index) for layer, index in features],
+    )
+
+
+def _activations(msg: pb.FeatureActivationsResponse) -> list[PositionActivations]:
+    return [
+        PositionActivations(p.position, p.token_id, p.token, tuple(
+            FeatureValue(v.layer, v.index, v.activation, v.label) for v in p.features))
+        for p in msg.positions
+    ]
+
+
+def _steer_request(prompt, interventions, prompt_token_ids, max_new_tokens, temperature, top_p, seed,
+                   include_default, messages) -> pb.SteerRequest:
+    req = pb.SteerRequest(
+        prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), temperature=temperature,
+        include_default=include_default, messages=chat_messages(messages),
+        interventions=[
+            pb.Intervention(feature=pb.FeatureRef(layer=iv.layer, index=iv.index), op=_OPS[iv.op],
+                            value=iv.value, positions=iv.positions, generated_tokens=iv.generated_tokens,
+                            all_prompt_positions=iv.all_prompt_positions)
+            for iv in interventions
+        ],
+    )
+    for name, value in (("max_new_tokens", max_new_tokens), ("top_p", top_p), ("seed", seed)):
+        if value is not None:
+            setattr(req, name, value)
+    return req
+
+
+def _steered(msg: pb.SteerResponse) -> SteerResult:
+    default = getattr(msg, "default")
+    return SteerResult(
+        tuple(msg.prompt_token_ids),
+        Completion(msg.steered.text, tuple(msg.steered.token_ids)),
+        Completion(default.text, tuple(default.token_ids)) if msg.HasField("default") else None,
+    )
+
+
+ACTIVATIONS = Unary(pb_grpc.FeaturesStub, "FeatureActivations", _activations_request,
+                    lambda _, msg: _activations(msg))
+STEER = Unary(pb_grpc.FeaturesStub, "Steer", _steer_request, lambda _, msg: _steered(msg))

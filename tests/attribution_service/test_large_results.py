@@ -20,9 +20,9 @@ import zlib
 import grpc
 import pytest
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
-from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
-from circuit_client._pb.circuit.v1 import graph_pb2
+from circuit_proto.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_proto.v1 import graph_pb2
 from circuit_client.attribution import AsyncAttributionClient, AttributionClient, AttributionSettings
 
 from circuit_serve.demo.large_graph_model import GRAPHS, N_LAYERS, D_TRANSCODER, build_large_graph_model

@@ -12,8 +12,8 @@ import json
 import grpc
 import pytest
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
-from circuit_client._pb.circuit.v1 import graph_pb2
+from circuit_proto.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import graph_pb2
 from circuit_client.chunks import ResultAssembler
 from circuit_client.errors import CircuitRpcError
 from circuit_serve.rpc import result_wire

@@ -107,7 +107,7 @@ def test_graph_over_grpc_equals_the_engine(graphs, random_model_dir, transcoder_
     assert [(l["source"], l["target"]) for l in ours["links"]] == [(l["source"], l["target"]) for l in theirs["links"]]
     for a, b in zip(ours["links"], theirs["links"]):
         assert a["weight"] == pytest.approx(b["weight"], rel=1e-4, abs=1e-6)
-    from circuit_client._pb.circuit.v1 import graph_pb2
+    from circuit_proto.v1 import graph_pb2
 
     local_graph = graph_pb2.Graph.FromString(local.sections["graph.pb"])
     assert len(result.graph.nodes) == len(local_graph.nodes)

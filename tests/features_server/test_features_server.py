@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from circuit_client._pb.circuit.v1 import features_pb2 as fpb
-from circuit_client._pb.circuit.v1 import features_pb2_grpc as fpb_grpc
-from circuit_client._pb.circuit.v1 import generation_pb2 as gpb
-from circuit_client._pb.circuit.v1 import generation_pb2_grpc as gpb_grpc
+from circuit_proto.v1 import features_pb2 as fpb
+from circuit_proto.v1 import features_pb2_grpc as fpb_grpc
+from circuit_proto.v1 import generation_pb2 as gpb
+from circuit_proto.v1 import generation_pb2_grpc as gpb_grpc
 from tests.features_server.conftest import N_NEW, STOP_AT, label_of
 
 

@@ -12,9 +12,9 @@ import time
 import grpc
 import pytest
 
-from circuit_client._pb.circuit.v1 import generation_pb2 as gpb
-from circuit_client._pb.circuit.v1 import generation_pb2_grpc as gpb_grpc
-from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
+from circuit_proto.v1 import generation_pb2 as gpb
+from circuit_proto.v1 import generation_pb2_grpc as gpb_grpc
+from circuit_proto.v1 import monitor_pb2 as mpb
 from tests.features_server.conftest import N_NEW, STOP_AT
 
 TOL = 1e-4  # x max |activation|: in-engine vs tracing engine, float32

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from circuit_client import CircuitClient
-from circuit_client._pb.circuit.v1 import attribution_pb2 as apb
-from circuit_client._pb.circuit.v1 import features_pb2 as fpb
-from circuit_client._pb.circuit.v1 import generation_pb2 as gpb
+from circuit_proto.v1 import attribution_pb2 as apb
+from circuit_proto.v1 import features_pb2 as fpb
+from circuit_proto.v1 import generation_pb2 as gpb
 from tests.hardening.conftest import LIMIT_FLAGS
 
 GEN = "/circuit.v1.Generation/"

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from circuit_client import AsyncCircuitClient, CircuitClient, CircuitRpcError, Credentials
-from circuit_client._pb.circuit.v1 import attribution_pb2, features_pb2, generation_pb2
+from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
 from circuit_client.attribution import AttributionClient
 from circuit_client.features import FeaturesClient, Intervention
 from circuit_serve.app import Runtime, build_server, mark_serving

@@ -20,8 +20,8 @@ from circuit_client import (
     StreamChunk,
     Usage,
 )
-from circuit_client._pb.circuit.v1 import generation_pb2 as pb
-from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
+from circuit_proto.v1 import generation_pb2 as pb
+from circuit_proto.v1 import generation_pb2_grpc as pb_grpc
 
 
 class Scripted(pb_grpc.GenerationServicer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuit_client._pb.circuit.v1 import graph_pb2 as pb
+from circuit_proto.v1 import graph_pb2 as pb
 from circuit_serve.rpc.convert_graph import graph_from_proto, graph_to_proto, serialize_graph
 from circuit_serve.tracing import Contrast
 from tests.tracing.tracing_helpers import built_case

@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
-from circuit_client._pb.circuit.v1 import attribution_pb2_grpc as pb_grpc
+from circuit_proto.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2_grpc as pb_grpc
 from circuit_serve.attribution.service import AttributionService
 from circuit_serve.attribution.types import Accepted
 from circuit_serve.auth.principal import current_caller

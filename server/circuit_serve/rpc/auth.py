@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from circuit_client._pb.circuit.v1 import attribution_pb2, features_pb2, generation_pb2
+from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
 from circuit_serve.auth.principal import Principal, Scope, calling_as
 from circuit_serve.auth.tokens import TokenTable
 from circuit_serve.config.security import Reflection

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_serve.attribution.types import Accepted, AttributeRequest, AttributionInput
 from circuit_serve.jobs.events import Queued, Running
 from circuit_serve.rpc.convert_chat import messages_from_pb

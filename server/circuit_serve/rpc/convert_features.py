@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from circuit_client._pb.circuit.v1 import features_pb2 as pb
-from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
+from circuit_proto.v1 import features_pb2 as pb
+from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.rpc.convert_chat import messages_from_pb
 from circuit_serve.features.engine import PositionActivations, SteerQuery, TokensInput

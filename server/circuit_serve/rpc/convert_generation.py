@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from circuit_client._pb.circuit.v1 import generation_pb2 as pb
-from circuit_client._pb.circuit.v1 import monitor_pb2 as mpb
+from circuit_proto.v1 import generation_pb2 as pb
+from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_serve.errors import InvalidRequest
 from circuit_serve.features.types import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchedValues
 from circuit_serve.generation.types import (

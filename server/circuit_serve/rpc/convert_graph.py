@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from circuit_client._pb.circuit.v1 import graph_pb2 as pb
+from circuit_proto.v1 import graph_pb2 as pb
 from circuit_serve.tracing.frontend import node_id
 from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.prune import PruneResult

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from circuit_client._pb.circuit.v1 import features_pb2 as pb
-from circuit_client._pb.circuit.v1 import features_pb2_grpc as pb_grpc
+from circuit_proto.v1 import features_pb2 as pb
+from circuit_proto.v1 import features_pb2_grpc as pb_grpc
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.rpc import convert_features as convert
 

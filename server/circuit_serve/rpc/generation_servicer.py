@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from circuit_client._pb.circuit.v1 import generation_pb2 as pb
-from circuit_client._pb.circuit.v1 import generation_pb2_grpc as pb_grpc
+from circuit_proto.v1 import generation_pb2 as pb
+from circuit_proto.v1 import generation_pb2_grpc as pb_grpc
 from circuit_serve import __version__
 from circuit_serve.errors import NotConfigured
 from circuit_serve.features.service import FeaturesService

@@ -24,7 +24,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Mapping
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO
 
 RESULT_MESSAGE_TYPE = pb.AttributionResult.DESCRIPTOR.full_name  # "circuit.v1.AttributionResult"

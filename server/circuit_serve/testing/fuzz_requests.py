@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
-from circuit_client._pb.circuit.v1 import attribution_pb2, features_pb2, generation_pb2
+from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
 
 # Deliberately small input limits for a fuzzed server (tests/hardening, bench/fuzz.py), so that a
 # fuzzer reaches each of them cheaply: flag -> value; ModelInfo must report each under its Limits field name

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from circuit_client._pb.circuit.v1 import attribution_pb2 as circuit_dot_v1_dot_attribution__pb2
+from circuit_proto.v1 import attribution_pb2 as circuit_dot_v1_dot_attribution__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -1,5 +1,5 @@
-from circuit_client._pb.circuit.v1 import chat_pb2 as _chat_pb2
-from circuit_client._pb.circuit.v1 import graph_pb2 as _graph_pb2
+from circuit_proto.v1 import chat_pb2 as _chat_pb2
+from circuit_proto.v1 import graph_pb2 as _graph_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
