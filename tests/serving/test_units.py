@@ -7,10 +7,10 @@ import argparse
 import grpc
 import pytest
 
-from circuit_serve import errors
+from circuit_serve.domain import errors
 from circuit_serve.config.serve import ServeConfig
-from circuit_serve.generation.types import GenerationRequest, SamplingOptions
-from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
+from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
+from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
 from circuit_serve.rpc.status import status_for
 
 LIMITS = Limits(vocab_size=100, max_model_len=64, max_new_tokens_limit=32, max_top_logprobs=5)

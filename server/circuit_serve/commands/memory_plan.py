@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from circuit_serve.attribution.gpu_plan import plan_for_serving
-    from circuit_serve.errors import CircuitError
+    from circuit_serve.domain.errors import CircuitError
 
     config = ServeConfig.from_args(args)
     if config.attribution.transcoders is None:

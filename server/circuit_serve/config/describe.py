@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from circuit_serve.config.limits import MAX_TEMPERATURE
 from circuit_serve.config.serve import ServeConfig
+from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
 
 
 def describe_limits(config: ServeConfig, *, max_model_len: int, vocab_size: int) -> dict[str, float]:
