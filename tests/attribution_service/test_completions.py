@@ -8,7 +8,7 @@ import pytest
 
 from circuit_serve.cache import RedisLink
 from circuit_serve.completions import CompletionStore
-from circuit_serve.errors import InvalidRequest, NotFound
+from circuit_serve.domain.errors import InvalidRequest, NotFound
 
 
 def test_context_for_each_completion_token(metrics):

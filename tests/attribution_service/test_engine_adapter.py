@@ -8,7 +8,7 @@ import pytest
 
 from circuit_serve.attribution.engine import TracingEngine
 from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO
-from circuit_serve.errors import Cancelled, InvalidRequest
+from circuit_serve.domain.errors import Cancelled, InvalidRequest
 from circuit_serve.tracing import AttributionSettings, ReplacementModel
 
 SETTINGS = AttributionSettings(max_feature_nodes=64, batch_size=32)

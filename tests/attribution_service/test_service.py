@@ -12,7 +12,7 @@ import pytest
 from circuit_serve.attribution import Accepted, AttributeRequest, AttributionInput, build_service
 from circuit_serve.attribution.service import NO_TRANSCODERS
 from circuit_serve.config.attribution import AttributionConfig
-from circuit_serve.errors import Cancelled, InvalidRequest, NotConfigured, NotFound
+from circuit_serve.domain.errors import Cancelled, InvalidRequest, NotConfigured, NotFound
 from circuit_serve.jobs import Computed
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from circuit_serve.config.features import FeaturesConfig
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.features.engine import FeaturesEngine, SteerQuery, TokensInput
 from circuit_serve.features.labels import Labels
 from circuit_serve.features.steering import Intervention, Op, Sampling
-from circuit_serve.features.types import FeatureRef
+from circuit_serve.domain.features import FeatureRef
 from circuit_serve.tracing import ReplacementModel
 
 
@@ -48,12 +48,14 @@ def test_top_k_is_sorted_and_bounded(engine):
 def test_watched_activations_align_with_the_tokens(engine):
     ids = [0, 5, 9, 14, 3]
     features = [FeatureRef(0, 1), FeatureRef(2, 7)]
-    dense = engine.activations(ids, features)
     rows = engine.feature_activations(TokensInput(token_ids=tuple(ids)), features=features)
+    dense = torch.tensor([[v.activation for v in r.values] for r in rows])
     assert dense.shape == (5, 2)
-    assert torch.equal(dense, torch.tensor([[v.activation for v in r.values] for r in rows]))
-    # ids without BOS: the engine prepends it; positions still match the ids given
-    assert engine.activations(ids[1:], features).shape == (4, 2)
+    assert [(r.position, r.token_id) for r in rows] == list(enumerate(ids))
+    # ids without BOS: the engine prepends it; positions after it still match the ids given
+    short = engine.feature_activations(TokensInput(token_ids=tuple(ids[1:])), features=features)
+    assert [r.token_id for r in short[1:]] == ids[1:] and len(short[1:]) == 4
+    assert torch.equal(torch.tensor([[v.activation for v in r.values] for r in short]), dense)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

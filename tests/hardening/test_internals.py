@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from circuit_serve.errors import CapacityExceeded
+from circuit_serve.domain.errors import CapacityExceeded
 from circuit_serve.jobs.executor import BoundedExecutor
 from circuit_serve.metrics import new_registry
 from circuit_serve.metrics.rpc import RpcMetrics

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from circuit_serve.config.serve import EngineConfig
-from circuit_serve.features.types import Action, FeatureRef, WatchedFeature, WatchRequest
+from circuit_serve.domain.features import Action, FeatureRef, WatchedFeature, WatchRequest
 from circuit_serve.generation.engine import GenerationEngine
-from circuit_serve.generation.types import GenerationRequest, SamplingOptions
+from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
 from circuit_serve.monitoring.monitor import EngineMonitor
 from circuit_serve.tracing import ReplacementModel
 from tests.tracing.tracing_helpers import CASES, PROMPT_IDS, build_model, tiny_tokenizer, write_transcoders

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit_serve.features.types import FeatureRef
+from circuit_serve.domain.features import FeatureRef
 from circuit_serve.monitoring.columns import ColumnPlan, SlotPool
-from circuit_serve.monitoring.wire import ColumnSet, RequestWatchArgs, StepValues, decode_step, encode_step
+from circuit_serve.monitoring.wire import ColumnSet, RequestWatchArgs, StepValues, decode_step, encode_blocks
 
 SERVER = (FeatureRef(1, 5), FeatureRef(0, 2), FeatureRef(1, 9))
 
@@ -19,7 +19,8 @@ def test_column_plan_blocks_per_layer():
     assert [plan.offset(layer) for layer in range(4)] == [0, 3, 7, 9]
     assert plan.server_columns == (3, 0, 4)
     assert [plan.slot_column(1, s) for s in range(2)] == [5, 6]
-    assert [plan.layer_of(c) for c in range(plan.n_columns)] == [0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert [layer for layer in range(3) for _ in range(plan.capacity(layer))] == [0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert plan.n_columns == 9
     assert ColumnPlan.from_json(plan.to_json()) == plan
     with pytest.raises(IndexError):
         plan.slot_column(0, 2)
@@ -30,14 +31,15 @@ def test_slot_pool_shares_a_feature_and_refuses_when_full():
     a = pool.take(FeatureRef(0, 7))
     assert pool.take(FeatureRef(0, 7)) == a  # shared by reference count
     b = pool.take(FeatureRef(0, 8))
-    assert a != b and pool.free_count(0) == 0
+    assert a != b and not pool.can_take([FeatureRef(0, 9)])  # no free slot at layer 0
     assert not pool.can_take([FeatureRef(0, 9)]) and pool.can_take([FeatureRef(0, 7), FeatureRef(1, 1)])
     with pytest.raises(LookupError):
         pool.take(FeatureRef(0, 9))
     pool.give_back(FeatureRef(0, 7))
-    assert pool.free_count(0) == 0  # still held once
+    assert not pool.can_take([FeatureRef(0, 9)])  # still held once
     pool.give_back(FeatureRef(0, 7))
-    assert pool.free_count(0) == 1 and pool.take(FeatureRef(0, 9)) == a  # the column comes back
+    assert pool.can_take([FeatureRef(0, 9)]) and not pool.can_take([FeatureRef(0, 9), FeatureRef(0, 10)])  # one free
+    assert pool.take(FeatureRef(0, 9)) == a  # the column comes back
 
 
 def test_wire_round_trip():
@@ -46,7 +48,8 @@ def test_wire_round_trip():
     rng = np.random.default_rng(0)
     steps = [StepValues("a", 0, rng.standard_normal((4, 3)).astype(np.float32), rng.random((4, 3)) > 0.5, None),
              StepValues("b", 9, rng.standard_normal((1, 5)).astype(np.float32), rng.random((1, 5)) > 0.5, (2, 9))]
-    back = decode_step(encode_step(steps))
+    header = [[v.rid, v.first_pos, *v.pre.shape, *(v.fired or (-1, -1))] for v in steps]
+    back = decode_step(encode_blocks(header, [v.pre for v in steps], [v.active for v in steps]))
     for want, got in zip(steps, back, strict=True):
         assert (got.rid, got.first_pos, got.fired) == (want.rid, want.first_pos, want.fired)
         assert np.array_equal(got.pre, want.pre) and np.array_equal(got.active, want.active)

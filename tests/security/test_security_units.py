@@ -17,7 +17,7 @@ from circuit_serve.auth import ANONYMOUS, Principal, Scope, TokenFileError, Toke
 from circuit_serve.cache import RedisLink
 from circuit_serve.cache.redis_link import redact_url
 from circuit_serve.completions import CompletionStore
-from circuit_serve.errors import CapacityExceeded, NotFound
+from circuit_serve.domain.errors import CapacityExceeded, NotFound
 from circuit_serve.jobs import Queued
 from circuit_serve.tracing.settings import AttributionSettings
 

@@ -7,13 +7,17 @@ import argparse
 import grpc
 import pytest
 
-from circuit_serve import errors
+from circuit_serve.domain import errors
+from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import ServeConfig
-from circuit_serve.generation.types import GenerationRequest, SamplingOptions
-from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
+from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
+from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
 from circuit_serve.rpc.status import status_for
 
-LIMITS = Limits(vocab_size=100, max_model_len=64, max_new_tokens_limit=32, max_top_logprobs=5)
+_FLAGS = InputLimits()  # the flags' defaults
+LIMITS = Limits(vocab_size=100, max_model_len=64, max_new_tokens_limit=32, max_top_logprobs=5,
+                max_prompt_bytes=_FLAGS.max_prompt_bytes, max_stop_strings=_FLAGS.max_stop_strings,
+                max_stop_chars=_FLAGS.max_stop_chars)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circuit_serve.errors import Cancelled, InvalidRequest
+from circuit_serve.domain.errors import Cancelled, InvalidRequest
 from circuit_serve.tracing import Contrast, ReplacementModel, load_transcoders
 from tests.tracing.tracing_helpers import FIXTURES, build_model, built_case, tiny_tokenizer
 

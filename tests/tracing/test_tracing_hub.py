@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.tracing import ReplacementModel, load_transcoders
 from tests.support.hub_cache import add_repo
 from tests.tracing.tracing_helpers import FIXTURES

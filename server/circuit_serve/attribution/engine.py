@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from circuit_serve.attribution.types import GRAPH_JSON, GRAPH_PROTO, Target
-from circuit_serve.errors import Cancelled, InvalidRequest
+from circuit_serve.domain.errors import Cancelled, InvalidRequest
 from circuit_serve.jobs.events import Computed, GraphStats, Progress, ShouldStop
 from circuit_serve.tracing import AttributionGraph, AttributionSettings, PruneResult, ReplacementModel
 

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from circuit_serve.cache.redis_link import RedisLink, RedisUnavailable
-from circuit_serve.errors import BackendUnavailable
+from circuit_serve.domain.errors import BackendUnavailable
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 

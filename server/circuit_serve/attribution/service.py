@@ -35,7 +35,7 @@ from circuit_serve.cache.redis_link import RedisLink
 from circuit_serve.completions.store import CompletionStore, not_found
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.limits import InputLimits
-from circuit_serve.errors import (
+from circuit_serve.domain.errors import (
     BackendUnavailable,
     CapacityExceeded,
     Cancelled,
@@ -45,7 +45,7 @@ from circuit_serve.errors import (
     NotConfigured,
     NotFound,
 )
-from circuit_serve.input_checks import check_count, check_text_bytes
+from circuit_serve.domain.input_checks import check_count, check_text_bytes
 from circuit_serve.jobs.events import Finished, JobEvent
 from circuit_serve.jobs.runner import GraphJobs
 from circuit_serve.metrics.attribution import AttributionMetrics

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from circuit_serve.chat import ChatMessage
+from circuit_serve.domain.chat import ChatMessage
 from circuit_serve.jobs.events import Computed, Progress, ShouldStop
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast

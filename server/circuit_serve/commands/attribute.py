@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from circuit_client.graph_html import write_graph_html
-    from circuit_serve.errors import CircuitError
+    from circuit_serve.domain.errors import CircuitError
     from circuit_serve.tracing import ReplacementModel
 
     hf_logging.disable_progress_bar()
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                                               identity_cache=cfg.identity_cache)
         s = cfg.settings
         if cfg.messages:
-            from circuit_serve.chat import ChatMessage
+            from circuit_serve.domain.chat import ChatMessage
 
             given = rm.chat_tokens([ChatMessage(r, c) for r, c in cfg.messages])
         else:

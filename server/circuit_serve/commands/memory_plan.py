@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from circuit_serve.attribution.gpu_plan import plan_for_serving
-    from circuit_serve.errors import CircuitError
+    from circuit_serve.domain.errors import CircuitError
 
     config = build(ServeConfig.from_args, args)
     if config.attribution.transcoders is None:

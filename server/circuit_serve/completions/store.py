@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from circuit_serve.cache.redis_link import RedisLink, RedisUnavailable
-from circuit_serve.errors import InvalidRequest, NotFound
+from circuit_serve.domain.errors import InvalidRequest, NotFound
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 _FORMAT = 2

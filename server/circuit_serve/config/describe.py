@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from circuit_serve.config.limits import MAX_TEMPERATURE
 from circuit_serve.config.option import declared_default, options, walk
+from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
 from circuit_serve.config.serve import ServeConfig
+from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
 
 # The limits no flag sets: (how the value is found, the flag that moves it or "").
 DERIVED = {

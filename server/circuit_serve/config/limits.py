@@ -20,9 +20,6 @@ from circuit_serve.config.option import Options, option
 _KIB = 1 << 10
 _MIB = 1 << 20
 
-# vLLM 0.32's SamplingParams accepts temperature in [0, 2] (sampling_params.py `_verify_args`);
-# steering uses the same bound so both answer alike.
-MAX_TEMPERATURE = 2.0
 DEFAULT_MAX_N_LOGITS = 10  # tracing.AttributionSettings.max_n_logits: a request that leaves it unset must pass
 
 

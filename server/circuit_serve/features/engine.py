@@ -13,16 +13,17 @@ from dataclasses import dataclass
 
 import torch
 
-from circuit_serve.chat import ChatMessage
 from circuit_serve.config.features import FeaturesConfig
-from circuit_serve.config.limits import MAX_TEMPERATURE, InputLimits
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.config.limits import InputLimits
+from circuit_serve.domain.chat import ChatMessage
+from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.domain.features import FeatureRef, TranscoderShape
+from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
+from circuit_serve.domain.input_checks import check_count, check_text_bytes
 from circuit_serve.features import steering
 from circuit_serve.features.labels import Labels
 from circuit_serve.features.steering import Intervention, Sampling, SteerResult
 from circuit_serve.features.target import ModelTarget
-from circuit_serve.features.types import FeatureRef, TranscoderShape
-from circuit_serve.input_checks import check_count, check_text_bytes
 from circuit_serve.tracing.replacement import FeatureActivations, ReplacementModel
 
 
@@ -97,16 +98,6 @@ class FeaturesEngine:
 
     # ---- activations ---------------------------------------------------------------------
 
-    def _sparse(self, token_ids: Sequence[int]) -> tuple[FeatureActivations, int]:
-        """Engine activations of `token_ids` and how many leading positions it added (BOS)."""
-        fa = self.rm.feature_activations(list(token_ids))
-        return fa, fa.n_pos - len(token_ids)
-
-    def activations(self, token_ids: Sequence[int], features: Sequence[FeatureRef]) -> torch.Tensor:
-        """`monitor.ActivationSource`: `(len(token_ids), len(features))` dense activations."""
-        fa, shift = self._sparse(token_ids)
-        return _dense(fa, features)[shift:]
-
     def feature_activations(self, given: TokensInput, *, features: Sequence[FeatureRef] = (),
                             top_k: int = 0) -> list[PositionActivations]:
         """Per position: the listed features' values (zeros included) or the top-k active ones."""
@@ -119,7 +110,7 @@ class FeaturesEngine:
             raise InvalidRequest(f"is {top_k}; allowed range is [1, {self.config.max_top_k}]", field="top_k")
         self.check_features(features)
         ids = self.tokens(given)
-        fa, _ = self._sparse(ids)
+        fa = self.rm.feature_activations(ids)  # ids start with BOS: one position per id
         tokens = [self.rm.decode_token(t) for t in ids]
         if features:
             dense = _dense(fa, features)  # (P, k)

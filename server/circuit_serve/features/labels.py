@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
-from circuit_serve.features.types import FeatureRef, TranscoderShape
+from circuit_serve.domain.features import FeatureRef, TranscoderShape
 
 class Labels:
     """Feature -> label; features without an entry have the label ""."""

@@ -20,14 +20,15 @@ from prometheus_client import CollectorRegistry
 
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import InputLimits
-from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
+from circuit_serve.domain.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
 from circuit_serve.features.steering import SteerResult
-from circuit_serve.features.types import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
+from circuit_serve.domain.features import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
 from circuit_serve.metrics.features import FeatureMetrics
+from circuit_serve.monitoring.monitor import EngineMonitor
 from circuit_serve.tracing.replacement import ReplacementModel
 
 NO_TRANSCODERS = ("features are not enabled on this server: it was started without transcoders; "
@@ -106,8 +107,6 @@ class FeaturesService:
         """The in-engine monitor for the generation engine (None without transcoders)."""
         if self.engine is None:
             return None
-        from circuit_serve.monitoring.monitor import EngineMonitor
-
         rm = self.engine.rm
         return EngineMonitor(rm.transcoders, self.watched, model_type=rm.arch.model_type,
                              request_slots=self.config.monitor_slots, max_request_watch=self.config.max_request_watch,

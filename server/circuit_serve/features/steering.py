@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import torch
 
-from circuit_serve.errors import Cancelled, InvalidRequest
-from circuit_serve.features.types import FeatureRef, TranscoderShape
+from circuit_serve.domain.errors import Cancelled, InvalidRequest
+from circuit_serve.domain.features import FeatureRef, TranscoderShape
 
 
 class Op(enum.StrEnum):

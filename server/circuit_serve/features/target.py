@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from circuit_serve.features.types import FeatureRef, TranscoderShape
+from circuit_serve.domain.features import FeatureRef, TranscoderShape
 from circuit_serve.tracing.architecture import Architecture, describe
 from circuit_serve.tracing.local_model import transcoder_input
 from circuit_serve.tracing.replacement import ReplacementModel

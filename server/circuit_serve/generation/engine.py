@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from circuit_serve.chat import ChatMessage, chat_token_ids
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import EngineConfig
-from circuit_serve.errors import BackendUnavailable, InvalidRequest, NotConfigured
-from circuit_serve.generation.vllm_version import check_vllm_version
-from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
-from circuit_serve.generation.types import (
+from circuit_serve.domain.chat import ChatMessage, chat_token_ids
+from circuit_serve.domain.errors import BackendUnavailable, InvalidRequest, NotConfigured
+from circuit_serve.domain.generation import (
     CompletionRecord,
     EngineLoad,
     FinishReason,
@@ -40,11 +36,11 @@ from circuit_serve.generation.types import (
     TokenLogprobs,
     Usage,
 )
-from circuit_serve.generation.validate import Limits, check_prompt_length, check_request
-from circuit_serve.input_checks import check_text_bytes
-
-if TYPE_CHECKING:
-    from circuit_serve.monitoring.monitor import EngineMonitor, MonitoredRequest, Outcome
+from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
+from circuit_serve.domain.input_checks import check_text_bytes
+from circuit_serve.domain.monitor import RequestMonitor, WatchedRequest
+from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
+from circuit_serve.generation.vllm_version import check_vllm_version
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +62,16 @@ class GenerationEngine:
         self._description: ModelDescription | None = None
         self._last_load = EngineLoad(0, 0)
         self._listeners: list[FinishListener] = []
-        self._monitor: EngineMonitor | None = None
+        self._monitor: RequestMonitor | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
-    async def start(self, monitor: EngineMonitor | None = None) -> None:
+    async def start(self, monitor: RequestMonitor | None = None) -> None:
         """Build the vLLM engine (in a worker thread, so the event loop keeps serving health checks).
 
-        With `monitor`, vLLM loads the tapped model class and the rules' logits processor of
-        circuit_serve.monitoring, and requests with a `watch` are monitored inside its forward pass.
+        With `monitor` (circuit_serve.monitoring's EngineMonitor), vLLM runs with the engine
+        arguments it adds (its tapped model class and rules' logits processor), and requests with
+        a `watch` are monitored inside vLLM's forward pass.
         """
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -83,14 +80,8 @@ class GenerationEngine:
         kwargs = self.config.engine_kwargs()
         _avoid_cpu_seed_crash(kwargs)
         if monitor is not None:
-            # The rules' logits processor has V1's interface (update_state/apply): pin that runner
-            # (the CPU build uses it anyway). The taps run inside the compiled layers; the batch
-            # layout is noted by the model's Python forward, which piecewise CUDA graphs keep.
-            os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-            if not self.config.enforce_eager:
-                kwargs.setdefault("compilation_config", {"cudagraph_mode": "PIECEWISE"})
             await monitor.start()
-            kwargs.update(monitor.engine_overrides())
+            kwargs = monitor.engine_args(kwargs, enforce_eager=self.config.enforce_eager)
             self._monitor = monitor
         args = AsyncEngineArgs(**kwargs, disable_log_stats=True)
         loggers = [stat_logger_factory(self._on_step)]
@@ -250,11 +241,7 @@ class GenerationEngine:
                         usage=Usage(len(prompt_ids), len(tokens)) if finish else None,
                     )
                     if watch is not None:
-                        if finish is None:
-                            if watch.watch.values:
-                                chunk = dataclasses.replace(chunk, activations=watch.take_values())
-                        else:
-                            chunk = self._cut(chunk, tokens, text, await watch.finish(len(tokens), finish))
+                        chunk = watch.step(chunk) if finish is None else await watch.finish(chunk, tokens, text)
                     if chunk.finish_reason is not None:
                         self._notify(CompletionRecord(
                             request_id=request_id,
@@ -273,45 +260,17 @@ class GenerationEngine:
             if watch is not None:
                 watch.close()
 
-    def _begin_watch(self, request: GenerationRequest, request_id: str, n_prompt: int) -> MonitoredRequest | None:
-        if request.watch is None:
-            return None
+    def _begin_watch(self, request: GenerationRequest, request_id: str, n_prompt: int) -> WatchedRequest | None:
+        """The monitor's handle on `request` (None: not monitored); a watch needs a monitor."""
         if self._monitor is None:
-            raise NotConfigured("monitoring is not enabled on this server: start it with --transcoders")
+            if request.watch is not None:
+                raise NotConfigured("monitoring is not enabled on this server: start it with --transcoders")
+            return None
         assert self._limits is not None
-        return self._monitor.begin(request_id, request.watch, request.sampling, n_prompt=n_prompt,
-                                   max_model_len=self._limits.max_model_len,
-                                   sentinel=self._tokenizer.eos_token_id)
+        return self._monitor.begin(request_id, request, n_prompt=n_prompt, max_model_len=self._limits.max_model_len,
+                                   sentinel=self._tokenizer.eos_token_id, decode=self._decode)
 
-    def _cut(self, chunk: GenerationChunk, tokens: list[int], text: list[str], outcome: Outcome) -> GenerationChunk:
-        """The last chunk of a monitored request, cut to `outcome.kept` tokens; `tokens` and `text`
-        (the whole completion so far) are cut in place."""
-        drop = len(tokens) - outcome.kept
-        n_new = len(chunk.token_ids)
-        if drop > n_new:  # cannot happen: only the last sampled token is ever dropped
-            log.error("monitor outcome of %s drops %d tokens but the last chunk has %d", chunk.request_id, drop, n_new)
-            drop = n_new
-        tail = ""
-        if drop > 0:
-            full = self._decode(tokens)
-            short = self._decode(tokens[: len(tokens) - drop])
-            tail = full[len(short):] if full.startswith(short) else ""
-            del tokens[len(tokens) - drop:]
-        chunk_text = chunk.text[: len(chunk.text) - len(tail)] if tail and chunk.text.endswith(tail) else chunk.text
-        text[-1] = chunk_text
-        return dataclasses.replace(
-            chunk,
-            text=chunk_text,
-            token_ids=chunk.token_ids[: n_new - drop],
-            logprobs=chunk.logprobs[: max(len(chunk.logprobs) - drop, 0)] if chunk.logprobs else (),
-            finish_reason=outcome.finish_reason,
-            stop_sequence=None if outcome.finish_reason is FinishReason.FEATURE_RULE else chunk.stop_sequence,
-            usage=Usage(chunk.usage.prompt_tokens if chunk.usage else 0, len(tokens)),
-            activations=outcome.activations,
-            monitor=outcome.report,
-        )
-
-    def _decode(self, ids: list[int]) -> str:
+    def _decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
 
     # ---- internals -------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from circuit_serve.errors import CapacityExceeded
+from circuit_serve.domain.errors import CapacityExceeded
 
 
 class BoundedExecutor(ThreadPoolExecutor):

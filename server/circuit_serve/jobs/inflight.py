@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from circuit_serve.errors import DeadlineExceeded
+from circuit_serve.domain.errors import DeadlineExceeded
 from circuit_serve.jobs.events import Finished, JobEvent
 from circuit_serve.metrics.attribution import AttributionMetrics
 

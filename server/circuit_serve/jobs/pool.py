@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from circuit_serve.errors import CapacityExceeded
+from circuit_serve.domain.errors import CapacityExceeded
 from circuit_serve.jobs.events import Computed, JobEvent, Queued, Running, Work
 from circuit_serve.metrics.attribution import AttributionMetrics
 

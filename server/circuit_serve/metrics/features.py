@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from circuit_serve.features.types import Action, MonitorReport, WatchedFeature
+from circuit_serve.domain.features import Action, MonitorReport, WatchedFeature
 
 # Transcoder activations are non-negative and mostly O(0.1 .. 10).
 _ACTIVATION_BUCKETS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)

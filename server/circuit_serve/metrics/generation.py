@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from circuit_serve.domain.generation import EngineLoad
 from circuit_serve.generation.stats import StepStats
-from circuit_serve.generation.types import EngineLoad
 
 # Buckets as in vLLM's Prometheus logger, trimmed to what a single server sees.
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,

@@ -65,13 +65,13 @@ class RequestValues:
 
     @property
     def active(self) -> np.ndarray:
+        """`(positions, k)` active masks (rows past `covered` are not final)."""
         self._assemble()
         return self._active
 
     def activations(self, start: int, stop: int) -> np.ndarray:
         """`(stop - start, k)` activations (pre-activation where active, else 0)."""
-        self._assemble()
-        return np.where(self._active[start:stop], self._pre[start:stop], np.float32(0))
+        return np.where(self.active[start:stop], self.pre[start:stop], np.float32(0))
 
     async def wait_for(self, n_positions: int, timeout_s: float) -> bool:
         """Wait until positions 0..n_positions-1 have values; False on timeout."""

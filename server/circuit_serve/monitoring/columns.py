@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from circuit_serve.features.types import FeatureRef
+from circuit_serve.domain.features import FeatureRef
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,6 @@ class ColumnPlan:
             raise IndexError(f"slot {slot} outside 0..{self.request_slots - 1}")
         return self.offset(layer) + self._counts[layer] + slot
 
-    def layer_of(self, column: int) -> int:
-        for layer in range(self.n_layers):
-            if column < self._offsets[layer + 1]:
-                return layer
-        raise IndexError(f"column {column} outside 0..{self.n_columns - 1}")
-
     def to_json(self) -> dict:
         return {"n_layers": self.n_layers, "server": [[f.layer, f.index] for f in self.server],
                 "request_slots": self.request_slots}
@@ -87,9 +81,6 @@ class SlotPool:
         self.plan = plan
         self._free = [list(range(plan.request_slots - 1, -1, -1)) for _ in range(plan.n_layers)]
         self._held: dict[FeatureRef, tuple[int, int]] = {}  # feature -> (column, references)
-
-    def free_count(self, layer: int) -> int:
-        return len(self._free[layer])
 
     def can_take(self, features: Sequence[FeatureRef]) -> bool:
         need = [0] * self.plan.n_layers

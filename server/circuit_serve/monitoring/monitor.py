@@ -1,36 +1,42 @@
 """EngineMonitor: the server's side of in-engine monitoring (no protobuf, no vLLM types).
 
-For one monitored generation request:
+It is the generation engine's `circuit_serve.domain.monitor.RequestMonitor`. Before vLLM starts,
+`start` binds the value channel and pins vLLM's V1 model runner, and `engine_args` names the
+tapped model class and the rules' logits processor. For one monitored generation request:
 
-1. `begin`: lend columns to the request's own features (shared pool, see `columns`), build the
-   watch that travels in its `SamplingParams.extra_args` (columns, stop rules and their
+1. `begin`: resolve the request's watch (None: it has none); lend columns to the request's own
+   features (shared pool, see `columns`), build the watch that travels in its
+   `SamplingParams.extra_args` (columns, stop rules and their
    thresholds, the sentinel token), one more token than asked for (so the last kept token is
    run through the model too), a private `cache_salt` (prefix caching skips the forward pass of
    cached positions; a monitored request opts out of reuse, the engine keeps it for others),
    and for ignore_eos requests with stop rules the sentinel as a stop token;
-2. while vLLM streams, `take_values` hands out the positions computed so far;
+2. while vLLM streams, `step` hands out the positions computed so far with each chunk;
 3. `finish`: when vLLM's last output arrives, wait for the values of every position the engine
-   ran (all but the last sampled token), then cut the completion: after the firing token when
+   ran (all but the last sampled token), then decide the outcome: after the firing token when
    a stop rule fired (the token sampled with it, or the forced sentinel, is dropped), at the
-   asked length when the extra token was generated; and build the report;
+   asked length when the extra token was generated; build the report, and cut the last chunk
+   (tokens, text, logprobs, usage) to the kept tokens (`cut`);
 4. `close`: give the columns back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from circuit_serve.errors import InvalidRequest, CapacityExceeded
-from circuit_serve.features.types import (
+from circuit_serve.domain.errors import CapacityExceeded, InvalidRequest
+from circuit_serve.domain.features import (
     Action,
     FeatureRef,
     FeatureReport,
@@ -39,7 +45,8 @@ from circuit_serve.features.types import (
     WatchedValues,
     WatchRequest,
 )
-from circuit_serve.generation.types import FinishReason, SamplingOptions
+from circuit_serve.domain.generation import FinishReason, GenerationChunk, GenerationRequest, Usage
+from circuit_serve.domain.monitor import Decode
 from circuit_serve.monitoring.channel import RequestValues, ValueChannel
 from circuit_serve.monitoring.columns import ColumnPlan, SlotPool
 from circuit_serve.monitoring.plugin import ARCHITECTURES, LOGITS_PROCESSOR
@@ -81,13 +88,23 @@ class EngineMonitor:
         self._spec_dir = self.spec.save(self.work_dir / "spec")
         self._sink = sink
 
-    def engine_overrides(self) -> dict[str, Any]:
-        """AsyncEngineArgs fields that load the tapped model class and the rules' logits processor."""
+    def engine_args(self, kwargs: Mapping[str, Any], *, enforce_eager: bool) -> dict[str, Any]:
+        """`kwargs` (AsyncEngineArgs fields) with the tapped model class and the rules' logits processor.
+
+        The taps run inside the compiled layers; the batch layout is noted by the model's Python
+        forward, which piecewise CUDA graphs keep (a deployment's own compilation_config wins)."""
+        out = dict(kwargs)
+        if not enforce_eager:
+            out.setdefault("compilation_config", {"cudagraph_mode": "PIECEWISE"})
         architecture, _ = ARCHITECTURES[self.model_type]
-        return {"hf_overrides": {"architectures": [architecture], SPEC_KEY: str(self._spec_dir)},
-                "logits_processors": [LOGITS_PROCESSOR]}
+        out.update({"hf_overrides": {"architectures": [architecture], SPEC_KEY: str(self._spec_dir)},
+                    "logits_processors": [LOGITS_PROCESSOR]})
+        return out
 
     async def start(self) -> None:
+        """Bind the value channel; pin vLLM's V1 model runner for the engine about to start (the
+        rules' logits processor has V1's interface, update_state/apply; the CPU build uses it anyway)."""
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         await self.channel.start()
 
     def shutdown(self) -> None:
@@ -96,8 +113,12 @@ class EngineMonitor:
 
     # ---- one request ---------------------------------------------------------------------------
 
-    def begin(self, request_id: str, watch: WatchRequest, sampling: SamplingOptions, *, n_prompt: int,
-              max_model_len: int, sentinel: int | None) -> MonitoredRequest:
+    def begin(self, request_id: str, request: GenerationRequest, *, n_prompt: int, max_model_len: int,
+              sentinel: int | None, decode: Decode) -> MonitoredRequest | None:
+        """`request`'s watch started (None: it has none); `decode` cuts the text at a rule."""
+        watch, sampling = request.watch, request.sampling
+        if watch is None:
+            return None
         own = [w.feature for w in watch.features[watch.n_server:]]
         if len(own) > self.max_request_watch:
             raise InvalidRequest(f"has {len(own)} entries; the limit is {self.max_request_watch}", field="watch")
@@ -122,7 +143,7 @@ class EngineMonitor:
                                 sentinel=sentinel if has_stop else -1,
                                 ban_sentinel=has_stop and sampling.ignore_eos, sets=sets)
         extend = n_prompt + sampling.max_new_tokens + 1 <= max_model_len
-        return MonitoredRequest(self, watch, args, self.channel.open(request_id, len(columns)), own,
+        return MonitoredRequest(self, watch, args, self.channel.open(request_id, len(columns)), own, decode,
                                 n_prompt=n_prompt, max_new_tokens=sampling.max_new_tokens, extended=extend)
 
     def _release(self, request: MonitoredRequest) -> None:
@@ -140,9 +161,13 @@ class EngineMonitor:
 
 
 class MonitoredRequest:
+    """One monitored request: the generation engine's `circuit_serve.domain.monitor.WatchedRequest`."""
+
     def __init__(self, monitor: EngineMonitor, watch: WatchRequest, args: RequestWatchArgs, values: RequestValues,
-                 own: list[FeatureRef], *, n_prompt: int, max_new_tokens: int, extended: bool) -> None:
+                 own: list[FeatureRef], decode: Decode, *, n_prompt: int, max_new_tokens: int,
+                 extended: bool) -> None:
         self.monitor, self.watch, self.args, self.values, self.own = monitor, watch, args, values, own
+        self._decode = decode
         self.n_prompt, self.max_new_tokens, self.extended = n_prompt, max_new_tokens, extended
         self._handed_out = 0  # positions whose values went out in chunks
         self._closed = False
@@ -160,7 +185,19 @@ class MonitoredRequest:
     def cache_salt(self) -> str:
         return f"circuit-monitor-{self.args.rid}"
 
-    def take_values(self, limit: int | None = None) -> tuple[WatchedValues, ...]:
+    def step(self, chunk: GenerationChunk) -> GenerationChunk:
+        """A chunk before the last, with the values computed since the previous one (when asked for)."""
+        if not self.watch.values:
+            return chunk
+        return dataclasses.replace(chunk, activations=self._take_values())
+
+    async def finish(self, chunk: GenerationChunk, tokens: list[int], text: list[str]) -> GenerationChunk:
+        """The last chunk cut at the outcome (step 3 of the module docstring); `tokens` and `text`
+        (the whole completion so far) are cut in place."""
+        assert chunk.finish_reason is not None
+        return cut(chunk, tokens, text, await self._outcome(len(tokens), chunk.finish_reason), self._decode)
+
+    def _take_values(self, limit: int | None = None) -> tuple[WatchedValues, ...]:
         """Values of positions computed since the last call (up to `limit`), when asked for."""
         stop = self.values.covered if limit is None else min(self.values.covered, limit)
         if not self.watch.values or stop <= self._handed_out:
@@ -169,7 +206,7 @@ class MonitoredRequest:
         acts = self.values.activations(start, stop)
         return tuple(WatchedValues(start + i, tuple(float(v) for v in row)) for i, row in enumerate(acts))
 
-    async def finish(self, n_tokens: int, vllm_reason: FinishReason) -> Outcome:
+    async def _outcome(self, n_tokens: int, vllm_reason: FinishReason) -> Outcome:
         """The outcome once vLLM has finished the request with `n_tokens` sampled tokens."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -188,7 +225,7 @@ class MonitoredRequest:
         end = min(self.n_prompt + kept, self.values.covered)
         report = self._report(end, stopped_by)
         self.monitor._observe(report, waited)
-        return Outcome(kept, reason, report, self.take_values(limit=self.n_prompt + kept))
+        return Outcome(kept, reason, report, self._take_values(limit=self.n_prompt + kept))
 
     def _report(self, end: int, stopped_by: str | None) -> MonitorReport:
         acts = self.values.activations(0, end)  # (end, k)
@@ -211,3 +248,32 @@ class MonitoredRequest:
             self._closed = True
             self.monitor._release(self)
 
+
+def cut(chunk: GenerationChunk, tokens: list[int], text: list[str], outcome: Outcome,
+        decode: Decode) -> GenerationChunk:
+    """The last chunk of a monitored request, cut to `outcome.kept` tokens; `tokens` and `text`
+    (the whole completion so far) are cut in place."""
+    drop = len(tokens) - outcome.kept
+    n_new = len(chunk.token_ids)
+    if drop > n_new:  # cannot happen: only the last sampled token is ever dropped
+        log.error("monitor outcome of %s drops %d tokens but the last chunk has %d", chunk.request_id, drop, n_new)
+        drop = n_new
+    tail = ""
+    if drop > 0:
+        full = decode(tokens)
+        short = decode(tokens[: len(tokens) - drop])
+        tail = full[len(short):] if full.startswith(short) else ""
+        del tokens[len(tokens) - drop:]
+    chunk_text = chunk.text[: len(chunk.text) - len(tail)] if tail and chunk.text.endswith(tail) else chunk.text
+    text[-1] = chunk_text
+    return dataclasses.replace(
+        chunk,
+        text=chunk_text,
+        token_ids=chunk.token_ids[: n_new - drop],
+        logprobs=chunk.logprobs[: max(len(chunk.logprobs) - drop, 0)] if chunk.logprobs else (),
+        finish_reason=outcome.finish_reason,
+        stop_sequence=None if outcome.finish_reason is FinishReason.FEATURE_RULE else chunk.stop_sequence,
+        usage=Usage(chunk.usage.prompt_tokens if chunk.usage else 0, len(tokens)),
+        activations=outcome.activations,
+        monitor=outcome.report,
+    )

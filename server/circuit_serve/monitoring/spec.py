@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from circuit_serve.features.types import FeatureRef
+from circuit_serve.domain.features import FeatureRef
 from circuit_serve.monitoring.columns import ColumnPlan
 
 SPEC_KEY = "circuit_monitor"  # the hf_overrides key vLLM's worker reads the spec path from

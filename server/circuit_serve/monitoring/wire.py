@@ -69,11 +69,6 @@ class StepValues:
     fired: tuple[int, int] | None  # (index into the request's columns, position) of a first stop firing
 
 
-def encode_step(items: list[StepValues]) -> list[bytes]:
-    header = [[v.rid, v.first_pos, v.pre.shape[0], v.pre.shape[1], *(v.fired or (-1, -1))] for v in items]
-    return encode_blocks(header, [v.pre for v in items], [v.active for v in items])
-
-
 def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> list[bytes]:
     """The frames of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
     position) and blocks holding those requests' rows in header order (several requests per block)."""

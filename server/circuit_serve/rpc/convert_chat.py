@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from circuit_serve.chat import ChatMessage
+from circuit_serve.domain.chat import ChatMessage
 
 
 def messages_from_pb(messages) -> tuple[ChatMessage, ...] | None:

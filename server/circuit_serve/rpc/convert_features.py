@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 from circuit_proto.v1 import features_pb2 as pb
 from circuit_proto.v1 import monitor_pb2 as mpb
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.rpc.convert_chat import messages_from_pb
 from circuit_serve.features.engine import PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.steering import Completion, Intervention, Op, Sampling, SteerResult
-from circuit_serve.features.types import FeatureRef, MonitorReport
+from circuit_serve.domain.features import FeatureRef, MonitorReport
 
 _OPS = {pb.INTERVENTION_OP_SET: Op.SET, pb.INTERVENTION_OP_SCALE: Op.SCALE, pb.INTERVENTION_OP_ADD: Op.ADD}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from circuit_proto.v1 import generation_pb2 as pb
 from circuit_proto.v1 import monitor_pb2 as mpb
-from circuit_serve.errors import InvalidRequest
-from circuit_serve.features.types import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchedValues
-from circuit_serve.generation.types import (
+from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.domain.features import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchedValues
+from circuit_serve.domain.generation import (
     FinishReason,
     GenerationChunk,
     GenerationRequest,

@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from circuit_serve.errors import CircuitError
+from circuit_serve.domain.errors import CircuitError
 from circuit_serve.metrics.rpc import RpcMetrics
 from circuit_serve.rpc.status import status_for
 from circuit_serve.rpc.wrapping import ALWAYS_ANSWERED, HandlerInterceptor, Layer, refusal, wrapped

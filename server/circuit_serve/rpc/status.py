@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from circuit_serve import errors
+from circuit_serve.domain import errors
 
 _CODES: dict[type[errors.CircuitError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,

@@ -25,7 +25,7 @@ Public API (keep stable; other engines and the RPC layer build on it):
                  node_threshold=0.8, edge_threshold=0.98) -> AttributionGraph
         targets: None (top tokens) | [token_id | Contrast(a, b) | (a, b), ...]
         progress(phase: str, fraction: float); should_stop() -> bool, checked at batch
-        boundaries (raises circuit_serve.errors.Cancelled)
+        boundaries (raises circuit_serve.domain.errors.Cancelled)
     rm.feature_activations(tokens_or_prompt) -> FeatureActivations  # same values as graphs
     rm.estimate_memory(n_tokens, settings=None, *, n_active=None) -> int (bytes)
     rm.model_id, rm.transcoder_id                    # sha256 of weight files
@@ -35,7 +35,7 @@ Public API (keep stable; other engines and the RPC layer build on it):
     graph.save_npz(path)                             # reference node order, dense N x N
     prune_graph(graph, node_threshold, edge_threshold) -> PruneResult
 
-Errors are circuit_serve.errors: InvalidRequest (bad prompt, settings, transcoders that do not
+Errors are circuit_serve.domain.errors: InvalidRequest (bad prompt, settings, transcoders that do not
 fit the model, a request over the memory budget), Cancelled.
 """
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 
 SUPPORTED = ("llama", "gemma2", "qwen3")
 

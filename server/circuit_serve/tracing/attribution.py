@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from circuit_serve.errors import Cancelled
+from circuit_serve.domain.errors import Cancelled
 from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.local_model import LocalReplacement, compute_activations, record
 from circuit_serve.tracing.local_model import check_stop as lm_check_stop

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuit_serve.errors import Cancelled
+from circuit_serve.domain.errors import Cancelled
 from circuit_serve.tracing.architecture import Architecture
 from circuit_serve.tracing.transcoders import TranscoderSet
 

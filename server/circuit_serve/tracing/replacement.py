@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.tracing.architecture import Architecture, describe
 from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.local_model import PromptRecord, compute_activations, record
@@ -164,7 +164,7 @@ class ReplacementModel:
 
     def chat_tokens(self, messages) -> list[int]:
         """Token ids of chat messages under the model's chat template (as generation renders them)."""
-        from circuit_serve.chat import chat_token_ids
+        from circuit_serve.domain.chat import chat_token_ids
 
         return chat_token_ids(self.tokenizer, messages)
 

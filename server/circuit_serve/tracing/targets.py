@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 
 
 def bad(path: Path, tensor: str, msg: str) -> InvalidRequest:

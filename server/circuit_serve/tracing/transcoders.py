@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.tracing.hub import HubRef, hub_file, hub_folder, parse_hf_uri, parse_repo_spec, snapshot_commit
 from circuit_serve.tracing.identity import file_identity
 from circuit_serve.tracing.transcoder_files import (

@@ -1,4 +1,4 @@
-"""Plain data of the features package (no protobuf, no torch)."""
+"""Plain data of transcoder features: references, watchlist rules, watches and reports (no protobuf, no torch)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sized
 
-from circuit_serve.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest
 
 
 def check_text_bytes(text: str | None, limit: int, *, field: str) -> None:

@@ -1,15 +1,18 @@
-"""Request checks: every rejection names the field and the allowed range."""
+"""Generation request checks: every rejection names the field and the allowed range."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from circuit_serve.config.limits import MAX_TEMPERATURE, InputLimits
-from circuit_serve.chat import check_messages
-from circuit_serve.errors import InvalidRequest
-from circuit_serve.generation.types import GenerationRequest
-from circuit_serve.input_checks import check_count, check_text_bytes
+from circuit_serve.domain.chat import check_messages
+from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.domain.generation import GenerationRequest
+from circuit_serve.domain.input_checks import check_count, check_text_bytes
+
+# vLLM 0.32's SamplingParams accepts temperature in [0, 2] (sampling_params.py `_verify_args`);
+# steering uses the same bound so both answer alike.
+MAX_TEMPERATURE = 2.0
 
 
 @dataclass(frozen=True)
@@ -18,9 +21,9 @@ class Limits:
     max_model_len: int
     max_new_tokens_limit: int
     max_top_logprobs: int
-    max_prompt_bytes: int = InputLimits.max_prompt_bytes  # the defaults are the flags' (config/limits.py)
-    max_stop_strings: int = InputLimits.max_stop_strings
-    max_stop_chars: int = InputLimits.max_stop_chars
+    max_prompt_bytes: int  # these three are flags: config/limits.py declares them and their defaults
+    max_stop_strings: int
+    max_stop_chars: int
     max_temperature: float = MAX_TEMPERATURE
 
 

@@ -1,12 +1,12 @@
-"""Plain data the generation engine takes and returns (no protobuf, no vLLM types)."""
+"""Plain data of generation: what the generation engine takes and returns (no protobuf, no vLLM types)."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 
-from circuit_serve.features.types import MonitorReport, WatchedValues, WatchRequest
-from circuit_serve.chat import ChatMessage
+from circuit_serve.domain.chat import ChatMessage
+from circuit_serve.domain.features import MonitorReport, WatchedValues, WatchRequest
 
 
 class FinishReason(enum.StrEnum):
