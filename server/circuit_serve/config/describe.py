@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from circuit_serve.config.option import declared_default, options, walk
-from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
 
