@@ -57,6 +57,8 @@ def test_every_flag_a_message_names_exists():
     known = all_flags()
     unknown = []
     for path in sorted((ROOT / "server" / "circuit_serve").rglob("*.py")):
+        if "testing" in path.parts:  # helpers that start other programs (redis-server) with their flags
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 unknown += [(path.name, node.lineno, flag) for flag in FLAG.findall(node.value)
