@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from circuit_serve.attribution.gpu_plan import plan_for_serving
+    from circuit_serve.attribution.loading import plan_for_serving
     from circuit_serve.errors import CircuitError
 
     config = ServeConfig.from_args(args)

@@ -7,6 +7,8 @@ Flags of `circuit-serve serve` (the only reader of them is this module):
     --monitor-all            monitor every generation request, not only those that ask
     --monitor-slots N        columns per layer that requests lend for watched features of their own
     --max-request-watch N    most watched features (rules) one generation request may add
+    --steer-workers N        steered generations run at once (their own pool, not attribution's)
+    --steer-max-queued N     steered generations waiting for a worker; more -> RESOURCE_EXHAUSTED
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class FeaturesConfig:
     max_steer_new_tokens: int = 256  # largest Steer max_new_tokens
     max_interventions: int = 64  # most interventions in one Steer call
     max_prompt_tokens: int = 512  # FeatureActivations input length (BOS included)
+    steer_workers: int = 1  # steered generations run at once
+    steer_max_queued: int = 8  # steered generations waiting for a worker; more -> RESOURCE_EXHAUSTED
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +53,11 @@ class FeaturesConfig:
                        help="FeatureActivations input length, BOS included (default %(default)s)")
         g.add_argument("--max-interventions", type=int, default=d.max_interventions,
                        help="most interventions in one Steer call")
+        g.add_argument("--steer-workers", type=int, default=d.steer_workers,
+                       help="steered generations run at once (default %(default)s)")
+        g.add_argument("--steer-max-queued", type=int, default=d.steer_max_queued,
+                       help="steered generations waiting for a worker; more get RESOURCE_EXHAUSTED "
+                            "(default %(default)s)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> FeaturesConfig:
@@ -56,6 +65,8 @@ class FeaturesConfig:
             raise argparse.ArgumentTypeError("--monitor-slots and --max-request-watch must be >= 0")
         if args.monitor_all and args.watchlist is None:
             raise argparse.ArgumentTypeError("--monitor-all needs --watchlist")
+        if args.steer_workers < 1 or args.steer_max_queued < 0:
+            raise argparse.ArgumentTypeError("--steer-workers must be >= 1 and --steer-max-queued >= 0")
         return cls(
             labels=args.labels,
             watchlist=args.watchlist,
@@ -67,4 +78,6 @@ class FeaturesConfig:
             max_listed_features=args.features_max_listed,
             max_prompt_tokens=args.features_max_prompt_tokens,
             max_interventions=args.max_interventions,
+            steer_workers=args.steer_workers,
+            steer_max_queued=args.steer_max_queued,
         )
