@@ -1,6 +1,6 @@
 """Assemble and run the server: runtime (engines + metrics), gRPC services, health, shutdown.
 
-    runtime = Runtime.create(config)              # registry, metrics, engines (not loaded yet)
+    runtime = Runtime.create(config)              # registry, metrics, every part (nothing loaded yet)
     server, port, health = await build_server("127.0.0.1:0", runtime)
     await runtime.start()                         # load the model; then mark SERVING
     await mark_serving(health, runtime.service_names)
@@ -11,6 +11,9 @@ accepting calls, gives in-flight calls `grace_period_s`, then shuts the engine d
 Adding a service: write `add_to_server(runtime, server) -> full_service_name` next to
 its servicer in `circuit_serve.rpc` and append it to `SERVICES` below. Put what it
 needs (an engine, a cache, its metrics object) on `Runtime`, built in `Runtime.create`.
+
+Each part is built with its collaborators and has one face: `async start()`, called in the
+order of `Runtime.start`, and `shutdown()`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,14 +33,15 @@ from grpc_reflection.v1alpha import reflection
 
 from circuit_serve.attribution import AttributionService
 from circuit_serve.attribution import build_service as build_attribution
-from circuit_serve.attribution.gpu_plan import apply_plan, plan_for_serving
-from circuit_serve.attribution.loading import start_attribution
+from circuit_serve.attribution.engine import TracingEngine
+from circuit_serve.attribution.loading import Replacement, apply_plan, plan_for_serving
 from circuit_serve.auth import TokenTable, current_caller
 from circuit_serve.config.security import Reflection, is_loopback
 from circuit_serve.config.describe import describe_limits
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.jobs import WorkerPool
 from circuit_serve.jobs.executor import BoundedExecutor
 from circuit_serve.metrics import CollectorRegistry, new_registry
 from circuit_serve.metrics.auth import AuthMetrics
@@ -76,9 +79,9 @@ class Runtime:
     rpc_metrics: RpcMetrics
     generation: GenerationEngine
     generation_metrics: GenerationMetrics
+    replacement: Replacement  # the replacement model, loaded in start() when --transcoders is given
     attribution: AttributionService
     features: FeaturesService
-    replacement: Any = None  # tracing.ReplacementModel, loaded in start() when --transcoders is given
     service_names: list[str] = field(default_factory=list)  # filled by build_server
     draining: bool = False  # set on shutdown: new calls get UNAVAILABLE, in-flight ones finish
     auth_metrics: AuthMetrics | None = None
@@ -90,8 +93,20 @@ class Runtime:
         generation_metrics = GenerationMetrics(registry)
         engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step, limits=config.limits)
         generation_metrics.track_load(engine.load)
-        attribution = build_attribution(config.attribution, registry, engine=None,  # engine set in start()
-                                        limits=config.limits, graph_format=GRAPH_FORMAT)
+        replacement = Replacement.from_config(config.attribution, config.engine.model, serve_dtype=config.engine.dtype)
+        steering = WorkerPool(workers=config.features.steer_workers, max_queued=config.features.steer_max_queued,
+                              metrics=None, name="steering")
+        # reads --labels/--watchlist now; steered generations have their own pool
+        features = FeaturesService(config.features, registry, replacement=replacement, admission=steering,
+                                   limits=config.limits, max_tokens=config.attribution.max_prompt_tokens)
+
+        def tracing_engine() -> TracingEngine | None:  # by attribution.start(), after features.start() checked labels
+            rm = replacement.model
+            return None if rm is None else TracingEngine(rm, serialize=serialize_graph, graph_format=GRAPH_FORMAT,
+                                                         labels=features.labels.as_dict())  # `clerp` in graph JSON
+
+        attribution = build_attribution(config.attribution, registry, engine=None, limits=config.limits,
+                                        graph_format=GRAPH_FORMAT, engine_factory=tracing_engine)
         if config.attribution.transcoders is not None:  # completions are kept for audits only when they can be audited
             engine.add_finish_listener(lambda r: attribution.on_completion(
                 r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name))
@@ -103,8 +118,9 @@ class Runtime:
             rpc_metrics=RpcMetrics(registry),
             generation=engine,
             generation_metrics=generation_metrics,
+            replacement=replacement,
             attribution=attribution,
-            features=FeaturesService(config.features, registry, limits=config.limits),  # reads --labels/--watchlist now
+            features=features,
             auth_metrics=auth_metrics,
             tokens=TokenTable(tokens_file, on_reload=auth_metrics.reloaded) if tokens_file else None,
         )
@@ -115,17 +131,11 @@ class Runtime:
         The GPU memory plan is applied first; then the replacement model (with the transcoders)
         loads: in-engine monitoring hands vLLM the watched encoder rows when vLLM starts."""
         plan = await asyncio.to_thread(plan_for_serving, self.config)  # None unless sharing a GPU with vLLM
-        self.generation.config = apply_plan(self.generation.config, plan)  # raises PlanRefused
-        self.replacement = await start_attribution(
-            self.attribution, self.config.attribution, self.config.engine.model, serve_dtype=self.config.engine.dtype,
-            serialize=serialize_graph, graph_format=GRAPH_FORMAT,
-        )
-        self.features.load(self.replacement, admission=self.attribution.jobs.pool,
-                           max_tokens=self.config.attribution.max_prompt_tokens)
-        if self.attribution.engine is not None:
-            self.attribution.engine.labels = self.features.labels.as_dict()  # `clerp` in graph JSON
-        monitor = self.features.engine_monitor(Path(tempfile.gettempdir()))
-        await self.generation.start(monitor)
+        planned = apply_plan(self.generation.config, plan)  # raises PlanRefused
+        await self.replacement.start()
+        await self.features.start()  # checks --labels/--watchlist against the transcoders
+        await self.attribution.start()  # the graph engine, with the checked labels
+        await self.generation.start(self.features.engine_monitor(Path(tempfile.gettempdir())), planned=planned)
 
     def limits(self) -> dict[str, float]:
         """Every input limit in force, by its `circuit.v1.Limits` field name (ModelInfo, README)."""
@@ -134,10 +144,12 @@ class Runtime:
 
     def transcoders_info(self) -> dict | None:
         """What transcoder set is loaded (ModelInfo.transcoders); None before loading or without one."""
-        return None if self.replacement is None else self.replacement.transcoders.describe()
+        return self.replacement.describe()
 
     def shutdown(self) -> None:
         self.attribution.shutdown()
+        self.features.shutdown()
+        self.replacement.shutdown()
         self.generation.shutdown()
 
 

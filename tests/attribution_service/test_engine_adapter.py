@@ -62,7 +62,8 @@ def test_labels_reach_the_json_and_the_key(replacement):
                        .sections[GRAPH_JSON])
     feature = next(n for n in plain["nodes"] if n["feature_type"] == "cross layer transcoder")
     layer, index = int(feature["layer"]), int(feature["node_id"].split("_")[1])
-    engine.labels = {(layer, index): "a named feature"}
+    engine = TracingEngine(replacement, serialize=fake_proto, graph_format=1,
+                           labels={(layer, index): "a named feature"})
     assert len(engine.labels_id) == 64
     labelled = json.loads(engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k")
                           .sections[GRAPH_JSON])

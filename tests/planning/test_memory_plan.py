@@ -93,7 +93,7 @@ def test_serving_plan_reads_the_config_and_transcoder_headers_and_sets_vllm_shar
 
     import pytest
 
-    from circuit_serve.attribution.gpu_plan import PlanRefused, apply_plan, plan_for_serving, serving_dtype
+    from circuit_serve.attribution.loading import PlanRefused, apply_plan, plan_for_serving, serving_dtype
     from circuit_serve.config.serve import ServeConfig
     from tests.tracing.tracing_helpers import FIXTURES
 

@@ -3,6 +3,8 @@ worker pool, replica locks, served-completions store and metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry
 
 from circuit_serve.attribution.service import AttributionService
@@ -16,8 +18,10 @@ from circuit_serve.metrics.attribution import AttributionMetrics
 
 
 def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None,
-                  limits: InputLimits | None = None, *, graph_format: int | None = None) -> AttributionService:
-    """The service; `engine` is None when the server runs without transcoders (or until it is loaded).
+                  limits: InputLimits | None = None, *, graph_format: int | None = None,
+                  engine_factory: Callable[[], GraphEngine | None] | None = None) -> AttributionService:
+    """The service; `engine` is None when the server runs without transcoders, or when
+    `engine_factory` builds it in the service's `start()` (once the replacement model is loaded).
     `graph_format` is written in and checked on every cache entry (default: the engine's).
 
     Must be called inside the server's event loop (the Redis client binds to it).
@@ -51,5 +55,5 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
     )
     return AttributionService(
         engine=engine, jobs=jobs, completions=completions, config=config, metrics=metrics, redis=link,
-        limits=limits,
+        limits=limits, engine_factory=engine_factory,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -25,7 +25,9 @@ GraphSerializer = Callable[[AttributionGraph, PruneResult], bytes]
 
 
 class TracingEngine:
-    def __init__(self, model: ReplacementModel, *, serialize: GraphSerializer, graph_format: int) -> None:
+    def __init__(self, model: ReplacementModel, *, serialize: GraphSerializer, graph_format: int,
+                 labels: Mapping[tuple[int, int], str] | None = None) -> None:
+        """`labels`: feature labels, (layer, index) -> text, written as `clerp` in the frontend JSON."""
         self.model = model
         self.serialize = serialize
         self.graph_format = graph_format
@@ -33,22 +35,8 @@ class TracingEngine:
         self.transcoder_id = model.transcoder_id
         self.vocab_size = int(model.arch.lm_head.weight.shape[0])
         self.max_positions = int(model.max_prompt_tokens or 1 << 30)
-        self._labels: dict[tuple[int, int], str] = {}
-        self.labels_id = ""  # hash of the labels: they are written into the JSON, so part of the key
-
-    @property
-    def labels(self) -> dict[tuple[int, int], str]:
-        """Feature labels, (layer, index) -> text, written as `clerp` in the frontend JSON."""
-        return self._labels
-
-    @labels.setter
-    def labels(self, labels: dict[tuple[int, int], str] | None) -> None:
-        self._labels = dict(labels or {})
-        if not self._labels:
-            self.labels_id = ""
-            return
-        canonical = json.dumps(sorted([int(l), int(i), str(t)] for (l, i), t in self._labels.items()))
-        self.labels_id = hashlib.sha256(canonical.encode()).hexdigest()
+        self.labels: dict[tuple[int, int], str] = dict(labels or {})
+        self.labels_id = _labels_id(self.labels)  # the labels are written into the JSON, so part of the key
 
     def tokenize(self, prompt: str) -> list[int]:
         if not prompt.strip():
@@ -111,3 +99,11 @@ class TracingEngine:
         )
         progress("serialize", 1.0)
         return Computed(sections, stats)
+
+
+def _labels_id(labels: Mapping[tuple[int, int], str]) -> str:
+    """sha256 of the labels in a canonical order ("" when there are none)."""
+    if not labels:
+        return ""
+    canonical = json.dumps(sorted([int(l), int(i), str(t)] for (l, i), t in labels.items()))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from circuit_serve.attribution.owners import GraphOwners
@@ -61,6 +61,9 @@ NO_TRANSCODERS = (
 
 
 class AttributionService:
+    """Built with its parts; `start()` builds the engine with `engine_factory` (the server's
+    replacement model is loaded by then), `close()` / `shutdown()` stop it."""
+
     def __init__(
         self,
         *,
@@ -72,8 +75,12 @@ class AttributionService:
         redis: RedisLink | None = None,
         owners: GraphOwners | None = None,
         limits: InputLimits | None = None,
+        engine_factory: Callable[[], GraphEngine | None] | None = None,
     ) -> None:
+        """`engine`: None when the server runs without transcoders, or until `start()` has built it
+        with `engine_factory` (called once, on the event loop)."""
         self.engine = engine
+        self._engine_factory = engine_factory
         self.limits = limits or InputLimits()
         self.redis = redis
         self.jobs = jobs
@@ -83,6 +90,10 @@ class AttributionService:
         self.owners = owners or GraphOwners(ttl_s=config.cache_ttl_s, max_entries=config.completions_max,
                                             metrics=metrics, link=redis)
         self._background: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        if self._engine_factory is not None:
+            self.engine = self._engine_factory()
 
     # ------------------------------------------------------------------ Attribute
 

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from circuit_serve.attribution.gpu_plan import plan_for_serving
+    from circuit_serve.attribution.loading import plan_for_serving
     from circuit_serve.domain.errors import CircuitError
 
     config = build(ServeConfig.from_args, args)

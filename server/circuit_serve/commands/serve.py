@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from circuit_serve.app import serve
-    from circuit_serve.attribution.gpu_plan import PlanRefused
+    from circuit_serve.attribution.loading import PlanRefused
     from circuit_serve.features.files import FeatureFileError
     from circuit_serve.generation.vllm_version import UntestedVllm
 

@@ -43,6 +43,11 @@ class FeaturesConfig(Options):
     max_interventions: int = option(
         64, flag="--max-interventions", ge=1, limits=("steer_max_interventions",),
         help="most interventions in one Steer call")
+    steer_workers: int = option(
+        1, flag="--steer-workers", ge=1, help="steered generations run at once (their own pool, not attribution's)")
+    steer_max_queued: int = option(
+        8, flag="--steer-max-queued", ge=0,
+        help="steered generations waiting for a worker; more get RESOURCE_EXHAUSTED")
 
     def check(self) -> None:
         if self.monitor_all and self.watchlist is None:

@@ -1,7 +1,7 @@
 """FeaturesService: the async face of the features engine for the RPC layer and generation.
 
 - `feature_activations` runs off the event loop;
-- `steer` is admitted by the attribution service's worker pool (same queue, same limits);
+- `steer` is admitted by its own worker pool (`--steer-workers`, `--steer-max-queued`);
 - `resolve` turns what a generation request asks of monitoring into a checked `WatchRequest`;
   the monitoring itself runs inside vLLM's forward pass (circuit_serve.monitoring), set up by
   `engine_monitor` before the generation engine starts.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -26,6 +26,7 @@ from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
 from circuit_serve.features.steering import SteerResult
 from circuit_serve.domain.features import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
+from circuit_serve.jobs.events import Computed, JobEvent, Work
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
 from circuit_serve.metrics.features import FeatureMetrics
 from circuit_serve.monitoring.monitor import EngineMonitor
@@ -37,29 +38,50 @@ NO_WATCHLIST = ("this server has no watchlist: it was started without --watchlis
                 "watch in the request's `watch` rules, or restart `circuit-serve serve` with --watchlist FILE")
 
 
-class FeaturesService:
-    """Created with the server; `load` attaches the replacement model once it is loaded (and reads
-    and checks the labels and watchlist files: FeatureFileError stops the server's start-up)."""
+class LoadedModel(Protocol):
+    """The replacement model once the server has loaded it (attribution.loading.Replacement)."""
 
-    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry,
-                 limits: InputLimits | None = None) -> None:
-        """Reads the files' syntax now, so a malformed file stops the server before any model loads."""
+    @property
+    def model(self) -> ReplacementModel | None:
+        """None before loading, and on a server without transcoders."""
+
+
+class Admission(Protocol):
+    """Where steered generations wait for a worker (jobs.WorkerPool)."""
+
+    async def run(self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event) -> Computed: ...
+
+    def shutdown(self) -> None: ...
+
+
+class FeaturesService:
+    """Created with the server; `start()` takes the replacement model once it is loaded (and checks
+    the labels and watchlist files against it: FeatureFileError stops the server's start-up)."""
+
+    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry, *, replacement: LoadedModel,
+                 admission: Admission | None = None, limits: InputLimits | None = None,
+                 max_tokens: int | None = None) -> None:
+        """Reads the files' syntax now, so a malformed file stops the server before any model loads.
+
+        `admission`: the steering pool (None: steered generations run at once, off the event loop);
+        `max_tokens`: prompt + new tokens of one steering request."""
         self.config = config
         self.limits = limits or InputLimits()
         self.registry = registry
+        self.replacement = replacement
+        self.admission = admission
+        self.max_tokens = max_tokens or 1 << 30
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
         self.engine: FeaturesEngine | None = None
-        self.watched: tuple[WatchedFeature, ...] = ()  # checked against the transcoders by `load`
+        self.watched: tuple[WatchedFeature, ...] = ()  # checked against the transcoders by `start`
         self.metrics: FeatureMetrics | None = None
-        self.admission: Any | None = None  # the attribution service's jobs.WorkerPool
-        self.max_tokens = 1 << 30  # prompt + new tokens of one steering request
         self._state = "loading"  # -> "ready" | "disabled" (no transcoders)
 
-    def load(self, rm: ReplacementModel | None, *, admission: Any | None = None,
-             max_tokens: int | None = None) -> None:
-        """Attach the replacement model (None: the server runs without transcoders)."""
+    async def start(self) -> None:
+        """Take the loaded replacement model (None: the server runs without transcoders)."""
         config = self.config
+        rm = self.replacement.model
         if rm is None:
             for flag, path in (("--labels", config.labels), ("--watchlist", config.watchlist)):
                 if path is not None:
@@ -73,9 +95,12 @@ class FeaturesService:
             self.watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
             self.metrics = FeatureMetrics(self.registry, self.watched)
         self.engine = engine
-        self.admission = admission
-        self.max_tokens = max_tokens or self.max_tokens
         self._state = "ready"
+
+    def shutdown(self) -> None:
+        """Stop taking steered generations; running ones stop at their next token."""
+        if self.admission is not None:
+            self.admission.shutdown()
 
     @property
     def labels(self) -> Labels:

@@ -43,7 +43,7 @@ class ModelTarget:
         """Over the engine's replacement model, sharing its one-forward-pass-at-a-time lock (the
         engine's recording hooks must never see a steering pass, and the reverse is handled by
         the steering hooks acting only in their own thread)."""
-        return cls(rm.model, rm.transcoders, rm.tokenizer, rm.arch, rm._lock)
+        return cls(rm.model, rm.transcoders, rm.tokenizer, rm.arch, rm.forward_lock)
 
     def forward(self, input_ids: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
         with self._lock:

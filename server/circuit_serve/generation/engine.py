@@ -66,10 +66,11 @@ class GenerationEngine:
 
     # ---- lifecycle -------------------------------------------------------------
 
-    async def start(self, monitor: RequestMonitor | None = None) -> None:
+    async def start(self, monitor: RequestMonitor | None = None, *, planned: EngineConfig | None = None) -> None:
         """Build the vLLM engine (in a worker thread, so the event loop keeps serving health checks).
 
-        With `monitor` (circuit_serve.monitoring's EngineMonitor), vLLM runs with the engine
+        `planned` is this engine's config with the GPU memory plan applied (vLLM's memory share), when
+        the replacement model shares the GPU; it replaces the constructor's config. With `monitor` (circuit_serve.monitoring's EngineMonitor), vLLM runs with the engine
         arguments it adds (its tapped model class and rules' logits processor), and requests with
         a `watch` are monitored inside vLLM's forward pass.
         """
@@ -77,6 +78,8 @@ class GenerationEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         check_vllm_version()  # raises UntestedVllm before touching vLLM's internals
+        if planned is not None:
+            self.config = planned
         kwargs = self.config.engine_kwargs()
         _avoid_cpu_seed_crash(kwargs)
         if monitor is not None:

@@ -8,6 +8,9 @@ computation started for a named tenant may wait only while that tenant has fewer
 than `max_queued_per_tenant` waiting, so one tenant cannot fill the queue (work
 without a tenant, e.g. on a server without tokens, meets the global limit only).
 
+The attribution service has one pool (graphs, exported as `circuit_attribution_*` metrics) and the
+features service another (steered generations, `name="steering"`, no metrics of its own yet).
+
 A caller that goes away while queued leaves the queue at once. A caller that
 goes away while running sets the work's stop flag; the engine polls it at its
 next batch boundary and returns, and only then is the worker given to the next
@@ -42,7 +45,8 @@ class _Ticket:
 
 class WorkerPool:
     def __init__(self, *, workers: int = 1, max_queued: int = 8, max_queued_per_tenant: int | None = None,
-                 metrics: AttributionMetrics) -> None:
+                 metrics: AttributionMetrics | None, name: str = "attribution") -> None:
+        """`name` is the queue's name in refusals and thread names; `metrics` None exports nothing."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if max_queued < 0:
@@ -51,10 +55,11 @@ class WorkerPool:
         self.max_queued = max_queued
         self.max_queued_per_tenant = max_queued if max_queued_per_tenant is None else max_queued_per_tenant
         self.metrics = metrics
+        self.name = name
         self._free = workers
         self._waiting: deque[_Ticket] = deque()
         self._stops: set[threading.Event] = set()  # stop flags of the work running now
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attribution")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
 
     @property
     def queued(self) -> int:
@@ -69,13 +74,11 @@ class WorkerPool:
 
     async def run(self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event,
                   tenant: str = "") -> Computed:
-        """Wait for a worker, run `work(progress, should_stop)` on it, return its result.
-
-        (The features service also admits steered generations through this pool, so the
-        queue and running gauges count those too.)"""
+        """Wait for a worker, run `work(progress, should_stop)` on it, return its result."""
         loop = asyncio.get_running_loop()
         await self._admit(loop, on_event, tenant)
-        self.metrics.running.inc()
+        if self.metrics is not None:
+            self.metrics.running.inc()
         on_event(Running("starting", 0.0))
 
         def progress(phase: str, fraction: float) -> None:
@@ -100,12 +103,12 @@ class WorkerPool:
             return
         if len(self._waiting) >= self.max_queued:
             raise CapacityExceeded(
-                f"attribution queue is full: {self.running} running and {len(self._waiting)} waiting "
+                f"{self.name} queue is full: {self.running} running and {len(self._waiting)} waiting "
                 f"(limit {self.max_queued} waiting); retry later"
             )
         if tenant and self.queued_for(tenant) >= self.max_queued_per_tenant:
             raise CapacityExceeded(
-                f"attribution queue: this tenant already has {self.queued_for(tenant)} graphs waiting "
+                f"{self.name} queue: this tenant already has {self.queued_for(tenant)} graphs waiting "
                 f"(limit {self.max_queued_per_tenant} per tenant); retry when one has started"
             )
         ticket = _Ticket(loop.create_future(), on_event, tenant)
@@ -122,12 +125,14 @@ class WorkerPool:
                 self._release_slot()  # the slot was handed over just as the caller left
             raise
         finally:
-            self.metrics.duration.labels("queued").observe(time.perf_counter() - queued_at)
+            if self.metrics is not None:
+                self.metrics.duration.labels("queued").observe(time.perf_counter() - queued_at)
 
     def _on_work_done(self, future: asyncio.Future) -> None:
         if not future.cancelled() and future.exception() is not None:
             pass  # retrieved here: callers that left early never look at it
-        self.metrics.running.dec()
+        if self.metrics is not None:
+            self.metrics.running.dec()
         self._release_slot()
 
     def _release_slot(self) -> None:
@@ -141,7 +146,8 @@ class WorkerPool:
         self._announce()
 
     def _announce(self) -> None:
-        self.metrics.queue_depth.set(len(self._waiting))
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._waiting))
         for position, ticket in enumerate(self._waiting, start=1):
             if ticket.position != position:
                 ticket.position = position

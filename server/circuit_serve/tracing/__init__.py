@@ -33,7 +33,6 @@ Public API (keep stable; other engines and the RPC layer build on it):
     graph.scores() -> (replacement_score, completeness_score)
     graph.to_frontend_json(*, slug, node_threshold=None, edge_threshold=None, labels=None)
     graph.save_npz(path)                             # reference node order, dense N x N
-    prune_graph(graph, node_threshold, edge_threshold) -> PruneResult
 
 Errors are circuit_serve.domain.errors: InvalidRequest (bad prompt, settings, transcoders that do not
 fit the model, a request over the memory budget), Cancelled.
@@ -46,17 +45,6 @@ from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast
 from circuit_serve.tracing.transcoders import TranscoderSet, load_transcoders
 
-
-def prune_graph(graph: AttributionGraph, node_threshold: float, edge_threshold: float) -> PruneResult:
-    """Pruned node and edge masks of `graph` (see prune.py)."""
-    return graph.prune(node_threshold, edge_threshold)
-
-
-def compute_graph_scores(graph: AttributionGraph) -> tuple[float, float]:
-    """(replacement score, completeness score)."""
-    return graph.scores()
-
-
 __all__ = [
     "AttributionGraph",
     "AttributionSettings",
@@ -66,9 +54,7 @@ __all__ = [
     "PruneResult",
     "ReplacementModel",
     "TranscoderSet",
-    "compute_graph_scores",
     "graph_scores",
     "load_transcoders",
     "prune_compact",
-    "prune_graph",
 ]

@@ -26,7 +26,7 @@ import torch
 
 from circuit_serve.domain.errors import Cancelled
 from circuit_serve.tracing.graph import AttributionGraph
-from circuit_serve.tracing.local_model import LocalReplacement, compute_activations, record
+from circuit_serve.tracing.local_model import LocalReplacement, compute_activations
 from circuit_serve.tracing.local_model import check_stop as lm_check_stop
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec, select_targets

@@ -9,18 +9,50 @@ construction: features `"{layer}_{feature}_{pos}"`, errors `"err_{layer}_{pos}"`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from circuit_serve.tracing.graph import AttributionGraph
-    from circuit_serve.tracing.prune import PruneResult
+import torch
+
+from circuit_serve.tracing.prune import CompactLayout, PruneResult
+from circuit_serve.tracing.settings import AttributionSettings
+
+
+class FrontendGraph(Protocol):
+    """What the JSON is written from: an `AttributionGraph` (graph.py imports this module, not the reverse)."""
+
+    n_layers: int
+    activation_values: torch.Tensor  # (n_active,)
+    selected_features: torch.Tensor  # (F,) indices into the active features
+    logit_probabilities: torch.Tensor  # (K,)
+    logit_labels: Sequence[str]
+    logit_contrast_ids: Sequence[int | None]
+    settings: AttributionSettings
+    scan: str | None
+    input_token_strs: list[str]
+    prompt: str
+    model_id: str
+    transcoder_id: str
+    model_name: str
+
+    @property
+    def logit_offset(self) -> int: ...  # index of the first logit node
+
+    @property
+    def layout(self) -> CompactLayout: ...
+
+    def node(self, i: int) -> tuple[str, int, int, int]: ...
+
+    def compact_adjacency(self) -> torch.Tensor: ...
+
+    def scores(self) -> tuple[float, float]: ...
 
 
 def _cantor(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
-def node_id(graph: AttributionGraph, i: int) -> str:
+def node_id(graph: FrontendGraph, i: int) -> str:
     """The unique frontend id of node i (see the module docstring)."""
     kind, layer, pos, idx = graph.node(i)
     if kind == "feature":
@@ -34,7 +66,7 @@ def node_id(graph: AttributionGraph, i: int) -> str:
 
 
 def frontend_json(
-    graph: AttributionGraph, pr: PruneResult, *, slug: str, labels: dict[tuple[int, int], str], thresholds: tuple[float, float]
+    graph: FrontendGraph, pr: PruneResult, *, slug: str, labels: dict[tuple[int, int], str], thresholds: tuple[float, float]
 ) -> dict:
     L = graph.n_layers
     infl = pr.cumulative_scores.tolist()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from circuit_serve.tracing.frontend import frontend_json
 from circuit_serve.tracing.prune import CompactLayout, PruneResult, graph_scores, prune_compact
 from circuit_serve.tracing.settings import AttributionSettings
 
@@ -149,8 +150,6 @@ class AttributionGraph:
         labels: dict[tuple[int, int], str] | None = None,
     ) -> dict:
         """The pruned graph as the attribution-graph frontends read it (see frontend.py)."""
-        from circuit_serve.tracing.frontend import frontend_json
-
         nt = self.settings.node_threshold if node_threshold is None else node_threshold
         et = self.settings.edge_threshold if edge_threshold is None else edge_threshold
         return frontend_json(self, self.prune(nt, et), slug=slug, labels=labels or {}, thresholds=(nt, et))

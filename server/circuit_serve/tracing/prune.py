@@ -111,7 +111,7 @@ def prune_compact(
     M: torch.Tensor, layout: CompactLayout, probs: torch.Tensor, node_threshold: float, edge_threshold: float
 ) -> PruneResult:
     """Steps 1-5 on the compact matrix M (F + K, F + E + T)."""
-    F, E, T = layout.n_features, layout.n_errors, layout.n_tokens
+    F, E = layout.n_features, layout.n_errors
     N, C = layout.n_nodes, layout.n_cols
     rows = layout.row_nodes(M.device)
     w = layout.logit_weights(probs.to(M.device))

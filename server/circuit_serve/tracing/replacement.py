@@ -26,6 +26,7 @@ import torch
 
 from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.tracing.architecture import Architecture, describe
+from circuit_serve.tracing.attribution import run_attribution
 from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.local_model import PromptRecord, compute_activations, record
 from circuit_serve.tracing.memory import estimate_bytes
@@ -111,6 +112,12 @@ class ReplacementModel:
         self.expected_l0 = expected_l0
         self.max_prompt_tokens = max_prompt_tokens or self.arch.max_positions or None
         self._lock = threading.Lock()
+
+    @property
+    def forward_lock(self) -> threading.Lock:
+        """Held around every forward pass of `model` (one at a time): `record`'s hooks must see only
+        their own pass, so another user of the model (steering) holds it for each of its passes."""
+        return self._lock
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -247,8 +254,6 @@ class ReplacementModel:
         edge_threshold: float = 0.98,
     ) -> AttributionGraph:
         """Attribution graph of the next-token prediction after `tokens` (text or ids)."""
-        from circuit_serve.tracing.attribution import run_attribution
-
         settings = AttributionSettings(
             max_n_logits=max_n_logits,
             desired_logit_prob=desired_logit_prob,

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.memory_plan import TranscoderShape
 from circuit_serve.tracing.hub import HubRef, hub_file, hub_folder, parse_hf_uri, parse_repo_spec, snapshot_commit
 from circuit_serve.tracing.identity import file_identity
 from circuit_serve.tracing.transcoder_files import (
@@ -327,13 +328,11 @@ def load_transcoders(
     )
 
 
-def transcoder_shape(path: str | Path, *, lazy: bool = True):
+def transcoder_shape(path: str | Path, *, lazy: bool = True) -> TranscoderShape:
     """The set's shapes (memory_plan.TranscoderShape) from its config and file headers; no weights read."""
     import numpy as np
     import yaml
     from safetensors import safe_open
-
-    from circuit_serve.memory_plan import TranscoderShape
 
     loc = _locate(path)
     cfg = yaml.safe_load(loc.config.read_text()) or {}
