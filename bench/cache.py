@@ -164,8 +164,8 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
 
     from circuit_client.attribution import AttributionClient, AttributionSettings
     from circuit_serve.cache import entry
-    from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
     from circuit_serve.demo.large_graph_model import GRAPHS, build_large_graph_model
+    from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
 
     model_dir, tc_dir = build_large_graph_model(tmp / "large")
     # a 5 s Redis timeout (default 0.5 s): a load spike on the shared machine must not turn a hit into a miss
@@ -254,8 +254,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from circuit_serve.demo import build_demo_model
-    from circuit_serve.testing.redis_server import RedisServer
     from circuit_serve.demo.random_transcoders import write_random_transcoders
+    from circuit_serve.testing.redis_server import RedisServer
 
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp, RedisServer() as redis:
         tmp = Path(tmp)

@@ -64,7 +64,6 @@ def build_wide(work: Path) -> tuple[Path, Path]:
     import transformers
 
     from circuit_serve.demo.random_model import _train_tokenizer
-
     from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     out = work / "wide"

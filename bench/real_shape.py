@@ -68,7 +68,7 @@ def build(out: Path, s: dict) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     with torch.no_grad():  # a residual stream that grows like a trained model's (std-0.02 init)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(0.0, 0.02)
     model_dir.mkdir(parents=True, exist_ok=True)

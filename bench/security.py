@@ -94,7 +94,7 @@ def main() -> int:
         per_round: list[list[dict[str, float]]] = []  # round -> config -> medians
         for r in range(args.rounds):
             round_ = []
-            for name, target, creds in configs:
+            for _name, target, creds in configs:
                 m = measure(target, creds, calls=args.calls, fresh=args.fresh)
                 round_.append({"unary": statistics.median(m["unary"]), "first": statistics.median(m["first"]),
                                "p90": sorted(m["unary"])[int(0.9 * len(m["unary"]))]})

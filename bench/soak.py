@@ -70,9 +70,9 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
     import grpc
 
     from circuit_client import CircuitClient, Sampling
-    from circuit_proto.v1 import generation_pb2 as gpb
     from circuit_client.attribution import AttributionClient, AttributionSettings
     from circuit_client.features import FeaturesClient, Intervention
+    from circuit_proto.v1 import generation_pb2 as gpb
 
     def loop(kind: str, body, pause_s: float = 0.0) -> threading.Thread:
         def run():

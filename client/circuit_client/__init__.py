@@ -7,7 +7,7 @@ from circuit_client.aio import AsyncCircuitClient
 from circuit_client.credentials import Credentials
 from circuit_client.errors import CircuitRpcError
 from circuit_client.features import AsyncFeaturesClient, FeaturesClient
-from circuit_client.monitor import MonitorReport, Monitoring, WatchedValues, WatchRule
+from circuit_client.monitor import Monitoring, MonitorReport, WatchedValues, WatchRule
 from circuit_client.sync import CircuitClient
 from circuit_client.types import (
     ChatMessage,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from circuit_client import monitor
 from collections.abc import Mapping, Sequence
 
+from circuit_client import monitor
 from circuit_client import monitor as monitor_types
-from circuit_proto.v1 import chat_pb2 as chat_pb
-from circuit_proto.v1 import generation_pb2 as pb
-from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_client.types import (
     ChatMessage,
     FinishReason,
@@ -22,6 +19,9 @@ from circuit_client.types import (
     TranscoderSet,
     Usage,
 )
+from circuit_proto.v1 import chat_pb2 as chat_pb
+from circuit_proto.v1 import generation_pb2 as pb
+from circuit_proto.v1 import monitor_pb2 as mpb
 
 Messages = Sequence[ChatMessage | tuple[str, str] | Mapping[str, str]]
 

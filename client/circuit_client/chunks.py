@@ -16,8 +16,8 @@ import zlib
 
 import grpc
 
-from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_client.errors import CircuitRpcError
+from circuit_proto.v1 import attribution_pb2 as pb
 
 RESULT_MESSAGE_TYPE = pb.AttributionResult.DESCRIPTOR.full_name
 

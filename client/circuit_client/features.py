@@ -175,7 +175,7 @@ def _steer_request(prompt, interventions, prompt_token_ids, max_new_tokens, temp
 
 
 def _steered(msg: pb.SteerResponse) -> SteerResult:
-    default = getattr(msg, "default")
+    default = msg.default
     return SteerResult(
         tuple(msg.prompt_token_ids),
         Completion(msg.steered.text, tuple(msg.steered.token_ids)),

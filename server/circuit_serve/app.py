@@ -36,8 +36,8 @@ from circuit_serve.attribution import build_service as build_attribution
 from circuit_serve.attribution.engine import TracingEngine
 from circuit_serve.attribution.loading import Replacement, apply_plan, plan_for_serving
 from circuit_serve.auth import TokenTable, current_caller
-from circuit_serve.config.security import Reflection, is_loopback
 from circuit_serve.config.describe import describe_limits
+from circuit_serve.config.security import Reflection, is_loopback
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine

@@ -12,9 +12,8 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable
 
-from circuit_serve.testing.redis_server import RedisServer, delete_prefix  # noqa: E402
-
 from circuit_serve.metrics.attribution import AttributionMetrics  # noqa: E402
+from circuit_serve.testing.redis_server import RedisServer, delete_prefix  # noqa: E402
 
 
 @pytest.fixture(scope="session")

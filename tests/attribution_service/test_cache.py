@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink, graph_key, is_graph_key
-from circuit_serve.cache import entry
+from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink, entry, graph_key, is_graph_key
 from circuit_serve.cache.key import key_material
 
 SETTINGS = {"max_n_logits": 10, "desired_logit_prob": 0.95, "max_feature_nodes": 256, "batch_size": 64,

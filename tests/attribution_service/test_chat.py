@@ -51,6 +51,7 @@ def expected_ids(chat_model_dir) -> list[int]:
 def hub_commit(random_model_dir, tmp_path_factory):
     """An offline HF_HOME holding the server's transcoders as repo test-org/chat-tcs."""
     from support.hub_cache import add_repo
+
     from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tcs = write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("chat-tcs"), d_transcoder=128, seed=1)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink
-from circuit_serve.domain.errors import CapacityExceeded, Cancelled, DeadlineExceeded
+from circuit_serve.domain.errors import Cancelled, CapacityExceeded, DeadlineExceeded
 from circuit_serve.jobs import Computed, Finished, GraphJobs, GraphStats, Queued, ReplicaLocks, Running, WorkerPool
 
 

@@ -20,12 +20,11 @@ import zlib
 import grpc
 import pytest
 
+from circuit_client.attribution import AsyncAttributionClient, AttributionClient, AttributionSettings
 from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_proto.v1 import attribution_pb2_grpc as pb_grpc
 from circuit_proto.v1 import graph_pb2
-from circuit_client.attribution import AsyncAttributionClient, AttributionClient, AttributionSettings
-
-from circuit_serve.demo.large_graph_model import GRAPHS, N_LAYERS, D_TRANSCODER, build_large_graph_model
+from circuit_serve.demo.large_graph_model import D_TRANSCODER, GRAPHS, N_LAYERS, build_large_graph_model
 from circuit_serve.testing.redis_server import delete_prefix
 
 DEFAULT_LIMIT = 4 << 20  # gRPC's default max receive message length
@@ -80,7 +79,7 @@ def computed(large_server):
 
 
 def test_every_graph_of_the_model_reaches_a_default_limit_client(computed):
-    for (prompt, mfn), (key, messages, result, size) in zip(GRAPHS, computed):
+    for (_prompt, mfn), (key, messages, result, size) in zip(GRAPHS, computed):
         assert messages[0].WhichOneof("event") == "accepted" and all(m.key == key for m in messages)
         assert size > DEFAULT_LIMIT, f"graph of {size} bytes does not test the limit"
         assert all(m.ByteSize() < DEFAULT_LIMIT for m in messages)

@@ -6,16 +6,16 @@ chunked result must reassemble, as attribution.proto says, into exactly that res
 
 from __future__ import annotations
 
-import zlib
 import json
+import zlib
 
 import grpc
 import pytest
 
-from circuit_proto.v1 import attribution_pb2 as pb
-from circuit_proto.v1 import graph_pb2
 from circuit_client.chunks import ResultAssembler
 from circuit_client.errors import CircuitRpcError
+from circuit_proto.v1 import attribution_pb2 as pb
+from circuit_proto.v1 import graph_pb2
 from circuit_serve.rpc import result_wire
 
 KEY = "ab" * 32

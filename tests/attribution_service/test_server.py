@@ -104,7 +104,7 @@ def test_graph_over_grpc_equals_the_engine(graphs, random_model_dir, transcoder_
                            lambda *a: None, lambda: False, slug=result.key)
     ours, theirs = result.frontend(), json.loads(local.sections["graph.json"])
     assert [n["node_id"] for n in ours["nodes"]] == [n["node_id"] for n in theirs["nodes"]]
-    assert [(l["source"], l["target"]) for l in ours["links"]] == [(l["source"], l["target"]) for l in theirs["links"]]
+    assert [(e["source"], e["target"]) for e in ours["links"]] == [(e["source"], e["target"]) for e in theirs["links"]]
     for a, b in zip(ours["links"], theirs["links"]):
         assert a["weight"] == pytest.approx(b["weight"], rel=1e-4, abs=1e-6)
     from circuit_proto.v1 import graph_pb2

@@ -10,7 +10,6 @@ from pathlib import Path
 from circuit_serve.config.describe import DERIVED, describe_limits, limits_markdown
 from circuit_serve.config.option import walk
 from circuit_serve.config.serve import EngineConfig, ServeConfig
-
 from tests.config.flags import all_flags, limits_fields, subcommand_parsers
 
 ROOT = Path(__file__).resolve().parents[2]

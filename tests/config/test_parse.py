@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+
 from circuit_serve.cli import main
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.features import FeaturesConfig

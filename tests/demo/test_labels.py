@@ -145,7 +145,7 @@ def test_no_label_names_a_single_fact_unless_specific_to_it(setup):
     assert fact_labels
     for key in fact_labels:
         check(entries[key], remeasure(setup, *key))
-    for key, e in entries.items():
+    for e in entries.values():
         if e["kind"] != "fact":
             assert not facts.search(e["label"]), e["label"]
 

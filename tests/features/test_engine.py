@@ -7,10 +7,10 @@ import torch
 
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.domain.features import FeatureRef
 from circuit_serve.features.engine import FeaturesEngine, SteerQuery, TokensInput
 from circuit_serve.features.labels import Labels
 from circuit_serve.features.steering import Intervention, Op, Sampling
-from circuit_serve.domain.features import FeatureRef
 from circuit_serve.tracing import ReplacementModel
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from circuit_serve.domain.features import Action, FeatureRef, TranscoderShape
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, load_labels
-from circuit_serve.domain.features import Action, FeatureRef, TranscoderShape
 from circuit_serve.features.watchlist import load_watchlist
 
 SHAPE = TranscoderShape(n_layers=4, d_transcoder=100)

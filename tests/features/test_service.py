@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 from circuit_serve.attribution.loading import Replacement
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.domain.errors import BackendUnavailable, CapacityExceeded, InvalidRequest, NotConfigured
+from circuit_serve.domain.features import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchRequest
 from circuit_serve.features.engine import SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.features.steering import Intervention, Op, Sampling
-from circuit_serve.domain.features import Action, FeatureRef, MonitorAsk, WatchedFeature, WatchRequest
 from circuit_serve.tracing import ReplacementModel
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from circuit_serve.domain.errors import Cancelled, InvalidRequest
+from circuit_serve.domain.features import FeatureRef
 from circuit_serve.features.steering import Intervention, Op, Sampling, generate, intervened_logits, steer
 from circuit_serve.features.target import ModelTarget
-from circuit_serve.domain.features import FeatureRef
 from circuit_serve.tracing.architecture import describe
 from circuit_serve.tracing.local_model import compute_activations, record
 

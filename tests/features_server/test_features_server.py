@@ -118,7 +118,7 @@ def test_steering_to_the_current_value_changes_nothing(stubs, scenario):
                                                            op=fpb.INTERVENTION_OP_SET, value=value,
                                                            positions=[pos])])
     resp = stubs[1].Steer(req, timeout=120)
-    assert list(resp.steered.token_ids) == list(getattr(resp, "default").token_ids) == scenario.greedy[:8]
+    assert list(resp.steered.token_ids) == list(resp.default.token_ids) == scenario.greedy[:8]
     req.interventions[0].op = fpb.INTERVENTION_OP_ADD
     req.interventions[0].value = 1000.0
     req.interventions[0].generated_tokens = True

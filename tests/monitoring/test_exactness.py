@@ -23,8 +23,8 @@ import torch
 
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.domain.features import Action, FeatureRef, WatchedFeature, WatchRequest
-from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
+from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.monitoring.monitor import EngineMonitor
 from circuit_serve.tracing import ReplacementModel
 from tests.tracing.tracing_helpers import CASES, PROMPT_IDS, build_model, tiny_tokenizer, write_transcoders
@@ -92,7 +92,7 @@ def test_in_engine_values_equal_the_tracing_engine(case, tmp_path, monkeypatch):
         greedy = SamplingOptions(max_new_tokens=N_NEW, temperature=0.0, ignore_eos=True)
         await engine.generate(GenerationRequest(prompt_token_ids=tuple(PROMPTS[0]), sampling=greedy))  # warm the cache
         results = []
-        for j, prompts in enumerate([PROMPTS[:1], PROMPTS[1:]]):  # one alone, then two at once
+        for prompts in [PROMPTS[:1], PROMPTS[1:]]:  # one alone, then two at once
             reqs = []
             for p in prompts:
                 own = tuple(WatchedFeature(f"own-{len(p)}-{k}", FeatureRef(k % L, (7 * k + len(p)) % F), 0.0,

@@ -10,9 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes tests/support importable
 
-from circuit_serve.testing.certs import Pki, make_pki  # noqa: E402
-
 from circuit_serve.auth.tokens import token_sha256  # noqa: E402
+from circuit_serve.testing.certs import Pki, make_pki  # noqa: E402
 
 # tenant name -> (token, scopes). Tokens are long random-looking strings so that a grep
 # of logs and metrics for them cannot match anything else.

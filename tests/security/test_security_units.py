@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from pathlib import Path
 
 import pytest
+from attribution_service.test_jobs import FakeEngine, collect, make_jobs
+from attribution_service.test_service import StubEngine, config, req, run
 
 from circuit_client import Credentials
 from circuit_serve.attribution import AttributeRequest, AttributionInput, build_service
@@ -21,8 +22,6 @@ from circuit_serve.domain.errors import CapacityExceeded, NotFound
 from circuit_serve.jobs import Queued
 from circuit_serve.tracing.settings import AttributionSettings
 
-from attribution_service.test_jobs import FakeEngine, collect, make_jobs
-from attribution_service.test_service import StubEngine, config, req, run
 from .conftest import token, write_tokens
 
 ACME = Principal("acme", frozenset({Scope.GENERATE, Scope.ATTRIBUTE}))

@@ -18,9 +18,9 @@ import grpc
 import pytest
 
 from circuit_client import AsyncCircuitClient, CircuitClient, CircuitRpcError, Credentials
-from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
 from circuit_client.attribution import AttributionClient
 from circuit_client.features import FeaturesClient, Intervention
+from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
 from circuit_serve.app import Runtime, build_server, mark_serving
 from circuit_serve.config.security import Reflection, SecurityConfig
 from circuit_serve.config.serve import EngineConfig, ServeConfig

@@ -7,9 +7,9 @@ import argparse
 import grpc
 import pytest
 
-from circuit_serve.domain import errors
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import ServeConfig
+from circuit_serve.domain import errors
 from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
 from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
 from circuit_serve.rpc.status import status_for

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tests.tracing.tracing_helpers import CASES, built_case
 
 ATOL = 1e-5

@@ -105,5 +105,5 @@ def _labels_id(labels: Mapping[tuple[int, int], str]) -> str:
     """sha256 of the labels in a canonical order ("" when there are none)."""
     if not labels:
         return ""
-    canonical = json.dumps(sorted([int(l), int(i), str(t)] for (l, i), t in labels.items()))
+    canonical = json.dumps(sorted([int(layer), int(i), str(t)] for (layer, i), t in labels.items()))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -37,8 +37,8 @@ from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.domain.errors import (
     BackendUnavailable,
-    CapacityExceeded,
     Cancelled,
+    CapacityExceeded,
     CircuitError,
     DeadlineExceeded,
     InvalidRequest,

@@ -64,8 +64,8 @@ class RedisLink:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import redis.asyncio as aioredis  # server extra; imported only when Redis is configured
-        from redis.backoff import NoBackoff
         from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         self.url = url
         self.prefix = prefix

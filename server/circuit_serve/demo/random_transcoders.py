@@ -25,9 +25,10 @@ def write_random_transcoders(
 ) -> Path:
     """`threshold` (when given) replaces the estimate from `target_l0`: models whose residual
     stream is larger than the estimate assumes need it to fire as rarely as asked."""
+    from statistics import NormalDist
+
     import torch
     from safetensors.torch import save_file
-    from statistics import NormalDist
 
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     d, n_layers = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
 from circuit_serve.domain.features import FeatureRef, TranscoderShape
+from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
+
 
 class Labels:
     """Feature -> label; features without an entry have the label ""."""

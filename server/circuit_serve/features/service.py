@@ -21,13 +21,13 @@ from prometheus_client import CollectorRegistry
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.domain.errors import BackendUnavailable, InvalidRequest, NotConfigured
+from circuit_serve.domain.features import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
 from circuit_serve.features.steering import SteerResult
-from circuit_serve.domain.features import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
-from circuit_serve.jobs.events import Computed, JobEvent, Work
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
+from circuit_serve.jobs.events import Computed, JobEvent, Work
 from circuit_serve.metrics.features import FeatureMetrics
 from circuit_serve.monitoring.monitor import EngineMonitor
 from circuit_serve.tracing.replacement import ReplacementModel

@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from circuit_serve.domain.features import Action, FeatureRef, TranscoderShape, WatchedFeature
 from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
 from circuit_serve.features.labels import Labels
-from circuit_serve.domain.features import Action, FeatureRef, TranscoderShape, WatchedFeature
 
 _FIELDS = {"name", "layer", "index", "threshold", "action"}
 

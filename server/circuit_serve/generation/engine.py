@@ -189,8 +189,8 @@ class GenerationEngine:
         from vllm.sampling_params import RequestOutputKind
 
         last = None
-        async for last in self._run(request, RequestOutputKind.FINAL_ONLY):
-            pass
+        async for chunk in self._run(request, RequestOutputKind.FINAL_ONLY):
+            last = chunk
         assert last is not None
         return last.as_result()
 

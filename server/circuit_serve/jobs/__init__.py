@@ -1,6 +1,16 @@
 """Graph jobs: admission queue and workers, in-flight dedup, cross-replica locks."""
 
-from circuit_serve.jobs.events import Computed, Finished, GraphStats, JobEvent, Progress, Queued, Running, ShouldStop, Work
+from circuit_serve.jobs.events import (
+    Computed,
+    Finished,
+    GraphStats,
+    JobEvent,
+    Progress,
+    Queued,
+    Running,
+    ShouldStop,
+    Work,
+)
 from circuit_serve.jobs.inflight import InFlight
 from circuit_serve.jobs.pool import WorkerPool
 from circuit_serve.jobs.replica_lock import ReplicaLocks

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from circuit_proto.v1 import features_pb2 as pb
 from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_serve.domain.errors import InvalidRequest
-from circuit_serve.rpc.convert_chat import messages_from_pb
+from circuit_serve.domain.features import FeatureRef, MonitorReport
 from circuit_serve.features.engine import PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.steering import Completion, Intervention, Op, Sampling, SteerResult
-from circuit_serve.domain.features import FeatureRef, MonitorReport
+from circuit_serve.rpc.convert_chat import messages_from_pb
 
 _OPS = {pb.INTERVENTION_OP_SET: Op.SET, pb.INTERVENTION_OP_SCALE: Op.SCALE, pb.INTERVENTION_OP_ADD: Op.ADD}
 
@@ -60,7 +60,7 @@ def _completion(c: Completion) -> pb.Completion:
 def steer_to_pb(result: SteerResult) -> pb.SteerResponse:
     out = pb.SteerResponse(prompt_token_ids=result.prompt_token_ids, steered=_completion(result.steered))
     if result.default is not None:
-        getattr(out, "default").CopyFrom(_completion(result.default))
+        out.default.CopyFrom(_completion(result.default))
     return out
 
 

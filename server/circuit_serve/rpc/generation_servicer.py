@@ -11,9 +11,9 @@ from circuit_proto.v1 import generation_pb2 as pb
 from circuit_proto.v1 import generation_pb2_grpc as pb_grpc
 from circuit_serve import __version__
 from circuit_serve.domain.errors import NotConfigured
+from circuit_serve.domain.generation import GenerationRequest
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
-from circuit_serve.domain.generation import GenerationRequest
 from circuit_serve.rpc import convert_generation as convert
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name

@@ -28,12 +28,12 @@ from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.tracing.architecture import Architecture, describe
 from circuit_serve.tracing.attribution import run_attribution
 from circuit_serve.tracing.graph import AttributionGraph
+from circuit_serve.tracing.hub import resolve_model_dir
+from circuit_serve.tracing.identity import file_identity
 from circuit_serve.tracing.local_model import PromptRecord, compute_activations, record
 from circuit_serve.tracing.memory import estimate_bytes
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec
-from circuit_serve.tracing.hub import resolve_model_dir
-from circuit_serve.tracing.identity import file_identity
 from circuit_serve.tracing.transcoders import TranscoderSet, load_transcoders
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
