@@ -91,16 +91,48 @@ def make_models(args, workdir: Path) -> list[Config]:
     for arch, extra in (("llama", []), ("gemma2", [])):
         out = workdir / f"{arch}-small"
         if not (out / "manifest.json").exists():
-            cmd = [args.ref_python, str(Path(args.ref_scripts) / "make_tiny.py"), "--out", str(out), "--arch", arch,
-                   "--n-layers", "6", "--d-model", "128", "--n-heads", "4", "--n-kv-heads", "2", "--d-mlp", "512",
-                   "--d-transcoder", "1024", "--vocab-size", "512", "--n-ctx", "128", "--clt", *extra]
+            cmd = [
+                args.ref_python,
+                str(Path(args.ref_scripts) / "make_tiny.py"),
+                "--out",
+                str(out),
+                "--arch",
+                arch,
+                "--n-layers",
+                "6",
+                "--d-model",
+                "128",
+                "--n-heads",
+                "4",
+                "--n-kv-heads",
+                "2",
+                "--d-mlp",
+                "512",
+                "--d-transcoder",
+                "1024",
+                "--vocab-size",
+                "512",
+                "--n-ctx",
+                "128",
+                "--clt",
+                *extra,
+            ]
             print("building", out, flush=True)
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         tag = "ReLU+skip" if arch == "llama" else "JumpReLU"
-        cfgs.append(Config(f"small {arch} PLT {tag} (d=128, 6 layers, 1024 features)", out / "model", out / "transcoders"))
+        cfgs.append(
+            Config(f"small {arch} PLT {tag} (d=128, 6 layers, 1024 features)", out / "model", out / "transcoders")
+        )
         cfgs.append(Config(f"small {arch} CLT (d=128, 6 layers, 1024 features)", out / "model", out / "clt"))
-        cfgs.append(Config(f"small {arch} PLT, max_feature_nodes=500, batch 64", out / "model", out / "transcoders",
-                           max_feature_nodes=500, batch_size=64))
+        cfgs.append(
+            Config(
+                f"small {arch} PLT, max_feature_nodes=500, batch 64",
+                out / "model",
+                out / "transcoders",
+                max_feature_nodes=500,
+                batch_size=64,
+            )
+        )
     return cfgs
 
 
@@ -110,19 +142,36 @@ def run_ours(cfg: Config, reps: int):
     times, g = [], None
     for _ in range(reps):
         t = time.perf_counter()
-        g = rm.attribute(tokens, max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob,
-                         max_feature_nodes=cfg.max_feature_nodes, batch_size=cfg.batch_size)
+        g = rm.attribute(
+            tokens,
+            max_n_logits=cfg.max_n_logits,
+            desired_logit_prob=cfg.desired_logit_prob,
+            max_feature_nodes=cfg.max_feature_nodes,
+            batch_size=cfg.batch_size,
+        )
         times.append(time.perf_counter() - t)
     return tokens, g, times
 
 
 def run_reference(cfg: Config, tokens: list[int], args, tmp: Path):
     out = tmp / "ref.npz"
-    spec = dict(scripts=args.ref_scripts, threads=args.threads, model=str(cfg.model), transcoders=str(cfg.transcoders),
-                tokens=tokens, reps=args.reps, max_n_logits=cfg.max_n_logits, desired_logit_prob=cfg.desired_logit_prob,
-                batch_size=cfg.batch_size, max_feature_nodes=cfg.max_feature_nodes, out=str(out))
+    spec = dict(
+        scripts=args.ref_scripts,
+        threads=args.threads,
+        model=str(cfg.model),
+        transcoders=str(cfg.transcoders),
+        tokens=tokens,
+        reps=args.reps,
+        max_n_logits=cfg.max_n_logits,
+        desired_logit_prob=cfg.desired_logit_prob,
+        batch_size=cfg.batch_size,
+        max_feature_nodes=cfg.max_feature_nodes,
+        out=str(out),
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([args.ref_python, "-c", REF_RUNNER, json.dumps(spec)], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [args.ref_python, "-c", REF_RUNNER, json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"reference failed:\n{proc.stderr[-3000:]}")
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
@@ -141,15 +190,19 @@ def agreement(g, Z, limited: bool) -> str:
         if g.selected_features.tolist() != Z["selected_features"].tolist():
             return "DIFFERENT selection"
         diff = np.abs(A - R).max()
-        return f"identical nodes; max |dA| = {diff / np.abs(R).max():.1e} x max edge" + ("" if diff <= tol else " (FAIL)")
+        return f"identical nodes; max |dA| = {diff / np.abs(R).max():.1e} x max edge" + (
+            "" if diff <= tol else " (FAIL)"
+        )
     ours, theirs = g.selected_features.tolist(), Z["selected_features"].tolist()
     shared = sorted(set(ours) & set(theirs))
     io = [ours.index(x) for x in shared] + list(range(len(ours), A.shape[0]))
     ir = [theirs.index(x) for x in shared] + list(range(len(theirs), R.shape[0]))
     diff = np.abs(A[np.ix_(io, io)] - R[np.ix_(ir, ir)]).max()
     ok = len(shared) >= 0.95 * len(theirs) and diff <= tol
-    return (f"{len(shared)}/{len(theirs)} selected shared; shared edges max |dA| = {diff / np.abs(R).max():.1e} x max edge"
-            + ("" if ok else " (FAIL)"))
+    return (
+        f"{len(shared)}/{len(theirs)} selected shared; shared edges max |dA| = {diff / np.abs(R).max():.1e} x max edge"
+        + ("" if ok else " (FAIL)")
+    )
 
 
 REF_SHAPED = r"""
@@ -197,11 +250,27 @@ def ref_pythonpath(site: Path, tmp: Path) -> str:
     return str(site)
 
 
-def run_reference_shaped(model_dir: Path, tc_dir: Path, tokens: list[int], *, device: str, max_feature_nodes: int,
-                         reps: int, site: Path | None, tmp: Path):
+def run_reference_shaped(
+    model_dir: Path,
+    tc_dir: Path,
+    tokens: list[int],
+    *,
+    device: str,
+    max_feature_nodes: int,
+    reps: int,
+    site: Path | None,
+    tmp: Path,
+):
     """circuit-tracer on the saved files in a subprocess; (npz, result dict) or (None, reason)."""
-    spec = dict(model=str(model_dir), transcoders=str(tc_dir), tokens=tokens, device=device, reps=reps,
-                max_feature_nodes=max_feature_nodes, out=str(tmp / "ref.npz"))
+    spec = dict(
+        model=str(model_dir),
+        transcoders=str(tc_dir),
+        tokens=tokens,
+        device=device,
+        reps=reps,
+        max_feature_nodes=max_feature_nodes,
+        out=str(tmp / "ref.npz"),
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if site is not None:
         env["PYTHONPATH"] = ref_pythonpath(site, tmp)
@@ -223,18 +292,41 @@ def save_shaped(model, tok, tcs, workdir: Path) -> tuple[Path, Path]:
     tc_cfg.write_text(json.dumps({**json.loads(tc_cfg.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}))
     tc_dir.mkdir(parents=True, exist_ok=True)
     for li in range(tcs.n_layers):
-        save_file({"W_enc": tcs.W_enc[li].cpu().contiguous(), "W_dec": tcs.W_dec[li].cpu().contiguous(),
-                   "b_enc": tcs.b_enc[li].cpu(), "b_dec": tcs.b_dec[li].cpu(),
-                   "activation_function.threshold": tcs.threshold[li].cpu()}, str(tc_dir / f"layer_{li}.safetensors"))
-    (tc_dir / "config.yaml").write_text(f"model_kind: transcoder_set\nfeature_input_hook: {tcs.feature_input_hook}\n"
-                                        f"feature_output_hook: {tcs.feature_output_hook}\nscan: {tcs.scan}\n")
+        save_file(
+            {
+                "W_enc": tcs.W_enc[li].cpu().contiguous(),
+                "W_dec": tcs.W_dec[li].cpu().contiguous(),
+                "b_enc": tcs.b_enc[li].cpu(),
+                "b_dec": tcs.b_dec[li].cpu(),
+                "activation_function.threshold": tcs.threshold[li].cpu(),
+            },
+            str(tc_dir / f"layer_{li}.safetensors"),
+        )
+    (tc_dir / "config.yaml").write_text(
+        f"model_kind: transcoder_set\nfeature_input_hook: {tcs.feature_input_hook}\n"
+        f"feature_output_hook: {tcs.feature_output_hook}\nscan: {tcs.scan}\n"
+    )
     return model_dir, tc_dir
 
 
-def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_mlp: int = 9216, heads: int = 8,
-                  kv_heads: int = 4, head_dim: int = 256, vocab: int = 256000, n_tc: int = 16384, n_tokens: int = 16,
-                  max_feature_nodes: int = 7500, l0: int = 64, reps: int = 2, ref_site: Path | None = None,
-                  with_reference: bool = False) -> str:
+def gemma2_shaped(
+    device: str = "cuda",
+    *,
+    layers: int = 26,
+    d: int = 2304,
+    d_mlp: int = 9216,
+    heads: int = 8,
+    kv_heads: int = 4,
+    head_dim: int = 256,
+    vocab: int = 256000,
+    n_tc: int = 16384,
+    n_tokens: int = 16,
+    max_feature_nodes: int = 7500,
+    l0: int = 64,
+    reps: int = 2,
+    ref_site: Path | None = None,
+    with_reference: bool = False,
+) -> str:
     """Random Gemma-2-shaped model + JumpReLU PLTs (about `l0` features per token and layer).
 
     Defaults: Gemma-2-2B's shape, 16,384 features per layer, 16 tokens, 7,500 feature nodes."""
@@ -243,10 +335,20 @@ def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_ml
 
     from circuit_serve.tracing.transcoders import TranscoderSet
 
-    cfg = Gemma2Config(vocab_size=vocab, hidden_size=d, intermediate_size=d_mlp, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                       query_pre_attn_scalar=head_dim, sliding_window=4096, final_logit_softcapping=30.0,
-                       attn_logit_softcapping=50.0, max_position_embeddings=8192)
+    cfg = Gemma2Config(
+        vocab_size=vocab,
+        hidden_size=d,
+        intermediate_size=d_mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        sliding_window=4096,
+        final_logit_softcapping=30.0,
+        attn_logit_softcapping=50.0,
+        max_position_embeddings=8192,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
@@ -257,16 +359,25 @@ def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_ml
     def randn(*shape):
         return torch.randn(*shape, generator=g, device=device)
 
-    tcs = TranscoderSet(kind="plt", W_enc=[torch.nn.functional.normalize(randn(n_tc, d), dim=1) for _ in range(layers)],
-                        b_enc=[torch.zeros(n_tc, device=device) for _ in range(layers)],
-                        W_dec=[randn(n_tc, d) * d**-0.5 for _ in range(layers)],
-                        b_dec=[torch.zeros(d, device=device) for _ in range(layers)], activation="jumprelu",
-                        feature_input_hook="ln2.hook_normalized", feature_output_hook="hook_mlp_out",
-                        threshold=[torch.zeros(n_tc, device=device) for _ in range(layers)],
-                        scan="bench-gemma2-shaped", identity="random")
+    tcs = TranscoderSet(
+        kind="plt",
+        W_enc=[torch.nn.functional.normalize(randn(n_tc, d), dim=1) for _ in range(layers)],
+        b_enc=[torch.zeros(n_tc, device=device) for _ in range(layers)],
+        W_dec=[randn(n_tc, d) * d**-0.5 for _ in range(layers)],
+        b_dec=[torch.zeros(d, device=device) for _ in range(layers)],
+        activation="jumprelu",
+        feature_input_hook="ln2.hook_normalized",
+        feature_output_hook="hook_mlp_out",
+        threshold=[torch.zeros(n_tc, device=device) for _ in range(layers)],
+        scan="bench-gemma2-shaped",
+        identity="random",
+    )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2}, unk_token="<pad>")),
-        bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+    )
     rm = ReplacementModel.from_hf(model, tok, tcs, model_id="random-gemma2-shaped")
     rec = rm.record(tokens)
     for li in range(layers):  # thresholds: about l0 features per token fire
@@ -286,10 +397,12 @@ def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_ml
         run_times.append(dt)
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
         est = rm.estimate_memory(n_tokens, graph.settings, n_active=graph.n_active, n_logits=graph.n_logits) / 2**30
-        lines.append(f"| Gemma-2-shaped L={layers} d={d} n_tc={n_tc}, {n_tokens} tokens, max_feature_nodes "
-                     f"{max_feature_nodes} (run {rep + 1}, {device}) | {graph.n_active} active / {graph.n_selected} "
-                     f"selected | {dt:.2f} s | peak GPU memory {peak} (model + transcoders + graph); estimate "
-                     f"{est:.2f} GiB | {json.dumps({k: round(v, 3) for k, v in graph.timings.items()})} |")
+        lines.append(
+            f"| Gemma-2-shaped L={layers} d={d} n_tc={n_tc}, {n_tokens} tokens, max_feature_nodes "
+            f"{max_feature_nodes} (run {rep + 1}, {device}) | {graph.n_active} active / {graph.n_selected} "
+            f"selected | {dt:.2f} s | peak GPU memory {peak} (model + transcoders + graph); estimate "
+            f"{est:.2f} GiB | {json.dumps({k: round(v, 3) for k, v in graph.timings.items()})} |"
+        )
     print("\n".join(lines), flush=True)
     if not with_reference:
         return "\n".join(lines)
@@ -299,22 +412,36 @@ def gemma2_shaped(device: str = "cuda", *, layers: int = 26, d: int = 2304, d_ml
         t = time.perf_counter()
         model_dir, tc_dir = save_shaped(model, tok, tcs, tmp)
         saved = time.perf_counter() - t
-        ours = _Saved(graph.active_features.cpu(), graph.selected_features.cpu(), graph.logit_token_ids.cpu(),
-                      graph.adjacency().cpu())
+        ours = _Saved(
+            graph.active_features.cpu(),
+            graph.selected_features.cpu(),
+            graph.logit_token_ids.cpu(),
+            graph.adjacency().cpu(),
+        )
         del rm, model, tcs, rec, graph
         if cuda:
             torch.cuda.empty_cache()
-        Z, info = run_reference_shaped(model_dir, tc_dir, tokens.tolist(), device=device, reps=reps,
-                                       max_feature_nodes=max_feature_nodes, site=ref_site, tmp=tmp)
+        Z, info = run_reference_shaped(
+            model_dir,
+            tc_dir,
+            tokens.tolist(),
+            device=device,
+            reps=reps,
+            max_feature_nodes=max_feature_nodes,
+            site=ref_site,
+            tmp=tmp,
+        )
     if Z is None:
         lines.append(f"| circuit-tracer 0.5.0 on the same graph | {info} |")
         return "\n".join(lines)
     agree = agreement(ours, Z, limited=True)
     ref_t = min(info["times"])
-    lines.append(f"| circuit-tracer 0.5.0 (nnsight backend, float32, {device}; files written in {saved:.0f} s, "
-                 f"loaded in {info['load']:.0f} s; {info['versions']}) | {ref_t:.2f} s (runs "
-                 f"{', '.join(f'{x:.2f}' for x in info['times'])}) | peak GPU memory {info['peak'] / 2**30:.2f} GiB | "
-                 f"ratio this engine / reference {best / ref_t:.3f} | {agree} |")
+    lines.append(
+        f"| circuit-tracer 0.5.0 (nnsight backend, float32, {device}; files written in {saved:.0f} s, "
+        f"loaded in {info['load']:.0f} s; {info['versions']}) | {ref_t:.2f} s (runs "
+        f"{', '.join(f'{x:.2f}' for x in info['times'])}) | peak GPU memory {info['peak'] / 2**30:.2f} GiB | "
+        f"ratio this engine / reference {best / ref_t:.3f} | {agree} |"
+    )
     return "\n".join(lines)
 
 
@@ -341,9 +468,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "attribution.md")
     ap.add_argument("--gpu-gemma2-2b", action="store_true", help="time the Gemma-2-2B-shaped config on CUDA")
     ap.add_argument("--shaped-smoke", action="store_true", help="the same code path, tiny shape, on the CPU")
-    ap.add_argument("--ref-site", type=Path, default=None,
-                    help="with --gpu-gemma2-2b/--shaped-smoke: circuit-tracer's packages (a dir or .tgz) to put first "
-                         "on the reference subprocess's PYTHONPATH")
+    ap.add_argument(
+        "--ref-site",
+        type=Path,
+        default=None,
+        help="with --gpu-gemma2-2b/--shaped-smoke: circuit-tracer's packages (a dir or .tgz) to put first "
+        "on the reference subprocess's PYTHONPATH",
+    )
     ap.add_argument("--no-reference", action="store_true", help="with --gpu-gemma2-2b: this engine only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -351,9 +482,24 @@ def main() -> int:
         print(gemma2_shaped("cuda", ref_site=args.ref_site, with_reference=not args.no_reference))
         return 0
     if args.shaped_smoke:
-        print(gemma2_shaped("cpu", layers=4, d=256, d_mlp=512, heads=4, kv_heads=2, head_dim=64, vocab=1000,
-                            n_tc=2048, max_feature_nodes=300, l0=32, reps=1, ref_site=args.ref_site,
-                            with_reference=True))
+        print(
+            gemma2_shaped(
+                "cpu",
+                layers=4,
+                d=256,
+                d_mlp=512,
+                heads=4,
+                kv_heads=2,
+                head_dim=64,
+                vocab=1000,
+                n_tc=2048,
+                max_feature_nodes=300,
+                l0=32,
+                reps=1,
+                ref_site=args.ref_site,
+                with_reference=True,
+            )
+        )
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     have_ref = Path(args.ref_python).exists() and (Path(args.ref_scripts) / "oracle.py").exists()
@@ -371,12 +517,15 @@ def main() -> int:
             ref_t = min(ref_times)
             agree = agreement(g, Z, cfg.max_feature_nodes is not None)
         ratio = f"{min(ours) / ref_t:.3f}" if ref_t else "n/a"
-        rows.append(f"| {cfg.name} | {len(tokens)} | {g.n_active} / {g.n_selected} | "
-                    f"{ref_t if ref_t is None else f'{ref_t:.3f} s'} | {min(ours):.3f} s | {ratio} | {agree} |")
+        rows.append(
+            f"| {cfg.name} | {len(tokens)} | {g.n_active} / {g.n_selected} | "
+            f"{ref_t if ref_t is None else f'{ref_t:.3f} s'} | {min(ours):.3f} s | {ratio} | {agree} |"
+        )
         print(rows[-1], flush=True)
     ts = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (shared machine)"
-    text = f"""# Attribution benchmark
+    text = (
+        f"""# Attribution benchmark
 
 Written by `bench/attribution.py` on {ts}: {platform.machine()}, {os.cpu_count()} CPUs visible, {load};
 torch {torch.__version__} with {args.threads} thread(s) on both sides, float32, CPU. Prompt:
@@ -386,12 +535,15 @@ settings (max_n_logits 10, desired_logit_prob 0.95). Ratio = this engine / refer
 
 | configuration | tokens | active / selected features | reference | this engine | ratio | graphs |
 |---|---|---|---|---|---|---|
-""" + "\n".join(rows) + """
+"""
+        + "\n".join(rows)
+        + """
 
 The Gemma-2-2B-shaped GPU run (`--gpu-gemma2-2b`: 26 layers, d_model 2304, 16,384-feature JumpReLU
 PLTs, 16 tokens, max_feature_nodes 7500) needs a CUDA device; none was lent to the session that
 wrote this file, so it has not been run.
 """
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}")

@@ -47,25 +47,57 @@ from circuit_serve.launch import LaunchedServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TRAINED_PROMPT = ("the teacher in kouston paints the old bridge in the morning . everyone in the city likes "
-                  "the market . the capital of doxmoupolis is")
+TRAINED_PROMPT = (
+    "the teacher in kouston paints the old bridge in the morning . everyone in the city likes "
+    "the market . the capital of doxmoupolis is"
+)
 RANDOM_PROMPT = (
     "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of Italy. "
     "Madrid is the capital of Spain. Vienna is the capital of"
 )
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING",
-       "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def start_cache_server(model_dir: Path, tc_dir: Path, redis_url: str, log_path: Path, *flags: str) -> LaunchedServer:
     """The server of this benchmark: CPU settings, `tc_dir` and `redis_url`, `flags`; SERVING within 600 s."""
-    return start_server(model_dir, ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--kv-cache-gib",
-                                    "1", "--transcoders", str(tc_dir), "--redis-url", redis_url, *flags],
-                        log_path=log_path, env=ENV, timeout_s=600)
+    return start_server(
+        model_dir,
+        [
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "512",
+            "--enforce-eager",
+            "--kv-cache-gib",
+            "1",
+            "--transcoders",
+            str(tc_dir),
+            "--redis-url",
+            redis_url,
+            *flags,
+        ],
+        log_path=log_path,
+        env=ENV,
+        timeout_s=600,
+    )
 
 
-def measure(model_dir: Path, tc_dir: Path, prompt: str, redis_url: str, log_path: Path, *, graphs: int,
-            cached_calls: int, max_feature_nodes: int | None) -> dict:
+def measure(
+    model_dir: Path,
+    tc_dir: Path,
+    prompt: str,
+    redis_url: str,
+    log_path: Path,
+    *,
+    graphs: int,
+    cached_calls: int,
+    max_feature_nodes: int | None,
+) -> dict:
     from circuit_client.attribution import AttributionClient, AttributionSettings
 
     server = start_cache_server(model_dir, tc_dir, redis_url, log_path)
@@ -82,8 +114,15 @@ def measure(model_dir: Path, tc_dir: Path, prompt: str, redis_url: str, log_path
                 first = client.attribute(prompt, settings)
                 computed.append(time.perf_counter() - t0)
                 assert first.source == "computed", first.source
-                sizes.append((len(first.frontend_json), first.graph.ByteSize(), len(first.graph.nodes),
-                              len(first.graph.edges.weights), first.graph.n_active_features))
+                sizes.append(
+                    (
+                        len(first.frontend_json),
+                        first.graph.ByteSize(),
+                        len(first.graph.nodes),
+                        len(first.graph.edges.weights),
+                        first.graph.n_active_features,
+                    )
+                )
                 for _ in range(cached_calls // graphs):
                     t0 = time.perf_counter()
                     hit = client.attribute(prompt, settings)
@@ -120,7 +159,9 @@ def table(r: dict) -> list[str]:
     ]
 
 
-def time_hits(target: str, redis_url: str, prefix: str, graphs: list[tuple[str, object, str]], calls: int) -> list[dict]:
+def time_hits(
+    target: str, redis_url: str, prefix: str, graphs: list[tuple[str, object, str]], calls: int
+) -> list[dict]:
     """Per graph: raw GETs of its stored entry, cached Attributes and GetGraphStreams, interleaved."""
     import asyncio
 
@@ -170,8 +211,7 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
     model_dir, tc_dir = build_large_graph_model(tmp / "large")
     # a 5 s Redis timeout (default 0.5 s): a load spike on the shared machine must not turn a hit into a miss
     flags = ["--attribution-max-prompt-tokens", "128", "--redis-timeout", "5"]
-    server = start_cache_server(model_dir, tc_dir, redis_url, tmp / "server3.log", "--redis-prefix", "bench3:",
-                                *flags)
+    server = start_cache_server(model_dir, tc_dir, redis_url, tmp / "server3.log", "--redis-prefix", "bench3:", *flags)
     target = server.target
     graphs, computed, shapes = [], [], []
     try:
@@ -187,9 +227,17 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
                 assert first.source == "computed", first.source
                 graphs.append((prompt, settings, first.key))
                 g = first.graph
-                shapes.append(dict(tokens=len(g.input_tokens), mfn=mfn, active=g.n_active_features,
-                                   nodes=len(g.nodes), edges=len(g.edges.weights), pb=g.ByteSize(),
-                                   json=len(first.frontend_json)))
+                shapes.append(
+                    dict(
+                        tokens=len(g.input_tokens),
+                        mfn=mfn,
+                        active=g.n_active_features,
+                        nodes=len(g.nodes),
+                        edges=len(g.edges.weights),
+                        pb=g.ByteSize(),
+                        json=len(first.frontend_json),
+                    )
+                )
         stored = time_hits(target, redis_url, "bench3:", graphs, calls)
     except Exception:
         print((tmp / "server3.log").read_text(errors="replace")[-4000:], file=sys.stderr)
@@ -206,8 +254,17 @@ def measure_large(tmp: Path, redis_url: str, calls: int) -> dict:
         await r.aclose()
 
     asyncio.run(recode())
-    server = start_cache_server(model_dir, tc_dir, redis_url, tmp / "server4.log", "--redis-prefix", "bench3z:",
-                                "--graph-cache-compression", "zlib", *flags)
+    server = start_cache_server(
+        model_dir,
+        tc_dir,
+        redis_url,
+        tmp / "server4.log",
+        "--redis-prefix",
+        "bench3z:",
+        "--graph-cache-compression",
+        "zlib",
+        *flags,
+    )
     target = server.target
     try:
         zlibbed = time_hits(target, redis_url, "bench3z:", graphs, calls)
@@ -237,8 +294,10 @@ def large_table(r: dict) -> list[str]:
         for label, runs in (("as is (default)", r["stored"]), ("zlib", r["zlib"])):
             m = runs[i]
             get, hit, stream = med(m["get"]), med(m["hit"]), med(m["stream"])
-            lines.append(f"| {label} | {m['entry_bytes'] / 1e6:.2f} MB | {get * 1e3:.1f} ms | {hit * 1e3:.1f} ms | "
-                         f"**{hit / get:.2f}x** | {stream * 1e3:.1f} ms | {stream / get:.2f}x |")
+            lines.append(
+                f"| {label} | {m['entry_bytes'] / 1e6:.2f} MB | {get * 1e3:.1f} ms | {hit * 1e3:.1f} ms | "
+                f"**{hit / get:.2f}x** | {stream * 1e3:.1f} ms | {stream / get:.2f}x |"
+            )
         lines.append("")
     return lines
 
@@ -261,12 +320,28 @@ def main() -> int:
         tmp = Path(tmp)
         if not args.skip_demo:
             trained = build_demo_model(tmp / "trained")
-            shipped = measure(trained, trained / "transcoders", TRAINED_PROMPT, redis.url, tmp / "server1.log",
-                              graphs=args.computed_graphs, cached_calls=args.cached_calls, max_feature_nodes=None)
+            shipped = measure(
+                trained,
+                trained / "transcoders",
+                TRAINED_PROMPT,
+                redis.url,
+                tmp / "server1.log",
+                graphs=args.computed_graphs,
+                cached_calls=args.cached_calls,
+                max_feature_nodes=None,
+            )
             random_dir = build_demo_model(tmp / "random", random_weights=True, seed=0)
             tc_dir = write_random_transcoders(random_dir, tmp / "random-tc", d_transcoder=args.d_transcoder, seed=0)
-            heavy = measure(random_dir, tc_dir, RANDOM_PROMPT, redis.url, tmp / "server2.log",
-                            graphs=args.computed_graphs, cached_calls=args.cached_calls, max_feature_nodes=None)
+            heavy = measure(
+                random_dir,
+                tc_dir,
+                RANDOM_PROMPT,
+                redis.url,
+                tmp / "server2.log",
+                graphs=args.computed_graphs,
+                cached_calls=args.cached_calls,
+                max_feature_nodes=None,
+            )
         large = measure_large(tmp, redis.url, args.hit_calls)
 
     load = os.getloadavg()

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace, target: str, pid: int) -> dict:
     kinds: Counter = Counter()
     bad: list[tuple[str, str, str]] = []
     with grpc.insecure_channel(target) as channel:
+
         @settings(max_examples=args.requests, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(fuzz_call())
         def one(call):
@@ -77,8 +78,9 @@ def run(args: argparse.Namespace, target: str, pid: int) -> dict:
     return {"seen": seen, "kinds": kinds, "bad": bad, "seconds": seconds}
 
 
-def write_results(args, out: dict, before: tuple[float, float], after: tuple[float, float], alive: bool,
-                  valid_after: bool) -> str:
+def write_results(
+    args, out: dict, before: tuple[float, float], after: tuple[float, float], alive: bool, valid_after: bool
+) -> str:
     total = sum(out["seen"].values())
     by_code: Counter = Counter()
     for (_, code), n in out["seen"].items():
@@ -87,12 +89,12 @@ def write_results(args, out: dict, before: tuple[float, float], after: tuple[flo
     verdict = "PASS" if not out["bad"] and alive and valid_after and total >= args.requests else "FAIL"
     text = f"""# Fuzz: {total} hypothesis-made requests against a real server
 
-{verdict}: {len(out['bad'])} requests answered INTERNAL or UNKNOWN; server alive after the run: {alive};
+{verdict}: {len(out["bad"])} requests answered INTERNAL or UNKNOWN; server alive after the run: {alive};
 a valid Generate afterwards succeeded: {valid_after}.
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs, load average
-{' '.join(f'{x:.2f}' for x in os.getloadavg())}), {out['seconds']:.0f} s for the requests
-({total / out['seconds']:.1f} requests/s, one at a time). Server: the demo model with random transcoders
+{" ".join(f"{x:.2f}" for x in os.getloadavg())}), {out["seconds"]:.0f} s for the requests
+({total / out["seconds"]:.1f} requests/s, one at a time). Server: the demo model with random transcoders
 and the small input limits of tests/hardening/conftest.py.
 
 | baseline (same run) | before | after | ratio |
@@ -100,11 +102,11 @@ and the small input limits of tests/hardening/conftest.py.
 | median valid Generate latency (4 tokens) | {before[0] * 1e3:.1f} ms | {after[0] * 1e3:.1f} ms | {after[0] / before[0]:.2f} |
 | server RSS | {before[1]:.0f} MiB | {after[1]:.0f} MiB | {after[1] / before[1]:.2f} |
 
-Requests by kind: {', '.join(f'{k} {n}' for k, n in sorted(out['kinds'].items()))}
+Requests by kind: {", ".join(f"{k} {n}" for k, n in sorted(out["kinds"].items()))}
 (valid+field: a valid request with one or two fields, nested ones included, overridden by fuzzed
 values; message: every field fuzzed; message+garbage: trailing random bytes; random: random bytes).
 
-Answers by status: {', '.join(f'{c} {n}' for c, n in by_code.most_common())}.
+Answers by status: {", ".join(f"{c} {n}" for c, n in by_code.most_common())}.
 
 | RPC | status | requests |
 |---|---|---|
@@ -133,8 +135,18 @@ def main() -> int:
 
         args.model = build_demo_model(work / "model")
     tc = write_random_transcoders(args.model, work / "transcoders", d_transcoder=128, target_l0=8, seed=5)
-    flags = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
-             "--transcoders", str(tc), *[str(x) for kv in LIMIT_FLAGS.items() for x in kv]]
+    flags = [
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--kv-cache-gib",
+        "1",
+        "--enforce-eager",
+        "--transcoders",
+        str(tc),
+        *[str(x) for kv in LIMIT_FLAGS.items() for x in kv],
+    ]
     server = start_server(args.model, [*flags, "--log-level", "WARNING"], log_prefix="bench-fuzz-")
     target = server.target
     try:

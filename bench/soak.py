@@ -39,8 +39,13 @@ from circuit_serve.process_memory import tree_status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "soak.md"
-PROMPTS = ["the old river runs to the sea and the", "One, two, three, four,", "A transcoder reads the",
-           "the capital of the country is", "Once upon a time there was a"]
+PROMPTS = [
+    "the old river runs to the sea and the",
+    "One, two, three, four,",
+    "A transcoder reads the",
+    "the capital of the country is",
+    "Once upon a time there was a",
+]
 
 
 def tree_rss_mib(pid: int) -> tuple[float, float]:
@@ -87,6 +92,7 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded and fails the run
                     rec.fail(kind, exc)
                     time.sleep(0.5)
+
         return threading.Thread(target=run, name=kind, daemon=True)
 
     gen = CircuitClient(target, timeout=120)
@@ -98,13 +104,20 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
     new_keys = itertools.count(1)
 
     def stream(i):
-        chunks = list(gen.stream(PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=32, temperature=0.7, seed=i,
-                                                                    ignore_eos=True)))
+        chunks = list(
+            gen.stream(PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=32, temperature=0.7, seed=i, ignore_eos=True))
+        )
         assert chunks[-1].finished and sum(len(c.token_ids) for c in chunks) == 32
 
     def unary(i):
-        assert len(gen.generate(PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=16, temperature=0,
-                                                                    ignore_eos=True)).token_ids) == 16
+        assert (
+            len(
+                gen.generate(
+                    PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=16, temperature=0, ignore_eos=True)
+                ).token_ids
+            )
+            == 16
+        )
 
     def cancelled(i):
         it = gen.stream(PROMPTS[i % len(PROMPTS)], Sampling(max_new_tokens=200, ignore_eos=True))
@@ -139,8 +152,10 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
         return "FeatureActivations"
 
     bad_payloads = [
-        ("/circuit.v1.Generation/Generate", gpb.GenerateRequest(prompt="hi", sampling=gpb.SamplingParams(
-            temperature=1e30)).SerializeToString()),
+        (
+            "/circuit.v1.Generation/Generate",
+            gpb.GenerateRequest(prompt="hi", sampling=gpb.SamplingParams(temperature=1e30)).SerializeToString(),
+        ),
         ("/circuit.v1.Generation/Generate", gpb.GenerateRequest(prompt="x" * 300_000).SerializeToString()),
         ("/circuit.v1.Generation/GenerateStream", b"\x0a\x02\xff\xfe"),
         ("/circuit.v1.Attribution/GetGraph", b"\xff\xff\xff"),
@@ -161,9 +176,16 @@ def workers(target: str, rec: Recorder, stop: threading.Event) -> list[threading
             return "bad request (INVALID_ARGUMENT)"
         raise AssertionError(f"{path} accepted a bad request")
 
-    return [loop("GenerateStream", stream), loop("GenerateStream", stream), loop("Generate", unary),
-            loop("GenerateStream (cancelled)", cancelled), loop("Tokenize", tokenize, 0.05),
-            loop("Attribute", attribute), loop("FeatureActivations", features), loop("bad request", bad, 0.05)]
+    return [
+        loop("GenerateStream", stream),
+        loop("GenerateStream", stream),
+        loop("Generate", unary),
+        loop("GenerateStream (cancelled)", cancelled),
+        loop("Tokenize", tokenize, 0.05),
+        loop("Attribute", attribute),
+        loop("FeatureActivations", features),
+        loop("bad request", bad, 0.05),
+    ]
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -171,8 +193,9 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def write_results(args, samples: list[tuple[float, float, float]], warmup_s: float, rec: Recorder,
-                  loads: list) -> tuple[str, bool]:
+def write_results(
+    args, samples: list[tuple[float, float, float]], warmup_s: float, rec: Recorder, loads: list
+) -> tuple[str, bool]:
     def growth_of(k: int) -> tuple[float, float, float, float]:
         """(baseline, final, peak after the warm-up, growth) of sample column k (1 VmRSS, 2 RssAnon)."""
         base = statistics.median([x[k] for x in samples if warmup_s - 30 <= x[0] <= warmup_s + 1] or [samples[0][k]])
@@ -185,20 +208,22 @@ def write_results(args, samples: list[tuple[float, float, float]], warmup_s: flo
     passed = growth < 0.05 and not rec.failures
     every = max(1, len(samples) // 24)
     shown = samples[::every] + ([samples[-1]] if (len(samples) - 1) % every else [])
-    rss_rows = "\n".join(f"| {t / 60:.1f} | {a:.0f} | {m:.0f} |{' warm-up' if t < warmup_s else ''}"
-                         for t, m, a in shown)
+    rss_rows = "\n".join(
+        f"| {t / 60:.1f} | {a:.0f} | {m:.0f} |{' warm-up' if t < warmup_s else ''}" for t, m, a in shown
+    )
     lat_rows = "\n".join(
         f"| {kind} | {len(xs)} | {percentile(xs, 0.5) * 1e3:.0f} | {percentile(xs, 0.99) * 1e3:.0f} |"
-        for kind, xs in sorted(rec.latency.items()))
+        for kind, xs in sorted(rec.latency.items())
+    )
     failures = "\n".join(f"- {k}: {e}" for k, e in rec.failures[:20]) or "none"
     text = f"""# Soak: {args.minutes:g} minutes of mixed traffic against one server
 
-{'PASS' if passed else 'FAIL'}: resident heap (RssAnon) after the warm-up grew {growth * 100:+.1f}% (limit +5%;
+{"PASS" if passed else "FAIL"}: resident heap (RssAnon) after the warm-up grew {growth * 100:+.1f}% (limit +5%;
 ratio to the end-of-warm-up baseline measured in this run {final / base:.3f}); VmRSS {rss_growth * 100:+.1f}%;
 failed valid requests: {len(rec.failures)}.
 
 Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} CPUs shared with other work;
-load average during the run, sampled each minute: {', '.join(f'{x:.1f}' for x in loads)}).
+load average during the run, sampled each minute: {", ".join(f"{x:.1f}" for x in loads)}).
 Server: the demo model (float32, vLLM CPU, eager, 1 GiB KV cache) with random JumpReLU transcoders,
 no Redis (in-process graph cache of {args.cache_mib:g} MiB), --completions-max {args.completions_max}. Warm-up:
 the first {warmup_s / 60:.1f} minutes. Memory is the server's process tree, sampled every
@@ -245,9 +270,23 @@ def main() -> int:
 
         args.model = build_demo_model(work / "model")
     tc = write_random_transcoders(args.model, work / "transcoders", d_transcoder=256, target_l0=16, seed=1)
-    flags = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-gib", "1", "--enforce-eager",
-             "--transcoders", str(tc), "--graph-cache-memory-mib", str(args.cache_mib),
-             "--completions-max", str(args.completions_max), "--attribution-max-queued", "16"]
+    flags = [
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--kv-cache-gib",
+        "1",
+        "--enforce-eager",
+        "--transcoders",
+        str(tc),
+        "--graph-cache-memory-mib",
+        str(args.cache_mib),
+        "--completions-max",
+        str(args.completions_max),
+        "--attribution-max-queued",
+        "16",
+    ]
     server = start_server(args.model, [*flags, "--log-level", "WARNING"], log_prefix="bench-soak-")
     target = server.target
     rec, stop = Recorder(), threading.Event()
@@ -265,9 +304,12 @@ def main() -> int:
             if now >= next_load:
                 loads.append(os.getloadavg()[0])
                 next_load += 60
-            print(f"{now / 60:5.1f} min  RSS {samples[-1][1]:.0f} MiB  anon {samples[-1][2]:.0f} MiB"
-                  f"  calls {sum(map(len, rec.latency.values()))}"
-                  f"  failures {len(rec.failures)}", flush=True)
+            print(
+                f"{now / 60:5.1f} min  RSS {samples[-1][1]:.0f} MiB  anon {samples[-1][2]:.0f} MiB"
+                f"  calls {sum(map(len, rec.latency.values()))}"
+                f"  failures {len(rec.failures)}",
+                flush=True,
+            )
             assert server.process.poll() is None, "the server exited"
             time.sleep(args.sample_s)
         stop.set()

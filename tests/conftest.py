@@ -110,27 +110,49 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(model_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None,
-                 credentials=None) -> ServerProcess:
+def start_server(
+    model_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None, credentials=None
+) -> ServerProcess:
     """Start `circuit-serve serve` on free ports and wait until health says SERVING
     (`credentials`: a circuit_client.Credentials for a TLS server)."""
     from circuit_client import CircuitClient, CircuitRpcError, Sampling
 
     port, metrics_port = free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "circuit_serve.cli", "serve",
-        "--model", str(model_dir),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
-        "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--enforce-eager",
-        "--kv-cache-gib", "1", "--max-new-tokens-limit", str(MAX_NEW_TOKENS_LIMIT),
-        "--grace-period", "5",
+        sys.executable,
+        "-m",
+        "circuit_serve.cli",
+        "serve",
+        "--model",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+        "--metrics-port",
+        str(metrics_port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--enforce-eager",
+        "--kv-cache-gib",
+        "1",
+        "--max-new-tokens-limit",
+        str(MAX_NEW_TOKENS_LIMIT),
+        "--grace-period",
+        "5",
         *extra_args,
     ]
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        cmd, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **TEST_ENV, **(env or {})},
-        start_new_session=True
+        cmd,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **TEST_ENV, **(env or {})},
+        start_new_session=True,
     )
     server = ServerProcess(process, port, metrics_port, log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -167,8 +189,9 @@ def launch_server(
     engine core in its own process, as in production)."""
     started: list[ServerProcess] = []
 
-    def launch(*extra_args: str, model_dir: Path | None = None, env: dict[str, str] | None = None,
-               credentials=None) -> ServerProcess:
+    def launch(
+        *extra_args: str, model_dir: Path | None = None, env: dict[str, str] | None = None, credentials=None
+    ) -> ServerProcess:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
         server = start_server(model_dir or demo_model_dir, log_path, *extra_args, env=env, credentials=credentials)
         started.append(server)

@@ -30,16 +30,18 @@ def channel_options(retries: int) -> list[tuple[str, object]]:
     ]
     if retries > 0:
         config = {
-            "methodConfig": [{
-                "name": [{}],  # every method
-                "retryPolicy": {
-                    "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }]
+            "methodConfig": [
+                {
+                    "name": [{}],  # every method
+                    "retryPolicy": {
+                        "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
+                        "initialBackoff": "0.2s",
+                        "maxBackoff": "5s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
         }
         options += [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
     else:
@@ -71,8 +73,9 @@ class _Client:
 
     _aio: ClassVar[bool]
 
-    def __init__(self, target: Any, *, timeout: float | None, retries: int,
-                 credentials: Credentials | None = None) -> None:
+    def __init__(
+        self, target: Any, *, timeout: float | None, retries: int, credentials: Credentials | None = None
+    ) -> None:
         self._own_channel = isinstance(target, str)
         if isinstance(target, str):
             self.channel = open_channel(target, channel_options(retries), credentials, aio=self._aio)
@@ -142,8 +145,14 @@ class ServiceClient(_Client):
             call.cancel()
         yield self._ask(rpc.fallback, request, deadline)
 
-    def _first(self, items: Iterator[T], missing: str, *, found: Callable[[T], bool] | None = None,
-               on_item: Callable[[T], None] | None = None) -> T:
+    def _first(
+        self,
+        items: Iterator[T],
+        missing: str,
+        *,
+        found: Callable[[T], bool] | None = None,
+        on_item: Callable[[T], None] | None = None,
+    ) -> T:
         """The first of `items` that is `found` (any, without it), each shown to `on_item` first;
         the stream is closed (so cancelled) after it; CircuitRpcError(INTERNAL, missing) if none is."""
         with closing(items):  # type: ignore[type-var]
@@ -180,8 +189,9 @@ class AsyncServiceClient(_Client):
             raise CircuitRpcError.from_rpc_error(err) from None
         return rpc.result(request, response)
 
-    async def _stream(self, rpc: Stream[T], *args: Any, timeout: float | None = None,
-                      **kwargs: Any) -> AsyncIterator[T]:
+    async def _stream(
+        self, rpc: Stream[T], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> AsyncIterator[T]:
         request = rpc.request(*args, **kwargs)
         deadline = self._deadline(timeout)
         call = self._method(rpc)(request, timeout=deadline)
@@ -201,8 +211,14 @@ class AsyncServiceClient(_Client):
             call.cancel()
         yield await self._ask(rpc.fallback, request, deadline)
 
-    async def _first(self, items: AsyncIterator[T], missing: str, *, found: Callable[[T], bool] | None = None,
-                     on_item: Callable[[T], None] | None = None) -> T:
+    async def _first(
+        self,
+        items: AsyncIterator[T],
+        missing: str,
+        *,
+        found: Callable[[T], bool] | None = None,
+        on_item: Callable[[T], None] | None = None,
+    ) -> T:
         async with aclosing(items):  # type: ignore[type-var]
             async for item in items:
                 if on_item is not None:

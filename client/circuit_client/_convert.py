@@ -57,19 +57,29 @@ def parse_message(text: str) -> ChatMessage:
 
 
 def generate_request(
-    prompt: str | None, prompt_token_ids: list[int] | tuple[int, ...] | None, sampling: Sampling,
-    monitor: bool | monitor.Monitoring = False, messages: Messages | None = None,
+    prompt: str | None,
+    prompt_token_ids: list[int] | tuple[int, ...] | None,
+    sampling: Sampling,
+    monitor: bool | monitor.Monitoring = False,
+    messages: Messages | None = None,
 ) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
     for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
         value = getattr(sampling, name)
         if value is not None:
             setattr(s, name, value)
-    req = pb.GenerateRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), sampling=s,
-                             monitor=bool(monitor), messages=chat_messages(messages))
+    req = pb.GenerateRequest(
+        prompt=prompt or "",
+        prompt_token_ids=list(prompt_token_ids or ()),
+        sampling=s,
+        monitor=bool(monitor),
+        messages=chat_messages(messages),
+    )
     if isinstance(monitor, monitor_types.Monitoring):
-        req.watch.extend(mpb.WatchRule(name=r.name, layer=r.layer, index=r.index, threshold=r.threshold,
-                                       action=r.action) for r in monitor.rules)
+        req.watch.extend(
+            mpb.WatchRule(name=r.name, layer=r.layer, index=r.index, threshold=r.threshold, action=r.action)
+            for r in monitor.rules
+        )
         req.monitor_values = monitor.values
     if sampling.top_logprobs is not None:
         req.top_logprobs = sampling.top_logprobs
@@ -117,7 +127,10 @@ def stream_chunk(msg: pb.GenerateStreamResponse) -> StreamChunk:
         )
     d = msg.delta
     return StreamChunk(
-        request_id=msg.request_id, text=d.text, token_ids=tuple(d.token_ids), logprobs=_logprobs(d.logprobs),
+        request_id=msg.request_id,
+        text=d.text,
+        token_ids=tuple(d.token_ids),
+        logprobs=_logprobs(d.logprobs),
         activations=_activations(d.activations),
     )
 
@@ -144,10 +157,22 @@ def model_info(msg: pb.ModelInfoResponse) -> ModelInfo:
         max_top_logprobs=msg.max_top_logprobs,
         max_request_watch=msg.max_request_watch,
         transcoders=TranscoderSet(
-            tc.name, tc.path, tc.kind, tc.num_layers, tc.features_per_layer, revision=tc.revision,
-            feature_input_hook=tc.feature_input_hook, feature_output_hook=tc.feature_output_hook,
-            activation=tc.activation, top_k=tc.top_k, dtype=tc.dtype, lazy_decoder=tc.lazy_decoder,
-            skip_connection=tc.skip_connection, d_model=tc.d_model,
-        ) if tc else None,
+            tc.name,
+            tc.path,
+            tc.kind,
+            tc.num_layers,
+            tc.features_per_layer,
+            revision=tc.revision,
+            feature_input_hook=tc.feature_input_hook,
+            feature_output_hook=tc.feature_output_hook,
+            activation=tc.activation,
+            top_k=tc.top_k,
+            dtype=tc.dtype,
+            lazy_decoder=tc.lazy_decoder,
+            skip_connection=tc.skip_connection,
+            d_model=tc.d_model,
+        )
+        if tc
+        else None,
         limits={f.name: v for f, v in msg.limits.ListFields()} if msg.HasField("limits") else {},
     )

@@ -93,8 +93,14 @@ Event = Accepted | Queued | Running | GraphResult
 class AttributionCalls:
     """The calls of circuit.v1.Attribution, written once for both clients (`_calls.py`)."""
 
-    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S, retries: int = 3,
-                 credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        timeout: float | None = DEFAULT_ATTRIBUTION_TIMEOUT_S,
+        retries: int = 3,
+        credentials: Credentials | None = None,
+    ) -> None:
         super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)  # the driver's
 
     def stream(
@@ -112,8 +118,18 @@ class AttributionCalls:
     ) -> Items[Event]:
         """Accepted, then Queued/Running progress, then the GraphResult. Leaving early cancels
         the call (the server stops the work unless `background` or another caller waits)."""
-        return self._stream(ATTRIBUTE, prompt, prompt_token_ids, request_id, token_index,
-                            settings or AttributionSettings(), output, background, messages, timeout=timeout)
+        return self._stream(
+            ATTRIBUTE,
+            prompt,
+            prompt_token_ids,
+            request_id,
+            token_index,
+            settings or AttributionSettings(),
+            output,
+            background,
+            messages,
+            timeout=timeout,
+        )
 
     def attribute(
         self,
@@ -124,16 +140,22 @@ class AttributionCalls:
         **kwargs: Any,
     ) -> Answer[GraphResult]:
         """The finished graph (see `stream` for the arguments); `on_event` sees every event."""
-        return self._first(self.stream(prompt, settings, **kwargs), "the Attribute stream ended without a graph",
-                           found=lambda event: isinstance(event, GraphResult), on_item=on_event)
+        return self._first(
+            self.stream(prompt, settings, **kwargs),
+            "the Attribute stream ended without a graph",
+            found=lambda event: isinstance(event, GraphResult),
+            on_item=on_event,
+        )
 
     def get_graph(self, key: str, *, output: Output = "both", timeout: float | None = None) -> Answer[GraphResult]:
         """A cached graph by key; CircuitRpcError(NOT_FOUND) when it is not (or no longer) cached.
 
         Uses GetGraphStream (chunked when large, so any receive limit works), or unary GetGraph
         on a server that predates it."""
-        return self._first(self._stream(GET_GRAPH_STREAM, key, output, timeout=timeout),
-                           "the GetGraphStream stream ended without a graph")
+        return self._first(
+            self._stream(GET_GRAPH_STREAM, key, output, timeout=timeout),
+            "the GetGraphStream stream ended without a graph",
+        )
 
 
 class AttributionClient(AttributionCalls, ServiceClient):
@@ -145,11 +167,25 @@ class AsyncAttributionClient(AttributionCalls, AsyncServiceClient):
     AsyncCircuitClient (its channel is shared)."""
 
 
-def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSettings, output, background,
-             messages: Messages | None = None):
+def _request(
+    prompt,
+    prompt_token_ids,
+    request_id,
+    token_index,
+    s: AttributionSettings,
+    output,
+    background,
+    messages: Messages | None = None,
+):
     settings = pb.AttributionSettings()
-    for name in ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold",
-                 "edge_threshold"):
+    for name in (
+        "max_n_logits",
+        "desired_logit_prob",
+        "max_feature_nodes",
+        "batch_size",
+        "node_threshold",
+        "edge_threshold",
+    ):
         value = getattr(s, name)
         if value is not None:
             setattr(settings, name, value)
@@ -158,9 +194,15 @@ def _request(prompt, prompt_token_ids, request_id, token_index, s: AttributionSe
             settings.targets.add(contrast=pb.ContrastTarget(token_id=target[0], versus_token_id=target[1]))
         else:
             settings.targets.add(token_id=target)
-    req = pb.AttributeRequest(prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()),
-                              request_id=request_id or "", settings=settings, output=_OUTPUT[output],
-                              background=background, messages=chat_messages(messages))
+    req = pb.AttributeRequest(
+        prompt=prompt or "",
+        prompt_token_ids=list(prompt_token_ids or ()),
+        request_id=request_id or "",
+        settings=settings,
+        output=_OUTPUT[output],
+        background=background,
+        messages=chat_messages(messages),
+    )
     if token_index is not None:
         req.token_index = token_index
     return req
@@ -219,6 +261,7 @@ def _graph_request(key: str, output: Output) -> pb.GetGraphRequest:
 
 
 ATTRIBUTE = Stream(pb_grpc.AttributionStub, "Attribute", _request, _Events)
-GET_GRAPH = Unary(pb_grpc.AttributionStub, "GetGraph", _graph_request,
-                  lambda request, msg: _result(request.key, msg.result))
+GET_GRAPH = Unary(
+    pb_grpc.AttributionStub, "GetGraph", _graph_request, lambda request, msg: _result(request.key, msg.result)
+)
 GET_GRAPH_STREAM = Stream(pb_grpc.AttributionStub, "GetGraphStream", _graph_request, _Graph, fallback=GET_GRAPH)

@@ -1,9 +1,9 @@
 """`circuit attribute` and `circuit graph`: attribution graphs from the terminal.
 
-    circuit attribute --prompt "The capital of France is" --out graph.json
-    circuit attribute --request-id 3f2a... --token-index 4 --out audit.json --max-feature-nodes 1024
-    circuit graph KEY --out graph.json
-    circuit graph KEY --html graph.html      # the interactive view: one file, opens offline in a browser
+circuit attribute --prompt "The capital of France is" --out graph.json
+circuit attribute --request-id 3f2a... --token-index 4 --out audit.json --max-feature-nodes 1024
+circuit graph KEY --out graph.json
+circuit graph KEY --html graph.html      # the interactive view: one file, opens offline in a browser
 """
 
 from __future__ import annotations
@@ -35,8 +35,13 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
     src.add_argument("--prompt", help="text to explain the next token of")
     src.add_argument("--token-ids", help="comma-separated token ids (BOS is added when missing)")
     src.add_argument("--request-id", help="a generation this server served (with --token-index)")
-    src.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
-                     help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
+    src.add_argument(
+        "--message",
+        type=parse_message,
+        action="append",
+        metavar="ROLE:CONTENT",
+        help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)",
+    )
     a.add_argument("--token-index", type=int, help="completion token to explain (0-based)")
     a.add_argument("--max-n-logits", type=int)
     a.add_argument("--desired-logit-prob", type=float)
@@ -45,13 +50,17 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
     a.add_argument("--node-threshold", type=float)
     a.add_argument("--edge-threshold", type=float)
     a.add_argument("--target-token", type=int, action="append", default=[], help="explicit target (repeatable)")
-    a.add_argument("--contrast", action="append", default=[], metavar="A,B",
-                   help='target "logit(A) - logit(B)" (repeatable)')
+    a.add_argument(
+        "--contrast", action="append", default=[], metavar="A,B", help='target "logit(A) - logit(B)" (repeatable)'
+    )
     a.add_argument("--out", help="where to write the frontend graph JSON")
     a.add_argument("--html", help="write the interactive graph view (one self-contained HTML file) here")
     a.add_argument("--proto-out", help="also write the circuit.v1.Graph protobuf here")
-    a.add_argument("--background", action="store_true",
-                   help="keep computing if this command is interrupted (fetch later with `circuit graph KEY`)")
+    a.add_argument(
+        "--background",
+        action="store_true",
+        help="keep computing if this command is interrupted (fetch later with `circuit graph KEY`)",
+    )
     a.set_defaults(timeout=DEFAULT_ATTRIBUTION_TIMEOUT_S)
 
     g = add("graph", "fetch a cached graph by key; write its frontend JSON and/or HTML view")
@@ -69,16 +78,25 @@ def _attribute(client: object, args: argparse.Namespace) -> int:
         print("error: --request-id needs --token-index", file=sys.stderr)
         return 2
     settings = AttributionSettings(
-        max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
-        max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size,
-        node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
+        max_n_logits=args.max_n_logits,
+        desired_logit_prob=args.desired_logit_prob,
+        max_feature_nodes=args.max_feature_nodes,
+        batch_size=args.batch_size,
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
         targets=[*args.target_token, *(_pair(c) for c in args.contrast)],
     )
     token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
     progress = _Progress(sys.stderr)
     result = AttributionClient(client, timeout=args.timeout).attribute(
-        args.prompt, settings, prompt_token_ids=token_ids, request_id=args.request_id,
-        token_index=args.token_index, background=args.background, on_event=progress, timeout=args.timeout,
+        args.prompt,
+        settings,
+        prompt_token_ids=token_ids,
+        request_id=args.request_id,
+        token_index=args.token_index,
+        background=args.background,
+        on_event=progress,
+        timeout=args.timeout,
         messages=args.message,
         output="both" if args.proto_out else "json",
     )
@@ -91,7 +109,9 @@ def _attribute(client: object, args: argparse.Namespace) -> int:
 def _graph(client: object, args: argparse.Namespace) -> int:
     if not _has_output(args):
         return 2
-    result = AttributionClient(client, timeout=args.timeout).get_graph(args.key, output="both" if args.proto_out else "json")
+    result = AttributionClient(client, timeout=args.timeout).get_graph(
+        args.key, output="both" if args.proto_out else "json"
+    )
     _write(result, args)
     return 0
 

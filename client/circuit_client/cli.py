@@ -1,14 +1,14 @@
 """`circuit`: call a circuit-serve server from the terminal.
 
-    circuit generate "The capital of France is" --max-new-tokens 16 --temperature 0
-    circuit tokenize "Hello world"
-    circuit info
-    circuit health            # exit status 0 only when SERVING (used by the Docker HEALTHCHECK)
-    circuit info --ca-cert ca.pem --client-cert me.pem --client-key me.key   # TLS / mTLS; token in CIRCUIT_TOKEN
-    circuit generate "The capital of France is" --monitor      # + the watchlist summary
-    circuit generate "The capital of France is" --watch cant-answer:3:120:2.5:stop   # + a rule of this request
-    circuit features --prompt "The capital of France is" --top-k 5
-    circuit steer --prompt "The capital of France is" --intervene 2:17:set:0
+circuit generate "The capital of France is" --max-new-tokens 16 --temperature 0
+circuit tokenize "Hello world"
+circuit info
+circuit health            # exit status 0 only when SERVING (used by the Docker HEALTHCHECK)
+circuit info --ca-cert ca.pem --client-cert me.pem --client-key me.key   # TLS / mTLS; token in CIRCUIT_TOKEN
+circuit generate "The capital of France is" --monitor      # + the watchlist summary
+circuit generate "The capital of France is" --watch cant-answer:3:120:2.5:stop   # + a rule of this request
+circuit features --prompt "The capital of France is" --top-k 5
+circuit steer --prompt "The capital of France is" --intervene 2:17:set:0
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ DEFAULT_TARGET = "localhost:50051"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="circuit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -42,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = add("generate", "stream a completion to the terminal")
     g.add_argument("prompt", nargs="?", help="text (or give --message)")
-    g.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
-                   help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
+    g.add_argument(
+        "--message",
+        type=parse_message,
+        action="append",
+        metavar="ROLE:CONTENT",
+        help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)",
+    )
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-p", type=float, default=None)
@@ -52,14 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
     g.add_argument("--usage", action="store_true", help="print request id, finish reason and token counts")
     g.add_argument("--monitor", action="store_true", help="monitor the server's watchlist; print its summary")
-    g.add_argument("--watch", action="append", default=[], type=_watch_rule,
-                   metavar="NAME:LAYER:INDEX:THRESHOLD[:ACTION]",
-                   help="also watch this feature with this rule (record, flag or stop; default record); repeatable")
+    g.add_argument(
+        "--watch",
+        action="append",
+        default=[],
+        type=_watch_rule,
+        metavar="NAME:LAYER:INDEX:THRESHOLD[:ACTION]",
+        help="also watch this feature with this rule (record, flag or stop; default record); repeatable",
+    )
 
     t = add("tokenize", "show how the served tokenizer splits a text")
     t.add_argument("text", nargs="?", default="")
-    t.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
-                   help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
+    t.add_argument(
+        "--message",
+        type=parse_message,
+        action="append",
+        metavar="ROLE:CONTENT",
+        help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)",
+    )
     t.add_argument("--no-special-tokens", action="store_true")
 
     add("info", "describe the served model")
@@ -84,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
-    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, seed=args.seed, stop=tuple(args.stop))
+    sampling = Sampling(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
     if bool(args.prompt) == bool(args.message):
         print("error: give a prompt or --message (not both)", file=sys.stderr)
         return 2
@@ -97,8 +119,11 @@ def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
         if chunk.finished:
             sys.stdout.write("\n")
             if args.usage and chunk.usage:
-                print(f"[{chunk.request_id}] finish={chunk.finish_reason} prompt_tokens={chunk.usage.prompt_tokens} "
-                      f"completion_tokens={chunk.usage.completion_tokens}", file=sys.stderr)
+                print(
+                    f"[{chunk.request_id}] finish={chunk.finish_reason} prompt_tokens={chunk.usage.prompt_tokens} "
+                    f"completion_tokens={chunk.usage.completion_tokens}",
+                    file=sys.stderr,
+                )
             if chunk.monitor is not None:
                 print(chunk.monitor.summary())
     return 0

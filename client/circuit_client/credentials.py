@@ -44,7 +44,11 @@ class Credentials:
 
     def __repr__(self) -> str:  # never show the token
         shown = {k: getattr(self, k) for k in ("ca_cert", "client_cert", "client_key", "tls", "server_name")}
-        return f"Credentials(token={'***' if self.token else None}, " + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        return (
+            f"Credentials(token={'***' if self.token else None}, "
+            + ", ".join(f"{k}={v!r}" for k, v in shown.items())
+            + ")"
+        )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -74,8 +78,11 @@ def open_channel(target: str, options: list[tuple[str, object]], credentials: Cr
         if creds.use_tls:
             return grpc.aio.secure_channel(target, creds.channel_credentials(), options, interceptors=interceptors)
         return grpc.aio.insecure_channel(target, options, interceptors=interceptors)
-    channel = (grpc.secure_channel(target, creds.channel_credentials(), options) if creds.use_tls
-               else grpc.insecure_channel(target, options))
+    channel = (
+        grpc.secure_channel(target, creds.channel_credentials(), options)
+        if creds.use_tls
+        else grpc.insecure_channel(target, options)
+    )
     return grpc.intercept_channel(channel, _HeaderInterceptor(headers)) if headers else channel
 
 
@@ -102,8 +109,14 @@ class _HeaderInterceptor(
         self._headers = headers
 
     def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return _CallDetails(d.method, d.timeout, _with_headers(d, self._headers), d.credentials,
-                            getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
+        return _CallDetails(
+            d.method,
+            d.timeout,
+            _with_headers(d, self._headers),
+            d.credentials,
+            getattr(d, "wait_for_ready", None),
+            getattr(d, "compression", None),
+        )
 
     def intercept_unary_unary(self, continuation, details, request):
         return continuation(self._details(details), request)

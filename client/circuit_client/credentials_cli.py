@@ -17,18 +17,36 @@ from circuit_client.credentials import Credentials
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
     g = parser.add_argument_group("security (TLS and token)")
-    g.add_argument("--ca-cert", default=env("CIRCUIT_CA_CERT"),
-                   help="PEM CA bundle the server certificate must chain to; turns TLS on (env CIRCUIT_CA_CERT)")
-    g.add_argument("--client-cert", default=env("CIRCUIT_CLIENT_CERT"),
-                   help="PEM client certificate for a server that requires one (env CIRCUIT_CLIENT_CERT)")
-    g.add_argument("--client-key", default=env("CIRCUIT_CLIENT_KEY"),
-                   help="its PEM private key (env CIRCUIT_CLIENT_KEY)")
-    g.add_argument("--tls", action="store_true", default=bool(env("CIRCUIT_TLS")),
-                   help="TLS checked against the system's root certificates (env CIRCUIT_TLS=1)")
-    g.add_argument("--server-name", default=env("CIRCUIT_SERVER_NAME"),
-                   help="name to verify in the server certificate instead of the target's host")
-    g.add_argument("--token-file", type=Path, default=env("CIRCUIT_TOKEN_FILE"),
-                   help="file holding the bearer token (env CIRCUIT_TOKEN_FILE; or the token itself in CIRCUIT_TOKEN)")
+    g.add_argument(
+        "--ca-cert",
+        default=env("CIRCUIT_CA_CERT"),
+        help="PEM CA bundle the server certificate must chain to; turns TLS on (env CIRCUIT_CA_CERT)",
+    )
+    g.add_argument(
+        "--client-cert",
+        default=env("CIRCUIT_CLIENT_CERT"),
+        help="PEM client certificate for a server that requires one (env CIRCUIT_CLIENT_CERT)",
+    )
+    g.add_argument(
+        "--client-key", default=env("CIRCUIT_CLIENT_KEY"), help="its PEM private key (env CIRCUIT_CLIENT_KEY)"
+    )
+    g.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(env("CIRCUIT_TLS")),
+        help="TLS checked against the system's root certificates (env CIRCUIT_TLS=1)",
+    )
+    g.add_argument(
+        "--server-name",
+        default=env("CIRCUIT_SERVER_NAME"),
+        help="name to verify in the server certificate instead of the target's host",
+    )
+    g.add_argument(
+        "--token-file",
+        type=Path,
+        default=env("CIRCUIT_TOKEN_FILE"),
+        help="file holding the bearer token (env CIRCUIT_TOKEN_FILE; or the token itself in CIRCUIT_TOKEN)",
+    )
 
 
 def credentials_from_args(args: argparse.Namespace) -> Credentials:

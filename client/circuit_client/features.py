@@ -72,11 +72,19 @@ class Intervention:
             if op.lower() not in _OPS:
                 raise ValueError
             positions = tuple(int(p) for p in parts if p not in ("gen", "prompt"))
-            return cls(int(layer), int(index), op.lower(), float(value), positions,  # type: ignore[arg-type]
-                       generated_tokens="gen" in parts, all_prompt_positions="prompt" in parts)
+            return cls(
+                int(layer),
+                int(index),
+                op.lower(),
+                float(value),
+                positions,  # type: ignore[arg-type]
+                generated_tokens="gen" in parts,
+                all_prompt_positions="prompt" in parts,
+            )
         except ValueError:
-            raise ValueError(f"expected L:I:OP:VALUE[@P,P,..|@prompt|@gen] with OP set, scale or add; "
-                             f"got {spec!r}") from None
+            raise ValueError(
+                f"expected L:I:OP:VALUE[@P,P,..|@prompt|@gen] with OP set, scale or add; got {spec!r}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,14 @@ class SteerResult:
 class FeaturesCalls:
     """The calls of circuit.v1.Features, written once for both clients (`_calls.py`)."""
 
-    def __init__(self, target: Any, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3,
-                 credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        retries: int = 3,
+        credentials: Credentials | None = None,
+    ) -> None:
         super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)  # the driver's
 
     def activations(
@@ -127,8 +141,19 @@ class FeaturesCalls:
         timeout: float | None = None,
     ) -> Answer[SteerResult]:
         """Generate on the replacement model with the interventions (greedy unless temperature > 0)."""
-        return self._unary(STEER, prompt, interventions, prompt_token_ids, max_new_tokens, temperature, top_p, seed,
-                           include_default, messages, timeout=timeout)
+        return self._unary(
+            STEER,
+            prompt,
+            interventions,
+            prompt_token_ids,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            include_default,
+            messages,
+            timeout=timeout,
+        )
 
 
 class FeaturesClient(FeaturesCalls, ServiceClient):
@@ -142,7 +167,9 @@ class AsyncFeaturesClient(FeaturesCalls, AsyncServiceClient):
 
 def _activations_request(prompt, prompt_token_ids, features, top_k, messages) -> pb.FeatureActivationsRequest:
     return pb.FeatureActivationsRequest(
-        prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), top_k=top_k,
+        prompt=prompt or "",
+        prompt_token_ids=list(prompt_token_ids or ()),
+        top_k=top_k,
         messages=chat_messages(messages),
         features=[pb.FeatureRef(layer=layer, index=index) for layer, index in features],
     )
@@ -150,21 +177,34 @@ def _activations_request(prompt, prompt_token_ids, features, top_k, messages) ->
 
 def _activations(msg: pb.FeatureActivationsResponse) -> list[PositionActivations]:
     return [
-        PositionActivations(p.position, p.token_id, p.token, tuple(
-            FeatureValue(v.layer, v.index, v.activation, v.label) for v in p.features))
+        PositionActivations(
+            p.position,
+            p.token_id,
+            p.token,
+            tuple(FeatureValue(v.layer, v.index, v.activation, v.label) for v in p.features),
+        )
         for p in msg.positions
     ]
 
 
-def _steer_request(prompt, interventions, prompt_token_ids, max_new_tokens, temperature, top_p, seed,
-                   include_default, messages) -> pb.SteerRequest:
+def _steer_request(
+    prompt, interventions, prompt_token_ids, max_new_tokens, temperature, top_p, seed, include_default, messages
+) -> pb.SteerRequest:
     req = pb.SteerRequest(
-        prompt=prompt or "", prompt_token_ids=list(prompt_token_ids or ()), temperature=temperature,
-        include_default=include_default, messages=chat_messages(messages),
+        prompt=prompt or "",
+        prompt_token_ids=list(prompt_token_ids or ()),
+        temperature=temperature,
+        include_default=include_default,
+        messages=chat_messages(messages),
         interventions=[
-            pb.Intervention(feature=pb.FeatureRef(layer=iv.layer, index=iv.index), op=_OPS[iv.op],
-                            value=iv.value, positions=iv.positions, generated_tokens=iv.generated_tokens,
-                            all_prompt_positions=iv.all_prompt_positions)
+            pb.Intervention(
+                feature=pb.FeatureRef(layer=iv.layer, index=iv.index),
+                op=_OPS[iv.op],
+                value=iv.value,
+                positions=iv.positions,
+                generated_tokens=iv.generated_tokens,
+                all_prompt_positions=iv.all_prompt_positions,
+            )
             for iv in interventions
         ],
     )
@@ -183,6 +223,5 @@ def _steered(msg: pb.SteerResponse) -> SteerResult:
     )
 
 
-ACTIVATIONS = Unary(pb_grpc.FeaturesStub, "FeatureActivations", _activations_request,
-                    lambda _, msg: _activations(msg))
+ACTIVATIONS = Unary(pb_grpc.FeaturesStub, "FeatureActivations", _activations_request, lambda _, msg: _activations(msg))
 STEER = Unary(pb_grpc.FeaturesStub, "Steer", _steer_request, lambda _, msg: _steered(msg))

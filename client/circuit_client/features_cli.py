@@ -1,8 +1,8 @@
 """`circuit features` and `circuit steer`: transcoder features from the terminal.
 
-    circuit features --prompt "The capital of France is" --top-k 5
-    circuit features --prompt "The capital of France is" --feature 2:17 --feature 3:40
-    circuit steer --prompt "The capital of France is" --intervene 2:17:set:0 --intervene 1:5:scale:3@4,5,gen
+circuit features --prompt "The capital of France is" --top-k 5
+circuit features --prompt "The capital of France is" --feature 2:17 --feature 3:40
+circuit steer --prompt "The capital of France is" --intervene 2:17:set:0 --intervene 1:5:scale:3@4,5,gen
 """
 
 from __future__ import annotations
@@ -40,23 +40,43 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
     src = f.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="text (tokenized as generation does, BOS first)")
     src.add_argument("--token-ids", help="comma-separated token ids")
-    src.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
-                     help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
+    src.add_argument(
+        "--message",
+        type=parse_message,
+        action="append",
+        metavar="ROLE:CONTENT",
+        help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)",
+    )
     which = f.add_mutually_exclusive_group(required=True)
     which.add_argument("--top-k", type=int, help="the K most active features at each position")
-    which.add_argument("--feature", type=_feature, action="append", metavar="L:I",
-                       help="a feature to show at every position (repeatable)")
+    which.add_argument(
+        "--feature",
+        type=_feature,
+        action="append",
+        metavar="L:I",
+        help="a feature to show at every position (repeatable)",
+    )
 
     s = add("steer", "generate with feature interventions; print default and steered text side by side")
     ssrc = s.add_mutually_exclusive_group(required=True)
     ssrc.add_argument("--prompt")
-    ssrc.add_argument("--message", type=parse_message, action="append", metavar="ROLE:CONTENT",
-                      help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)")
-    s.add_argument("--intervene", type=_intervention, action="append", required=True,
-                   metavar="L:I:OP:VALUE[@WHERE]",
-                   help="OP is set, scale or add; WHERE is a comma list of prompt positions (BOS is 0), "
-                        "`prompt` (every prompt position) and `gen` (every generated token); "
-                        "default everywhere; repeatable")
+    ssrc.add_argument(
+        "--message",
+        type=parse_message,
+        action="append",
+        metavar="ROLE:CONTENT",
+        help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)",
+    )
+    s.add_argument(
+        "--intervene",
+        type=_intervention,
+        action="append",
+        required=True,
+        metavar="L:I:OP:VALUE[@WHERE]",
+        help="OP is set, scale or add; WHERE is a comma list of prompt positions (BOS is 0), "
+        "`prompt` (every prompt position) and `gen` (every generated token); "
+        "default everywhere; repeatable",
+    )
     s.add_argument("--max-new-tokens", type=int, default=16)
     s.add_argument("--temperature", type=float, default=0.0)
     s.add_argument("--seed", type=int, default=None)
@@ -66,8 +86,8 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
 def _features(client: object, args: argparse.Namespace) -> int:
     ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
     rows = FeaturesClient(client, timeout=args.timeout).activations(
-        args.prompt, prompt_token_ids=ids, features=args.feature or (), top_k=args.top_k or 0,
-        messages=args.message)
+        args.prompt, prompt_token_ids=ids, features=args.feature or (), top_k=args.top_k or 0, messages=args.message
+    )
     print(format_table(rows, listed=bool(args.feature)))
     return 0
 
@@ -90,8 +110,14 @@ def format_table(rows: list[PositionActivations], *, listed: bool) -> str:
 
 def _steer(client: object, args: argparse.Namespace) -> int:
     result = FeaturesClient(client, timeout=args.timeout).steer(
-        args.prompt, args.intervene, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        seed=args.seed, include_default=True, messages=args.message)
+        args.prompt,
+        args.intervene,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        include_default=True,
+        messages=args.message,
+    )
     assert result.default is not None
     print(side_by_side(result.default.text, result.steered.text))
     return 0

@@ -17,25 +17,36 @@ from circuit_proto.v1 import generation_pb2_grpc as pb_grpc
 
 
 def _tokenize_request(text: str, add_special_tokens: bool, messages: _convert.Messages | None) -> pb.TokenizeRequest:
-    return pb.TokenizeRequest(text=text, add_special_tokens=add_special_tokens,
-                              messages=_convert.chat_messages(messages))
+    return pb.TokenizeRequest(
+        text=text, add_special_tokens=add_special_tokens, messages=_convert.chat_messages(messages)
+    )
 
 
-GENERATE = Unary(pb_grpc.GenerationStub, "Generate", _convert.generate_request,
-                 lambda _, msg: _convert.generation(msg))
-GENERATE_STREAM = Stream(pb_grpc.GenerationStub, "GenerateStream", _convert.generate_request,
-                         lambda _: Each(_convert.stream_chunk))
+GENERATE = Unary(pb_grpc.GenerationStub, "Generate", _convert.generate_request, lambda _, msg: _convert.generation(msg))
+GENERATE_STREAM = Stream(
+    pb_grpc.GenerationStub, "GenerateStream", _convert.generate_request, lambda _: Each(_convert.stream_chunk)
+)
 TOKENIZE = Unary(pb_grpc.GenerationStub, "Tokenize", _tokenize_request, lambda _, msg: _convert.tokenization(msg))
 MODEL_INFO = Unary(pb_grpc.GenerationStub, "ModelInfo", pb.ModelInfoRequest, lambda _, msg: _convert.model_info(msg))
-HEALTH = Unary(health_stub, "Check", lambda service: health_messages().HealthCheckRequest(service=service),
-               lambda _, msg: health_messages().HealthCheckResponse.ServingStatus.Name(msg.status))
+HEALTH = Unary(
+    health_stub,
+    "Check",
+    lambda service: health_messages().HealthCheckRequest(service=service),
+    lambda _, msg: health_messages().HealthCheckResponse.ServingStatus.Name(msg.status),
+)
 
 
 class GenerationCalls:
     """`timeout` is each call's deadline in seconds (None: none); UNAVAILABLE is retried `retries` times."""
 
-    def __init__(self, target: str, *, timeout: float | None = DEFAULT_TIMEOUT_S, retries: int = 3,
-                 credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        retries: int = 3,
+        credentials: Credentials | None = None,
+    ) -> None:
         super().__init__(target, timeout=timeout, retries=retries, credentials=credentials)  # the driver's
         self.target = target
 
@@ -49,8 +60,9 @@ class GenerationCalls:
         monitor: bool | Monitoring = False,
         timeout: float | None = None,
     ) -> Answer[Generation]:
-        return self._unary(GENERATE, prompt, prompt_token_ids, sampling or Sampling(), monitor, messages,
-                           timeout=timeout)
+        return self._unary(
+            GENERATE, prompt, prompt_token_ids, sampling or Sampling(), monitor, messages, timeout=timeout
+        )
 
     def stream(
         self,
@@ -63,11 +75,18 @@ class GenerationCalls:
         timeout: float | None = None,
     ) -> Items[StreamChunk]:
         """Chunks as they are generated; leaving early (break, close/aclose, cancel) cancels the call on the server."""
-        return self._stream(GENERATE_STREAM, prompt, prompt_token_ids, sampling or Sampling(), monitor, messages,
-                            timeout=timeout)
+        return self._stream(
+            GENERATE_STREAM, prompt, prompt_token_ids, sampling or Sampling(), monitor, messages, timeout=timeout
+        )
 
-    def tokenize(self, text: str = "", *, add_special_tokens: bool = True, messages: _convert.Messages | None = None,
-                 timeout: float | None = None) -> Answer[Tokenization]:
+    def tokenize(
+        self,
+        text: str = "",
+        *,
+        add_special_tokens: bool = True,
+        messages: _convert.Messages | None = None,
+        timeout: float | None = None,
+    ) -> Answer[Tokenization]:
         """Token ids of `text`, or of chat `messages` rendered with the model's chat template."""
         return self._unary(TOKENIZE, text, add_special_tokens, messages, timeout=timeout)
 
@@ -75,5 +94,5 @@ class GenerationCalls:
         return self._unary(MODEL_INFO, timeout=timeout)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> Answer[str]:
-        """"SERVING", "NOT_SERVING", ... for `service` ("" = the whole server)."""
+        """ "SERVING", "NOT_SERVING", ... for `service` ("" = the whole server)."""
         return self._unary(HEALTH, service, timeout=timeout)

@@ -57,14 +57,17 @@ class MonitorReport:
 
     def summary(self) -> str:
         """A few lines for a terminal."""
-        head = "monitor: " + ("STOPPED by " + self.stopped_by if self.stopped_by
-                              else "FLAGGED" if self.flagged else "ok")
+        head = "monitor: " + (
+            "STOPPED by " + self.stopped_by if self.stopped_by else "FLAGGED" if self.flagged else "ok"
+        )
         lines = [head]
         for f in self.features:
             where = ",".join(map(str, f.completion_positions)) or "-"
             label = f" ({f.label})" if f.label else ""
-            lines.append(f"  {'*' if f.fired else ' '} {f.name}{label} [{f.layer}:{f.index} {f.action} > "
-                         f"{f.threshold:g}] max={f.max_activation:.3f} completion positions: {where}")
+            lines.append(
+                f"  {'*' if f.fired else ' '} {f.name}{label} [{f.layer}:{f.index} {f.action} > "
+                f"{f.threshold:g}] max={f.max_activation:.3f} completion positions: {where}"
+            )
         return "\n".join(lines)
 
 
@@ -72,8 +75,18 @@ def from_pb(msg) -> MonitorReport:
     """circuit.v1.MonitorReport -> MonitorReport."""
     return MonitorReport(
         features=tuple(
-            WatchedFeature(f.name, f.layer, f.index, f.label, f.threshold, f.action, f.max_activation,
-                           tuple(f.completion_positions), tuple(f.prompt_positions), f.fired)
+            WatchedFeature(
+                f.name,
+                f.layer,
+                f.index,
+                f.label,
+                f.threshold,
+                f.action,
+                f.max_activation,
+                tuple(f.completion_positions),
+                tuple(f.prompt_positions),
+                f.fired,
+            )
             for f in msg.features
         ),
         flagged=msg.flagged,

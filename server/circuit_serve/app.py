@@ -94,22 +94,46 @@ class Runtime:
         engine = GenerationEngine(config.engine, stats_sink=generation_metrics.observe_step, limits=config.limits)
         generation_metrics.track_load(engine.load)
         replacement = Replacement.from_config(config.attribution, config.engine.model, serve_dtype=config.engine.dtype)
-        steering = WorkerPool(workers=config.features.steer_workers, max_queued=config.features.steer_max_queued,
-                              metrics=None, name="steering")
+        steering = WorkerPool(
+            workers=config.features.steer_workers,
+            max_queued=config.features.steer_max_queued,
+            metrics=None,
+            name="steering",
+        )
         # reads --labels/--watchlist now; steered generations have their own pool
-        features = FeaturesService(config.features, registry, replacement=replacement, admission=steering,
-                                   limits=config.limits, max_tokens=config.attribution.max_prompt_tokens)
+        features = FeaturesService(
+            config.features,
+            registry,
+            replacement=replacement,
+            admission=steering,
+            limits=config.limits,
+            max_tokens=config.attribution.max_prompt_tokens,
+        )
 
         def tracing_engine() -> TracingEngine | None:  # by attribution.start(), after features.start() checked labels
             rm = replacement.model
-            return None if rm is None else TracingEngine(rm, serialize=serialize_graph, graph_format=GRAPH_FORMAT,
-                                                         labels=features.labels.as_dict())  # `clerp` in graph JSON
+            return (
+                None
+                if rm is None
+                else TracingEngine(
+                    rm, serialize=serialize_graph, graph_format=GRAPH_FORMAT, labels=features.labels.as_dict()
+                )
+            )  # `clerp` in graph JSON
 
-        attribution = build_attribution(config.attribution, registry, engine=None, limits=config.limits,
-                                        graph_format=GRAPH_FORMAT, engine_factory=tracing_engine)
+        attribution = build_attribution(
+            config.attribution,
+            registry,
+            engine=None,
+            limits=config.limits,
+            graph_format=GRAPH_FORMAT,
+            engine_factory=tracing_engine,
+        )
         if config.attribution.transcoders is not None:  # completions are kept for audits only when they can be audited
-            engine.add_finish_listener(lambda r: attribution.on_completion(
-                r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name))
+            engine.add_finish_listener(
+                lambda r: attribution.on_completion(
+                    r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name
+                )
+            )
         auth_metrics = AuthMetrics(registry)
         tokens_file = config.security.auth_tokens
         return cls(
@@ -157,9 +181,9 @@ class Runtime:
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
 SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(runtime.generation, server, runtime.features,
-                                                              limits=runtime.limits,
-                                                              transcoders=runtime.transcoders_info),
+    lambda runtime, server: generation_servicer.add_to_server(
+        runtime.generation, server, runtime.features, limits=runtime.limits, transcoders=runtime.transcoders_info
+    ),
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]
@@ -171,13 +195,15 @@ async def build_server(
     """A started grpc.aio server on `address` ("host:0" picks a free port): the services,
     health (NOT_SERVING until `mark_serving`) and reflection. Returns (server, port, health)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)]
+        ServingInterceptor(runtime.rpc_metrics, draining=lambda: runtime.draining)
+    ]
     security, limits = runtime.config.security, runtime.config.limits
     if runtime.tokens is not None:
         assert runtime.auth_metrics is not None
         interceptors.append(AuthInterceptor(runtime.tokens, runtime.auth_metrics, reflection=security.reflection))
     asyncio.get_running_loop().set_default_executor(  # asyncio.to_thread: bounded queue
-        BoundedExecutor(limits.executor_threads, limits.max_executor_queue))
+        BoundedExecutor(limits.executor_threads, limits.max_executor_queue)
+    )
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[*_SERVER_OPTIONS, ("grpc.max_receive_message_length", limits.max_request_bytes)],
@@ -214,8 +240,11 @@ async def serve(config: ServeConfig) -> int:
         metrics_server = start_metrics_server(runtime.registry, host=config.metrics_host, port=config.metrics_port)
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, metrics_server.port)
         if runtime.tokens is not None and not is_loopback(config.metrics_host):
-            log.warning("/metrics on %s has no authentication; bind it with --metrics-host 127.0.0.1 "
-                        "(or a private interface) if only this machine should read it", config.metrics_host)
+            log.warning(
+                "/metrics on %s has no authentication; bind it with --metrics-host 127.0.0.1 "
+                "(or a private interface) if only this machine should read it",
+                config.metrics_host,
+            )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -226,8 +255,12 @@ async def serve(config: ServeConfig) -> int:
 
     server, port, health_servicer = await build_server(config.address, runtime)
     if runtime.tokens is not None:
-        log.info("authentication: %d tokens from %s (SIGHUP reloads it); reflection: %s",
-                 len(runtime.tokens), config.security.auth_tokens, config.security.reflection)
+        log.info(
+            "authentication: %d tokens from %s (SIGHUP reloads it); reflection: %s",
+            len(runtime.tokens),
+            config.security.auth_tokens,
+            config.security.reflection,
+        )
     elif not is_loopback(config.host):
         log.warning("no --auth-tokens: every caller on the network may use every RPC and audit any completion")
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is loaded)", config.host, port)

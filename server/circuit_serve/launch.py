@@ -80,8 +80,23 @@ class LaunchedServer:
 
 def serve_command(model: str | Path, port: int, metrics_port: int, flags: Sequence[str] = ()) -> list[str]:
     """The `circuit-serve serve` command line on 127.0.0.1 (metrics on 127.0.0.1 too; port 0: off)."""
-    return [sys.executable, "-m", "circuit_serve.cli", "serve", "--model", str(model), "--host", HOST,
-            "--port", str(port), "--metrics-host", HOST, "--metrics-port", str(metrics_port), *flags]
+    return [
+        sys.executable,
+        "-m",
+        "circuit_serve.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--metrics-host",
+        HOST,
+        "--metrics-port",
+        str(metrics_port),
+        *flags,
+    ]
 
 
 def start_server(
@@ -109,9 +124,13 @@ def start_server(
         with tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log", delete=False) as f:
             log_path = Path(f.name)
     with log_path.open("wb") as log:  # 2. (the child keeps its own copy of the descriptor)
-        process = subprocess.Popen(serve_command(model, port, metrics_port, flags), stdout=log,
-                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            serve_command(model, port, metrics_port, flags),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
     server = LaunchedServer(process, port, metrics_port, log_path)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with CircuitClient(server.target, timeout=2, retries=0, credentials=credentials) as probe:  # 3.
@@ -128,6 +147,5 @@ def start_server(
                 return server
             if deadline is not None and time.monotonic() > deadline:
                 server.stop(grace_s=0)
-                raise TimeoutError(f"server not SERVING after {timeout_s:.0f} s (log {log_path}):\n"
-                                   f"{server.log_tail()}")
+                raise TimeoutError(f"server not SERVING after {timeout_s:.0f} s (log {log_path}):\n{server.log_tail()}")
             time.sleep(0.5)

@@ -138,7 +138,9 @@ def plan_memory(
         "replacement model weights": weights if transcoders is not None else 0,
         "transcoders": transcoders.resident_elements() * b if transcoders is not None else 0,
         "attribution budget": attribution_workers * attribution_budget_bytes if transcoders is not None else 0,
-        "server CUDA context + reserve": (cuda_context_bytes + allocator_reserve_bytes) if transcoders is not None else 0,
+        "server CUDA context + reserve": (cuda_context_bytes + allocator_reserve_bytes)
+        if transcoders is not None
+        else 0,
     }
     reserved = sum(tracing.values())
     vllm_share = card_bytes - reserved
@@ -155,20 +157,26 @@ def plan_memory(
         "vLLM KV cache": f"{max(kv, 0) // model.kv_bytes_per_token(b):,} tokens; needs >= {kv_min / GIB:.2f} GiB",
     }
     if transcoders is not None:
-        notes["transcoders"] = (f"{transcoders.kind} {transcoders.n_layers} x {transcoders.d_transcoder:,} features, "
-                                f"decoders {'read lazily' if transcoders.lazy_decoder else 'in memory'}")
+        notes["transcoders"] = (
+            f"{transcoders.kind} {transcoders.n_layers} x {transcoders.d_transcoder:,} features, "
+            f"decoders {'read lazily' if transcoders.lazy_decoder else 'in memory'}"
+        )
     util = max(0.0, min(1.0, vllm_share / card_bytes))
     if kv >= kv_min:
-        reason = (f"{(card_bytes - kv + kv_min) / GIB:.2f} GiB needed with the smallest KV cache; vLLM gets "
-                  f"{util:.3f} of the card, {kv / GIB:.2f} GiB of it for the KV cache")
+        reason = (
+            f"{(card_bytes - kv + kv_min) / GIB:.2f} GiB needed with the smallest KV cache; vLLM gets "
+            f"{util:.3f} of the card, {kv / GIB:.2f} GiB of it for the KV cache"
+        )
         return MemoryPlan(card_bytes, components, True, reason, util, notes)
     need = card_bytes - kv + kv_min
     biggest = max(tracing, key=tracing.get) if transcoders is not None else "vLLM weights"
     left = f"{kv / GIB:.2f} GiB" if kv > 0 else "nothing"
-    reason = (f"needs {need / GIB:.2f} GiB but the card has {card_bytes / GIB:.2f} GiB: the KV cache would get "
-              f"{left}, less than one {min_kv_tokens or max_model_len}-token sequence "
-              f"({kv_min / GIB:.2f} GiB). The largest tracing part is the {biggest} "
-              f"({tracing.get(biggest, weights) / GIB:.2f} GiB): lower --attribution-memory-budget-gib, "
-              f"--max-model-len, use lazily read decoders (safetensors sets), or put attribution on another card "
-              f"(--attribution-device cuda:1)")
+    reason = (
+        f"needs {need / GIB:.2f} GiB but the card has {card_bytes / GIB:.2f} GiB: the KV cache would get "
+        f"{left}, less than one {min_kv_tokens or max_model_len}-token sequence "
+        f"({kv_min / GIB:.2f} GiB). The largest tracing part is the {biggest} "
+        f"({tracing.get(biggest, weights) / GIB:.2f} GiB): lower --attribution-memory-budget-gib, "
+        f"--max-model-len, use lazily read decoders (safetensors sets), or put attribution on another card "
+        f"(--attribution-device cuda:1)"
+    )
     return MemoryPlan(card_bytes, components, False, reason, util, notes)

@@ -18,8 +18,15 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def demo_graph() -> dict:
@@ -48,8 +55,9 @@ def main() -> int:
 
     graph = demo_graph()
     target = next(n for n in graph["nodes"] if n["is_target_logit"])
-    inputs = sorted((link for link in graph["links"] if link["target"] == target["node_id"]),
-                    key=lambda link: -abs(link["weight"]))
+    inputs = sorted(
+        (link for link in graph["links"] if link["target"] == target["node_id"]), key=lambda link: -abs(link["weight"])
+    )
     with tempfile.TemporaryDirectory() as tmp:
         page_path = write_graph_html(graph, args.html or Path(tmp) / "demo.html", source="offline")
         with sync_playwright() as p:

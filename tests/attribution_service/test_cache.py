@@ -10,8 +10,15 @@ import pytest
 from circuit_serve.cache import GraphCache, MemoryBackend, RedisBackend, RedisLink, entry, graph_key, is_graph_key
 from circuit_serve.cache.key import key_material
 
-SETTINGS = {"max_n_logits": 10, "desired_logit_prob": 0.95, "max_feature_nodes": 256, "batch_size": 64,
-            "node_threshold": 0.8, "edge_threshold": 0.98, "targets": None}
+SETTINGS = {
+    "max_n_logits": 10,
+    "desired_logit_prob": 0.95,
+    "max_feature_nodes": 256,
+    "batch_size": 64,
+    "node_threshold": 0.8,
+    "edge_threshold": 0.98,
+    "targets": None,
+}
 SECTIONS = {"graph.pb": bytes(range(256)) * 40, "graph.json": b'{"nodes": []}'}
 
 
@@ -86,7 +93,7 @@ def test_version_1_entries_are_refused_not_misread():
     import struct
     import zlib
 
-    body = entry.encode("k1", SECTIONS, graph_format=1)[entry.HEADER_BYTES:]
+    body = entry.encode("k1", SECTIONS, graph_format=1)[entry.HEADER_BYTES :]
     packed = zlib.compress(body)
     v1 = struct.pack(">4sHH32sII", b"CSGE", 1, 1, hashlib.sha256(b"k1").digest(), zlib.crc32(packed), len(body))
     with pytest.raises(entry.BadEntry, match="entry format 1, this server reads 2"):

@@ -17,8 +17,10 @@ from circuit_client import ChatMessage, CircuitClient, CircuitRpcError, Sampling
 from circuit_client.attribution import AttributionClient, AttributionSettings
 from circuit_client.features import FeaturesClient
 
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 MESSAGES = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "What is the capital of France?")]
 SMALL = AttributionSettings(max_feature_nodes=32, batch_size=32)
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,8 +42,9 @@ def expected_ids(chat_model_dir) -> list[int]:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(chat_model_dir))
-    out = tok.apply_chat_template([{"role": m.role, "content": m.content} for m in MESSAGES],
-                                  add_generation_prompt=True, tokenize=True)
+    out = tok.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in MESSAGES], add_generation_prompt=True, tokenize=True
+    )
     ids = list(out["input_ids"] if hasattr(out, "keys") else out)
     assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id  # one BOS, written by the template
     return ids
@@ -67,8 +70,15 @@ def chat_server(launch_server, chat_model_dir, hub_commit):
         mp.setenv("HF_HOME", str(hub_commit[0]))
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.delenv("HF_HUB_CACHE", raising=False)
-        return launch_server("--transcoders", "test-org/chat-tcs", "--attribution-max-prompt-tokens", "128",
-                             "--attribution-memory-budget-gib", "0.25", model_dir=chat_model_dir)
+        return launch_server(
+            "--transcoders",
+            "test-org/chat-tcs",
+            "--attribution-max-prompt-tokens",
+            "128",
+            "--attribution-memory-budget-gib",
+            "0.25",
+            model_dir=chat_model_dir,
+        )
 
 
 def test_model_info_reports_the_transcoder_set(chat_server, hub_commit):
@@ -84,8 +94,9 @@ def test_model_info_reports_the_transcoder_set(chat_server, hub_commit):
 def test_tokenize_and_generate_use_the_chat_template(chat_server, expected_ids):
     with CircuitClient(chat_server.target) as client:
         assert list(client.tokenize(messages=MESSAGES).token_ids) == expected_ids
-        chat = client.generate(sampling=Sampling(max_new_tokens=5, temperature=0),
-                               messages=[(m.role, m.content) for m in MESSAGES])
+        chat = client.generate(
+            sampling=Sampling(max_new_tokens=5, temperature=0), messages=[(m.role, m.content) for m in MESSAGES]
+        )
         by_ids = client.generate(sampling=Sampling(max_new_tokens=5, temperature=0), prompt_token_ids=expected_ids)
     assert chat.usage.prompt_tokens == len(expected_ids)
     assert chat.token_ids == by_ids.token_ids
@@ -93,8 +104,10 @@ def test_tokenize_and_generate_use_the_chat_template(chat_server, expected_ids):
 
 def test_audit_of_a_chat_completion_uses_the_same_tokens(chat_server, expected_ids):
     with CircuitClient(chat_server.target) as client:
-        gen = client.generate(sampling=Sampling(max_new_tokens=4, temperature=0),
-                              messages=[{"role": m.role, "content": m.content} for m in MESSAGES])
+        gen = client.generate(
+            sampling=Sampling(max_new_tokens=4, temperature=0),
+            messages=[{"role": m.role, "content": m.content} for m in MESSAGES],
+        )
     k = 2
     with AttributionClient(chat_server.target, timeout=300) as graphs:
         audited, chat = [], []
@@ -125,20 +138,54 @@ def test_bad_chat_requests_are_invalid_argument(chat_server, server):
 
 def test_clis_accept_messages(chat_server, chat_model_dir, random_model_dir, tmp_path, expected_ids):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"), str(ROOT)])}
-    r = subprocess.run([sys.executable, "-m", "circuit_client.cli", "tokenize", "--target", chat_server.target,
-                        "--message", "system:Answer briefly.", "--message", "user:What is the capital of France?"],
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "circuit_client.cli",
+            "tokenize",
+            "--target",
+            chat_server.target,
+            "--message",
+            "system:Answer briefly.",
+            "--message",
+            "user:What is the capital of France?",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert [int(line.split("\t")[0]) for line in r.stdout.splitlines()] == expected_ids
     from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     tcs = write_random_transcoders(random_model_dir, tmp_path / "tcs", d_transcoder=64, seed=2)
-    r = subprocess.run([sys.executable, "-m", "circuit_serve.cli", "attribute", "--model", str(chat_model_dir),
-                        "--transcoders", str(tcs), "--message", "system:Answer briefly.",
-                        "--message", "user:What is the capital of France?", "--max-feature-nodes", "16",
-                        "--out", str(tmp_path / "g.json"), "--no-progress"],
-                       env={**env, "CIRCUIT_CACHE_DIR": str(tmp_path / "cache")}, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "circuit_serve.cli",
+            "attribute",
+            "--model",
+            str(chat_model_dir),
+            "--transcoders",
+            str(tcs),
+            "--message",
+            "system:Answer briefly.",
+            "--message",
+            "user:What is the capital of France?",
+            "--max-feature-nodes",
+            "16",
+            "--out",
+            str(tmp_path / "g.json"),
+            "--no-progress",
+        ],
+        env={**env, "CIRCUIT_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.loads((tmp_path / "g.json").read_text())["metadata"]
     assert len(meta["prompt_tokens"]) == len(expected_ids)

@@ -58,13 +58,16 @@ def test_labels_reach_the_json_and_the_key(replacement):
     engine = TracingEngine(replacement, serialize=fake_proto, graph_format=1)
     assert engine.labels_id == ""
     tokens = engine.prepare(engine.tokenize("Paris is the capital of"))
-    plain = json.loads(engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k")
-                       .sections[GRAPH_JSON])
+    plain = json.loads(
+        engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k").sections[GRAPH_JSON]
+    )
     feature = next(n for n in plain["nodes"] if n["feature_type"] == "cross layer transcoder")
     layer, index = int(feature["layer"]), int(feature["node_id"].split("_")[1])
-    engine = TracingEngine(replacement, serialize=fake_proto, graph_format=1,
-                           labels={(layer, index): "a named feature"})
+    engine = TracingEngine(
+        replacement, serialize=fake_proto, graph_format=1, labels={(layer, index): "a named feature"}
+    )
     assert len(engine.labels_id) == 64
-    labelled = json.loads(engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k")
-                          .sections[GRAPH_JSON])
+    labelled = json.loads(
+        engine.compute(tokens, SETTINGS, None, lambda p, f: None, lambda: False, slug="k").sections[GRAPH_JSON]
+    )
     assert any(n.get("clerp") == "a named feature" for n in labelled["nodes"])

@@ -41,18 +41,33 @@ class FakeEngine:
                 time.sleep(self.batch_s)
                 progress("attribution", (i + 1) / self.batches)
             self.finished.set()
-            stats = GraphStats(nodes_unpruned=100, nodes_pruned=20, edges_unpruned=900, edges_pruned=50,
-                               replacement_score=0.7, completeness_score=0.9, phase_seconds={"forward": 0.01})
+            stats = GraphStats(
+                nodes_unpruned=100,
+                nodes_pruned=20,
+                edges_unpruned=900,
+                edges_pruned=50,
+                replacement_score=0.7,
+                completeness_score=0.9,
+                phase_seconds={"forward": 0.01},
+            )
             return Computed({"graph.pb": f"graph-{tag}".encode()}, stats)
 
         return run
 
 
 def make_jobs(metrics, *, workers=1, max_queued=4, backend=None, link=None, lock_wait_s=5.0):
-    cache = GraphCache(backend or MemoryBackend(1 << 20), graph_format=1, ttl_s=60, max_entry_bytes=1 << 20, metrics=metrics)
+    cache = GraphCache(
+        backend or MemoryBackend(1 << 20), graph_format=1, ttl_s=60, max_entry_bytes=1 << 20, metrics=metrics
+    )
     pool = WorkerPool(workers=workers, max_queued=max_queued, metrics=metrics)
-    return GraphJobs(cache=cache, pool=pool, locks=ReplicaLocks(link, ttl_s=1.0), metrics=metrics,
-                     lock_wait_s=lock_wait_s, lock_poll_s=0.05)
+    return GraphJobs(
+        cache=cache,
+        pool=pool,
+        locks=ReplicaLocks(link, ttl_s=1.0),
+        metrics=metrics,
+        lock_wait_s=lock_wait_s,
+        lock_poll_s=0.05,
+    )
 
 
 async def collect(jobs, key, work, **kw):
@@ -78,7 +93,9 @@ def test_compute_then_cache_hit(metrics, registry):
 
     first, second = asyncio.run(go())
     assert isinstance(first[-1], Finished) and first[-1].source == "computed"
-    assert [e.fraction for e in first if isinstance(e, Running) and e.phase == "attribution"] == pytest.approx([1 / 3, 2 / 3, 1])
+    assert [e.fraction for e in first if isinstance(e, Running) and e.phase == "attribution"] == pytest.approx(
+        [1 / 3, 2 / 3, 1]
+    )
     assert second == [Finished({"graph.pb": b"graph-g"}, "cache")]
     assert engine.calls == 1
     assert value(registry, "circuit_attribution_computations_total") == 1

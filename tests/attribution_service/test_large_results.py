@@ -34,8 +34,17 @@ PREFIX = f"t-large-{uuid.uuid4().hex[:8]}:"
 @pytest.fixture(scope="module")
 def large_server(launch_server, redis_service, tmp_path_factory):
     model_dir, tc_dir = build_large_graph_model(tmp_path_factory.mktemp("large-graphs"))
-    srv = launch_server("--transcoders", str(tc_dir), "--redis-url", redis_service, "--redis-prefix", PREFIX,
-                        "--attribution-max-prompt-tokens", "128", model_dir=model_dir)
+    srv = launch_server(
+        "--transcoders",
+        str(tc_dir),
+        "--redis-url",
+        redis_service,
+        "--redis-prefix",
+        PREFIX,
+        "--attribution-max-prompt-tokens",
+        "128",
+        model_dir=model_dir,
+    )
     yield srv
     srv.stop()
     delete_prefix(redis_service, PREFIX)
@@ -105,8 +114,9 @@ def test_cache_hits_and_get_graph_stream_return_the_same_bytes(large_server, com
             assert hit.graph == first.graph and hit.frontend_json == first.frontend_json
             fetched, _ = reassemble(list(stub.GetGraphStream(pb.GetGraphRequest(key=key), timeout=120)))
             assert fetched.source == "cache" and fetched.graph == first.graph
-            json_only, size = reassemble(list(stub.GetGraphStream(
-                pb.GetGraphRequest(key=key, output=pb.GRAPH_OUTPUT_JSON), timeout=120)))
+            json_only, size = reassemble(
+                list(stub.GetGraphStream(pb.GetGraphRequest(key=key, output=pb.GRAPH_OUTPUT_JSON), timeout=120))
+            )
             assert not json_only.HasField("graph") and json_only.frontend_json == first.frontend_json
             # unary GetGraph sends one message: a default-limit client cannot take it
             with pytest.raises(grpc.RpcError) as err:

@@ -48,10 +48,25 @@ def srv(launch_server, random_model_dir, tmp_path_factory, redis_server):
 
     tc = write_random_transcoders(random_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, seed=0)
     return launch_server(
-        "--transcoders", str(tc), "--redis-url", redis_server.url, "--redis-prefix", PREFIX,
-        "--attribution-workers", "1", "--attribution-max-queued", "4", "--attribution-max-prompt-tokens", "64",
-        "--attribution-max-feature-nodes", "4096", "--attribution-max-batch-size", "4096",
-        "--attribution-memory-budget-gib", "2", model_dir=random_model_dir,
+        "--transcoders",
+        str(tc),
+        "--redis-url",
+        redis_server.url,
+        "--redis-prefix",
+        PREFIX,
+        "--attribution-workers",
+        "1",
+        "--attribution-max-queued",
+        "4",
+        "--attribution-max-prompt-tokens",
+        "64",
+        "--attribution-max-feature-nodes",
+        "4096",
+        "--attribution-max-batch-size",
+        "4096",
+        "--attribution-memory-budget-gib",
+        "2",
+        model_dir=random_model_dir,
     )
 
 
@@ -135,8 +150,9 @@ def test_redis_stopped_and_restarted_under_load(srv, redis_server):
         try:
             chunks = []
             with CircuitClient(srv.target, timeout=300) as client:
-                for chunk in client.stream(f"Story {i}: once upon a time",
-                                           Sampling(max_new_tokens=256, temperature=0, ignore_eos=True)):
+                for chunk in client.stream(
+                    f"Story {i}: once upon a time", Sampling(max_new_tokens=256, temperature=0, ignore_eos=True)
+                ):
                     if not chunks:
                         gen_started.append(time.monotonic())
                     chunks.append(chunk)
@@ -164,8 +180,11 @@ def test_redis_stopped_and_restarted_under_load(srv, redis_server):
     wait_for(lambda: len(gen_started) == 8 or gen_failures, 120, "every stream's first tokens")
     redis_server.stop()
     stopped_at = time.monotonic()
-    wait_for(lambda: sum(1 for t, _ in attr_sources if t > stopped_at) >= 2 or attr_failures, 120,
-             "graphs while Redis is down")
+    wait_for(
+        lambda: sum(1 for t, _ in attr_sources if t > stopped_at) >= 2 or attr_failures,
+        120,
+        "graphs while Redis is down",
+    )
     redis_server.start()
     restarted_at = time.monotonic()
 
@@ -192,9 +211,12 @@ def test_redis_stopped_and_restarted_under_load(srv, redis_server):
     assert min(gen_ended) > stopped_at, "a stream ended before Redis stopped: make them longer"
     assert not attr_failures, f"attribution failed: {attr_failures[:3]}"
     during = [s for t, s in attr_sources if stopped_at < t < restarted_at]
-    print(f"graphs: {len(attr_sources)} ({len(during)} while Redis was down, all computed); "
-          f"redis errors counted: {metric(srv, 'circuit_graph_cache_errors_total', backend='redis') - errors_before:.0f}")
+    print(
+        f"graphs: {len(attr_sources)} ({len(during)} while Redis was down, all computed); "
+        f"redis errors counted: {metric(srv, 'circuit_graph_cache_errors_total', backend='redis') - errors_before:.0f}"
+    )
     assert len(during) >= 2 and set(during) == {"computed"}, during
     assert metric(srv, "circuit_graph_cache_errors_total", backend="redis") > errors_before
-    assert metric(srv, "circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream",
-                  code="INTERNAL") == 0
+    assert (
+        metric(srv, "circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="INTERNAL") == 0
+    )

@@ -23,8 +23,10 @@ KEY = "ab" * 32
 
 def make_graph(n_nodes: int, n_edges: int) -> graph_pb2.Graph:
     g = graph_pb2.Graph(prompt="The capital of France is", input_tokens=[1, 7, 9], n_layers=6, pruned=True)
-    g.nodes.extend(graph_pb2.Node(index=i, layer=i % 6, position=i % 3, feature=i, influence=i / 7,
-                                  node_id=f"{i % 6}_{i}_{i % 3}") for i in range(n_nodes))
+    g.nodes.extend(
+        graph_pb2.Node(index=i, layer=i % 6, position=i % 3, feature=i, influence=i / 7, node_id=f"{i % 6}_{i}_{i % 3}")
+        for i in range(n_nodes)
+    )
     g.edges.targets.extend(range(n_edges))
     g.edges.sources.extend(reversed(range(n_edges)))
     g.edges.weights.extend(0.25 * i for i in range(n_edges))
@@ -42,8 +44,9 @@ def collect(key: str, result: bytes, chunk_bytes: int) -> list[bytes]:
     return list(result_wire.result_messages(key, parts, chunk_bytes))
 
 
-@pytest.mark.parametrize("output", [pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_PROTO,
-                                    pb.GRAPH_OUTPUT_JSON])
+@pytest.mark.parametrize(
+    "output", [pb.GRAPH_OUTPUT_UNSPECIFIED, pb.GRAPH_OUTPUT_BOTH, pb.GRAPH_OUTPUT_PROTO, pb.GRAPH_OUTPUT_JSON]
+)
 @pytest.mark.parametrize("source", ["cache", "computed"])
 def test_framed_result_is_what_protobuf_writes(output, source):
     expected = pb.AttributionResult(source=source)
@@ -69,7 +72,9 @@ def test_large_result_is_chunked_and_reassembles_as_documented():
     assert header.chunk_count == len(messages) - 1 == -(-len(result) // chunk) > 3
     assert header.total_bytes == len(result) and header.message_type == "circuit.v1.AttributionResult"
     assert [m.result_chunk.index for m in messages[1:]] == list(range(header.chunk_count))
-    assert all(len(m.result_chunk.data) == chunk for m in messages[1:-1]) and len(messages[-1].result_chunk.data) <= chunk
+    assert (
+        all(len(m.result_chunk.data) == chunk for m in messages[1:-1]) and len(messages[-1].result_chunk.data) <= chunk
+    )
     # the framed chunk messages are what protobuf writes too
     raw = collect(KEY, result, chunk)
     assert all(r == m.SerializeToString() for r, m in zip(raw, messages))
@@ -111,15 +116,18 @@ def progress_inside(ms):
     return ms[:2] + [pb.AttributeResponse(key=KEY, running=pb.AttributeRunning(phase="x"))] + ms[2:]
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda ms: swap(ms, 1, 2),  # out of order
-    lambda ms: ms[:2] + ms[3:],  # a chunk missing
-    lambda ms: ms[1:],  # no header
-    flip_byte,  # corrupted data
-    other_type,  # a message type this client does not read
-    progress_inside,  # something else between the chunks
-    lambda ms: ms + ms[:1],  # a second result announced but never sent
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda ms: swap(ms, 1, 2),  # out of order
+        lambda ms: ms[:2] + ms[3:],  # a chunk missing
+        lambda ms: ms[1:],  # no header
+        flip_byte,  # corrupted data
+        other_type,  # a message type this client does not read
+        progress_inside,  # something else between the chunks
+        lambda ms: ms + ms[:1],  # a second result announced but never sent
+    ],
+)
 def test_assembler_refuses_what_the_protocol_forbids(mangle):
     assembler = ResultAssembler()
     with pytest.raises(CircuitRpcError) as err:

@@ -50,11 +50,24 @@ def redis_for_server():
 
 def server_args(transcoder_dir, redis_for_server) -> list[str]:
     return [
-        "--transcoders", str(transcoder_dir),
-        "--redis-url", redis_for_server.url, "--redis-prefix", SERVER_PREFIX,
-        "--attribution-workers", "1", "--attribution-max-queued", "1",
-        "--attribution-max-prompt-tokens", "64", "--attribution-max-feature-nodes", "4096",
-        "--attribution-max-batch-size", "256", "--attribution-memory-budget-gib", str(48 / 1024),
+        "--transcoders",
+        str(transcoder_dir),
+        "--redis-url",
+        redis_for_server.url,
+        "--redis-prefix",
+        SERVER_PREFIX,
+        "--attribution-workers",
+        "1",
+        "--attribution-max-queued",
+        "1",
+        "--attribution-max-prompt-tokens",
+        "64",
+        "--attribution-max-feature-nodes",
+        "4096",
+        "--attribution-max-batch-size",
+        "256",
+        "--attribution-memory-budget-gib",
+        str(48 / 1024),
     ]
 
 
@@ -100,8 +113,14 @@ def test_graph_over_grpc_equals_the_engine(graphs, random_model_dir, transcoder_
     engine = TracingEngine(rm, serialize=serialize_graph, graph_format=GRAPH_FORMAT)
     from circuit_serve.tracing import AttributionSettings as EngineSettings
 
-    local = engine.compute(list(accepted.token_ids), EngineSettings(max_feature_nodes=48, batch_size=32), None,
-                           lambda *a: None, lambda: False, slug=result.key)
+    local = engine.compute(
+        list(accepted.token_ids),
+        EngineSettings(max_feature_nodes=48, batch_size=32),
+        None,
+        lambda *a: None,
+        lambda: False,
+        slug=result.key,
+    )
     ours, theirs = result.frontend(), json.loads(local.sections["graph.json"])
     assert [n["node_id"] for n in ours["nodes"]] == [n["node_id"] for n in theirs["nodes"]]
     assert [(e["source"], e["target"]) for e in ours["links"]] == [(e["source"], e["target"]) for e in theirs["links"]]
@@ -205,8 +224,9 @@ def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
     assert counter(attr_server, "circuit_attribution_dedup_joins_total") == joins + 1
 
 
-def test_two_replicas_sharing_redis_compute_a_graph_once(attr_server, launch_server, random_model_dir,
-                                                        transcoder_dir, redis_for_server):
+def test_two_replicas_sharing_redis_compute_a_graph_once(
+    attr_server, launch_server, random_model_dir, transcoder_dir, redis_for_server
+):
     # same model, transcoders, Redis and key prefix
     other = launch_server(*server_args(transcoder_dir, redis_for_server), model_dir=random_model_dir)
     settings = unique(SLOW, max_feature_nodes=600)  # several seconds of batches
@@ -274,8 +294,12 @@ def test_full_queue_gets_resource_exhausted(attr_server, graphs):
     stop.set()
     for t in (a, b):
         t.join(60)
-    _wait_for(lambda: counter(attr_server, "circuit_attribution_running") == 0
-              and counter(attr_server, "circuit_attribution_queue_depth") == 0)
+    _wait_for(
+        lambda: (
+            counter(attr_server, "circuit_attribution_running") == 0
+            and counter(attr_server, "circuit_attribution_queue_depth") == 0
+        )
+    )
 
 
 def test_deadline_shorter_than_the_graph_frees_the_worker(attr_server, graphs):
@@ -333,23 +357,47 @@ BAD = [
     (dict(prompt="x", prompt_token_ids=[5]), grpc.StatusCode.INVALID_ARGUMENT, "got prompt, prompt_token_ids"),
     (dict(prompt_token_ids=[5, 10**6]), grpc.StatusCode.INVALID_ARGUMENT, "outside the vocabulary"),
     (dict(prompt=" ".join(["word"] * 200)), grpc.StatusCode.INVALID_ARGUMENT, "the attribution limit is 64"),
-    (dict(prompt="hi", settings=AttributionSettings(max_feature_nodes=5000)), grpc.StatusCode.INVALID_ARGUMENT,
-     "max_feature_nodes: 5000 is above this server's limit of 4096"),
-    (dict(prompt="hi", settings=AttributionSettings(max_feature_nodes=0)), grpc.StatusCode.INVALID_ARGUMENT,
-     "max_feature_nodes: must be an integer >= 1"),
-    (dict(prompt="hi", settings=AttributionSettings(batch_size=1000)), grpc.StatusCode.INVALID_ARGUMENT,
-     "batch_size: 1000 is above this server's limit of 256"),
-    (dict(prompt="hi", settings=AttributionSettings(node_threshold=1.5)), grpc.StatusCode.INVALID_ARGUMENT,
-     "node_threshold: must be in (0, 1]"),
-    (dict(prompt="hi", settings=AttributionSettings(edge_threshold=0.0)), grpc.StatusCode.INVALID_ARGUMENT,
-     "edge_threshold: must be in (0, 1]"),
-    (dict(prompt="hi", settings=AttributionSettings(desired_logit_prob=2.0)), grpc.StatusCode.INVALID_ARGUMENT,
-     "desired_logit_prob: must be in (0, 1]"),
-    (dict(prompt="hi", settings=AttributionSettings(targets=[10**6])), grpc.StatusCode.INVALID_ARGUMENT,
-     "outside the vocabulary"),
+    (
+        dict(prompt="hi", settings=AttributionSettings(max_feature_nodes=5000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "max_feature_nodes: 5000 is above this server's limit of 4096",
+    ),
+    (
+        dict(prompt="hi", settings=AttributionSettings(max_feature_nodes=0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "max_feature_nodes: must be an integer >= 1",
+    ),
+    (
+        dict(prompt="hi", settings=AttributionSettings(batch_size=1000)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "batch_size: 1000 is above this server's limit of 256",
+    ),
+    (
+        dict(prompt="hi", settings=AttributionSettings(node_threshold=1.5)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "node_threshold: must be in (0, 1]",
+    ),
+    (
+        dict(prompt="hi", settings=AttributionSettings(edge_threshold=0.0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "edge_threshold: must be in (0, 1]",
+    ),
+    (
+        dict(prompt="hi", settings=AttributionSettings(desired_logit_prob=2.0)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "desired_logit_prob: must be in (0, 1]",
+    ),
+    (
+        dict(prompt="hi", settings=AttributionSettings(targets=[10**6])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "outside the vocabulary",
+    ),
     # about 120 MiB with this prompt's ~3.9k active features (the slow graphs need about 12 MiB)
-    (dict(prompt=LONG_PROMPT, settings=AttributionSettings(max_feature_nodes=4096)), grpc.StatusCode.INVALID_ARGUMENT,
-     "but the budget is 48 MiB"),
+    (
+        dict(prompt=LONG_PROMPT, settings=AttributionSettings(max_feature_nodes=4096)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "but the budget is 48 MiB",
+    ),
     (dict(request_id="no-such-request", token_index=0), grpc.StatusCode.NOT_FOUND, "'no-such-request'"),
     (dict(request_id="no-such-request"), grpc.StatusCode.INVALID_ARGUMENT, "request_id needs token_index"),
 ]
@@ -395,12 +443,20 @@ def test_without_transcoders_attribution_is_failed_precondition(server):
 
 def test_metrics_are_exported(attr_server):
     text = attr_server.metrics()
-    for name in ("circuit_attribution_duration_seconds_bucket", "circuit_attribution_graph_nodes_bucket",
-                 "circuit_attribution_graph_edges_bucket", "circuit_attribution_queue_depth",
-                 "circuit_attribution_running", "circuit_graph_cache_hits_total", "circuit_graph_cache_misses_total",
-                 "circuit_graph_cache_errors_total", "circuit_graph_cache_bytes_total",
-                 "circuit_attribution_dedup_joins_total", "circuit_attribution_replacement_score_bucket",
-                 "circuit_attribution_completeness_score_bucket"):
+    for name in (
+        "circuit_attribution_duration_seconds_bucket",
+        "circuit_attribution_graph_nodes_bucket",
+        "circuit_attribution_graph_edges_bucket",
+        "circuit_attribution_queue_depth",
+        "circuit_attribution_running",
+        "circuit_graph_cache_hits_total",
+        "circuit_graph_cache_misses_total",
+        "circuit_graph_cache_errors_total",
+        "circuit_graph_cache_bytes_total",
+        "circuit_attribution_dedup_joins_total",
+        "circuit_attribution_replacement_score_bucket",
+        "circuit_attribution_completeness_score_bucket",
+    ):
         assert name in text, name
 
 
@@ -413,24 +469,52 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
 
     out, again = tmp_path / "graph.json", tmp_path / "again.json"
     cli = [sys.executable, "-m", "circuit_client.cli"]
-    done = subprocess.run([*cli, "attribute", "--prompt", PROMPT, "--max-feature-nodes", "48", "--batch-size", "32",
-                           "--out", str(out), "--target", attr_server.target],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            *cli,
+            "attribute",
+            "--prompt",
+            PROMPT,
+            "--max-feature-nodes",
+            "48",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+            "--target",
+            attr_server.target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip().splitlines()[-1]
     assert json.loads(out.read_text())["nodes"]
-    fetched = subprocess.run([*cli, "graph", key, "--out", str(again), "--target", attr_server.target],
-                             capture_output=True, text=True, timeout=60)
+    fetched = subprocess.run(
+        [*cli, "graph", key, "--out", str(again), "--target", attr_server.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert fetched.returncode == 0, fetched.stderr
     assert again.read_bytes() == out.read_bytes()
     view = tmp_path / "graph.html"  # the graph view, without --out
-    shown = subprocess.run([*cli, "graph", key, "--html", str(view), "--target", attr_server.target],
-                           capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [*cli, "graph", key, "--html", str(view), "--target", attr_server.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr
     data = view.read_text().split('id="graph-data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(data) == {"graph": json.loads(out.read_text()), "key": key, "source": "cache"}
-    missing = subprocess.run([*cli, "graph", "0" * 64, "--out", str(again), "--target", attr_server.target],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*cli, "graph", "0" * 64, "--out", str(again), "--target", attr_server.target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
 
 

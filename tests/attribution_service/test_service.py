@@ -49,8 +49,14 @@ class StubEngine:
 
 
 def config(**over):
-    base = dict(max_prompt_tokens=16, max_feature_nodes_limit=500, max_batch_size=64, memory_budget_bytes=5 * 10**8,
-                workers=1, max_queued=2)
+    base = dict(
+        max_prompt_tokens=16,
+        max_feature_nodes_limit=500,
+        max_batch_size=64,
+        memory_budget_bytes=5 * 10**8,
+        workers=1,
+        max_queued=2,
+    )
     base.update(over)
     return AttributionConfig(**base)
 
@@ -93,7 +99,9 @@ def test_key_depends_on_settings_and_targets(registry):
     keys = {
         service.key_for(engine, tokens, s, None),
         service.key_for(engine, tokens, AttributionSettings(batch_size=16, max_feature_nodes=101), None),
-        service.key_for(engine, tokens, AttributionSettings(batch_size=16, max_feature_nodes=100, node_threshold=0.5), None),
+        service.key_for(
+            engine, tokens, AttributionSettings(batch_size=16, max_feature_nodes=100, node_threshold=0.5), None
+        ),
         service.key_for(engine, tokens, s, (5,)),
         service.key_for(engine, tokens, s, (Contrast(5, 6),)),
         service.key_for(engine, [1, 2, 4], s, None),
@@ -111,8 +119,12 @@ def test_audit_a_served_completion_token(registry):
         audited = await run(service, req(request_id="req-1", token_index=2))
         direct = await run(service, req(token_ids=(BOS, 10, 11, 20, 21)))
         errors = []
-        for bad in (req(request_id="nope", token_index=0), req(request_id="req-1", token_index=3),
-                    req(request_id="req-1"), req(token_index=1, prompt="x")):
+        for bad in (
+            req(request_id="nope", token_index=0),
+            req(request_id="req-1", token_index=3),
+            req(request_id="req-1"),
+            req(token_index=1, prompt="x"),
+        ):
             with pytest.raises((NotFound, InvalidRequest)) as info:
                 await run(service, bad)
             errors.append(info.value)
@@ -134,7 +146,10 @@ def test_audit_a_served_completion_token(registry):
         (req(prompt="a", token_ids=(3,)), "(got prompt, prompt_token_ids)"),
         (req(token_ids=(3, 100)), "token ids [100] are outside the vocabulary [0, 100)"),
         (req(prompt="x" * 20), "the input has 21 tokens (BOS included); the attribution limit is 16"),
-        (req(AttributionSettings(max_feature_nodes=501), prompt="hi"), "max_feature_nodes: 501 is above this server's limit of 500"),
+        (
+            req(AttributionSettings(max_feature_nodes=501), prompt="hi"),
+            "max_feature_nodes: 501 is above this server's limit of 500",
+        ),
         (req(AttributionSettings(batch_size=65), prompt="hi"), "batch_size: 65 is above this server's limit of 64"),
         (req(AttributionSettings(node_threshold=0.0), prompt="hi"), "node_threshold: must be in (0, 1]"),
     ],
@@ -173,8 +188,11 @@ def test_get_graph_and_background_jobs(registry):
         with pytest.raises(InvalidRequest, match="not a graph key"):
             await service.get_graph("abc")
         # detach right after the key: the background waiter finishes the graph anyway
-        async with contextlib.aclosing(service.attribute(
-                AttributeRequest(AttributionInput(prompt="bg"), AttributionSettings(batch_size=16), background=True))) as s:
+        async with contextlib.aclosing(
+            service.attribute(
+                AttributeRequest(AttributionInput(prompt="bg"), AttributionSettings(batch_size=16), background=True)
+            )
+        ) as s:
             first = await anext(s)
         await asyncio.sleep(0.02)
         with pytest.raises(NotFound, match="still being computed"):

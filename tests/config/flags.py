@@ -22,8 +22,8 @@ def all_flags() -> set[str]:
 def limits_fields() -> dict[str, str | None]:
     """`circuit.v1.Limits` field -> the flag its comment names in brackets (generation.proto), or None."""
     proto = (Path(__file__).resolve().parents[2] / "protos" / "circuit" / "v1" / "generation.proto").read_text()
-    body = proto[proto.index("message Limits {"):]
-    body = body[:body.index("\n}")]
+    body = proto[proto.index("message Limits {") :]
+    body = body[: body.index("\n}")]
     out: dict[str, str | None] = {}
     for m in re.finditer(r"^\s*\w+ (\w+) = \d+;(.*)$", body, flags=re.MULTILINE):
         flag = re.search(r"\[(--[a-z0-9-]+)\]", m.group(2))

@@ -60,8 +60,11 @@ def test_every_flag_a_message_names_exists():
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                unknown += [(path.name, node.lineno, flag) for flag in FLAG.findall(node.value)
-                            if flag not in known and flag != "--flag"]  # option.py's placeholder
+                unknown += [
+                    (path.name, node.lineno, flag)
+                    for flag in FLAG.findall(node.value)
+                    if flag not in known and flag != "--flag"
+                ]  # option.py's placeholder
     assert not unknown
 
 

@@ -88,6 +88,14 @@ def test_labels_name_features_with_a_selectivity():
     assert all(0.0 <= e["selectivity"] <= 1.0 + 1e-9 and 0.0 <= e["answer_share"] <= 1.0 + 1e-9 for e in labels)
     kinds = {e["kind"] for e in labels}
     assert {"fact", "entity", "relation", "token", "before"} <= kinds  # every kind of label occurs
-    prefix = {"fact": "fact: ", "entity": "entity: ", "relation": "relation: ", "answer_slot": "answer slot: ",
-              "token": "token: ", "after": "after: ", "before": "before: ", "tokens": "tokens: "}
+    prefix = {
+        "fact": "fact: ",
+        "entity": "entity: ",
+        "relation": "relation: ",
+        "answer_slot": "answer slot: ",
+        "token": "token: ",
+        "after": "after: ",
+        "before": "before: ",
+        "tokens": "tokens: ",
+    }
     assert all(e["label"].startswith(prefix[e["kind"]]) for e in labels)

@@ -36,7 +36,9 @@ def setup():
     world = World(manifest["seed"])
     model = AutoModelForCausalLM.from_pretrained(str(ASSETS / "model"), dtype=torch.float32).eval()
     vocab = AutoTokenizer.from_pretrained(str(ASSETS / "model")).get_vocab()
-    rows, answer = _stream_rows(world, vocab, LABEL_ROWS, manifest["settings"]["model"]["seq_len"], manifest["seed"] + 303)
+    rows, answer = _stream_rows(
+        world, vocab, LABEL_ROWS, manifest["settings"]["model"]["seq_len"], manifest["seed"] + 303
+    )
     corpus = L.corpus(world, vocab, rows, answer)
     tcs = load_transcoders(ASSETS / "transcoders")
     with torch.no_grad():
@@ -124,8 +126,11 @@ def audit_path_features(entries) -> list[tuple[int, int]]:
         if incoming[source]:
             on_path.append(incoming[source][0][1])
     nodes = {n["node_id"]: n for n in js["nodes"]}
-    return [(int(nodes[i]["layer"]), int(i.split("_")[1])) for i in on_path
-            if nodes[i]["feature_type"] == "cross layer transcoder"]
+    return [
+        (int(nodes[i]["layer"]), int(i.split("_")[1]))
+        for i in on_path
+        if nodes[i]["feature_type"] == "cross layer transcoder"
+    ]
 
 
 def test_audit_path_labels_agree_with_measured_selectivities(setup):

@@ -46,8 +46,9 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def helm_template(values: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run([find_tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                "-f", str(values), *extra])
+    return run(
+        [find_tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "-f", str(values), *extra]
+    )
 
 
 @pytest.fixture(scope="session")

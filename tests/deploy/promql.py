@@ -1,7 +1,7 @@
 """The metric table of the chart's README and a name/label extractor for PromQL expressions.
 
-    table = metric_table()                         # {"vllm:num_requests_waiting": ("gauge", {"model_name", "engine"}), ...}
-    names, labels = names_and_labels('sum by (pod) (rate(x_total{a="1"}[5m]))')   # {"x_total"}, {"pod", "a"}
+table = metric_table()                         # {"vllm:num_requests_waiting": ("gauge", {"model_name", "engine"}), ...}
+names, labels = names_and_labels('sum by (pod) (rate(x_total{a="1"}[5m]))')   # {"x_total"}, {"pod", "a"}
 """
 
 from __future__ import annotations
@@ -14,8 +14,22 @@ README = Path(__file__).resolve().parents[2] / "server" / "deploy" / "helm" / "c
 # Labels Prometheus adds to every series it scrapes through the ServiceMonitor (not exported by the server).
 TARGET_LABELS = {"namespace", "pod", "job", "service", "instance", "container", "endpoint"}
 
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-             "offset", "inf", "nan", "atan2"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _SELECTOR = re.compile(r"\{([^{}]*)\}")
 _MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")

@@ -131,8 +131,9 @@ def test_services(render):
     assert headless["metadata"]["name"] == f"{FULLNAME}-headless"
     assert headless["spec"]["clusterIP"] == "None"
     assert headless["spec"]["selector"] == selector
-    assert headless["spec"]["ports"] == [{"name": "grpc", "port": 50051, "targetPort": "grpc",
-                                          "protocol": "TCP", "appProtocol": "grpc"}]
+    assert headless["spec"]["ports"] == [
+        {"name": "grpc", "port": 50051, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+    ]
     metrics = only(docs, "Service", "-metrics")
     assert metrics["spec"]["type"] == "ClusterIP" and "clusterIP" not in metrics["spec"]
     assert metrics["spec"]["selector"] == selector
@@ -156,7 +157,7 @@ def test_tls_tokens_redis(render):
     assert flag(args, "--tls-cert") == f"{mounts['tls']}/tls.crt"
     assert flag(args, "--tls-key") == f"{mounts['tls']}/tls.key"
     assert flag(args, "--tls-client-ca") == f"{mounts['tls']}/ca.crt"
-    assert vols["tls"]["secret"]["secretName"] == "circuit-serve-cert"   # the existing Secret
+    assert vols["tls"]["secret"]["secretName"] == "circuit-serve-cert"  # the existing Secret
     # tokens: a chart-made Secret holding tokens.yaml, mounted where --auth-tokens points
     assert flag(args, "--auth-tokens") == f"{mounts['auth']}/tokens.yaml"
     secret = only(docs, "Secret", "-auth")
@@ -203,10 +204,16 @@ def test_service_monitor(render):
     sel = sm["spec"]["selector"]["matchLabels"]
     assert all(metrics["metadata"]["labels"].get(k) == v for k, v in sel.items())
     headless = only(docs, "Service", "-headless")
-    assert not all(headless["metadata"]["labels"].get(k) == v for k, v in sel.items()), "scrape the metrics Service only"
+    assert not all(headless["metadata"]["labels"].get(k) == v for k, v in sel.items()), (
+        "scrape the metrics Service only"
+    )
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (ep,) = sm["spec"]["endpoints"]
-    assert ep["port"] == "metrics" and ep["path"] == "/metrics" and set(ep) <= {"port", "path", "interval", "scrapeTimeout"}
+    assert (
+        ep["port"] == "metrics"
+        and ep["path"] == "/metrics"
+        and set(ep) <= {"port", "path", "interval", "scrapeTimeout"}
+    )
 
 
 def test_keda_scaled_object(render):
@@ -245,7 +252,7 @@ def test_prometheus_rule_is_the_rules_file(render):
         for src, got in zip(group_src["rules"], group["rules"], strict=True):
             assert set(got) <= {"alert", "record", "expr", "for", "labels", "annotations"}
             if src["alert"] == "CircuitServeTTFTAboveSLO":
-                assert "> 1.5 # ttftP99SloSeconds" in got["expr"]   # prometheusRule.ttftP99SloSeconds
+                assert "> 1.5 # ttftP99SloSeconds" in got["expr"]  # prometheusRule.ttftP99SloSeconds
                 got = {**got, "expr": got["expr"].replace("> 1.5 #", "> 2 #")}
             assert got == src
 
@@ -259,8 +266,19 @@ def test_dashboard_config_map(render):
 
 def test_notes_render(render):
     """helm template leaves NOTES.txt out; install --dry-run=client renders it, offline."""
-    done = run([find_tool("helm"), "install", RELEASE, str(CHART), "-n", NAMESPACE, "--dry-run=client",
-                "-f", str(CHART / "ci" / "default-values.yaml")])
+    done = run(
+        [
+            find_tool("helm"),
+            "install",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NAMESPACE,
+            "--dry-run=client",
+            "-f",
+            str(CHART / "ci" / "default-values.yaml"),
+        ]
+    )
     assert done.returncode == 0, done.stderr
     assert f"dns:///{FULLNAME}-headless.{NAMESPACE}.svc.cluster.local:50051" in done.stdout
     assert re.search(r"startup probe allows\s+1800 s", done.stdout)

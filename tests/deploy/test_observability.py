@@ -49,7 +49,8 @@ def check_names(exprs: dict[str, str]) -> None:
 def test_extractor():
     names, labels = names_and_labels(
         'histogram_quantile(0.99, sum by (namespace, le) (rate(vllm:time_to_first_token_seconds_bucket{a="x{y}"}[5m] offset 10m)))'
-        " > 2 # slo\nand on (pod) group_left(model_name) up_total * 0")
+        " > 2 # slo\nand on (pod) group_left(model_name) up_total * 0"
+    )
     assert names == {"vllm:time_to_first_token_seconds_bucket", "up_total"}
     assert labels == {"namespace", "le", "a", "pod", "model_name"}
 
@@ -75,10 +76,16 @@ def test_every_alert_has_a_unit_test():
 
 def test_alerts_cover_the_issue():
     exprs = rule_exprs()
-    assert set(exprs) == {"CircuitServeNotServing", "CircuitServeEngineRestarts", "CircuitServeTTFTAboveSLO",
-                          "CircuitServeAttributionBacklogGrowing", "CircuitServeGraphCacheErrors",
-                          "CircuitServeWatchedFeatureSpike", "CircuitServeAuthFailureBurst"}
-    assert "> 2 # ttftP99SloSeconds" in exprs["CircuitServeTTFTAboveSLO"]   # the chart's marker
+    assert set(exprs) == {
+        "CircuitServeNotServing",
+        "CircuitServeEngineRestarts",
+        "CircuitServeTTFTAboveSLO",
+        "CircuitServeAttributionBacklogGrowing",
+        "CircuitServeGraphCacheErrors",
+        "CircuitServeWatchedFeatureSpike",
+        "CircuitServeAuthFailureBurst",
+    }
+    assert "> 2 # ttftP99SloSeconds" in exprs["CircuitServeTTFTAboveSLO"]  # the chart's marker
 
 
 def test_rule_metrics_are_listed():
@@ -87,8 +94,14 @@ def test_rule_metrics_are_listed():
 
 def test_dashboard_expressions_parse(tmp_path):
     exprs = dashboard_exprs()
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:expr_{i}", "expr": e} for i, e in enumerate(exprs.values())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:expr_{i}", "expr": e} for i, e in enumerate(exprs.values())],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-rules.yaml"
     path.write_text(yaml.safe_dump(rules))
     done = run([find_tool("promtool"), "check", "rules", str(path)])
@@ -112,20 +125,42 @@ def test_dashboard_variables_use_listed_metrics():
         assert name in series and m.group(2) in series[name] | TARGET_LABELS
 
 
-@pytest.mark.parametrize("section, metrics", [
-    ("generation", {"vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
-                    "vllm:e2e_request_latency_seconds_bucket", "vllm:generation_tokens_total",
-                    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"}),
-    ("attribution", {"circuit_attribution_queue_depth", "circuit_attribution_running",
-                     "circuit_attribution_duration_seconds_bucket", "circuit_graph_cache_hits_total",
-                     "circuit_graph_cache_misses_total", "circuit_attribution_computations_total"}),
-    ("monitoring", {"circuit_watched_feature_fired_total", "circuit_watched_feature_actions_total"}),
-    ("rpc and auth", {"circuit_rpc_requests_total", "circuit_auth_failures_total"}),
-])
+@pytest.mark.parametrize(
+    "section, metrics",
+    [
+        (
+            "generation",
+            {
+                "vllm:time_to_first_token_seconds_bucket",
+                "vllm:inter_token_latency_seconds_bucket",
+                "vllm:e2e_request_latency_seconds_bucket",
+                "vllm:generation_tokens_total",
+                "vllm:num_requests_running",
+                "vllm:num_requests_waiting",
+                "vllm:kv_cache_usage_perc",
+            },
+        ),
+        (
+            "attribution",
+            {
+                "circuit_attribution_queue_depth",
+                "circuit_attribution_running",
+                "circuit_attribution_duration_seconds_bucket",
+                "circuit_graph_cache_hits_total",
+                "circuit_graph_cache_misses_total",
+                "circuit_attribution_computations_total",
+            },
+        ),
+        ("monitoring", {"circuit_watched_feature_fired_total", "circuit_watched_feature_actions_total"}),
+        ("rpc and auth", {"circuit_rpc_requests_total", "circuit_auth_failures_total"}),
+    ],
+)
 def test_dashboard_panels(section, metrics):
     used = set().union(*(names_and_labels(e)[0] for e in dashboard_exprs().values()))
     assert metrics <= used, f"{section}: {metrics - used}"
-    pct = [e for e in dashboard_exprs().values() if "histogram_quantile(0.99, sum by (le) (rate(vllm:time_to_first" in e]
+    pct = [
+        e for e in dashboard_exprs().values() if "histogram_quantile(0.99, sum by (le) (rate(vllm:time_to_first" in e
+    ]
     assert pct, "TTFT p99"
 
 

@@ -18,10 +18,15 @@ def test_intervention_specs():
 
 
 def test_tables():
-    rows = [PositionActivations(0, 1, "<s>", (FeatureValue(1, 2, 0.0, "paris"),)),
-            PositionActivations(1, 9, "Par", (FeatureValue(1, 2, 3.25, "paris"),))]
-    assert format_table(rows, listed=True).splitlines() == ["pos\ttoken\t1:2 paris", "0\t'<s>'\t0.000",
-                                                            "1\t'Par'\t3.250"]
+    rows = [
+        PositionActivations(0, 1, "<s>", (FeatureValue(1, 2, 0.0, "paris"),)),
+        PositionActivations(1, 9, "Par", (FeatureValue(1, 2, 3.25, "paris"),)),
+    ]
+    assert format_table(rows, listed=True).splitlines() == [
+        "pos\ttoken\t1:2 paris",
+        "0\t'<s>'\t0.000",
+        "1\t'Par'\t3.250",
+    ]
     assert "1:2=3.250 (paris)" in format_table(rows, listed=False)
     text = side_by_side("left text", "right", width=40)
     assert text.splitlines()[0].startswith("default") and "| right" in text

@@ -58,13 +58,16 @@ def test_watched_activations_align_with_the_tokens(engine):
     assert torch.equal(torch.tensor([[v.activation for v in r.values] for r in short]), dense)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"features": [FeatureRef(3, 0)]}, r"features\[0\]: layer 3 does not exist"),
-    ({"features": [FeatureRef(0, 48)]}, r"features\[0\]: index 48 does not exist"),
-    ({"top_k": 1001}, r"top_k: is 1001"),
-    ({}, "exactly one of features"),
-    ({"features": [FeatureRef(0, 1)], "top_k": 2}, "exactly one of features"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"features": [FeatureRef(3, 0)]}, r"features\[0\]: layer 3 does not exist"),
+        ({"features": [FeatureRef(0, 48)]}, r"features\[0\]: index 48 does not exist"),
+        ({"top_k": 1001}, r"top_k: is 1001"),
+        ({}, "exactly one of features"),
+        ({"features": [FeatureRef(0, 1)], "top_k": 2}, "exactly one of features"),
+    ],
+)
 def test_bad_queries(engine, kwargs, message):
     with pytest.raises(InvalidRequest, match=message):
         engine.feature_activations(TokensInput(prompt="hi"), **kwargs)

@@ -22,24 +22,39 @@ def write(tmp_path, name, text):
 
 def test_labels_json_and_yaml(tmp_path):
     j = write(tmp_path, "l.json", json.dumps([{"layer": 1, "index": 7, "label": "Paris"}]))
-    y = write(tmp_path, "l.yaml", "labels:\n  - {layer: 1, index: 7, label: Paris, selectivity: 0.9}\n  - {layer: 3, index: 99, label: x}\n")
+    y = write(
+        tmp_path,
+        "l.yaml",
+        "labels:\n  - {layer: 1, index: 7, label: Paris, selectivity: 0.9}\n  - {layer: 3, index: 99, label: x}\n",
+    )
     assert load_labels(j, SHAPE).get(FeatureRef(1, 7)) == "Paris"
     labels = load_labels(y, SHAPE)
     assert len(labels) == 2 and labels.get(FeatureRef(0, 0)) == ""
     assert labels.as_dict() == {(1, 7): "Paris", (3, 99): "x"}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('[{"layer": 1, "index": 7}]', "entry 0: field 'label': is missing"),
-    ('[{"layer": "1", "index": 7, "label": "a"}]', "entry 0: field 'layer': must be a non-negative integer"),
-    ('[{"layer": 1, "index": 7, "label": "a"}, {"layer": 4, "index": 0, "label": "b"}]',
-     "entry 1: layer 4 does not exist; layers are 0..3"),
-    ('[{"layer": 1, "index": 100, "label": "a"}]', "entry 0: index 100 does not exist; each layer has features 0..99"),
-    ('[{"layer": 1, "index": 7, "label": "a"}, {"layer": 1, "index": 7, "label": "b"}]', "already has the label 'a'"),
-    ('{"layer": 1}', "expected a list of entries"),
-    ('[1, 2]', "entry 0: expected a mapping"),
-    ('[{"layer": 1,', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"layer": 1, "index": 7}]', "entry 0: field 'label': is missing"),
+        ('[{"layer": "1", "index": 7, "label": "a"}]', "entry 0: field 'layer': must be a non-negative integer"),
+        (
+            '[{"layer": 1, "index": 7, "label": "a"}, {"layer": 4, "index": 0, "label": "b"}]',
+            "entry 1: layer 4 does not exist; layers are 0..3",
+        ),
+        (
+            '[{"layer": 1, "index": 100, "label": "a"}]',
+            "entry 0: index 100 does not exist; each layer has features 0..99",
+        ),
+        (
+            '[{"layer": 1, "index": 7, "label": "a"}, {"layer": 1, "index": 7, "label": "b"}]',
+            "already has the label 'a'",
+        ),
+        ('{"layer": 1}', "expected a list of entries"),
+        ("[1, 2]", "entry 0: expected a mapping"),
+        ('[{"layer": 1,', "not valid JSON"),
+    ],
+)
 def test_labels_errors(tmp_path, text, message):
     path = write(tmp_path, "labels.json", text)
     with pytest.raises(FeatureFileError, match=message) as info:
@@ -67,19 +82,32 @@ def test_watchlist_loads_with_labels(tmp_path):
     assert watched[1].action is Action.FLAG and watched[1].label == "Paris"
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("- {name: a, layer: 2, index: 5, threshold: 1, action: halt}",
-     r"entry 0 \('a'\): field 'action': is 'halt'; must be one of record, flag, stop"),
-    ("- {name: a, layer: 2, index: 5, threshold: high, action: stop}", "field 'threshold': must be a finite number"),
-    ("- {name: a, layer: 2, index: 5, threshold: 1, action: stop}\n- {name: a, layer: 1, index: 5, threshold: 1, action: stop}",
-     r"entry 1 \('a'\): field 'name': 'a' is used by an earlier entry"),
-    ("- {name: a, layer: 9, index: 5, threshold: 1, action: stop}", "layer 9 does not exist"),
-    ("- {name: a, layer: 1, index: -1, threshold: 1, action: stop}", "field 'index': must be a non-negative integer"),
-    ("- {layer: 1, index: 1, threshold: 1, action: stop}", "field 'name': is missing"),
-    ("- {name: a, layer: 1, index: 1, treshold: 1, action: stop}", "field 'treshold': unknown field"),
-    ("[]", "the watchlist is empty"),
-    ("- {name: a, layer: [1, index: 1}", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "- {name: a, layer: 2, index: 5, threshold: 1, action: halt}",
+            r"entry 0 \('a'\): field 'action': is 'halt'; must be one of record, flag, stop",
+        ),
+        (
+            "- {name: a, layer: 2, index: 5, threshold: high, action: stop}",
+            "field 'threshold': must be a finite number",
+        ),
+        (
+            "- {name: a, layer: 2, index: 5, threshold: 1, action: stop}\n- {name: a, layer: 1, index: 5, threshold: 1, action: stop}",
+            r"entry 1 \('a'\): field 'name': 'a' is used by an earlier entry",
+        ),
+        ("- {name: a, layer: 9, index: 5, threshold: 1, action: stop}", "layer 9 does not exist"),
+        (
+            "- {name: a, layer: 1, index: -1, threshold: 1, action: stop}",
+            "field 'index': must be a non-negative integer",
+        ),
+        ("- {layer: 1, index: 1, threshold: 1, action: stop}", "field 'name': is missing"),
+        ("- {name: a, layer: 1, index: 1, treshold: 1, action: stop}", "field 'treshold': unknown field"),
+        ("[]", "the watchlist is empty"),
+        ("- {name: a, layer: [1, index: 1}", "not valid YAML"),
+    ],
+)
 def test_watchlist_errors(tmp_path, text, message):
     path = write(tmp_path, "watch.yaml", text)
     with pytest.raises(FeatureFileError, match=message):

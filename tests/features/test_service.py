@@ -68,13 +68,16 @@ def test_states(rm, watchlist):
     assert [w.name for w in every.resolve(no).features] == ["a"]
 
 
-@pytest.mark.parametrize(("rules", "message"), [
-    ((WatchedFeature("x", FeatureRef(9, 0), 0.1, Action.STOP),), "layer 9 does not exist"),
-    ((WatchedFeature("x", FeatureRef(0, 99999), 0.1, Action.STOP),), "index 99999 does not exist"),
-    ((WatchedFeature("a", FeatureRef(0, 1), 0.1, Action.STOP),), "already used"),
-    ((WatchedFeature("x", FeatureRef(0, 1), 0.1, Action.FLAG),) * 2, "already used"),
-    (tuple(WatchedFeature(f"r{i}", FeatureRef(0, i), 0.1, Action.FLAG) for i in range(3)), "at most 2"),
-])
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ((WatchedFeature("x", FeatureRef(9, 0), 0.1, Action.STOP),), "layer 9 does not exist"),
+        ((WatchedFeature("x", FeatureRef(0, 99999), 0.1, Action.STOP),), "index 99999 does not exist"),
+        ((WatchedFeature("a", FeatureRef(0, 1), 0.1, Action.STOP),), "already used"),
+        ((WatchedFeature("x", FeatureRef(0, 1), 0.1, Action.FLAG),) * 2, "already used"),
+        (tuple(WatchedFeature(f"r{i}", FeatureRef(0, i), 0.1, Action.FLAG) for i in range(3)), "at most 2"),
+    ],
+)
 def test_bad_rules_are_invalid_argument(rm, watchlist, rules, message):
     service = started(FeaturesConfig(watchlist=watchlist, max_request_watch=2), rm)
     with pytest.raises(InvalidRequest, match=message):
@@ -99,8 +102,9 @@ def test_steering_goes_through_admission(rm):
             Pool.calls += 1
             return await asyncio.to_thread(work, lambda *a: None, stop.is_set)
 
-    query = SteerQuery(TokensInput(prompt="hey"), (Intervention(FeatureRef(0, 1), Op.SET, 0.0, (1,)),),
-                       Sampling(max_new_tokens=2))
+    query = SteerQuery(
+        TokensInput(prompt="hey"), (Intervention(FeatureRef(0, 1), Op.SET, 0.0, (1,)),), Sampling(max_new_tokens=2)
+    )
     service = started(FeaturesConfig(), rm, admission=FullPool())
     with pytest.raises(CapacityExceeded):
         asyncio.run(service.steer(query))

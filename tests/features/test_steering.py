@@ -41,8 +41,9 @@ def test_setting_a_feature_to_its_value_changes_nothing(llama, transcoders, targ
         for pos in (2, 5, len(PROMPT) - 1):
             index = most_active(dense, layer, pos)
             assert dense[layer, pos, index] > 0
-            interventions.append(Intervention(FeatureRef(layer, index), Op.SET, float(dense[layer, pos, index]),
-                                              positions=(pos,)))
+            interventions.append(
+                Intervention(FeatureRef(layer, index), Op.SET, float(dense[layer, pos, index]), positions=(pos,))
+            )
     base = intervened_logits(target, PROMPT, (), len(PROMPT))
     same = intervened_logits(target, PROMPT, interventions, len(PROMPT))
     assert (same - base).abs().max() < 1e-5
@@ -60,8 +61,7 @@ def test_clamping_to_zero_matches_a_direct_computation(llama, transcoders, targe
     layer, pos = 0, 4
     dense = graph_activations(llama, transcoders, PROMPT)
     index = most_active(dense, layer, pos)
-    got = intervened_logits(target, PROMPT, [Intervention(FeatureRef(layer, index), Op.SET, 0.0, (pos,))],
-                            len(PROMPT))
+    got = intervened_logits(target, PROMPT, [Intervention(FeatureRef(layer, index), Op.SET, 0.0, (pos,))], len(PROMPT))
 
     dec = transcoders.W_dec[layer][index]  # PLT (d,), CLT (L - layer, d)
     dec = dec[None] if dec.ndim == 1 else dec
@@ -77,6 +77,7 @@ def test_clamping_to_zero_matches_a_direct_computation(llama, transcoders, targe
                 out = out.clone()
                 out[0, pos] -= live["a"] * dec[k]
             return out
+
         return fn
 
     handles = [llama.model.layers[li].mlp.register_forward_hook(mlp_hook(li)) for li in range(transcoders.n_layers)]
@@ -100,8 +101,13 @@ def test_generated_token_interventions(target):
     feature = FeatureRef(1, 3)
     unchanged = generate(target, PROMPT, [Intervention(feature, Op.SCALE, 1.0, generated=True)], sampling)
     assert unchanged.token_ids == default.token_ids
-    pushed = steer(target, PROMPT, [Intervention(feature, Op.ADD, 50.0, generated=True, positions=(7,))],
-                   sampling, with_default=True)
+    pushed = steer(
+        target,
+        PROMPT,
+        [Intervention(feature, Op.ADD, 50.0, generated=True, positions=(7,))],
+        sampling,
+        with_default=True,
+    )
     assert pushed.default == default
     assert pushed.steered.token_ids != default.token_ids
 
@@ -124,13 +130,19 @@ def test_seeded_sampling_is_reproducible(target):
     assert steer(target, PROMPT, iv, s) == steer(target, PROMPT, iv, s)
 
 
-@pytest.mark.parametrize(("iv", "message"), [
-    (Intervention(FeatureRef(0, 1), Op.SET, 0.0, positions=(8,)), "interventions[0].positions: position 8 is beyond"),
-    (Intervention(FeatureRef(3, 1), Op.SET, 0.0, positions=(1,)), "layer 3 does not exist; layers are 0..2"),
-    (Intervention(FeatureRef(0, 48), Op.SET, 0.0, positions=(1,)), "index 48 does not exist"),
-    (Intervention(FeatureRef(0, 1), Op.SET, 0.0), "set positions"),
-    (Intervention(FeatureRef(0, 1), Op.SET, float("nan"), positions=(1,)), "finite"),
-])
+@pytest.mark.parametrize(
+    ("iv", "message"),
+    [
+        (
+            Intervention(FeatureRef(0, 1), Op.SET, 0.0, positions=(8,)),
+            "interventions[0].positions: position 8 is beyond",
+        ),
+        (Intervention(FeatureRef(3, 1), Op.SET, 0.0, positions=(1,)), "layer 3 does not exist; layers are 0..2"),
+        (Intervention(FeatureRef(0, 48), Op.SET, 0.0, positions=(1,)), "index 48 does not exist"),
+        (Intervention(FeatureRef(0, 1), Op.SET, 0.0), "set positions"),
+        (Intervention(FeatureRef(0, 1), Op.SET, float("nan"), positions=(1,)), "finite"),
+    ],
+)
 def test_bad_interventions(target, iv, message):
     with pytest.raises(InvalidRequest, match=message.replace("[", r"\[").replace("]", r"\]")):
         steer(target, PROMPT, [iv], Sampling())
@@ -139,16 +151,18 @@ def test_bad_interventions(target, iv, message):
 def test_all_prompt_positions_is_every_position(target):
     f = FeatureRef(2, 4)
     every = intervened_logits(target, PROMPT, [Intervention(f, Op.SCALE, 3.0, all_prompt=True)], len(PROMPT))
-    listed = intervened_logits(target, PROMPT, [Intervention(f, Op.SCALE, 3.0, tuple(range(len(PROMPT))))],
-                               len(PROMPT))
+    listed = intervened_logits(target, PROMPT, [Intervention(f, Op.SCALE, 3.0, tuple(range(len(PROMPT))))], len(PROMPT))
     assert torch.equal(every, listed)
 
 
-@pytest.mark.parametrize(("arch", "kind", "input_hook", "output_hook"), [
-    ("llama", "plt", "hook_resid_mid", "mlp.hook_out"),
-    ("gemma2", "plt", "mlp.hook_in", "hook_mlp_out"),
-    ("gemma2", "clt", "hook_resid_mid", "mlp.hook_out"),
-])
+@pytest.mark.parametrize(
+    ("arch", "kind", "input_hook", "output_hook"),
+    [
+        ("llama", "plt", "hook_resid_mid", "mlp.hook_out"),
+        ("gemma2", "plt", "mlp.hook_in", "hook_mlp_out"),
+        ("gemma2", "clt", "hook_resid_mid", "mlp.hook_out"),
+    ],
+)
 def test_clamping_across_architectures_and_hooks(tokenizer, arch, kind, input_hook, output_hook):
     """Independent hooks: read x_in where the config says (MLP input, or the residual stream before
     the pre-MLP norm) and subtract a * W_dec where it says (MLP output, or after Gemma-2's norm)."""
@@ -182,11 +196,14 @@ def test_clamping_across_architectures_and_hooks(tokenizer, arch, kind, input_ho
                 out = out.clone()
                 out[0, pos] -= a * dec[k]
             return out
+
         return fn
 
     after_norm = arch == "gemma2" and output_hook == "hook_mlp_out"
-    handles = [(part.norm_pf if after_norm else part.mlp).register_forward_hook(subtract(li))
-               for li, part in enumerate(arch_.layers)]
+    handles = [
+        (part.norm_pf if after_norm else part.mlp).register_forward_hook(subtract(li))
+        for li, part in enumerate(arch_.layers)
+    ]
     with torch.inference_mode():
         want = model(input_ids=torch.tensor([PROMPT]), use_cache=False).logits[0]
     for h in handles:

@@ -30,9 +30,18 @@ def tiny_llama(seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
-        bos_token_id=0, eos_token_id=None, pad_token_id=None, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=128,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(cfg).eval()
     for p in model.parameters():  # larger weights so the output depends on the features
@@ -46,10 +55,22 @@ def tiny_gemma2(seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = Gemma2Config(
-        vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=N_LAYERS,
-        num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
-        bos_token_id=0, eos_token_id=None, pad_token_id=None, query_pre_attn_scalar=32, sliding_window=64,
-        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, attn_implementation="eager",
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=128,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=None,
+        pad_token_id=None,
+        query_pre_attn_scalar=32,
+        sliding_window=64,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        attn_implementation="eager",
     )
     model = Gemma2ForCausalLM(cfg).eval()
     for p in model.parameters():
@@ -58,16 +79,20 @@ def tiny_gemma2(seed: int = 0):
     return model
 
 
-def tiny_transcoders(kind: str = "plt", seed: int = 1, *, input_hook: str = "mlp.hook_in",
-                     output_hook: str = "mlp.hook_out") -> TranscoderSet:
+def tiny_transcoders(
+    kind: str = "plt", seed: int = 1, *, input_hook: str = "mlp.hook_in", output_hook: str = "mlp.hook_out"
+) -> TranscoderSet:
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
         return torch.randn(*shape, generator=g) * scale
 
     L = N_LAYERS
-    W_dec = ([randn(D_TC, D_MODEL, scale=0.3) for _ in range(L)] if kind == "plt"
-             else [randn(D_TC, L - i, D_MODEL, scale=0.3) for i in range(L)])
+    W_dec = (
+        [randn(D_TC, D_MODEL, scale=0.3) for _ in range(L)]
+        if kind == "plt"
+        else [randn(D_TC, L - i, D_MODEL, scale=0.3) for i in range(L)]
+    )
     return TranscoderSet(
         kind=kind,
         W_enc=[randn(D_TC, D_MODEL, scale=0.5) for _ in range(L)],

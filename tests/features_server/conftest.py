@@ -72,7 +72,7 @@ def _pick(acts: torch.Tensor, n_prompt: int) -> dict[str, dict]:
     assert margin[k] > 1e-2, "no feature fires first at STOP_AT on this prompt"
     chosen["stopper"] = entry("stopper", k, (at[k] + before[k]) / 2, "stop")
     # marker: fires at >= 2 completion positions <= STOP_AT and nowhere in the prompt, with clear gaps
-    window = flat[P: P + STOP_AT + 1]  # (STOP_AT + 1, L*F)
+    window = flat[P : P + STOP_AT + 1]  # (STOP_AT + 1, L*F)
     best = None
     for k in range(L * F):
         vals = window[:, k]
@@ -80,7 +80,11 @@ def _pick(acts: torch.Tensor, n_prompt: int) -> dict[str, dict]:
         t = max(prompt_max, float(vals.median())) + 1e-3
         above = vals > t
         gap = float((vals - t).abs().min())
-        if 2 <= int(above.sum()) <= STOP_AT and gap > 1e-3 and k != chosen["stopper"]["layer"] * F + chosen["stopper"]["index"]:
+        if (
+            2 <= int(above.sum()) <= STOP_AT
+            and gap > 1e-3
+            and k != chosen["stopper"]["layer"] * F + chosen["stopper"]["index"]
+        ):
             if best is None or gap > best[0]:
                 best = (gap, k, t)
     assert best is not None
@@ -110,40 +114,76 @@ def scenario(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     acts = _dense(fa)[shift:]
     with torch.inference_mode():
         rec = rm.record(rm.check_tokens(ids)[0])
-        pre = torch.stack([rm.transcoders.pre_activations(layer, x).float()
-                           for layer, x in enumerate(rec.x_in)], 1)[shift:]  # (T, L, d_tc)
+        pre = torch.stack([rm.transcoders.pre_activations(layer, x).float() for layer, x in enumerate(rec.x_in)], 1)[
+            shift:
+        ]  # (T, L, d_tc)
     threshold = torch.stack(rm.transcoders.threshold)  # (L, d_tc)
     chosen = _pick(acts, len(prompt_ids))
     F = acts.shape[2]
     taken = {(e["layer"], e["index"]) for e in chosen.values()}
-    extra = [k for k in acts[len(prompt_ids):].reshape(N_NEW, -1).max(0).values.argsort(descending=True).tolist()
-             if (k // F, k % F) not in taken][:7]
+    extra = [
+        k
+        for k in acts[len(prompt_ids) :].reshape(N_NEW, -1).max(0).values.argsort(descending=True).tolist()
+        if (k // F, k % F) not in taken
+    ][:7]
     watch = list(chosen.values()) + [
         {"name": f"extra-{i}", "layer": k // F, "index": k % F, "threshold": 1e9, "action": "record"}
         for i, k in enumerate(extra)
     ]
     expected = {}
     for e in watch:
-        vals = acts[len(prompt_ids): len(prompt_ids) + STOP_AT + 1, e["layer"], e["index"]]
+        vals = acts[len(prompt_ids) : len(prompt_ids) + STOP_AT + 1, e["layer"], e["index"]]
         expected[e["name"]] = (vals > e["threshold"]).nonzero().flatten().tolist()
     watchlist = tmp / "watchlist.yaml"
-    watchlist.write_text("".join(
-        f"- {{name: {e['name']}, layer: {e['layer']}, index: {e['index']}, threshold: {e['threshold']!r}, "
-        f"action: {e['action']}}}\n" for e in watch))
+    watchlist.write_text(
+        "".join(
+            f"- {{name: {e['name']}, layer: {e['layer']}, index: {e['index']}, threshold: {e['threshold']!r}, "
+            f"action: {e['action']}}}\n"
+            for e in watch
+        )
+    )
     labels = tmp / "labels.json"  # every feature labelled; the marker by name
-    labels.write_text(json.dumps([
-        {"layer": layer, "index": index, "selectivity": 0.5,
-         "label": "marker label" if (layer, index) == (chosen["marker"]["layer"], chosen["marker"]["index"])
-         else label_of(layer, index)}
-        for layer in range(acts.shape[1]) for index in range(F)
-    ]))
-    return Scenario(demo_model_dir, tc_dir, labels, watchlist, prompt_ids, ids[len(prompt_ids):], acts, pre,
-                    threshold, {e["name"]: e for e in watch}, expected)
+    labels.write_text(
+        json.dumps(
+            [
+                {
+                    "layer": layer,
+                    "index": index,
+                    "selectivity": 0.5,
+                    "label": "marker label"
+                    if (layer, index) == (chosen["marker"]["layer"], chosen["marker"]["index"])
+                    else label_of(layer, index),
+                }
+                for layer in range(acts.shape[1])
+                for index in range(F)
+            ]
+        )
+    )
+    return Scenario(
+        demo_model_dir,
+        tc_dir,
+        labels,
+        watchlist,
+        prompt_ids,
+        ids[len(prompt_ids) :],
+        acts,
+        pre,
+        threshold,
+        {e["name"]: e for e in watch},
+        expected,
+    )
 
 
 @pytest.fixture(scope="session")
 def features_server(launch_server, scenario: Scenario):
     # vLLM's engine core in its own process (the production default): the monitor's values travel
     # from vLLM's worker process to the server.
-    return launch_server("--transcoders", str(scenario.transcoders), "--labels", str(scenario.labels),
-                         "--watchlist", str(scenario.watchlist), env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
+    return launch_server(
+        "--transcoders",
+        str(scenario.transcoders),
+        "--labels",
+        str(scenario.labels),
+        "--watchlist",
+        str(scenario.watchlist),
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
+    )

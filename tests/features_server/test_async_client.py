@@ -43,7 +43,7 @@ def test_activations_equal_the_blocking_clients(features_server, scenario):
     with FeaturesClient(features_server.target) as features:
         assert listed == features.activations(prompt_token_ids=scenario.prompt_ids, features=[feature, (0, 1)])
         assert top == features.activations("the sea", top_k=3)
-    assert [p.token_id for p in listed[-len(scenario.prompt_ids):]] == scenario.prompt_ids
+    assert [p.token_id for p in listed[-len(scenario.prompt_ids) :]] == scenario.prompt_ids
     shift = len(listed) - len(scenario.prompt_ids)  # BOS the engine prepends, if any
     for p in listed[shift:]:
         assert [(v.layer, v.index) for v in p.values] == [feature, (0, 1)]
@@ -66,8 +66,9 @@ def test_steering_to_the_current_value_changes_nothing(features_server, scenario
     async def main():
         async with AsyncFeaturesClient(features_server.target, timeout=120) as features:
             return await asyncio.gather(
-                features.steer(None, [same], prompt_token_ids=scenario.prompt_ids, max_new_tokens=8,
-                               include_default=True),
+                features.steer(
+                    None, [same], prompt_token_ids=scenario.prompt_ids, max_new_tokens=8, include_default=True
+                ),
                 features.steer(None, [pushed], prompt_token_ids=scenario.prompt_ids, max_new_tokens=8),
             )
 
@@ -82,7 +83,7 @@ def test_steering_to_the_current_value_changes_nothing(features_server, scenario
 def test_monitoring_beside_features_on_one_shared_channel(features_server, scenario):
     P = len(scenario.prompt_ids)
     F = scenario.acts.shape[2]
-    window = scenario.acts[P: P + STOP_AT + 1].reshape(STOP_AT + 1, -1)  # (STOP_AT + 1, L*F) completion to the stop
+    window = scenario.acts[P : P + STOP_AT + 1].reshape(STOP_AT + 1, -1)  # (STOP_AT + 1, L*F) completion to the stop
     watched = {(e["layer"], e["index"]) for e in scenario.watched.values()}
     k = next(k for k in window.max(0).values.argsort(descending=True).tolist() if (k // F, k % F) not in watched)
     own = WatchRule("own", k // F, k % F, float(window[:, k].max()) / 2, "flag")
@@ -93,8 +94,14 @@ def test_monitoring_beside_features_on_one_shared_channel(features_server, scena
             features = AsyncFeaturesClient(client)  # shares the channel; closing the client closes it
             assert features.channel is client.channel
             result = await client.generate(prompt_token_ids=scenario.prompt_ids, sampling=sampling, monitor=True)
-            chunks = [c async for c in client.stream(prompt_token_ids=scenario.prompt_ids, sampling=sampling,
-                                                     monitor=Monitoring(rules=(own,), values=True))]
+            chunks = [
+                c
+                async for c in client.stream(
+                    prompt_token_ids=scenario.prompt_ids,
+                    sampling=sampling,
+                    monitor=Monitoring(rules=(own,), values=True),
+                )
+            ]
             rows = await features.activations(prompt_token_ids=scenario.prompt_ids, top_k=1)
         return result, chunks, rows
 
@@ -112,11 +119,14 @@ def test_monitoring_beside_features_on_one_shared_channel(features_server, scena
     assert rows and rows[-1].token_id == scenario.prompt_ids[-1]
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    ("activations-layer", "layer 99 does not exist"),
-    ("activations-index", "index 100000 does not exist"),
-    ("steer-position", "is beyond the prompt"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("activations-layer", "layer 99 does not exist"),
+        ("activations-index", "index 100000 does not exist"),
+        ("steer-position", "is beyond the prompt"),
+    ],
+)
 def test_bad_input_is_a_circuit_rpc_error_and_the_server_keeps_serving(features_server, scenario, call, message):
     async def main():
         async with AsyncFeaturesClient(features_server.target, timeout=30) as features:
@@ -126,8 +136,11 @@ def test_bad_input_is_a_circuit_rpc_error_and_the_server_keeps_serving(features_
                 elif call == "activations-index":
                     await features.activations("the sea", features=[(0, 100000)])
                 else:
-                    await features.steer(None, [Intervention(0, 0, "set", 0.0, positions=(len(scenario.prompt_ids),))],
-                                         prompt_token_ids=scenario.prompt_ids)
+                    await features.steer(
+                        None,
+                        [Intervention(0, 0, "set", 0.0, positions=(len(scenario.prompt_ids),))],
+                        prompt_token_ids=scenario.prompt_ids,
+                    )
             after = await features.activations("the sea", features=[(0, 1)])
         return info.value, after
 
@@ -140,8 +153,13 @@ def test_a_deadline_surfaces_as_deadline_exceeded(features_server, scenario):
     async def main():
         async with AsyncFeaturesClient(features_server.target, timeout=120) as features:
             with pytest.raises(CircuitRpcError) as info:
-                await features.steer(None, [Intervention(0, 0, "add", 0.0, generated_tokens=True)],
-                                     prompt_token_ids=scenario.prompt_ids, max_new_tokens=N_NEW, timeout=0.001)
+                await features.steer(
+                    None,
+                    [Intervention(0, 0, "add", 0.0, generated_tokens=True)],
+                    prompt_token_ids=scenario.prompt_ids,
+                    max_new_tokens=N_NEW,
+                    timeout=0.001,
+                )
         return info.value
 
     assert run(main).code == grpc.StatusCode.DEADLINE_EXCEEDED

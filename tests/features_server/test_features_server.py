@@ -21,7 +21,8 @@ def stubs(features_server):
 
 def generate_request(scenario, *, monitor: bool) -> gpb.GenerateRequest:
     return gpb.GenerateRequest(
-        prompt_token_ids=scenario.prompt_ids, monitor=monitor,
+        prompt_token_ids=scenario.prompt_ids,
+        monitor=monitor,
         sampling=gpb.SamplingParams(max_new_tokens=N_NEW, temperature=0.0, ignore_eos=True),
     )
 
@@ -33,9 +34,13 @@ def test_feature_activations_equal_the_graph(stubs, scenario):
     graph = rm.attribute(scenario.prompt_ids, max_n_logits=2, batch_size=64)
     want = {tuple(k): v for k, v in zip(graph.active_features.tolist(), graph.activation_values.tolist())}
     features = sorted({(layer, index) for layer, _, index in want})[:200]
-    resp = stubs[1].FeatureActivations(fpb.FeatureActivationsRequest(
-        prompt_token_ids=graph.input_tokens.tolist(),
-        features=[fpb.FeatureRef(layer=layer, index=index) for layer, index in features]), timeout=60)
+    resp = stubs[1].FeatureActivations(
+        fpb.FeatureActivationsRequest(
+            prompt_token_ids=graph.input_tokens.tolist(),
+            features=[fpb.FeatureRef(layer=layer, index=index) for layer, index in features],
+        ),
+        timeout=60,
+    )
     assert [p.token_id for p in resp.positions] == graph.input_tokens.tolist()
     assert resp.positions[0].features[0].label == label_of(*features[0])
     n_checked = 0
@@ -55,8 +60,9 @@ def test_unmonitored_request_has_the_same_token_ids(stubs, scenario):
 
 
 def test_stop_rule_ends_the_stream_at_the_firing_token(stubs, scenario, features_server):
-    before = features_server.metric("circuit_watched_feature_actions_total", feature="stopper",
-                                    label=scenario.label("stopper"), action="stop")
+    before = features_server.metric(
+        "circuit_watched_feature_actions_total", feature="stopper", label=scenario.label("stopper"), action="stop"
+    )
     messages = list(stubs[0].GenerateStream(generate_request(scenario, monitor=True), timeout=60))
     ids = [t for m in messages if m.HasField("delta") for t in m.delta.token_ids]
     end = messages[-1].end
@@ -70,8 +76,9 @@ def test_stop_rule_ends_the_stream_at_the_firing_token(stubs, scenario, features
     assert report["marker"].label == "marker label" and not report["marker"].prompt_positions
     assert report["flagger"].fired and end.monitor.flagged
     assert not report["extra-0"].fired
-    after = features_server.metric("circuit_watched_feature_actions_total", feature="stopper",
-                                   label=scenario.label("stopper"), action="stop")
+    after = features_server.metric(
+        "circuit_watched_feature_actions_total", feature="stopper", label=scenario.label("stopper"), action="stop"
+    )
     assert after == before + 1
 
 
@@ -87,9 +94,12 @@ def test_unary_monitored_generation(stubs, scenario):
 
 def test_metrics_move_with_traffic(stubs, scenario, features_server):
     def counts():
-        return {name: features_server.metric("circuit_watched_feature_max_activation_count", feature=name,
-                                             label=scenario.label(name))
-                for name in scenario.watched}
+        return {
+            name: features_server.metric(
+                "circuit_watched_feature_max_activation_count", feature=name, label=scenario.label(name)
+            )
+            for name in scenario.watched
+        }
 
     before = counts()
     flag_labels = {"feature": "flagger", "label": scenario.label("flagger")}
@@ -113,10 +123,19 @@ def test_steering_to_the_current_value_changes_nothing(stubs, scenario):
     k = int(acts[pos].reshape(-1).argmax())
     value = float(acts[pos].reshape(-1)[k])
     assert value > 0
-    req = fpb.SteerRequest(prompt_token_ids=scenario.prompt_ids, max_new_tokens=8, include_default=True,
-                           interventions=[fpb.Intervention(feature=fpb.FeatureRef(layer=k // F, index=k % F),
-                                                           op=fpb.INTERVENTION_OP_SET, value=value,
-                                                           positions=[pos])])
+    req = fpb.SteerRequest(
+        prompt_token_ids=scenario.prompt_ids,
+        max_new_tokens=8,
+        include_default=True,
+        interventions=[
+            fpb.Intervention(
+                feature=fpb.FeatureRef(layer=k // F, index=k % F),
+                op=fpb.INTERVENTION_OP_SET,
+                value=value,
+                positions=[pos],
+            )
+        ],
+    )
     resp = stubs[1].Steer(req, timeout=120)
     assert list(resp.steered.token_ids) == list(resp.default.token_ids) == scenario.greedy[:8]
     req.interventions[0].op = fpb.INTERVENTION_OP_ADD
@@ -125,11 +144,14 @@ def test_steering_to_the_current_value_changes_nothing(stubs, scenario):
     assert list(stubs[1].Steer(req, timeout=120).steered.token_ids) != scenario.greedy[:8]
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    ("activations-layer", "layer 99 does not exist"),
-    ("activations-index", "index 100000 does not exist"),
-    ("steer-position", "is beyond the prompt"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("activations-layer", "layer 99 does not exist"),
+        ("activations-index", "index 100000 does not exist"),
+        ("steer-position", "is beyond the prompt"),
+    ],
+)
 def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(stubs, scenario, call, message):
     generation, features = stubs
     with pytest.raises(grpc.RpcError) as info:
@@ -137,21 +159,33 @@ def test_bad_input_is_invalid_argument_and_the_server_keeps_serving(stubs, scena
             ref = fpb.FeatureRef(layer=99, index=0) if call.endswith("layer") else fpb.FeatureRef(layer=0, index=100000)
             features.FeatureActivations(fpb.FeatureActivationsRequest(prompt="the sea", features=[ref]), timeout=30)
         else:
-            iv = fpb.Intervention(feature=fpb.FeatureRef(layer=0, index=0), op=fpb.INTERVENTION_OP_SET,
-                                  positions=[len(scenario.prompt_ids)])
+            iv = fpb.Intervention(
+                feature=fpb.FeatureRef(layer=0, index=0),
+                op=fpb.INTERVENTION_OP_SET,
+                positions=[len(scenario.prompt_ids)],
+            )
             features.Steer(fpb.SteerRequest(prompt_token_ids=scenario.prompt_ids, interventions=[iv]), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
     resp = generation.Generate(generate_request(scenario, monitor=False), timeout=60)
     assert list(resp.token_ids) == scenario.greedy
 
 
-@pytest.mark.parametrize(("name", "text", "message"), [
-    ("watchlist.yaml", "- {name: a, layer: 0, index: 1, threshold: 1, action: explode}\n",
-     "field 'action': is 'explode'; must be one of record, flag, stop"),
-    ("labels.json", '[{"layer": 0, "index": 1}]', "field 'label': is missing"),
-    ("watchlist.yaml", "- {name: a, layer: 0, index: 99999, threshold: 1, action: stop}\n",
-     "index 99999 does not exist"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        (
+            "watchlist.yaml",
+            "- {name: a, layer: 0, index: 1, threshold: 1, action: explode}\n",
+            "field 'action': is 'explode'; must be one of record, flag, stop",
+        ),
+        ("labels.json", '[{"layer": 0, "index": 1}]', "field 'label': is missing"),
+        (
+            "watchlist.yaml",
+            "- {name: a, layer: 0, index: 99999, threshold: 1, action: stop}\n",
+            "index 99999 does not exist",
+        ),
+    ],
+)
 def test_malformed_files_stop_the_start_up_with_a_clear_error(launch_server, scenario, tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
@@ -165,8 +199,9 @@ def test_labels_are_the_clerp_of_graph_nodes(features_server, scenario):
     from circuit_client.attribution import AttributionClient, AttributionSettings
 
     with AttributionClient(features_server.target) as graphs:
-        result = graphs.attribute(prompt_token_ids=scenario.prompt_ids, settings=AttributionSettings(max_n_logits=2),
-                                  output="json")
+        result = graphs.attribute(
+            prompt_token_ids=scenario.prompt_ids, settings=AttributionSettings(max_n_logits=2), output="json"
+        )
     nodes = [n for n in result.frontend()["nodes"] if n["feature_type"] == "cross layer transcoder"]
     assert nodes and all(n["clerp"] in (label_of(int(n["layer"]), _index(n)), "marker label") for n in nodes)
 
@@ -179,21 +214,35 @@ def run_cli(features_server, *args: str) -> str:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "circuit_client.cli", *args, "--target", features_server.target],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "circuit_client.cli", *args, "--target", features_server.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
 def test_cli(features_server, scenario):
     marker = scenario.watched["marker"]
-    table = run_cli(features_server, "features", "--prompt", "the sea", "--feature",
-                    f"{marker['layer']}:{marker['index']}")
+    table = run_cli(
+        features_server, "features", "--prompt", "the sea", "--feature", f"{marker['layer']}:{marker['index']}"
+    )
     assert table.splitlines()[0] == f"pos\ttoken\t{marker['layer']}:{marker['index']} marker label"
     assert "=" in run_cli(features_server, "features", "--prompt", "the sea", "--top-k", "3").splitlines()[2]
-    monitored = run_cli(features_server, "generate", "the old river runs to the sea and the", "--monitor",
-                        "--temperature", "0", "--max-new-tokens", "4")
+    monitored = run_cli(
+        features_server,
+        "generate",
+        "the old river runs to the sea and the",
+        "--monitor",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+    )
     assert "monitor: " in monitored and "marker (marker label)" in monitored
-    steered = run_cli(features_server, "steer", "--prompt", "the sea", "--intervene", "0:1:set:0",
-                      "--max-new-tokens", "4")
+    steered = run_cli(
+        features_server, "steer", "--prompt", "the sea", "--intervene", "0:1:set:0", "--max-new-tokens", "4"
+    )
     assert steered.splitlines()[0].startswith("default") and "| steered" in steered.splitlines()[0]

@@ -29,7 +29,10 @@ def generation(features_server):
 
 def request(scenario, *, monitor=True, rules=(), values=False, max_new_tokens=N_NEW) -> gpb.GenerateRequest:
     return gpb.GenerateRequest(
-        prompt_token_ids=scenario.prompt_ids, monitor=monitor, watch=list(rules), monitor_values=values,
+        prompt_token_ids=scenario.prompt_ids,
+        monitor=monitor,
+        watch=list(rules),
+        monitor_values=values,
         sampling=gpb.SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True),
     )
 
@@ -111,8 +114,12 @@ def test_concurrent_streams_get_their_own_rules(generation, scenario):
     ranked = window[P:].max(0).values.argsort(descending=True).tolist()
     picks = [k for k in ranked if (k // F, k % F) not in {(e["layer"], e["index"]) for e in scenario.watched.values()}]
     picks = picks[:16]
-    rules = [mpb.WatchRule(name=f"own-{i}", layer=k // F, index=k % F,
-                           threshold=float(window[P:, k].max()) / 2, action="flag") for i, k in enumerate(picks)]
+    rules = [
+        mpb.WatchRule(
+            name=f"own-{i}", layer=k // F, index=k % F, threshold=float(window[P:, k].max()) / 2, action="flag"
+        )
+        for i, k in enumerate(picks)
+    ]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda r: stream(generation, request(scenario, rules=[r])), rules))
     scale = float(window.abs().max())
@@ -154,13 +161,19 @@ def test_stopped_completion_can_be_attributed(generation, scenario, features_ser
     assert resp.finish_reason == gpb.FINISH_REASON_FEATURE_RULE
     events = []
     with AttributionClient(features_server.target) as graphs:
-        graphs.attribute(None, AttributionSettings(max_n_logits=2, max_feature_nodes=32), request_id=resp.request_id,
-                         token_index=STOP_AT, on_event=events.append)
+        graphs.attribute(
+            None,
+            AttributionSettings(max_n_logits=2, max_feature_nodes=32),
+            request_id=resp.request_id,
+            token_index=STOP_AT,
+            on_event=events.append,
+        )
         assert events[0].audited_token_id == scenario.greedy[STOP_AT]
         assert list(events[0].token_ids)[-STOP_AT:] == scenario.greedy[:STOP_AT]
         with pytest.raises(CircuitRpcError) as info:  # the dropped token is not part of the completion
-            graphs.attribute(None, AttributionSettings(max_n_logits=2), request_id=resp.request_id,
-                             token_index=STOP_AT + 1)
+            graphs.attribute(
+                None, AttributionSettings(max_n_logits=2), request_id=resp.request_id, token_index=STOP_AT + 1
+            )
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -170,7 +183,8 @@ def test_unmonitored_requests_match_vllm_without_the_plugin(generation, scenario
     plain = gpb_grpc.GenerationStub(plain_channel)
     prompts = ["the old river runs to the sea and the", "the capital of veigrouan is", "a b c"]
     for prompt in prompts:
-        req = gpb.GenerateRequest(prompt=prompt, sampling=gpb.SamplingParams(max_new_tokens=24, temperature=0.0,
-                                                                             ignore_eos=True))
+        req = gpb.GenerateRequest(
+            prompt=prompt, sampling=gpb.SamplingParams(max_new_tokens=24, temperature=0.0, ignore_eos=True)
+        )
         assert list(generation.Generate(req, timeout=60).token_ids) == list(plain.Generate(req, timeout=60).token_ids)
     plain_channel.close()

@@ -28,7 +28,9 @@ def _model():
 
 
 def demo_labels() -> dict[tuple[int, int], str]:
-    return {(int(e["layer"]), int(e["index"])): str(e["label"]) for e in json.loads((ASSETS / "labels.json").read_text())}
+    return {
+        (int(e["layer"]), int(e["index"])): str(e["label"]) for e in json.loads((ASSETS / "labels.json").read_text())
+    }
 
 
 def demo_graph(rm=None) -> dict:

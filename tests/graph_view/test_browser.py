@@ -71,8 +71,10 @@ def view(request, browser, tmp_path_factory):
     page.wait_for_selector("#graph[data-state=ready]", state="attached", timeout=60_000)
     load_s = time.perf_counter() - started
     v = View(name, frontend, page, errors, load_s)
-    RENDER_TIMES.append(f"{name}: {len(frontend['nodes'])} nodes, {len(frontend['links'])} edges; first render "
-                        f"{1000 * load_s:.0f} ms after navigation (the page's script: {v.state()['renderMs']} ms)")
+    RENDER_TIMES.append(
+        f"{name}: {len(frontend['nodes'])} nodes, {len(frontend['links'])} edges; first render "
+        f"{1000 * load_s:.0f} ms after navigation (the page's script: {v.state()['renderMs']} ms)"
+    )
     yield v
     page.close()
 

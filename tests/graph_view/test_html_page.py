@@ -16,9 +16,12 @@ HOSTILE = '</script><script>alert(1)</script><!-- \u2028 \u2029 & "quoted" </sty
 
 
 def _graph(prompt: str = "hi") -> dict:
-    return {"metadata": {"prompt": prompt, "prompt_tokens": ["<bos>", prompt]}, "qParams": {},
-            "nodes": [{"node_id": "E_1_1", "feature_type": "embedding", "ctx_idx": 1, "layer": "E", "clerp": HOSTILE}],
-            "links": []}
+    return {
+        "metadata": {"prompt": prompt, "prompt_tokens": ["<bos>", prompt]},
+        "qParams": {},
+        "nodes": [{"node_id": "E_1_1", "feature_type": "embedding", "ctx_idx": 1, "layer": "E", "clerp": HOSTILE}],
+        "links": [],
+    }
 
 
 def _data(html: str) -> str:
@@ -55,8 +58,15 @@ def _run(argv: list[str]) -> int:
 
 def test_circuit_serve_attribute_writes_the_view(tmp_path):
     F = FIXTURES / "llama"
-    base = ["--model", str(F / "model"), "--transcoders", str(F / "transcoders"), "--prompt", "The capital of France is",
-            "--no-progress"]
+    base = [
+        "--model",
+        str(F / "model"),
+        "--transcoders",
+        str(F / "transcoders"),
+        "--prompt",
+        "The capital of France is",
+        "--no-progress",
+    ]
     assert _run(base + ["--out", str(tmp_path / "g.json"), "--html", str(tmp_path / "g.html")]) == 0
     page = json.loads(_data((tmp_path / "g.html").read_text()))
     assert page["graph"] == json.loads((tmp_path / "g.json").read_text())

@@ -11,7 +11,8 @@ from circuit_serve.testing.fuzz_requests import LIMIT_FLAGS
 
 @pytest.fixture(scope="session")
 def limited_server(launch_server, demo_model_dir, tmp_path_factory):
-    tc = write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("hardening-tc"), d_transcoder=128,
-                                  target_l0=8, seed=5)
+    tc = write_random_transcoders(
+        demo_model_dir, tmp_path_factory.mktemp("hardening-tc"), d_transcoder=128, target_l0=8, seed=5
+    )
     flags = [str(x) for kv in LIMIT_FLAGS.items() for x in kv]
     return launch_server("--transcoders", str(tc), *flags)

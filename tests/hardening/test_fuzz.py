@@ -27,8 +27,9 @@ def test_fuzzed_requests_never_get_internal_or_unknown(limited_server, channel):
     seen: Counter = Counter()
     bad: list[tuple[str, str, str, bytes]] = []
 
-    @settings(max_examples=N_REQUESTS, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=N_REQUESTS, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(fuzz_call())
     def one(call):
         code, details = send(channel, call)
@@ -40,7 +41,9 @@ def test_fuzzed_requests_never_get_internal_or_unknown(limited_server, channel):
     one()
     assert not bad, f"{len(bad)} requests got INTERNAL/UNKNOWN, e.g. {bad[:3]}"
     assert sum(seen.values()) >= 300
-    assert {path.rsplit("/", 1)[1] for path in (r.path for r in RPCS)} <= {m for m, _ in seen}, "an RPC was never fuzzed"
+    assert {path.rsplit("/", 1)[1] for path in (r.path for r in RPCS)} <= {m for m, _ in seen}, (
+        "an RPC was never fuzzed"
+    )
     assert seen.keys() - {(m, "OK") for m, _ in seen}, "nothing was refused: the fuzzer sent only valid requests"
     print("\n".join(f"{m} {c}: {n}" for (m, c), n in sorted(seen.items())))
     with CircuitClient(limited_server.target) as client:  # still serving, and correctly

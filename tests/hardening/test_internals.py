@@ -31,8 +31,10 @@ class _Broken(grpc.GenericRpcHandler):
             raise RuntimeError(SECRET)
 
         return grpc.unary_unary_rpc_method_handler(
-            fail, request_deserializer=health_pb2.HealthCheckRequest.FromString,
-            response_serializer=health_pb2.HealthCheckResponse.SerializeToString)
+            fail,
+            request_deserializer=health_pb2.HealthCheckRequest.FromString,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        )
 
 
 def test_internal_error_carries_an_id_that_is_in_the_log_and_never_the_exception_text(caplog):
@@ -43,8 +45,11 @@ def test_internal_error_carries_an_id_that_is_in_the_log_and_never_the_exception
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-                method = ch.unary_unary("/test.Broken/Fail", request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                                        response_deserializer=health_pb2.HealthCheckResponse.FromString)
+                method = ch.unary_unary(
+                    "/test.Broken/Fail",
+                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString,
+                )
                 with pytest.raises(grpc.aio.AioRpcError) as info:
                     await method(health_pb2.HealthCheckRequest(), timeout=10)
                 return info.value

@@ -18,11 +18,17 @@ from tests.hardening.conftest import LIMIT_FLAGS
 GEN = "/circuit.v1.Generation/"
 ATT = "/circuit.v1.Attribution/"
 FEA = "/circuit.v1.Features/"
-RESPONSES = {"Generate": gpb.GenerateResponse, "GenerateStream": gpb.GenerateStreamResponse,
-             "Tokenize": gpb.TokenizeResponse, "ModelInfo": gpb.ModelInfoResponse,
-             "Attribute": apb.AttributeResponse, "GetGraph": apb.GetGraphResponse,
-             "FeatureActivations": fpb.FeatureActivationsResponse, "SteerResponse": fpb.SteerResponse,
-             "Steer": fpb.SteerResponse}
+RESPONSES = {
+    "Generate": gpb.GenerateResponse,
+    "GenerateStream": gpb.GenerateStreamResponse,
+    "Tokenize": gpb.TokenizeResponse,
+    "ModelInfo": gpb.ModelInfoResponse,
+    "Attribute": apb.AttributeResponse,
+    "GetGraph": apb.GetGraphResponse,
+    "FeatureActivations": fpb.FeatureActivationsResponse,
+    "SteerResponse": fpb.SteerResponse,
+    "Steer": fpb.SteerResponse,
+}
 STREAMING = {"GenerateStream", "Attribute"}
 
 
@@ -62,8 +68,12 @@ CASES = [
     (GEN + "GenerateStream", gen(stop=["x" * 13]), "sampling.stop:", "limit is 12"),
     (GEN + "Generate", gen(temperature=1e30), "sampling.temperature:", "<= 2"),
     (GEN + "GenerateStream", gen(temperature=2.5), "sampling.temperature:", "<= 2"),
-    (GEN + "Generate", gpb.GenerateRequest(prompt="hi", sampling=gpb.SamplingParams(max_new_tokens=17)),
-     "sampling.max_new_tokens:", "[1, 16]"),
+    (
+        GEN + "Generate",
+        gpb.GenerateRequest(prompt="hi", sampling=gpb.SamplingParams(max_new_tokens=17)),
+        "sampling.max_new_tokens:",
+        "[1, 16]",
+    ),
     (GEN + "Generate", gen(top_k=4_000_000_000), "sampling.top_k:", "allowed range"),
     (GEN + "Generate", gpb.GenerateRequest(prompt="hi", top_logprobs=10**9), "top_logprobs:", "[0, 20]"),
     (GEN + "Tokenize", gpb.TokenizeRequest(text="y" * 2001), "text:", "limit is 2000 bytes"),
@@ -71,45 +81,129 @@ CASES = [
     (ATT + "Attribute", apb.AttributeRequest(prompt="z" * 2001), "prompt:", "limit is 2000 bytes"),
     (ATT + "Attribute", apb.AttributeRequest(prompt_token_ids=[5] * 25), "prompt_token_ids:", "limit is 24"),
     (ATT + "Attribute", apb.AttributeRequest(prompt=" ".join(["cat"] * 40)), "prompt:", "limit is 24"),
-    (ATT + "Attribute", apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(
-        targets=[apb.AttributionTarget(token_id=5)] * 11)), "settings.targets:", "limit is 10"),
-    (ATT + "Attribute", apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(max_n_logits=11)),
-     "max_n_logits:", "limit of 10"),
-    (ATT + "Attribute", apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(max_feature_nodes=65)),
-     "max_feature_nodes:", "limit of 64"),
-    (ATT + "Attribute", apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(batch_size=65)),
-     "batch_size:", "limit of 64"),
+    (
+        ATT + "Attribute",
+        apb.AttributeRequest(
+            prompt=P, settings=apb.AttributionSettings(targets=[apb.AttributionTarget(token_id=5)] * 11)
+        ),
+        "settings.targets:",
+        "limit is 10",
+    ),
+    (
+        ATT + "Attribute",
+        apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(max_n_logits=11)),
+        "max_n_logits:",
+        "limit of 10",
+    ),
+    (
+        ATT + "Attribute",
+        apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(max_feature_nodes=65)),
+        "max_feature_nodes:",
+        "limit of 64",
+    ),
+    (
+        ATT + "Attribute",
+        apb.AttributeRequest(prompt=P, settings=apb.AttributionSettings(batch_size=65)),
+        "batch_size:",
+        "limit of 64",
+    ),
     (ATT + "Attribute", apb.AttributeRequest(request_id="r" * 65, token_index=0), "request_id:", "64 bytes"),
     # features and steering
-    (FEA + "FeatureActivations", fpb.FeatureActivationsRequest(prompt="w" * 2001, top_k=1), "prompt:",
-     "limit is 2000 bytes"),
-    (FEA + "FeatureActivations", fpb.FeatureActivationsRequest(prompt=" ".join(["cat"] * 40), top_k=1),
-     "prompt:", "limit is 24"),
-    (FEA + "FeatureActivations", fpb.FeatureActivationsRequest(prompt_token_ids=[5] * 25, top_k=1),
-     "prompt_token_ids:", "limit is 24"),
+    (
+        FEA + "FeatureActivations",
+        fpb.FeatureActivationsRequest(prompt="w" * 2001, top_k=1),
+        "prompt:",
+        "limit is 2000 bytes",
+    ),
+    (
+        FEA + "FeatureActivations",
+        fpb.FeatureActivationsRequest(prompt=" ".join(["cat"] * 40), top_k=1),
+        "prompt:",
+        "limit is 24",
+    ),
+    (
+        FEA + "FeatureActivations",
+        fpb.FeatureActivationsRequest(prompt_token_ids=[5] * 25, top_k=1),
+        "prompt_token_ids:",
+        "limit is 24",
+    ),
     (FEA + "FeatureActivations", fpb.FeatureActivationsRequest(prompt=P, top_k=9), "top_k:", "[1, 8]"),
-    (FEA + "FeatureActivations", fpb.FeatureActivationsRequest(
-        prompt=P, features=[fpb.FeatureRef(layer=0, index=1)] * 11), "features:", "limit is 10"),
-    (FEA + "Steer", fpb.SteerRequest(max_new_tokens=4, prompt="v" * 2001, interventions=[fpb.Intervention(
-        feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])]),
-     "prompt:", "limit is 2000 bytes"),
-    (FEA + "Steer", fpb.SteerRequest(max_new_tokens=4, prompt=P, interventions=[fpb.Intervention(
-        feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1] * 7)]),
-     "interventions[0].positions:", "limit is 6"),
-    (FEA + "Steer", fpb.SteerRequest(max_new_tokens=4, prompt=P, interventions=[fpb.Intervention(
-        feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])] * 5),
-     "interventions:", "limit is 4"),
-    (FEA + "Steer", fpb.SteerRequest(max_new_tokens=4, prompt=P, temperature=1e30, interventions=[fpb.Intervention(
-        feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])]),
-     "temperature:", "<= 2"),
-    (FEA + "Steer", fpb.SteerRequest(prompt=P, max_new_tokens=9, interventions=[fpb.Intervention(
-        feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])]),
-     "max_new_tokens:", "[1, 8]"),
+    (
+        FEA + "FeatureActivations",
+        fpb.FeatureActivationsRequest(prompt=P, features=[fpb.FeatureRef(layer=0, index=1)] * 11),
+        "features:",
+        "limit is 10",
+    ),
+    (
+        FEA + "Steer",
+        fpb.SteerRequest(
+            max_new_tokens=4,
+            prompt="v" * 2001,
+            interventions=[
+                fpb.Intervention(feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])
+            ],
+        ),
+        "prompt:",
+        "limit is 2000 bytes",
+    ),
+    (
+        FEA + "Steer",
+        fpb.SteerRequest(
+            max_new_tokens=4,
+            prompt=P,
+            interventions=[
+                fpb.Intervention(
+                    feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1] * 7
+                )
+            ],
+        ),
+        "interventions[0].positions:",
+        "limit is 6",
+    ),
+    (
+        FEA + "Steer",
+        fpb.SteerRequest(
+            max_new_tokens=4,
+            prompt=P,
+            interventions=[
+                fpb.Intervention(feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])
+            ]
+            * 5,
+        ),
+        "interventions:",
+        "limit is 4",
+    ),
+    (
+        FEA + "Steer",
+        fpb.SteerRequest(
+            max_new_tokens=4,
+            prompt=P,
+            temperature=1e30,
+            interventions=[
+                fpb.Intervention(feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])
+            ],
+        ),
+        "temperature:",
+        "<= 2",
+    ),
+    (
+        FEA + "Steer",
+        fpb.SteerRequest(
+            prompt=P,
+            max_new_tokens=9,
+            interventions=[
+                fpb.Intervention(feature=fpb.FeatureRef(layer=0, index=1), op=fpb.INTERVENTION_OP_SET, positions=[1])
+            ],
+        ),
+        "max_new_tokens:",
+        "[1, 8]",
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, request_, field, limit", CASES, ids=[f"{p.rsplit('/', 1)[1]}-{f}{i}"
-                                                                     for i, (p, _, f, _) in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "path, request_, field, limit", CASES, ids=[f"{p.rsplit('/', 1)[1]}-{f}{i}" for i, (p, _, f, _) in enumerate(CASES)]
+)
 def test_over_a_limit_is_invalid_argument_naming_field_and_limit(channel, path, request_, field, limit):
     code, details = call(channel, path, request_)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
@@ -122,8 +216,18 @@ def test_request_over_the_message_limit_is_refused_by_grpc(channel):
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@pytest.mark.parametrize("path", [GEN + "Generate", GEN + "GenerateStream", GEN + "Tokenize", ATT + "Attribute",
-                                  ATT + "GetGraph", FEA + "FeatureActivations", FEA + "Steer"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        GEN + "Generate",
+        GEN + "GenerateStream",
+        GEN + "Tokenize",
+        ATT + "Attribute",
+        ATT + "GetGraph",
+        FEA + "FeatureActivations",
+        FEA + "Steer",
+    ],
+)
 def test_undecodable_bytes_are_invalid_argument(channel, path):
     # field 1 (a string in every one of these requests) holding invalid UTF-8, then a truncated varint
     for raw in (b"\x0a\x02\xff\xfe", b"\x08\xff\xff\xff", b"\xff\xff\xff\xff\xff"):
@@ -137,10 +241,16 @@ def test_model_info_lists_every_limit(limited_server):
         info = client.model_info()
     limits = info.limits
     assert set(limits) == {f.name for f in gpb.Limits.DESCRIPTOR.fields}, "ModelInfo leaves a limit unset"
-    names = {"--max-attribution-targets": "attribution_max_targets", "--max-intervention-positions": "steer_max_positions",
-             "--max-new-tokens-limit": "generation_max_new_tokens", "--max-stop-strings": "generation_max_stop_strings",
-             "--max-stop-chars": "generation_max_stop_chars", "--max-steer-new-tokens": "steer_max_new_tokens",
-             "--max-interventions": "steer_max_interventions", "--features-max-listed": "features_max_listed"}
+    names = {
+        "--max-attribution-targets": "attribution_max_targets",
+        "--max-intervention-positions": "steer_max_positions",
+        "--max-new-tokens-limit": "generation_max_new_tokens",
+        "--max-stop-strings": "generation_max_stop_strings",
+        "--max-stop-chars": "generation_max_stop_chars",
+        "--max-steer-new-tokens": "steer_max_new_tokens",
+        "--max-interventions": "steer_max_interventions",
+        "--features-max-listed": "features_max_listed",
+    }
     for flag, value in LIMIT_FLAGS.items():
         name = names.get(flag, flag.removeprefix("--").replace("-", "_"))
         assert limits[name] == value, (flag, name, limits.get(name))
@@ -159,10 +269,14 @@ def test_concurrent_rpcs_beyond_the_cap_get_resource_exhausted(launch_server):
 
     def hold():
         with grpc.insecure_channel(srv.target) as ch:
-            stream = ch.unary_stream(GEN + "GenerateStream", request_serializer=gpb.GenerateRequest.SerializeToString,
-                                     response_deserializer=gpb.GenerateStreamResponse.FromString)
-            request = gpb.GenerateRequest(prompt="Once", sampling=gpb.SamplingParams(
-                max_new_tokens=256, ignore_eos=True, temperature=0))
+            stream = ch.unary_stream(
+                GEN + "GenerateStream",
+                request_serializer=gpb.GenerateRequest.SerializeToString,
+                response_deserializer=gpb.GenerateStreamResponse.FromString,
+            )
+            request = gpb.GenerateRequest(
+                prompt="Once", sampling=gpb.SamplingParams(max_new_tokens=256, ignore_eos=True, temperature=0)
+            )
             responses = stream(request, timeout=120)
             next(responses)  # the call is being served
             started.wait(60)

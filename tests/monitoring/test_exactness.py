@@ -67,24 +67,35 @@ def expected(rm: ReplacementModel, ids: list[int]) -> tuple[torch.Tensor, torch.
     return pre, active, margin
 
 
-@pytest.mark.parametrize("case", ["llama-plt-relu-skip", "gemma2-plt-jumprelu", "qwen3-plt-topk", "llama-clt-relu",
-                                  "gemma2-clt-jumprelu"])
+@pytest.mark.parametrize(
+    "case", ["llama-plt-relu-skip", "gemma2-plt-jumprelu", "qwen3-plt-topk", "llama-clt-relu", "gemma2-clt-jumprelu"]
+)
 def test_in_engine_values_equal_the_tracing_engine(case, tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # engine core in its own process
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     model_dir, tc_dir = build(case, tmp_path)
     rm = ReplacementModel.from_pretrained(model_dir, tc_dir, dtype="float32", device="cpu")
     L, F = rm.transcoders.n_layers, rm.transcoders.d_transcoder
-    server = tuple(WatchedFeature(f"f{layer}-{i}", FeatureRef(layer, i), 1e9, Action.RECORD)
-                   for layer in range(L) for i in range(F))
-    monitor = EngineMonitor(rm.transcoders, server, model_type=rm.arch.model_type, request_slots=4,
-                            max_request_watch=4, work_dir=tmp_path)
+    server = tuple(
+        WatchedFeature(f"f{layer}-{i}", FeatureRef(layer, i), 1e9, Action.RECORD)
+        for layer in range(L)
+        for i in range(F)
+    )
+    monitor = EngineMonitor(
+        rm.transcoders, server, model_type=rm.arch.model_type, request_slots=4, max_request_watch=4, work_dir=tmp_path
+    )
     seen: dict[str, object] = {}
     close = monitor.channel.close
     monitor.channel.close = lambda rid: (seen.__setitem__(rid, monitor.channel._requests.get(rid)), close(rid))[1]
 
-    config = EngineConfig(model=model_dir, dtype="float32", max_model_len=64, enforce_eager=True, kv_cache_gib=0.5,
-                          extra={"enable_prefix_caching": True})
+    config = EngineConfig(
+        model=model_dir,
+        dtype="float32",
+        max_model_len=64,
+        enforce_eager=True,
+        kv_cache_gib=0.5,
+        extra={"enable_prefix_caching": True},
+    )
     engine = GenerationEngine(config)
 
     async def run():
@@ -95,10 +106,17 @@ def test_in_engine_values_equal_the_tracing_engine(case, tmp_path, monkeypatch):
         for prompts in [PROMPTS[:1], PROMPTS[1:]]:  # one alone, then two at once
             reqs = []
             for p in prompts:
-                own = tuple(WatchedFeature(f"own-{len(p)}-{k}", FeatureRef(k % L, (7 * k + len(p)) % F), 0.0,
-                                           Action.RECORD) for k in range(3))
-                reqs.append(GenerationRequest(prompt_token_ids=tuple(p), sampling=greedy,
-                                              watch=WatchRequest((*server, *own), n_server=len(server))))
+                own = tuple(
+                    WatchedFeature(f"own-{len(p)}-{k}", FeatureRef(k % L, (7 * k + len(p)) % F), 0.0, Action.RECORD)
+                    for k in range(3)
+                )
+                reqs.append(
+                    GenerationRequest(
+                        prompt_token_ids=tuple(p),
+                        sampling=greedy,
+                        watch=WatchRequest((*server, *own), n_server=len(server)),
+                    )
+                )
             results += await asyncio.gather(*(engine.generate(r) for r in reqs))
         return results
 

@@ -13,12 +13,31 @@ from __future__ import annotations
 
 from circuit_serve.memory_plan import GIB, ModelShape, TranscoderShape, plan_memory
 
-GEMMA_2_2B = {"model_type": "gemma2", "vocab_size": 256000, "hidden_size": 2304, "intermediate_size": 9216,
-              "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
-              "max_position_embeddings": 8192, "torch_dtype": "float32"}
-LLAMA_32_1B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
-               "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-               "max_position_embeddings": 131072, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}
+GEMMA_2_2B = {
+    "model_type": "gemma2",
+    "vocab_size": 256000,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "head_dim": 256,
+    "max_position_embeddings": 8192,
+    "torch_dtype": "float32",
+}
+LLAMA_32_1B = {
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "max_position_embeddings": 131072,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+}
 GEMMASCOPE_16K = TranscoderShape("plt", 26, 16384, 2304, skip=False, threshold=True, lazy_decoder=False)
 LLAMA_131K = TranscoderShape("plt", 16, 131072, 2048, skip=True, threshold=False, lazy_decoder=True)
 CARD_80, CARD_24 = 80 * GIB, 24 * GIB  # 85,899,345,920 and 25,769,803,776 bytes
@@ -100,8 +119,16 @@ def test_serving_plan_reads_the_config_and_transcoder_headers_and_sets_vllm_shar
     parser = argparse.ArgumentParser()
     ServeConfig.add_arguments(parser)
     fx = FIXTURES / "llama"
-    args = parser.parse_args(["--model", str(fx / "model"), "--transcoders", str(fx / "transcoders"),
-                              "--attribution-memory-budget-gib", "0.25"])
+    args = parser.parse_args(
+        [
+            "--model",
+            str(fx / "model"),
+            "--transcoders",
+            str(fx / "transcoders"),
+            "--attribution-memory-budget-gib",
+            "0.25",
+        ]
+    )
     config = ServeConfig.from_args(args)
     assert plan_for_serving(config, card_bytes=4 * GIB, device="cpu") is None  # nothing shared on the CPU
     plan = plan_for_serving(config, card_bytes=4 * GIB, device="cuda")
@@ -111,8 +138,18 @@ def test_serving_plan_reads_the_config_and_transcoder_headers_and_sets_vllm_shar
     assert plan.components["attribution budget"] == GIB // 4
     engine = apply_plan(config.engine, plan)
     assert engine.gpu_memory_utilization == round(plan.gpu_memory_utilization, 4) < 1
-    big = ServeConfig.from_args(parser.parse_args(["--model", str(fx / "model"), "--transcoders",
-                                                   str(fx / "transcoders"), "--attribution-memory-budget-gib", "4"]))
+    big = ServeConfig.from_args(
+        parser.parse_args(
+            [
+                "--model",
+                str(fx / "model"),
+                "--transcoders",
+                str(fx / "transcoders"),
+                "--attribution-memory-budget-gib",
+                "4",
+            ]
+        )
+    )
     with pytest.raises(PlanRefused, match="lower --attribution-memory-budget-gib"):
         apply_plan(big.engine, plan_for_serving(big, card_bytes=4 * GIB, device="cuda"))
 

@@ -97,7 +97,9 @@ def test_wrapped_keeps_the_kind_and_runs_the_call_inside_the_layer(kind):
     handler = wrapped(_KINDS[kind], layer)
     assert [k for k in _KINDS if getattr(handler, k)] == [kind]
     assert (handler.request_streaming, handler.response_streaming) == (
-        _KINDS[kind].request_streaming, _KINDS[kind].response_streaming)
+        _KINDS[kind].request_streaming,
+        _KINDS[kind].response_streaming,
+    )
     result = asyncio.run(_call(handler, kind, _Context()))
     assert result == ([(0, "req"), (1, "req")] if kind.endswith("_stream") else ("answer", "req"))
     assert events == [("enter", "req"), "exit"]

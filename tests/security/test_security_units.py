@@ -42,8 +42,9 @@ def test_tokens_file_parses_yaml_and_json_and_admin_holds_every_scope(tmp_path):
   scopes: [admin]
 """
     table = parse_tokens(yaml_text)
-    as_json = parse_tokens(json.dumps([{"name": p.name, "sha256": h, "scopes": sorted(p.scopes)}
-                                       for h, p in table.items()]))
+    as_json = parse_tokens(
+        json.dumps([{"name": p.name, "sha256": h, "scopes": sorted(p.scopes)} for h, p in table.items()])
+    )
     assert table == as_json
     acme, ops = table[token_sha256("s3cret-acme")], table[token_sha256("s3cret-ops")]
     assert acme.allows(Scope.ATTRIBUTE) and not acme.allows(Scope.STEER) and not acme.is_admin
@@ -51,13 +52,16 @@ def test_tokens_file_parses_yaml_and_json_and_admin_holds_every_scope(tmp_path):
     assert ANONYMOUS.is_admin  # a server without tokens serves everyone as before
 
 
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"name": "a", "sha256": "xyz", "scopes": ["generate"]}, "64 hex digits"),
-    ({"name": "a", "sha256": "0" * 64, "scopes": ["generate", "root"]}, "unknown scopes ['root']"),
-    ({"name": "a", "sha256": "0" * 64, "scopes": []}, "non-empty list"),
-    ({"name": "", "sha256": "0" * 64, "scopes": ["generate"]}, "name must be"),
-    ({"name": "a", "token": "plain", "sha256": "0" * 64, "scopes": ["generate"]}, "exactly the keys"),
-])
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"name": "a", "sha256": "xyz", "scopes": ["generate"]}, "64 hex digits"),
+        ({"name": "a", "sha256": "0" * 64, "scopes": ["generate", "root"]}, "unknown scopes ['root']"),
+        ({"name": "a", "sha256": "0" * 64, "scopes": []}, "non-empty list"),
+        ({"name": "", "sha256": "0" * 64, "scopes": ["generate"]}, "name must be"),
+        ({"name": "a", "token": "plain", "sha256": "0" * 64, "scopes": ["generate"]}, "exactly the keys"),
+    ],
+)
 def test_invalid_tokens_file_entries_are_refused_with_the_reason(entry, message):
     with pytest.raises(TokenFileError, match=message.replace("[", r"\[").replace("]", r"\]")) as err:
         parse_tokens(json.dumps([entry]))
@@ -113,7 +117,9 @@ def test_redis_copy_keeps_the_tenant(redis_service, redis_prefix, metrics):
         got = await b.get("req-t")  # another replica: from Redis
         assert got.tenant == "globex" and got.prompt_token_ids == (1, 2)
         # a record written before tenants existed has no owner: it is not served
-        await a_link.call("old", lambda r: r.set(a_link.key("completion", "old"), b'{"v":1,"prompt":[1],"completion":[2]}'))
+        await a_link.call(
+            "old", lambda r: r.set(a_link.key("completion", "old"), b'{"v":1,"prompt":[1],"completion":[2]}')
+        )
         with pytest.raises(NotFound):
             await b.get("old")
         await a_link.close()
@@ -193,8 +199,9 @@ def test_completions_are_recorded_only_when_attribution_is_enabled(tmp_path):
 
     (tmp_path / "tc").mkdir()
     without = Runtime.create(ServeConfig(engine=EngineConfig(model=tmp_path)))
-    with_tc = Runtime.create(ServeConfig(engine=EngineConfig(model=tmp_path),
-                                         attribution=AttributionConfig(transcoders=tmp_path / "tc")))
+    with_tc = Runtime.create(
+        ServeConfig(engine=EngineConfig(model=tmp_path), attribution=AttributionConfig(transcoders=tmp_path / "tc"))
+    )
     assert without.generation._listeners == []
     assert len(with_tc.generation._listeners) == 1
 
@@ -268,9 +275,12 @@ def test_background_graphs_count_against_their_tenants_queue_limit(registry):
         running = asyncio.create_task(run(service, req(prompt="first"), caller=ACME))
         await asyncio.sleep(0.1)
         # a background graph: the caller leaves after Accepted, the server keeps it queued for acme
-        stream = service.attribute(AttributeRequest(AttributionInput(prompt="second"),
-                                                    AttributionSettings(batch_size=16), None, background=True),
-                                   caller=ACME)
+        stream = service.attribute(
+            AttributeRequest(
+                AttributionInput(prompt="second"), AttributionSettings(batch_size=16), None, background=True
+            ),
+            caller=ACME,
+        )
         async with contextlib.aclosing(stream) as events:
             await anext(events)
         await asyncio.sleep(0.1)

@@ -51,17 +51,33 @@ def secure_server(launch_server, demo_model_dir, tmp_path_factory, pki, tokens_f
 
     tc = write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("tc"), d_transcoder=256, target_l0=16, seed=3)
     return launch_server(
-        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
-        "--auth-tokens", str(tokens_file), "--transcoders", str(tc),
-        "--redis-url", redis_with_password, "--redis-prefix", f"sec-{uuid.uuid4().hex[:8]}:",
-        "--log-level", "DEBUG",
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        "--tls-client-ca",
+        str(pki.ca),
+        "--auth-tokens",
+        str(tokens_file),
+        "--transcoders",
+        str(tc),
+        "--redis-url",
+        redis_with_password,
+        "--redis-prefix",
+        f"sec-{uuid.uuid4().hex[:8]}:",
+        "--log-level",
+        "DEBUG",
         credentials=Credentials(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key),
     )
 
 
 def creds(pki, name: str | None = None, secret: str | None = None) -> Credentials:
-    return Credentials(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key,
-                       token=secret or (token(name) if name else None))
+    return Credentials(
+        ca_cert=pki.ca,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+        token=secret or (token(name) if name else None),
+    )
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -74,13 +90,21 @@ def code_of(call) -> grpc.StatusCode:
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CIRCUIT_")}
-    return subprocess.run([sys.executable, "-m", "circuit_client.cli", *args], env={**clean, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "circuit_client.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_cli_health_check_over_mtls_as_the_docker_healthcheck_runs_it(secure_server, pki):
-    tls_env = {"CIRCUIT_CA_CERT": str(pki.ca), "CIRCUIT_CLIENT_CERT": str(pki.client_cert),
-               "CIRCUIT_CLIENT_KEY": str(pki.client_key)}
+    tls_env = {
+        "CIRCUIT_CA_CERT": str(pki.ca),
+        "CIRCUIT_CLIENT_CERT": str(pki.client_cert),
+        "CIRCUIT_CLIENT_KEY": str(pki.client_key),
+    }
     ok = cli("health", "--target", secure_server.target, "--timeout", "5", env=tls_env)
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
     no_cert = cli("health", "--target", secure_server.target, "--timeout", "5", env={"CIRCUIT_CA_CERT": str(pki.ca)})
@@ -121,8 +145,10 @@ def test_each_scope_gets_real_answers_for_its_rpcs_and_is_refused_the_others(sec
     for name, allowed in expect.items():
         g, a, f = clients(name)
         calls = {
-            "generate": [lambda: g.generate(PROMPT, Sampling(max_new_tokens=2, temperature=0)),
-                         lambda: list(g.stream(PROMPT, Sampling(max_new_tokens=2, temperature=0)))],
+            "generate": [
+                lambda: g.generate(PROMPT, Sampling(max_new_tokens=2, temperature=0)),
+                lambda: list(g.stream(PROMPT, Sampling(max_new_tokens=2, temperature=0))),
+            ],
             "attribute": [lambda: a.attribute(PROMPT, SMALL), lambda: a.get_graph(graph.key)],
             "features": [lambda: f.activations(PROMPT, top_k=2)],
             "steer": [lambda: f.steer(PROMPT, iv, max_new_tokens=2)],
@@ -210,8 +236,9 @@ def test_sighup_reloads_tokens_without_dropping_calls(secure_server, pki, tokens
 
 def test_no_credential_appears_in_the_log_or_in_metrics(secure_server, pki):
     # failures with a wrong token and a bad header first, so that both paths have run
-    with CircuitClient(secure_server.target, timeout=10, retries=0,
-                       credentials=creds(pki, secret="tok-wrong-d41d8cd98f00b204e980")) as client:
+    with CircuitClient(
+        secure_server.target, timeout=10, retries=0, credentials=creds(pki, secret="tok-wrong-d41d8cd98f00b204e980")
+    ) as client:
         assert code_of(client.model_info) == grpc.StatusCode.UNAUTHENTICATED
     text = secure_server.log() + "\n" + secure_server.metrics()
     secrets = [t for t, _ in TOKENS.values()] + [NEWBIE[0], "tok-wrong-d41d8cd98f00b204e980", REDIS_PASSWORD]
@@ -234,8 +261,12 @@ def test_the_dockerfile_runs_unprivileged_and_its_healthcheck_works_with_mtls(se
     command = json.loads(re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", text).group(1))
     assert command[:2] == ["/app/.venv/bin/circuit", "health"]
     args = [a.replace("127.0.0.1:50051", secure_server.target) for a in command[2:]]
-    env = {"CIRCUIT_CA_CERT": str(pki.ca), "CIRCUIT_CLIENT_CERT": str(pki.client_cert),
-           "CIRCUIT_CLIENT_KEY": str(pki.client_key), "CIRCUIT_SERVER_NAME": "localhost"}
+    env = {
+        "CIRCUIT_CA_CERT": str(pki.ca),
+        "CIRCUIT_CLIENT_CERT": str(pki.client_cert),
+        "CIRCUIT_CLIENT_KEY": str(pki.client_key),
+        "CIRCUIT_SERVER_NAME": "localhost",
+    }
     ok = cli("health", *args, env=env)
     assert (ok.returncode, ok.stdout.strip()) == (0, "SERVING"), ok.stderr
     without_cert = cli("health", *args, env={k: v for k, v in env.items() if "CLIENT" not in k})
@@ -249,14 +280,41 @@ def test_demo_serves_and_connects_over_mtls_with_a_token(demo_model_dir, pki, tm
     model = tmp_path / "model"
     shutil.copytree(demo_model_dir, model)
     tokens = write_tokens(tmp_path / "tokens.json", ["acme"])
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CIRCUIT_")},
-           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "CIRCUIT_TOKEN": token("acme")}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CIRCUIT_")},
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "CIRCUIT_TOKEN": token("acme"),
+    }
     run = subprocess.run(
-        [sys.executable, "-m", "circuit_serve.cli", "demo", "--model", str(model), "--max-new-tokens", "4",
-         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca),
-         "--auth-tokens", str(tokens),
-         "--ca-cert", str(pki.ca), "--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key)],
-        env=env, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "-m",
+            "circuit_serve.cli",
+            "demo",
+            "--model",
+            str(model),
+            "--max-new-tokens",
+            "4",
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+            "--tls-client-ca",
+            str(pki.ca),
+            "--auth-tokens",
+            str(tokens),
+            "--ca-cert",
+            str(pki.ca),
+            "--client-cert",
+            str(pki.client_cert),
+            "--client-key",
+            str(pki.client_key),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "SERVING after" in run.stdout and "finish_reason=" in run.stdout

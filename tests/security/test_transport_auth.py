@@ -92,8 +92,10 @@ def test_mtls_refuses_clients_without_a_trusted_certificate(pki):
         good = Credentials(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key)
         with CircuitClient(srv.target, timeout=5, retries=0, credentials=good) as client:
             assert client.health() == "SERVING"
-        for creds in (Credentials(ca_cert=pki.ca),  # no certificate
-                      Credentials(ca_cert=pki.ca, client_cert=pki.rogue_cert, client_key=pki.rogue_key)):  # untrusted CA
+        for creds in (
+            Credentials(ca_cert=pki.ca),  # no certificate
+            Credentials(ca_cert=pki.ca, client_cert=pki.rogue_cert, client_key=pki.rogue_key),
+        ):  # untrusted CA
             with CircuitClient(srv.target, timeout=5, retries=0, credentials=creds) as client:
                 with pytest.raises(CircuitRpcError) as err:
                     client.health()
@@ -101,13 +103,18 @@ def test_mtls_refuses_clients_without_a_trusted_certificate(pki):
 
 
 def test_asyncio_client_speaks_tls_and_sends_its_token(pki, tmp_path):
-    security = SecurityConfig(tls_cert=pki.server_cert, tls_key=pki.server_key, tls_client_ca=pki.ca,
-                              auth_tokens=write_tokens(tmp_path / "tokens.json", ["acme"]))
+    security = SecurityConfig(
+        tls_cert=pki.server_cert,
+        tls_key=pki.server_key,
+        tls_client_ca=pki.ca,
+        auth_tokens=write_tokens(tmp_path / "tokens.json", ["acme"]),
+    )
     base = dict(ca_cert=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key)
 
     async def go():
-        async with AsyncCircuitClient(srv.target, timeout=5, retries=0,
-                                      credentials=Credentials(**base, token=token("acme"))) as client:
+        async with AsyncCircuitClient(
+            srv.target, timeout=5, retries=0, credentials=Credentials(**base, token=token("acme"))
+        ) as client:
             assert await client.health() == "SERVING"
             with pytest.raises(CircuitRpcError) as err:
                 await client.model_info()  # authenticated; the engine is not loaded in this server
@@ -142,8 +149,12 @@ def calls(target: str, credentials: Credentials) -> dict[str, callable]:
 
 
 def test_method_table_names_every_rpc_of_every_service():
-    served = {f"{s.full_name}/{m.name}" for mod in (generation_pb2, attribution_pb2, features_pb2)
-              for s in mod.DESCRIPTOR.services_by_name.values() for m in s.methods}
+    served = {
+        f"{s.full_name}/{m.name}"
+        for mod in (generation_pb2, attribution_pb2, features_pb2)
+        for s in mod.DESCRIPTOR.services_by_name.values()
+        for m in s.methods
+    }
     assert served == set(METHOD_SCOPES)
 
 
@@ -172,8 +183,10 @@ def test_each_scope_lets_its_rpcs_through_and_refuses_the_others(tmp_path):
         with CircuitClient(srv.target, timeout=5, retries=0) as anonymous:
             assert anonymous.health() == "SERVING"  # health stays open
         reg = srv.runtime.registry
-        by_reason = {r: reg.get_sample_value("circuit_auth_failures_total", {"reason": r})
-                     for r in ("missing_token", "unknown_token", "missing_scope")}
+        by_reason = {
+            r: reg.get_sample_value("circuit_auth_failures_total", {"reason": r})
+            for r in ("missing_token", "unknown_token", "missing_scope")
+        }
         assert by_reason == {"missing_token": 8, "unknown_token": 8, "missing_scope": by_reason["missing_scope"]}
         assert by_reason["missing_scope"] >= 6 * 3
 
@@ -181,9 +194,11 @@ def test_each_scope_lets_its_rpcs_through_and_refuses_the_others(tmp_path):
 def test_malformed_authorization_header_is_unauthenticated(tmp_path):
     with in_process_server(SecurityConfig(auth_tokens=write_tokens(tmp_path / "t.json", ["acme"]))) as srv:
         channel = grpc.insecure_channel(srv.target)
-        stub = channel.unary_unary("/circuit.v1.Generation/ModelInfo",
-                                   request_serializer=generation_pb2.ModelInfoRequest.SerializeToString,
-                                   response_deserializer=generation_pb2.ModelInfoResponse.FromString)
+        stub = channel.unary_unary(
+            "/circuit.v1.Generation/ModelInfo",
+            request_serializer=generation_pb2.ModelInfoRequest.SerializeToString,
+            response_deserializer=generation_pb2.ModelInfoResponse.FromString,
+        )
         with pytest.raises(grpc.RpcError) as err:
             stub(generation_pb2.ModelInfoRequest(), metadata=[("authorization", f"Basic {token('acme')}")], timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in err.value.details()

@@ -40,9 +40,13 @@ class Scripted(pb_grpc.GenerationServicer):
         self.last_request = request
         if self._count("Generate") <= 2:
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
-        return pb.GenerateResponse(request_id="gen-1", text="hi there", token_ids=[5, 6],
-                                   finish_reason=pb.FINISH_REASON_LENGTH,
-                                   usage=pb.Usage(prompt_tokens=3, completion_tokens=2))
+        return pb.GenerateResponse(
+            request_id="gen-1",
+            text="hi there",
+            token_ids=[5, 6],
+            finish_reason=pb.FINISH_REASON_LENGTH,
+            usage=pb.Usage(prompt_tokens=3, completion_tokens=2),
+        )
 
     def Tokenize(self, request, context):
         self._count("Tokenize")
@@ -57,8 +61,12 @@ class Scripted(pb_grpc.GenerationServicer):
         for i in range(1000):
             yield pb.GenerateStreamResponse(request_id="gen-2", delta=pb.TokenDelta(text=f"t{i}", token_ids=[i]))
             time.sleep(0.01)
-        yield pb.GenerateStreamResponse(request_id="gen-2", end=pb.GenerationEnd(
-            finish_reason=pb.FINISH_REASON_STOP, usage=pb.Usage(prompt_tokens=1, completion_tokens=1000)))
+        yield pb.GenerateStreamResponse(
+            request_id="gen-2",
+            end=pb.GenerationEnd(
+                finish_reason=pb.FINISH_REASON_STOP, usage=pb.Usage(prompt_tokens=1, completion_tokens=1000)
+            ),
+        )
 
 
 @pytest.fixture
@@ -77,8 +85,9 @@ def test_retries_unavailable_and_converts(scripted):
     with CircuitClient(target, timeout=10, retries=3) as client:
         result = client.generate("hello", Sampling(max_new_tokens=2, temperature=0.0, stop=("x",), top_logprobs=1))
     assert servicer.calls["Generate"] == 3
-    assert result == Generation(request_id="gen-1", text="hi there", token_ids=(5, 6),
-                                finish_reason=FinishReason.LENGTH, usage=Usage(3, 2))
+    assert result == Generation(
+        request_id="gen-1", text="hi there", token_ids=(5, 6), finish_reason=FinishReason.LENGTH, usage=Usage(3, 2)
+    )
     req = servicer.last_request
     assert req.prompt == "hello" and req.sampling.max_new_tokens == 2 and req.sampling.HasField("temperature")
     assert not req.sampling.HasField("top_p") and list(req.sampling.stop) == ["x"] and req.top_logprobs == 1

@@ -63,6 +63,10 @@ def test_metrics_move_after_calls(server):
     assert server.metric("circuit_rpc_requests_total", **gen) == rpc_before + 1
     assert server.metric("circuit_rpc_duration_seconds_count", **gen) == rpc_hist_before + 1
     text = server.metrics()
-    for family in ("circuit_num_requests_running", "circuit_num_requests_waiting",
-                   "circuit_rpc_duration_seconds_bucket", "circuit_time_to_first_token_seconds_bucket"):
+    for family in (
+        "circuit_num_requests_running",
+        "circuit_num_requests_waiting",
+        "circuit_rpc_duration_seconds_bucket",
+        "circuit_time_to_first_token_seconds_bucket",
+    ):
         assert family in text

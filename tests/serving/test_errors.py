@@ -11,14 +11,15 @@ OK = Sampling(max_new_tokens=4, temperature=0.0)
 
 CASES = {
     "empty prompt": (dict(prompt=""), "prompt", "non-empty"),
-    "max_new_tokens 0": (dict(prompt="hi", sampling=Sampling(max_new_tokens=0)),
-                         "sampling.max_new_tokens", "[1, 256]"),
-    "max_new_tokens over limit": (dict(prompt="hi", sampling=Sampling(max_new_tokens=257)),
-                                  "sampling.max_new_tokens", "[1, 256]"),
+    "max_new_tokens 0": (dict(prompt="hi", sampling=Sampling(max_new_tokens=0)), "sampling.max_new_tokens", "[1, 256]"),
+    "max_new_tokens over limit": (
+        dict(prompt="hi", sampling=Sampling(max_new_tokens=257)),
+        "sampling.max_new_tokens",
+        "[1, 256]",
+    ),
     "prompt too long": (dict(prompt="Paris is the capital of France. " * 200), "prompt", "[1, 511] tokens"),
     "token ids too long": (dict(prompt_token_ids=[5] * 512), "prompt_token_ids", "[1, 511] tokens"),
-    "negative temperature": (dict(prompt="hi", sampling=Sampling(temperature=-0.1)),
-                             "sampling.temperature", ">= 0"),
+    "negative temperature": (dict(prompt="hi", sampling=Sampling(temperature=-0.1)), "sampling.temperature", ">= 0"),
     "top_p zero": (dict(prompt="hi", sampling=Sampling(top_p=0.0)), "sampling.top_p", "(0, 1]"),
     "top_p above one": (dict(prompt="hi", sampling=Sampling(top_p=1.01)), "sampling.top_p", "(0, 1]"),
     "unknown token id": (dict(prompt_token_ids=[1, 5, 10**6]), "prompt_token_ids", "ids must be in [0,"),

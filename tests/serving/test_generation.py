@@ -36,9 +36,10 @@ def hf_greedy(demo_model_dir):
     with torch.no_grad():
         for prompt in PROMPTS:
             ids = tokenizer(prompt, return_tensors="pt").input_ids
-            gen = model.generate(ids, do_sample=False, max_new_tokens=GREEDY.max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
-            new = gen[0, ids.shape[1]:].tolist()
+            gen = model.generate(
+                ids, do_sample=False, max_new_tokens=GREEDY.max_new_tokens, pad_token_id=tokenizer.pad_token_id
+            )
+            new = gen[0, ids.shape[1] :].tolist()
             if tokenizer.eos_token_id in new:  # both stop at (and include) the first EOS
                 new = new[: new.index(tokenizer.eos_token_id) + 1]
             out[prompt] = (ids[0].tolist(), new)
@@ -127,8 +128,9 @@ def test_seeded_requests_with_long_prompts_at_once(server):
 
     async def one(client: AsyncCircuitClient, i: int) -> int:
         ids = [2] + [3 + (7 * i + j) % 200 for j in range(399)]
-        result = await client.generate(prompt_token_ids=ids, sampling=Sampling(max_new_tokens=tokens, temperature=0.8,
-                                                                                  seed=i, ignore_eos=True))
+        result = await client.generate(
+            prompt_token_ids=ids, sampling=Sampling(max_new_tokens=tokens, temperature=0.8, seed=i, ignore_eos=True)
+        )
         return len(result.token_ids)
 
     async def main():
@@ -150,8 +152,9 @@ def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
 
 
 def test_cancelled_stream_stops_generating(server, client):
-    cancelled_before = server.metric("circuit_rpc_requests_total",
-                                     method="circuit.v1.Generation/GenerateStream", code="CANCELLED")
+    cancelled_before = server.metric(
+        "circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED"
+    )
     stream = client.stream(PROMPTS[0], Sampling(max_new_tokens=256, ignore_eos=True))
     next(stream)
     next(stream)
@@ -163,9 +166,12 @@ def test_cancelled_stream_stops_generating(server, client):
     generated = server.metric("circuit_generation_tokens_total")
     time.sleep(1.0)
     assert server.metric("circuit_generation_tokens_total") == generated  # nothing generates for nobody
-    assert _wait_for(lambda: server.metric(
-        "circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED"
-    ) == cancelled_before + 1)
+    assert _wait_for(
+        lambda: (
+            server.metric("circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED")
+            == cancelled_before + 1
+        )
+    )
     assert client.generate(PROMPTS[0], GREEDY).finish_reason == FinishReason.LENGTH
 
 

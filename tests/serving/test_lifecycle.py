@@ -30,8 +30,17 @@ def test_cli_health_info_tokenize_generate(server):
     tok = _circuit("tokenize", "The capital", "--target", server.target)
     assert tok.returncode == 0 and len(tok.stdout.splitlines()) >= 2
 
-    gen = _circuit("generate", "The capital of France is", "--max-new-tokens", "8", "--temperature", "0",
-                   "--usage", "--target", server.target)
+    gen = _circuit(
+        "generate",
+        "The capital of France is",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--usage",
+        "--target",
+        server.target,
+    )
     assert gen.returncode == 0, gen.stderr
     with CircuitClient(server.target) as client:
         expected = client.generate("The capital of France is", Sampling(max_new_tokens=8, temperature=0))
@@ -58,8 +67,9 @@ def test_sigterm_lets_in_flight_stream_finish_then_exits(launch_server):
     def consume():
         with CircuitClient(server.target, timeout=120, retries=0) as client:
             n, finish = 0, None
-            for chunk in client.stream("The capital of France is",
-                                       Sampling(max_new_tokens=tokens, ignore_eos=True, temperature=0.7, seed=3)):
+            for chunk in client.stream(
+                "The capital of France is", Sampling(max_new_tokens=tokens, ignore_eos=True, temperature=0.7, seed=3)
+            ):
                 n += len(chunk.token_ids)
                 finish = chunk.finish_reason or finish
                 first.set()

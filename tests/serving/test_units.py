@@ -15,9 +15,15 @@ from circuit_serve.domain.generation_checks import Limits, check_prompt_length, 
 from circuit_serve.rpc.status import status_for
 
 _FLAGS = InputLimits()  # the flags' defaults
-LIMITS = Limits(vocab_size=100, max_model_len=64, max_new_tokens_limit=32, max_top_logprobs=5,
-                max_prompt_bytes=_FLAGS.max_prompt_bytes, max_stop_strings=_FLAGS.max_stop_strings,
-                max_stop_chars=_FLAGS.max_stop_chars)
+LIMITS = Limits(
+    vocab_size=100,
+    max_model_len=64,
+    max_new_tokens_limit=32,
+    max_top_logprobs=5,
+    max_prompt_bytes=_FLAGS.max_prompt_bytes,
+    max_stop_strings=_FLAGS.max_stop_strings,
+    max_stop_chars=_FLAGS.max_stop_chars,
+)
 
 
 @pytest.mark.parametrize(
@@ -91,10 +97,25 @@ def test_prompt_must_leave_room_for_one_token():
 def test_config_from_flags():
     parser = argparse.ArgumentParser()
     ServeConfig.add_arguments(parser)
-    args = parser.parse_args([
-        "--model", "/m", "--port", "1234", "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-        "--kv-cache-gib", "1", "--engine-arg", "max_num_batched_tokens=2048", "--engine-arg", "tokenizer=/t",
-    ])
+    args = parser.parse_args(
+        [
+            "--model",
+            "/m",
+            "--port",
+            "1234",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "512",
+            "--enforce-eager",
+            "--kv-cache-gib",
+            "1",
+            "--engine-arg",
+            "max_num_batched_tokens=2048",
+            "--engine-arg",
+            "tokenizer=/t",
+        ]
+    )
     config = ServeConfig.from_args(args)
     assert config.address == "0.0.0.0:1234"
     kwargs = config.engine.engine_kwargs()
@@ -107,17 +128,55 @@ def test_config_from_flags():
 def test_input_limit_flags():
     parser = argparse.ArgumentParser()
     ServeConfig.add_arguments(parser)
-    config = ServeConfig.from_args(parser.parse_args([
-        "--model", "/m", "--max-prompt-bytes", "1000", "--max-stop-strings", "2", "--max-stop-chars", "9",
-        "--max-attribution-targets", "12", "--max-intervention-positions", "7", "--max-concurrent-rpcs", "5",
-        "--max-executor-queue", "3", "--executor-threads", "2", "--max-request-bytes", "4096",
-        "--features-max-prompt-tokens", "99", "--features-max-top-k", "4", "--max-interventions", "6",
-    ]))
+    config = ServeConfig.from_args(
+        parser.parse_args(
+            [
+                "--model",
+                "/m",
+                "--max-prompt-bytes",
+                "1000",
+                "--max-stop-strings",
+                "2",
+                "--max-stop-chars",
+                "9",
+                "--max-attribution-targets",
+                "12",
+                "--max-intervention-positions",
+                "7",
+                "--max-concurrent-rpcs",
+                "5",
+                "--max-executor-queue",
+                "3",
+                "--executor-threads",
+                "2",
+                "--max-request-bytes",
+                "4096",
+                "--features-max-prompt-tokens",
+                "99",
+                "--features-max-top-k",
+                "4",
+                "--max-interventions",
+                "6",
+            ]
+        )
+    )
     lim = config.limits
-    assert (lim.max_prompt_bytes, lim.max_stop_strings, lim.max_stop_chars, lim.max_targets, lim.max_positions,
-            lim.max_concurrent_rpcs, lim.max_executor_queue, lim.executor_threads, lim.max_request_bytes) == (
-        1000, 2, 9, 12, 7, 5, 3, 2, 4096)
-    assert (config.features.max_prompt_tokens, config.features.max_top_k, config.features.max_interventions) == (99, 4, 6)
+    assert (
+        lim.max_prompt_bytes,
+        lim.max_stop_strings,
+        lim.max_stop_chars,
+        lim.max_targets,
+        lim.max_positions,
+        lim.max_concurrent_rpcs,
+        lim.max_executor_queue,
+        lim.executor_threads,
+        lim.max_request_bytes,
+    ) == (1000, 2, 9, 12, 7, 5, 3, 2, 4096)
+    assert (config.features.max_prompt_tokens, config.features.max_top_k, config.features.max_interventions) == (
+        99,
+        4,
+        6,
+    )
     with pytest.raises(ValueError, match="--max-attribution-targets must be >= 10"):
         ServeConfig.from_args(parser.parse_args(["--model", "/m", "--max-attribution-targets", "5"]))
     with pytest.raises(ValueError, match="--max-concurrent-rpcs must be >= 1"):

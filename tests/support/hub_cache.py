@@ -23,7 +23,9 @@ def add_repo(hub_dir: Path, repo_id: str, files: dict[str, bytes | Path], *, ref
     """Write `files` (repo path -> bytes or a file to copy) as one commit of `repo_id`; returns the commit."""
     repo = Path(hub_dir) / ("models--" + repo_id.replace("/", "--"))
     contents = {k: (v.read_bytes() if isinstance(v, Path) else v) for k, v in sorted(files.items())}
-    commit = hashlib.sha1(b"".join(k.encode() + b"\0" + hashlib.sha256(v).digest() for k, v in contents.items())).hexdigest()
+    commit = hashlib.sha1(
+        b"".join(k.encode() + b"\0" + hashlib.sha256(v).digest() for k, v in contents.items())
+    ).hexdigest()
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     for path, data in contents.items():
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()

@@ -28,6 +28,7 @@ def fixture_rm():
 
 # -- bad input: each names what to change ---------------------------------------------------
 
+
 @pytest.mark.parametrize("prompt", ["", "   "])
 def test_empty_prompt(fixture_rm, prompt):
     with pytest.raises(InvalidRequest, match="empty") as e:
@@ -56,8 +57,16 @@ def test_token_ids_outside_vocabulary(rm_tokens):
         rm.attribute([2, 5, 10_000])
 
 
-@pytest.mark.parametrize("field,value", [("node_threshold", 0.0), ("node_threshold", 1.5), ("edge_threshold", -0.1),
-                                         ("edge_threshold", 2.0), ("desired_logit_prob", 0.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("node_threshold", 0.0),
+        ("node_threshold", 1.5),
+        ("edge_threshold", -0.1),
+        ("edge_threshold", 2.0),
+        ("desired_logit_prob", 0.0),
+    ],
+)
 def test_thresholds_outside_unit_interval(rm_tokens, field, value):
     rm, tokens = rm_tokens
     with pytest.raises(InvalidRequest, match=r"\(0, 1\]") as e:
@@ -72,8 +81,9 @@ def test_prune_thresholds_checked(rm_tokens):
         g.prune(0.8, 0.0)
 
 
-@pytest.mark.parametrize("field,value", [("max_feature_nodes", 0), ("max_feature_nodes", -3), ("batch_size", 0),
-                                         ("max_n_logits", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("max_feature_nodes", 0), ("max_feature_nodes", -3), ("batch_size", 0), ("max_n_logits", 0)]
+)
 def test_counts_at_least_one(rm_tokens, field, value):
     rm, tokens = rm_tokens
     with pytest.raises(InvalidRequest, match=">= 1") as e:
@@ -109,7 +119,9 @@ def test_clt_file_with_bad_decoder(tmp_path):
     d = tmp_path / "clt"
     shutil.copytree(FIXTURES / "llama" / "clt", d)
     save_file({"W_dec_1": torch.zeros(128, 3, 32)}, str(d / "W_dec_1.safetensors"))
-    with pytest.raises(InvalidRequest, match=r"W_dec_1\.safetensors: tensor W_dec_1 has shape \(128, 3, 32\), expected \(128, 2, 32\)"):
+    with pytest.raises(
+        InvalidRequest, match=r"W_dec_1\.safetensors: tensor W_dec_1 has shape \(128, 3, 32\), expected \(128, 2, 32\)"
+    ):
         load_transcoders(d)
 
 
@@ -125,6 +137,7 @@ def test_over_memory_budget(rm_tokens):
 
 
 # -- behaviour ------------------------------------------------------------------------------
+
 
 def test_memory_estimate_grows_and_bounds_the_edge_matrix(rm_tokens):
     rm, tokens = rm_tokens
@@ -205,8 +218,9 @@ def test_graph_node_ids_unique_with_layer0_collision_case(fixture_rm):
 
 def test_bfloat16_runs_and_agrees_roughly():
     f32 = ReplacementModel.from_pretrained(FIXTURES / "gemma2" / "model", FIXTURES / "gemma2" / "transcoders")
-    bf16 = ReplacementModel.from_pretrained(FIXTURES / "gemma2" / "model", FIXTURES / "gemma2" / "transcoders",
-                                            dtype="bfloat16")
+    bf16 = ReplacementModel.from_pretrained(
+        FIXTURES / "gemma2" / "model", FIXTURES / "gemma2" / "transcoders", dtype="bfloat16"
+    )
     a, b = f32.attribute("The capital of France is"), bf16.attribute("The capital of France is")
     assert b.edges.dtype == torch.float32 and b.logit_token_ids[0] == a.logit_token_ids[0]
     assert abs(a.scores()[0] - b.scores()[0]) < 0.02

@@ -22,9 +22,23 @@ def test_attribute_command_writes_json_and_npz(tmp_path, capsys):
     F = FIXTURES / "llama"
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps([{"layer": 0, "index": 3, "label": "something"}]))
-    rc = _run(["--model", str(F / "model"), "--transcoders", str(F / "transcoders"),
-               "--prompt", "The capital of France is", "--out", str(tmp_path / "g.json"),
-               "--npz", str(tmp_path / "g.npz"), "--labels", str(labels), "--no-progress"])
+    rc = _run(
+        [
+            "--model",
+            str(F / "model"),
+            "--transcoders",
+            str(F / "transcoders"),
+            "--prompt",
+            "The capital of France is",
+            "--out",
+            str(tmp_path / "g.json"),
+            "--npz",
+            str(tmp_path / "g.npz"),
+            "--labels",
+            str(labels),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     js = json.loads((tmp_path / "g.json").read_text())
     assert {"metadata", "qParams", "nodes", "links"} <= set(js)
@@ -38,8 +52,15 @@ def test_attribute_command_writes_json_and_npz(tmp_path, capsys):
 
 def test_attribute_command_token_ids_and_bad_input(tmp_path, capsys):
     F = FIXTURES / "llama"
-    base = ["--model", str(F / "model"), "--transcoders", str(F / "transcoders"), "--out", str(tmp_path / "g.json"),
-            "--no-progress"]
+    base = [
+        "--model",
+        str(F / "model"),
+        "--transcoders",
+        str(F / "transcoders"),
+        "--out",
+        str(tmp_path / "g.json"),
+        "--no-progress",
+    ]
     assert _run(base + ["--token-ids", "2,160,80", "--max-feature-nodes", "5", "--max-n-logits", "2"]) == 0
     assert _run(base + ["--prompt", "hi", "--node-threshold", "1.5"]) == 2
     assert "node_threshold" in capsys.readouterr().err

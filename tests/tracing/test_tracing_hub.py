@@ -37,8 +37,14 @@ def _npz_bytes(layer_file: Path) -> bytes:
     """GemmaScope's params.npz of one circuit-tracer layer file (W_enc stored transposed)."""
     t = load_file(str(layer_file))
     buf = io.BytesIO()
-    np.savez(buf, W_enc=t["W_enc"].T.contiguous().numpy(), W_dec=t["W_dec"].numpy(), b_enc=t["b_enc"].numpy(),
-             b_dec=t["b_dec"].numpy(), threshold=t["activation_function.threshold"].numpy())
+    np.savez(
+        buf,
+        W_enc=t["W_enc"].T.contiguous().numpy(),
+        W_dec=t["W_dec"].numpy(),
+        b_enc=t["b_enc"].numpy(),
+        b_dec=t["b_dec"].numpy(),
+        threshold=t["activation_function.threshold"].numpy(),
+    )
     return buf.getvalue()
 
 
@@ -65,21 +71,33 @@ def hub(tmp_path_factory):
         "llama-model": add_repo(hub_dir, "test-org/llama-model", _dir_files(llama / "model")),
     }
     # a subfolder of a repository, and a `transcoders:` list of paths relative to the config
-    add_repo(hub_dir, "test-org/many-sets", {
-        **{f"plt/{k}": v for k, v in _dir_files(llama / "transcoders").items()},
-        "listed/config.yaml": _config(gemma / "transcoders",
-                                      transcoders=[f"weights/tc{i}.safetensors" for i in range(3)]),
-        **{f"listed/weights/tc{i}.safetensors": gemma / "transcoders" / f"layer_{i}.safetensors" for i in range(3)},
-    })
+    add_repo(
+        hub_dir,
+        "test-org/many-sets",
+        {
+            **{f"plt/{k}": v for k, v in _dir_files(llama / "transcoders").items()},
+            "listed/config.yaml": _config(
+                gemma / "transcoders", transcoders=[f"weights/tc{i}.safetensors" for i in range(3)]
+            ),
+            **{f"listed/weights/tc{i}.safetensors": gemma / "transcoders" / f"layer_{i}.safetensors" for i in range(3)},
+        },
+    )
     # GemmaScope: params.npz files in one repository, indexed by a config.yaml in another
-    add_repo(hub_dir, "test-google/gemma-scope-tiny-pt-transcoders",
-             {NPZ_PATH.format(i=i): _npz_bytes(gemma / "transcoders" / f"layer_{i}.safetensors") for i in range(3)})
+    add_repo(
+        hub_dir,
+        "test-google/gemma-scope-tiny-pt-transcoders",
+        {NPZ_PATH.format(i=i): _npz_bytes(gemma / "transcoders" / f"layer_{i}.safetensors") for i in range(3)},
+    )
     uris = [f"hf://test-google/gemma-scope-tiny-pt-transcoders/{NPZ_PATH.format(i=i)}" for i in range(3)]
-    commits["gemma-scope"] = add_repo(hub_dir, "test-org/gemma-scope-transcoders",
-                                      {"config.yaml": _config(gemma / "transcoders", transcoders=uris)})
+    commits["gemma-scope"] = add_repo(
+        hub_dir, "test-org/gemma-scope-transcoders", {"config.yaml": _config(gemma / "transcoders", transcoders=uris)}
+    )
     # TopK with circuit-tracer's keys
-    add_repo(hub_dir, "test-org/llama-topk",
-             {**_dir_files(llama / "transcoders"), "config.yaml": _config(llama / "transcoders", activation="topk", k=6)})
+    add_repo(
+        hub_dir,
+        "test-org/llama-topk",
+        {**_dir_files(llama / "transcoders"), "config.yaml": _config(llama / "transcoders", activation="topk", k=6)},
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hc, "HF_HUB_CACHE", str(hub_dir))
         mp.setattr(hc, "HF_HUB_OFFLINE", True)
@@ -224,25 +242,59 @@ def test_shape_errors_name_the_file_and_tensor(tmp_path):
     d.mkdir()
     layer = FIXTURES / "gemma2" / "transcoders" / "layer_0.safetensors"
     t = load_file(str(layer))
-    np.savez(d / "p0.npz", W_enc=t["W_enc"].numpy(), W_dec=t["W_dec"].numpy(), b_enc=t["b_enc"].numpy(),
-             b_dec=t["b_dec"].numpy(), threshold=t["activation_function.threshold"].numpy())
-    (d / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: ln2.hook_normalized\n"
-                                   "feature_output_hook: hook_mlp_out\ntranscoders: [p0.npz]\n")
+    np.savez(
+        d / "p0.npz",
+        W_enc=t["W_enc"].numpy(),
+        W_dec=t["W_dec"].numpy(),
+        b_enc=t["b_enc"].numpy(),
+        b_dec=t["b_dec"].numpy(),
+        threshold=t["activation_function.threshold"].numpy(),
+    )
+    (d / "config.yaml").write_text(
+        "model_kind: transcoder_set\nfeature_input_hook: ln2.hook_normalized\n"
+        "feature_output_hook: hook_mlp_out\ntranscoders: [p0.npz]\n"
+    )
     with pytest.raises(InvalidRequest, match=r"p0\.npz: tensor W_dec has shape \(128, 32\), expected \(32, 128\)"):
         load_transcoders(d)  # W_enc not transposed: (F, d) read as (d, F)
 
 
 def test_attribute_cli_by_repo_ids_offline(hub, tmp_path):
     """`circuit-serve attribute --model ORG/NAME --transcoders ORG/NAME` with HF_HOME + HF_HUB_OFFLINE=1."""
-    env = {**os.environ, "HF_HOME": str(hub["home"]), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"), str(ROOT)])}
+    env = {
+        **os.environ,
+        "HF_HOME": str(hub["home"]),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"), str(ROOT)]),
+    }
     env.pop("HF_HUB_CACHE", None)
     out = tmp_path / "g.json"
-    r = subprocess.run([sys.executable, "-m", "circuit_serve.cli", "attribute", "--model", "test-org/llama-model",
-                        "--transcoders", "test-org/llama-plt", "--prompt", PROMPT, "--out", str(out),
-                        "--npz", str(tmp_path / "g.npz"), "--no-progress"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "circuit_serve.cli",
+            "attribute",
+            "--model",
+            "test-org/llama-model",
+            "--transcoders",
+            "test-org/llama-plt",
+            "--prompt",
+            PROMPT,
+            "--out",
+            str(out),
+            "--npz",
+            str(tmp_path / "g.npz"),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    A, R = np.load(tmp_path / "g.npz")["adjacency_matrix"], np.load(FIXTURES / "ref" / "llama_plt.npz")["adjacency_matrix"]
+    A, R = (
+        np.load(tmp_path / "g.npz")["adjacency_matrix"],
+        np.load(FIXTURES / "ref" / "llama_plt.npz")["adjacency_matrix"],
+    )
     assert A.shape == R.shape and np.abs(A - R).max() <= 1e-4 * np.abs(R).max()
     assert json.loads(out.read_text())["metadata"]["prompt_tokens"]

@@ -72,7 +72,9 @@ def test_influence_equals_matrix_series_on_random_dags(seed):
     # features feed only on earlier features, errors and tokens; logits on everything but logits
     for i in range(lay.n_features):
         dense[i, :i] = torch.randn(i, generator=g, dtype=torch.float64)
-        dense[i, lay.n_features : lay.n_cols] = torch.randn(lay.n_cols - lay.n_features, generator=g, dtype=torch.float64)
+        dense[i, lay.n_features : lay.n_cols] = torch.randn(
+            lay.n_cols - lay.n_features, generator=g, dtype=torch.float64
+        )
     dense[lay.n_cols :, : lay.n_cols] = torch.randn(lay.n_logits, lay.n_cols, generator=g, dtype=torch.float64)
     dense *= torch.rand(N, N, generator=g, dtype=torch.float64) < 0.6
     probs = torch.tensor([0.7, 0.2])

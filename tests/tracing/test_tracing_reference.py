@@ -13,8 +13,12 @@ from circuit_serve.tracing.prune import influence, normalize_rows
 from tests.tracing.tracing_helpers import FIXTURES
 
 PROMPT = "The capital of France is"
-FULL = [("llama", "transcoders", "llama_plt"), ("llama", "clt", "llama_clt"),
-        ("gemma2", "transcoders", "gemma2_plt"), ("gemma2", "clt", "gemma2_clt")]
+FULL = [
+    ("llama", "transcoders", "llama_plt"),
+    ("llama", "clt", "llama_clt"),
+    ("gemma2", "transcoders", "gemma2_plt"),
+    ("gemma2", "clt", "gemma2_clt"),
+]
 LIMITED = [("llama", "transcoders", "llama_plt_sel", 120), ("gemma2", "transcoders", "gemma2_plt_sel", 100)]
 
 _MODELS: dict = {}
@@ -115,8 +119,17 @@ def test_npz_export_matches_reference_layout(tmp_path):
     g = rm.attribute(PROMPT)
     g.save_npz(tmp_path / "g.npz")
     N = np.load(tmp_path / "g.npz")
-    assert sorted(N.keys()) == sorted(["adjacency_matrix", "active_features", "activation_values", "selected_features",
-                                       "logit_token_ids", "logit_probabilities", "input_tokens"])
+    assert sorted(N.keys()) == sorted(
+        [
+            "adjacency_matrix",
+            "active_features",
+            "activation_values",
+            "selected_features",
+            "logit_token_ids",
+            "logit_probabilities",
+            "input_tokens",
+        ]
+    )
     assert N["adjacency_matrix"].shape == Z["adjacency_matrix"].shape
     assert np.abs(N["adjacency_matrix"] - Z["adjacency_matrix"]).max() <= 1e-4 * np.abs(Z["adjacency_matrix"]).max()
     assert N["logit_token_ids"].tolist() == Z["logit_targets"].tolist()

@@ -35,15 +35,29 @@ def build_model(arch: str, *, seed: int = 0, vocab: int = 96, d: int = 32, layer
     from transformers import AutoModelForCausalLM, Gemma2Config, LlamaConfig, Qwen3Config
 
     common = dict(
-        vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=d // 4, max_position_embeddings=64,
-        bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        vocab_size=vocab,
+        hidden_size=d,
+        intermediate_size=2 * d,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=d // 4,
+        max_position_embeddings=64,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     if arch == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=False)
     elif arch == "gemma2":
-        cfg = Gemma2Config(**common, sliding_window=4, query_pre_attn_scalar=d // 4, final_logit_softcapping=30.0,
-                           attn_logit_softcapping=50.0, tie_word_embeddings=True)
+        cfg = Gemma2Config(
+            **common,
+            sliding_window=4,
+            query_pre_attn_scalar=d // 4,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            tie_word_embeddings=True,
+        )
     else:
         cfg = Qwen3Config(**common, tie_word_embeddings=False)
     torch.manual_seed(seed)
@@ -103,15 +117,28 @@ def transcoder_inputs(model, tokens: torch.Tensor, in_hook: str) -> list[torch.T
     return out
 
 
-def write_transcoders(directory: Path, model, case: str, tokens: torch.Tensor, *, d_tc: int = 64, seed: int = 0,
-                      density: float = 0.12, top_k: int = 6) -> Path:
+def write_transcoders(
+    directory: Path,
+    model,
+    case: str,
+    tokens: torch.Tensor,
+    *,
+    d_tc: int = 64,
+    seed: int = 0,
+    density: float = 0.12,
+    top_k: int = 6,
+) -> Path:
     arch, kind, act, skip, in_hook, out_hook = CASES[case]
     L, d = model.config.num_hidden_layers, model.config.hidden_size
     g = torch.Generator().manual_seed(seed + 7)
     X = transcoder_inputs(model, tokens, in_hook)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = {"model_kind": "transcoder_set" if kind == "plt" else "cross_layer_transcoder",
-           "feature_input_hook": in_hook, "feature_output_hook": out_hook, "scan": f"test-{case}"}
+    cfg = {
+        "model_kind": "transcoder_set" if kind == "plt" else "cross_layer_transcoder",
+        "feature_input_hook": in_hook,
+        "feature_output_hook": out_hook,
+        "scan": f"test-{case}",
+    }
     if act == "topk":
         cfg.update(activation_function="topk", top_k=top_k)
     (directory / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -177,18 +204,27 @@ class FrozenHF:
         rec = {"scale": {}, "pattern": {}, "x_mid": [None] * self.L, "y": [None] * self.L, "x_in": [None] * self.L}
         hs = []
         for norm in self.norms:
+
             def fn(mod, args, norm=norm):
                 x = args[0].float()
                 eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
                 rec["scale"][id(norm)] = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)[0]
+
             hs.append(norm.register_forward_pre_hook(fn))
         for li, layer in enumerate(m.model.layers):
-            hs.append(layer.self_attn.register_forward_hook(lambda mod, a, o, li=li: rec["pattern"].__setitem__(li, o[1][0])))
+            hs.append(
+                layer.self_attn.register_forward_hook(lambda mod, a, o, li=li: rec["pattern"].__setitem__(li, o[1][0]))
+            )
         y_mod, xin_fn = self._hook_points()
         for li in range(self.L):
             hs.append(y_mod(li).register_forward_hook(lambda mod, a, o, li=li: rec["y"].__setitem__(li, o[0].float())))
-            hs.append(self._norm2(li).register_forward_hook(
-                lambda mod, a, o, li=li: rec["x_in"].__setitem__(li, xin_fn(li, a[0][0].float(), o[0].float(), None))))
+            hs.append(
+                self._norm2(li).register_forward_hook(
+                    lambda mod, a, o, li=li: rec["x_in"].__setitem__(
+                        li, xin_fn(li, a[0][0].float(), o[0].float(), None)
+                    )
+                )
+            )
         fin = {}
         hs.append(m.model.norm.register_forward_hook(lambda mod, a, o: fin.update(h=o[0].float())))
         try:
@@ -262,6 +298,7 @@ class FrozenHF:
         xins: list = [None] * self.L
         hs = []
         for li in range(self.L):
+
             def norm2_hook(mod, a, o, li=li):
                 x_mid = a[0].float()
                 xins[li] = xin_fn(li, x_mid, o.float(), self.clean["scale"][id(self._norm2(li))])

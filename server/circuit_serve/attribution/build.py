@@ -17,9 +17,15 @@ from circuit_serve.jobs import GraphJobs, ReplicaLocks, WorkerPool
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 
-def build_service(config: AttributionConfig, registry: CollectorRegistry, engine: GraphEngine | None,
-                  limits: InputLimits | None = None, *, graph_format: int | None = None,
-                  engine_factory: Callable[[], GraphEngine | None] | None = None) -> AttributionService:
+def build_service(
+    config: AttributionConfig,
+    registry: CollectorRegistry,
+    engine: GraphEngine | None,
+    limits: InputLimits | None = None,
+    *,
+    graph_format: int | None = None,
+    engine_factory: Callable[[], GraphEngine | None] | None = None,
+) -> AttributionService:
     """The service; `engine` is None when the server runs without transcoders, or when
     `engine_factory` builds it in the service's `start()` (once the replacement model is loaded).
     `graph_format` is written in and checked on every cache entry (default: the engine's).
@@ -43,17 +49,30 @@ def build_service(config: AttributionConfig, registry: CollectorRegistry, engine
     )
     jobs = GraphJobs(
         cache=cache,
-        pool=WorkerPool(workers=config.workers, max_queued=config.max_queued,
-                        max_queued_per_tenant=config.max_queued_per_tenant, metrics=metrics),
+        pool=WorkerPool(
+            workers=config.workers,
+            max_queued=config.max_queued,
+            max_queued_per_tenant=config.max_queued_per_tenant,
+            metrics=metrics,
+        ),
         locks=ReplicaLocks(link, ttl_s=config.lock_ttl_s),
         metrics=metrics,
         lock_wait_s=config.lock_wait_s,
     )
     completions = CompletionStore(
-        ttl_s=config.completions_ttl_s, max_entries=config.completions_max, max_bytes=config.completions_max_bytes,
-        metrics=metrics, link=link,
+        ttl_s=config.completions_ttl_s,
+        max_entries=config.completions_max,
+        max_bytes=config.completions_max_bytes,
+        metrics=metrics,
+        link=link,
     )
     return AttributionService(
-        engine=engine, jobs=jobs, completions=completions, config=config, metrics=metrics, redis=link,
-        limits=limits, engine_factory=engine_factory,
+        engine=engine,
+        jobs=jobs,
+        completions=completions,
+        config=config,
+        metrics=metrics,
+        redis=link,
+        limits=limits,
+        engine_factory=engine_factory,
     )

@@ -25,8 +25,14 @@ GraphSerializer = Callable[[AttributionGraph, PruneResult], bytes]
 
 
 class TracingEngine:
-    def __init__(self, model: ReplacementModel, *, serialize: GraphSerializer, graph_format: int,
-                 labels: Mapping[tuple[int, int], str] | None = None) -> None:
+    def __init__(
+        self,
+        model: ReplacementModel,
+        *,
+        serialize: GraphSerializer,
+        graph_format: int,
+        labels: Mapping[tuple[int, int], str] | None = None,
+    ) -> None:
         """`labels`: feature labels, (layer, index) -> text, written as `clerp` in the frontend JSON."""
         self.model = model
         self.serialize = serialize
@@ -72,6 +78,7 @@ class TracingEngine:
             progress=progress,
             should_stop=should_stop,
         )
+
         def stop_point(step: str) -> None:
             if should_stop():
                 raise Cancelled(f"attribution was cancelled (before {step})")

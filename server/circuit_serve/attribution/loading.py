@@ -60,7 +60,9 @@ def model_config(model) -> dict:
     return json.loads((resolve_model_dir(model) / "config.json").read_text())
 
 
-def plan_for_serving(config: ServeConfig, *, card_bytes: int | None = None, device: str | None = None) -> MemoryPlan | None:
+def plan_for_serving(
+    config: ServeConfig, *, card_bytes: int | None = None, device: str | None = None
+) -> MemoryPlan | None:
     att = config.attribution
     device = device or resolve_device(att.device)
     if att.transcoders is None or device not in ("cuda", "cuda:0"):
@@ -70,9 +72,13 @@ def plan_for_serving(config: ServeConfig, *, card_bytes: int | None = None, devi
         card_bytes = torch.cuda.get_device_properties(0).total_memory
     max_len = config.engine.max_model_len or int(cfg.get("max_position_embeddings") or 8192)
     return plan_memory(
-        ModelShape.from_config(cfg), transcoder_shape(att.transcoders, lazy=att.lazy_decoders), card_bytes=card_bytes,
-        dtype=serving_dtype(config.engine.dtype, cfg, device), attribution_budget_bytes=att.memory_budget_bytes,
-        attribution_workers=att.workers, max_model_len=max_len,
+        ModelShape.from_config(cfg),
+        transcoder_shape(att.transcoders, lazy=att.lazy_decoders),
+        card_bytes=card_bytes,
+        dtype=serving_dtype(config.engine.dtype, cfg, device),
+        attribution_budget_bytes=att.memory_budget_bytes,
+        attribution_workers=att.workers,
+        max_model_len=max_len,
         max_num_seqs=config.engine.max_num_seqs or 256,
     )
 
@@ -86,14 +92,19 @@ def apply_plan(engine: EngineConfig, plan: MemoryPlan | None) -> EngineConfig:
         raise PlanRefused(plan.reason)
     if engine.gpu_memory_utilization is not None:
         if engine.gpu_memory_utilization > plan.gpu_memory_utilization + 1e-9:
-            log.warning("--gpu-memory-utilization %.3f is above the plan's %.3f: the replacement model and "
-                        "transcoders may not fit next to vLLM", engine.gpu_memory_utilization,
-                        plan.gpu_memory_utilization)
+            log.warning(
+                "--gpu-memory-utilization %.3f is above the plan's %.3f: the replacement model and "
+                "transcoders may not fit next to vLLM",
+                engine.gpu_memory_utilization,
+                plan.gpu_memory_utilization,
+            )
         return engine
     return dataclasses.replace(engine, gpu_memory_utilization=round(plan.gpu_memory_utilization, 4))
 
 
-def resolve_dtype(config: AttributionConfig, serve_dtype: str, device: str = "cpu", model_dir: Path | None = None) -> str:
+def resolve_dtype(
+    config: AttributionConfig, serve_dtype: str, device: str = "cpu", model_dir: Path | None = None
+) -> str:
     """The attribution dtype: explicit, else generation's. "auto" is float32 on the CPU and the
     serving dtype (bfloat16/float16) on a GPU; edges and completeness accumulate in float32."""
     dtype = config.dtype or serve_dtype
@@ -112,13 +123,29 @@ def load_replacement(config: AttributionConfig, model_dir: Path, *, serve_dtype:
     dtype = resolve_dtype(config, serve_dtype, device, model_dir)
     started = time.perf_counter()
     rm = ReplacementModel.from_pretrained(
-        model_dir, config.transcoders, dtype=dtype, device=device, memory_budget_bytes=config.memory_budget_bytes,
-        identity_cache=config.identity_cache, lazy_decoders=config.lazy_decoders,
+        model_dir,
+        config.transcoders,
+        dtype=dtype,
+        device=device,
+        memory_budget_bytes=config.memory_budget_bytes,
+        identity_cache=config.identity_cache,
+        lazy_decoders=config.lazy_decoders,
     )
     t = rm.transcoders
-    log.info("replacement model loaded on %s in %s (%.1fs): transcoders %s (%s, %d layers x %d features, %s, "
-             "decoders %s; %.2f GiB held)", device, dtype, time.perf_counter() - started, t.name, t.kind, t.n_layers,
-             t.d_transcoder, t.activation, "read lazily" if t.lazy else "in memory", t.resident_bytes() / 2**30)
+    log.info(
+        "replacement model loaded on %s in %s (%.1fs): transcoders %s (%s, %d layers x %d features, %s, "
+        "decoders %s; %.2f GiB held)",
+        device,
+        dtype,
+        time.perf_counter() - started,
+        t.name,
+        t.kind,
+        t.n_layers,
+        t.d_transcoder,
+        t.activation,
+        "read lazily" if t.lazy else "in memory",
+        t.resident_bytes() / 2**30,
+    )
     return rm
 
 
@@ -126,8 +153,9 @@ class Replacement:
     """The replacement model as a server part: `start()` loads it (in a worker thread, so health
     checks keep being answered); `model` is None before that and on a server without transcoders."""
 
-    def __init__(self, load: Callable[[], ReplacementModel] | None = None, *,
-                 model: ReplacementModel | None = None) -> None:
+    def __init__(
+        self, load: Callable[[], ReplacementModel] | None = None, *, model: ReplacementModel | None = None
+    ) -> None:
         """`load`: the blocking loader (None: the server runs without transcoders); `model`: one
         already loaded (tools, tests), which `start()` keeps."""
         self._load = load

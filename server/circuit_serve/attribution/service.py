@@ -87,8 +87,9 @@ class AttributionService:
         self.completions = completions
         self.config = config
         self.metrics = metrics
-        self.owners = owners or GraphOwners(ttl_s=config.cache_ttl_s, max_entries=config.completions_max,
-                                            metrics=metrics, link=redis)
+        self.owners = owners or GraphOwners(
+            ttl_s=config.cache_ttl_s, max_entries=config.completions_max, metrics=metrics, link=redis
+        )
         self._background: set[asyncio.Task] = set()
 
     async def start(self) -> None:
@@ -169,8 +170,16 @@ class AttributionService:
         self, engine: GraphEngine, given: AttributionInput, caller: Principal
     ) -> tuple[list[int], int | None, str]:
         """(token ids, the audited token or None, the owning tenant of an audited completion)."""
-        named = [n for n, v in (("prompt", given.prompt), ("prompt_token_ids", given.token_ids),
-                                ("request_id", given.request_id), ("messages", given.messages)) if v]
+        named = [
+            n
+            for n, v in (
+                ("prompt", given.prompt),
+                ("prompt_token_ids", given.token_ids),
+                ("request_id", given.request_id),
+                ("messages", given.messages),
+            )
+            if v
+        ]
         if len(named) != 1:
             raise InvalidRequest(
                 "give exactly one of prompt, prompt_token_ids, messages, or request_id with token_index"
@@ -191,13 +200,20 @@ class AttributionService:
                 )
             return engine.prepare(given.token_ids), None, ""
         if given.token_index is None:
-            raise InvalidRequest("request_id needs token_index (which completion token to explain)", field="token_index")
+            raise InvalidRequest(
+                "request_id needs token_index (which completion token to explain)", field="token_index"
+            )
         served = await self.completions.get(given.request_id)
         if not caller.may_read(served.tenant):
             raise not_found(given.request_id, self.completions.ttl_s)  # do not reveal that it exists
         if served.tenant != caller.name:
-            log.warning("cross-tenant audit: admin %r audits request %s of tenant %r (completion token %d)",
-                        caller.name, given.request_id, served.tenant, given.token_index)
+            log.warning(
+                "cross-tenant audit: admin %r audits request %s of tenant %r (completion token %d)",
+                caller.name,
+                given.request_id,
+                served.tenant,
+                given.token_index,
+            )
         context = served.context_for(given.token_index)
         return engine.prepare(context), served.completion_token_ids[given.token_index], served.tenant
 
@@ -205,17 +221,30 @@ class AttributionService:
         """Sizes of the request's fields, before anything is tokenized, scanned or looked up."""
         given, limits = request.input, self.limits
         check_text_bytes(given.prompt, limits.max_prompt_bytes, field="prompt")
-        check_count(given.token_ids, min(self.config.max_prompt_tokens, engine.max_positions),
-                    field="prompt_token_ids", what="token ids")
-        if given.request_id and len(given.request_id.encode("utf-8", errors="surrogatepass")) > limits.max_request_id_bytes:
-            raise InvalidRequest(f"is longer than {limits.max_request_id_bytes} bytes; no served completion has "
-                                 "such an id", field="request_id")
+        check_count(
+            given.token_ids,
+            min(self.config.max_prompt_tokens, engine.max_positions),
+            field="prompt_token_ids",
+            what="token ids",
+        )
+        if (
+            given.request_id
+            and len(given.request_id.encode("utf-8", errors="surrogatepass")) > limits.max_request_id_bytes
+        ):
+            raise InvalidRequest(
+                f"is longer than {limits.max_request_id_bytes} bytes; no served completion has such an id",
+                field="request_id",
+            )
         check_count(request.targets, limits.max_targets, field="settings.targets", what="targets")
         if request.settings.max_n_logits > limits.max_targets:
-            raise InvalidRequest(f"{request.settings.max_n_logits} is above this server's limit of "
-                                 f"{limits.max_targets} logit targets", field="max_n_logits")
+            raise InvalidRequest(
+                f"{request.settings.max_n_logits} is above this server's limit of {limits.max_targets} logit targets",
+                field="max_n_logits",
+            )
 
-    def _check_limits(self, engine: GraphEngine, tokens: list[int], settings: AttributionSettings) -> AttributionSettings:
+    def _check_limits(
+        self, engine: GraphEngine, tokens: list[int], settings: AttributionSettings
+    ) -> AttributionSettings:
         cfg = self.config
         settings.validate()
         limit = min(cfg.max_prompt_tokens, engine.max_positions)

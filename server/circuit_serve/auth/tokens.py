@@ -62,8 +62,10 @@ def parse_tokens(text: str, *, source: str = "tokens file") -> dict[str, Princip
         if not isinstance(name, str) or not name.strip():
             raise TokenFileError(f"{where}: name must be a non-empty string (the tenant)")
         if not isinstance(digest, str) or not _HEX64.fullmatch(digest.lower()):
-            raise TokenFileError(f"{where} ({name}): sha256 must be 64 hex digits (the SHA-256 of the token, "
-                                 "e.g. `printf %s \"$TOKEN\" | sha256sum`)")
+            raise TokenFileError(
+                f"{where} ({name}): sha256 must be 64 hex digits (the SHA-256 of the token, "
+                'e.g. `printf %s "$TOKEN" | sha256sum`)'
+            )
         if not isinstance(scopes, list) or not scopes:
             raise TokenFileError(f"{where} ({name}): scopes must be a non-empty list of {', '.join(Scope)}")
         unknown = [s for s in scopes if s not in set(Scope)]

@@ -70,8 +70,9 @@ def encode(key: str, sections: Mapping[str, Buffer], *, graph_format: int, codec
         parts += [_SECTION_NAME.pack(len(raw_name)), raw_name, _SECTION_DATA.pack(len(data)), data]
     body = b"".join(parts)
     stored = zlib.compress(body, COMPRESSION_LEVEL) if codec == Codec.ZLIB else body
-    header = _HEADER.pack(MAGIC, ENTRY_VERSION, graph_format, _key_digest(key), int(codec), bytes(3),
-                          zlib.crc32(stored), len(body))
+    header = _HEADER.pack(
+        MAGIC, ENTRY_VERSION, graph_format, _key_digest(key), int(codec), bytes(3), zlib.crc32(stored), len(body)
+    )
     return header + stored
 
 

@@ -111,7 +111,13 @@ class RedisLink:
         was_ok = self._pause_s == self._retry_after_s
         self._down_until = self._clock() + self._pause_s
         if was_ok:
-            log.warning("redis %s failed (%s: %s); working without Redis, retrying in %.1fs", op, type(exc).__name__, exc, self._pause_s)
+            log.warning(
+                "redis %s failed (%s: %s); working without Redis, retrying in %.1fs",
+                op,
+                type(exc).__name__,
+                exc,
+                self._pause_s,
+            )
         self._pause_s = min(self._pause_s * 2, self._max_retry_after_s)
 
     async def ping(self) -> bool:

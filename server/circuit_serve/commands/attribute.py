@@ -1,7 +1,7 @@
 """`circuit-serve attribute`: one attribution graph, offline, to a frontend JSON, an HTML view (and .npz).
 
-    circuit-serve attribute --model DIR --transcoders DIR --prompt "The capital of France is"
-        --out graph.json [--html graph.html] [--npz full.npz] [--max-feature-nodes N] [--device cuda] ...
+circuit-serve attribute --model DIR --transcoders DIR --prompt "The capital of France is"
+    --out graph.json [--html graph.html] [--npz full.npz] [--max-feature-nodes N] [--device cuda] ...
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from circuit_serve.config.tracing import AttributeCommandConfig
 
 def add_parser(subparsers) -> None:
     parser = command_parser(
-        subparsers, "attribute", help="compute one attribution graph offline", description=__doc__,
+        subparsers,
+        "attribute",
+        help="compute one attribution graph offline",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     AttributeCommandConfig.add_arguments(parser)
@@ -68,10 +71,15 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(cfg.progress)
     try:
         cfg.settings.validate()
-        rm = ReplacementModel.from_pretrained(tc.model, tc.transcoders, dtype=tc.dtype, device=tc.device,
-                                              memory_budget_bytes=tc.memory_budget_bytes,
-                                              max_prompt_tokens=tc.max_prompt_tokens,
-                                              identity_cache=cfg.identity_cache)
+        rm = ReplacementModel.from_pretrained(
+            tc.model,
+            tc.transcoders,
+            dtype=tc.dtype,
+            device=tc.device,
+            memory_budget_bytes=tc.memory_budget_bytes,
+            max_prompt_tokens=tc.max_prompt_tokens,
+            identity_cache=cfg.identity_cache,
+        )
         s = cfg.settings
         if cfg.messages:
             from circuit_serve.domain.chat import ChatMessage
@@ -81,10 +89,14 @@ def run(args: argparse.Namespace) -> int:
             given = cfg.prompt if cfg.prompt is not None else cfg.token_ids
         graph = rm.attribute(
             given,
-            max_n_logits=s.max_n_logits, desired_logit_prob=s.desired_logit_prob,
-            max_feature_nodes=s.max_feature_nodes, batch_size=s.batch_size,
-            node_threshold=s.node_threshold, edge_threshold=s.edge_threshold,
-            targets=cfg.targets or None, progress=bar,
+            max_n_logits=s.max_n_logits,
+            desired_logit_prob=s.desired_logit_prob,
+            max_feature_nodes=s.max_feature_nodes,
+            batch_size=s.batch_size,
+            node_threshold=s.node_threshold,
+            edge_threshold=s.edge_threshold,
+            targets=cfg.targets or None,
+            progress=bar,
         )
         bar.close()
         js = graph.to_frontend_json(slug=cfg.slug, labels=_labels(cfg.labels))

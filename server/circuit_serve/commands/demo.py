@@ -36,8 +36,12 @@ SHOWN_METRICS = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="serve the demo model and call it once", description=__doc__)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
-                        help="model directory; the demo model is built there if missing (default %(default)s)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL_DIR,
+        help="model directory; the demo model is built there if missing (default %(default)s)",
+    )
     parser.add_argument("--prompt", default=DEFAULT_PROMPT)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     from circuit_client import credentials_cli
@@ -67,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
 
     log_path = model_dir.parent / "server.log"
     flags = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager", "--kv-cache-gib", "1"]
-    for flag, value in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key),
-                        ("--tls-client-ca", args.tls_client_ca), ("--auth-tokens", args.auth_tokens)):
+    for flag, value in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+        ("--auth-tokens", args.auth_tokens),
+    ):
         if value:
             flags += [flag, str(value)]
     transcoders, labels = model_dir / "transcoders", model_dir / "labels.json"
@@ -86,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         target = server.target
         with CircuitClient(target, timeout=120, retries=0, credentials=credentials) as client:
-            print(f"SERVING after {time.monotonic() - started:.1f}s on {target} (metrics port "
-                  f"{server.metrics_port}); model: {client.model_info().model_name}\n")
+            print(
+                f"SERVING after {time.monotonic() - started:.1f}s on {target} (metrics port "
+                f"{server.metrics_port}); model: {client.model_info().model_name}\n"
+            )
 
             print(f"> {args.prompt}")
             sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.0)
@@ -96,9 +106,11 @@ def run(args: argparse.Namespace) -> int:
                 print(chunk.text, end="", flush=True)
                 if chunk.finished:
                     request_id = chunk.request_id
-                    print(f"\n\n[{chunk.request_id}] finish_reason={chunk.finish_reason} "
-                          f"prompt_tokens={chunk.usage.prompt_tokens} "
-                          f"completion_tokens={chunk.usage.completion_tokens}")
+                    print(
+                        f"\n\n[{chunk.request_id}] finish_reason={chunk.finish_reason} "
+                        f"prompt_tokens={chunk.usage.prompt_tokens} "
+                        f"completion_tokens={chunk.usage.completion_tokens}"
+                    )
         if transcoders.is_dir() and request_id:
             _show_graph(target, request_id, model_dir.parent / "graph.html", credentials)
 
@@ -124,10 +136,12 @@ def _show_graph(target: str, request_id: str, html: Path, credentials=None) -> N
         result = client.attribute(request_id=request_id, token_index=0, output="json")
     graph = result.frontend()
     info = graph["metadata"].get("info", {})
-    print(f"\nattribution graph of completion token 0 ({result.source}; key {result.key[:16]}...): "
-          f"{len(graph['nodes'])} nodes, {len(graph['links'])} edges after pruning, "
-          f"replacement score {info.get('replacement_score', float('nan')):.2f}, "
-          f"completeness score {info.get('completeness_score', float('nan')):.2f}")
+    print(
+        f"\nattribution graph of completion token 0 ({result.source}; key {result.key[:16]}...): "
+        f"{len(graph['nodes'])} nodes, {len(graph['links'])} edges after pruning, "
+        f"replacement score {info.get('replacement_score', float('nan')):.2f}, "
+        f"completeness score {info.get('completeness_score', float('nan')):.2f}"
+    )
     print("strongest inputs to the predicted token (edge weight <- source):")
     for line in strongest_paths(graph, top=4, depth=2):
         print(f"  {line}")

@@ -15,8 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out_dir", type=Path, help="directory to write (created if missing)")
     parser.add_argument("--arch", choices=["llama", "gemma2"], default="llama")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random-weight model")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build random weights instead of installing the trained model")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="build random weights instead of installing the trained model"
+    )
     parser.set_defaults(run=run)
 
 

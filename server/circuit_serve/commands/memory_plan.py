@@ -16,8 +16,13 @@ from circuit_serve.config.serve import ServeConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = command_parser(subparsers, "memory-plan", help="print the GPU memory plan serve would use",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(
+        subparsers,
+        "memory-plan",
+        help="print the GPU memory plan serve would use",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ServeConfig.add_arguments(parser)
     parser.add_argument("--card-gib", type=float, required=True, help="the GPU's memory in GiB (e.g. 80, 24)")
     parser.set_defaults(run=run)

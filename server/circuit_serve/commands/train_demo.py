@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--circuit-only", action="store_true", help="only (re)measure the circuit rates of an existing OUT_DIR"
     )
     parser.add_argument(
-        "--labels-only", action="store_true",
+        "--labels-only",
+        action="store_true",
         help="only (re)label the features of an existing OUT_DIR's model and transcoders (seconds, no training)",
     )
     parser.set_defaults(run=run)

@@ -61,8 +61,12 @@ class ServedCompletion:
         return [*self.prompt_token_ids, *self.completion_token_ids[:token_index]]
 
     def to_json(self) -> bytes:
-        doc = {"v": _FORMAT, "tenant": self.tenant, "prompt": list(self.prompt_token_ids),
-               "completion": list(self.completion_token_ids)}
+        doc = {
+            "v": _FORMAT,
+            "tenant": self.tenant,
+            "prompt": list(self.prompt_token_ids),
+            "completion": list(self.completion_token_ids),
+        }
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -71,8 +75,12 @@ class ServedCompletion:
             doc = json.loads(raw)
             if doc.get("v") != _FORMAT or not isinstance(doc.get("tenant"), str):
                 return None  # older records carry no owner: treat them as gone
-            return cls(request_id, tuple(int(t) for t in doc["prompt"]), tuple(int(t) for t in doc["completion"]),
-                       doc["tenant"])
+            return cls(
+                request_id,
+                tuple(int(t) for t in doc["prompt"]),
+                tuple(int(t) for t in doc["completion"]),
+                doc["tenant"],
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -123,14 +131,16 @@ class CompletionStore:
         """Bytes charged for the records kept in memory now (at most `max_bytes`)."""
         return self._bytes
 
-    async def record(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int],
-                     *, tenant: str = "") -> None:
+    async def record(
+        self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int], *, tenant: str = ""
+    ) -> None:
         """Remember a served generation; never raises for a Redis problem."""
         item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant)
         await self._put_redis(item)
 
-    def record_nowait(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int],
-                      *, tenant: str = "") -> None:
+    def record_nowait(
+        self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int], *, tenant: str = ""
+    ) -> None:
         """`record` for synchronous callers on the event loop: the local copy is there at once,
         the Redis copy follows in a task."""
         item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant)
@@ -139,13 +149,16 @@ class CompletionStore:
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    def _keep(self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int],
-              tenant: str) -> ServedCompletion:
-        item = ServedCompletion(request_id, tuple(int(t) for t in prompt_token_ids),
-                                tuple(int(t) for t in completion_token_ids), tenant)
+    def _keep(
+        self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int], tenant: str
+    ) -> ServedCompletion:
+        item = ServedCompletion(
+            request_id, tuple(int(t) for t in prompt_token_ids), tuple(int(t) for t in completion_token_ids), tenant
+        )
         self._drop(request_id)
-        packed = _Packed(tenant, array("i", item.prompt_token_ids), array("i", item.completion_token_ids),
-                         self._clock() + self.ttl_s)
+        packed = _Packed(
+            tenant, array("i", item.prompt_token_ids), array("i", item.completion_token_ids), self._clock() + self.ttl_s
+        )
         if packed.nbytes > self.max_bytes:
             return item  # larger than the whole budget: Redis (when configured) may still keep it
         self._local[request_id] = packed

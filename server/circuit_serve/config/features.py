@@ -18,36 +18,62 @@ class FeaturesConfig(Options):
     group: ClassVar[str] = "features (needs --transcoders)"
 
     labels: Path | None = option(
-        None, flag="--labels", type=Path, help="feature labels file (JSON or YAML: layer, index, label)")
+        None, flag="--labels", type=Path, help="feature labels file (JSON or YAML: layer, index, label)"
+    )
     watchlist: Path | None = option(
-        None, flag="--watchlist", type=Path,
-        help="watched features file (JSON or YAML: name, layer, index, threshold, action)")
+        None,
+        flag="--watchlist",
+        type=Path,
+        help="watched features file (JSON or YAML: name, layer, index, threshold, action)",
+    )
     monitor_all: bool = option(
-        False, flag="--monitor-all", action="store_true",
-        help="monitor every generation request, not only those that ask (needs --watchlist)")
+        False,
+        flag="--monitor-all",
+        action="store_true",
+        help="monitor every generation request, not only those that ask (needs --watchlist)",
+    )
     monitor_slots: int = option(
-        16, flag="--monitor-slots", ge=0,
-        help="per layer, how many features requests may add to in-engine monitoring at once (0: none)")
+        16,
+        flag="--monitor-slots",
+        ge=0,
+        help="per layer, how many features requests may add to in-engine monitoring at once (0: none)",
+    )
     max_request_watch: int = option(
-        8, flag="--max-request-watch", ge=0, help="most watched features one generation request may add")
+        8, flag="--max-request-watch", ge=0, help="most watched features one generation request may add"
+    )
     max_steer_new_tokens: int = option(
-        256, flag="--max-steer-new-tokens", ge=1, limits=("steer_max_new_tokens",), help="largest Steer max_new_tokens")
+        256, flag="--max-steer-new-tokens", ge=1, limits=("steer_max_new_tokens",), help="largest Steer max_new_tokens"
+    )
     max_top_k: int = option(
-        64, flag="--features-max-top-k", ge=1, limits=("features_max_top_k",), help="largest FeatureActivations top_k")
+        64, flag="--features-max-top-k", ge=1, limits=("features_max_top_k",), help="largest FeatureActivations top_k"
+    )
     max_listed_features: int = option(
-        256, flag="--features-max-listed", ge=1, limits=("features_max_listed",),
-        help="most features one FeatureActivations call may list")
+        256,
+        flag="--features-max-listed",
+        ge=1,
+        limits=("features_max_listed",),
+        help="most features one FeatureActivations call may list",
+    )
     max_prompt_tokens: int = option(
-        512, flag="--features-max-prompt-tokens", ge=1, limits=("features_max_prompt_tokens",),
-        help="FeatureActivations input length, BOS included")
+        512,
+        flag="--features-max-prompt-tokens",
+        ge=1,
+        limits=("features_max_prompt_tokens",),
+        help="FeatureActivations input length, BOS included",
+    )
     max_interventions: int = option(
-        64, flag="--max-interventions", ge=1, limits=("steer_max_interventions",),
-        help="most interventions in one Steer call")
+        64,
+        flag="--max-interventions",
+        ge=1,
+        limits=("steer_max_interventions",),
+        help="most interventions in one Steer call",
+    )
     steer_workers: int = option(
-        1, flag="--steer-workers", ge=1, help="steered generations run at once (their own pool, not attribution's)")
+        1, flag="--steer-workers", ge=1, help="steered generations run at once (their own pool, not attribution's)"
+    )
     steer_max_queued: int = option(
-        8, flag="--steer-max-queued", ge=0,
-        help="steered generations waiting for a worker; more get RESOURCE_EXHAUSTED")
+        8, flag="--steer-max-queued", ge=0, help="steered generations waiting for a worker; more get RESOURCE_EXHAUSTED"
+    )
 
     def check(self) -> None:
         if self.monitor_all and self.watchlist is None:

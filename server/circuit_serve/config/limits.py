@@ -28,31 +28,69 @@ class InputLimits(Options):
     group: ClassVar[str] = "input limits (each rejection names the field and the limit)"
 
     max_request_bytes: int = option(
-        4 * _MIB, flag="--max-request-bytes", ge=1, limits=("max_request_bytes",),
-        help="largest serialized request message (gRPC's own default)")
+        4 * _MIB,
+        flag="--max-request-bytes",
+        ge=1,
+        limits=("max_request_bytes",),
+        help="largest serialized request message (gRPC's own default)",
+    )
     max_prompt_bytes: int = option(
-        256 * _KIB, flag="--max-prompt-bytes", ge=1, limits=("max_prompt_bytes",),
-        help="largest prompt / Tokenize text in UTF-8 bytes, checked before tokenizing")
+        256 * _KIB,
+        flag="--max-prompt-bytes",
+        ge=1,
+        limits=("max_prompt_bytes",),
+        help="largest prompt / Tokenize text in UTF-8 bytes, checked before tokenizing",
+    )
     max_stop_strings: int = option(
-        16, flag="--max-stop-strings", ge=1, limits=("generation_max_stop_strings",),
-        help="stop strings of one generation request")
+        16,
+        flag="--max-stop-strings",
+        ge=1,
+        limits=("generation_max_stop_strings",),
+        help="stop strings of one generation request",
+    )
     max_stop_chars: int = option(
-        256, flag="--max-stop-chars", ge=1, limits=("generation_max_stop_chars",), help="longest stop string")
+        256, flag="--max-stop-chars", ge=1, limits=("generation_max_stop_chars",), help="longest stop string"
+    )
     max_targets: int = option(
-        64, flag="--max-attribution-targets", ge=DEFAULT_MAX_N_LOGITS, why="the default max_n_logits",
-        limits=("attribution_max_targets",), help="logit targets of one graph: explicit targets, and max_n_logits")
+        64,
+        flag="--max-attribution-targets",
+        ge=DEFAULT_MAX_N_LOGITS,
+        why="the default max_n_logits",
+        limits=("attribution_max_targets",),
+        help="logit targets of one graph: explicit targets, and max_n_logits",
+    )
     max_positions: int = option(
-        1024, flag="--max-intervention-positions", ge=1, limits=("steer_max_positions",),
-        help="prompt positions one steering intervention may list")
+        1024,
+        flag="--max-intervention-positions",
+        ge=1,
+        limits=("steer_max_positions",),
+        help="prompt positions one steering intervention may list",
+    )
     max_request_id_bytes: int = option(
-        128, flag="--max-request-id-bytes", ge=1, limits=("max_request_id_bytes",),
-        help="an audited completion's request_id")
+        128,
+        flag="--max-request-id-bytes",
+        ge=1,
+        limits=("max_request_id_bytes",),
+        help="an audited completion's request_id",
+    )
     max_concurrent_rpcs: int = option(
-        256, flag="--max-concurrent-rpcs", ge=1, limits=("max_concurrent_rpcs",),
-        help="RPCs handled at once; more get RESOURCE_EXHAUSTED")
+        256,
+        flag="--max-concurrent-rpcs",
+        ge=1,
+        limits=("max_concurrent_rpcs",),
+        help="RPCs handled at once; more get RESOURCE_EXHAUSTED",
+    )
     executor_threads: int = option(
-        8, flag="--executor-threads", ge=1, limits=("executor_threads",),
-        help="threads for blocking work such as tokenizing")
+        8,
+        flag="--executor-threads",
+        ge=1,
+        limits=("executor_threads",),
+        help="threads for blocking work such as tokenizing",
+    )
     max_executor_queue: int = option(
-        64, flag="--max-executor-queue", ge=1, limits=("max_executor_queue",),
-        help="blocking jobs waiting for a thread; more get RESOURCE_EXHAUSTED")
+        64,
+        flag="--max-executor-queue",
+        ge=1,
+        limits=("max_executor_queue",),
+        help="blocking jobs waiting for a thread; more get RESOURCE_EXHAUSTED",
+    )

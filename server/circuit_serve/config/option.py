@@ -58,8 +58,11 @@ class Option:
         """`>= 1`, `in [1, 4080]`, `> 0` or "" (as the docs table and the messages say it)."""
         if self.ge is not None and self.le is not None:
             return f"in [{self.ge:g}, {self.le:g}]"
-        parts = [f">= {self.ge:g}" if self.ge is not None else "", f"> {self.gt:g}" if self.gt is not None else "",
-                 f"<= {self.le:g}" if self.le is not None else ""]
+        parts = [
+            f">= {self.ge:g}" if self.ge is not None else "",
+            f"> {self.gt:g}" if self.gt is not None else "",
+            f"<= {self.le:g}" if self.le is not None else "",
+        ]
         return ", ".join(p for p in parts if p)
 
     def check(self, value: Any) -> None:

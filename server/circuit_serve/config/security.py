@@ -26,20 +26,38 @@ class SecurityConfig(Options):
     group: ClassVar[str] = "security"
 
     tls_cert: Path | None = option(
-        None, flag="--tls-cert", type=Path, env="CIRCUIT_TLS_CERT",
-        help="PEM server certificate chain; with --tls-key the server speaks TLS only")
-    tls_key: Path | None = option(None, flag="--tls-key", type=Path, env="CIRCUIT_TLS_KEY",
-                                  help="PEM private key of --tls-cert")
+        None,
+        flag="--tls-cert",
+        type=Path,
+        env="CIRCUIT_TLS_CERT",
+        help="PEM server certificate chain; with --tls-key the server speaks TLS only",
+    )
+    tls_key: Path | None = option(
+        None, flag="--tls-key", type=Path, env="CIRCUIT_TLS_KEY", help="PEM private key of --tls-cert"
+    )
     tls_client_ca: Path | None = option(  # clients must present a certificate it signed (mTLS)
-        None, flag="--tls-client-ca", type=Path, env="CIRCUIT_TLS_CLIENT_CA",
-        help="PEM CA bundle: require client certificates signed by it (mTLS)")
+        None,
+        flag="--tls-client-ca",
+        type=Path,
+        env="CIRCUIT_TLS_CLIENT_CA",
+        help="PEM CA bundle: require client certificates signed by it (mTLS)",
+    )
     auth_tokens: Path | None = option(  # see circuit_serve.auth.tokens; None: no authentication
-        None, flag="--auth-tokens", type=Path, env="CIRCUIT_AUTH_TOKENS",
+        None,
+        flag="--auth-tokens",
+        type=Path,
+        env="CIRCUIT_AUTH_TOKENS",
         help="tokens file (YAML or JSON list of {name, sha256, scopes}); every RPC but health "
-             "then needs `authorization: Bearer TOKEN`; SIGHUP reloads it")
+        "then needs `authorization: Bearer TOKEN`; SIGHUP reloads it",
+    )
     reflection: Reflection = option(
-        Reflection.TOKEN, flag="--reflection", type=str, choices=tuple(r.value for r in Reflection),
-        convert=Reflection, help="server reflection: open, token (any valid token) or off")
+        Reflection.TOKEN,
+        flag="--reflection",
+        type=str,
+        choices=tuple(r.value for r in Reflection),
+        convert=Reflection,
+        help="server reflection: open, token (any valid token) or off",
+    )
 
     @property
     def tls(self) -> bool:
@@ -51,8 +69,12 @@ class SecurityConfig(Options):
             raise OptionError(given, f"needs {missing}: give --tls-cert and --tls-key together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise OptionError("--tls-client-ca", "(mTLS) needs --tls-cert and --tls-key")
-        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                           ("--tls-client-ca", self.tls_client_ca), ("--auth-tokens", self.auth_tokens)):
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+            ("--auth-tokens", self.auth_tokens),
+        ):
             if path is not None and not path.is_file():
                 raise OptionError(flag, f"{path} is not a file")
 

@@ -43,33 +43,61 @@ class EngineConfig(Options):
 
     model: Path = declared(MODEL)
     dtype: str = option(  # float32 for exact-match tests; bfloat16/float16 for speed
-        "auto", flag="--dtype", help="auto, float32, bfloat16 or float16")
+        "auto", flag="--dtype", help="auto, float32, bfloat16 or float16"
+    )
     max_model_len: int | None = option(  # None: the model's own maximum
-        None, flag="--max-model-len", type=int, ge=1, help="prompt + completion tokens (default: the model's)")
+        None, flag="--max-model-len", type=int, ge=1, help="prompt + completion tokens (default: the model's)"
+    )
     enforce_eager: bool = option(  # required on vLLM's CPU build
-        False, flag="--enforce-eager", action="store_true", help="no CUDA graphs / compilation")
+        False, flag="--enforce-eager", action="store_true", help="no CUDA graphs / compilation"
+    )
     kv_cache_gib: float | None = option(  # explicit KV cache size; None lets vLLM decide
-        None, flag="--kv-cache-gib", type=float, env="VLLM_CPU_KVCACHE_SPACE",
-        help="KV cache size in GiB (default: vLLM's choice)")
+        None,
+        flag="--kv-cache-gib",
+        type=float,
+        env="VLLM_CPU_KVCACHE_SPACE",
+        help="KV cache size in GiB (default: vLLM's choice)",
+    )
     max_num_seqs: int | None = option(  # concurrent sequences per engine step
-        None, flag="--max-num-seqs", type=int, ge=1, help="concurrent sequences per engine step")
+        None, flag="--max-num-seqs", type=int, ge=1, help="concurrent sequences per engine step"
+    )
     gpu_memory_utilization: float | None = option(
-        None, flag="--gpu-memory-utilization", type=float, gt=0, le=1,
-        help="share of the GPU's memory vLLM may take (default: vLLM's, or the memory plan's)")
+        None,
+        flag="--gpu-memory-utilization",
+        type=float,
+        gt=0,
+        le=1,
+        help="share of the GPU's memory vLLM may take (default: vLLM's, or the memory plan's)",
+    )
     tensor_parallel_size: int = option(1, flag="--tensor-parallel-size", ge=1)
     seed: int = option(0, flag="--seed")
     served_model_name: str | None = option(  # reported by ModelInfo
-        None, flag="--served-model-name", type=str, help="the name ModelInfo reports (default: the directory name)")
+        None, flag="--served-model-name", type=str, help="the name ModelInfo reports (default: the directory name)"
+    )
     max_new_tokens_limit: int = option(
-        1024, flag="--max-new-tokens-limit", ge=1, limits=("generation_max_new_tokens",),
-        help="largest max_new_tokens a request may ask for")
+        1024,
+        flag="--max-new-tokens-limit",
+        ge=1,
+        limits=("generation_max_new_tokens",),
+        help="largest max_new_tokens a request may ask for",
+    )
     max_top_logprobs: int = option(
-        20, flag="--max-top-logprobs", ge=0, limits=("generation_max_top_logprobs",),
-        help="largest top_logprobs a request may ask for")
+        20,
+        flag="--max-top-logprobs",
+        ge=0,
+        limits=("generation_max_top_logprobs",),
+        help="largest top_logprobs a request may ask for",
+    )
     extra: dict[str, Any] = option(  # any other AsyncEngineArgs field
-        default_factory=dict, flag="--engine-arg", action="append", type=engine_arg, metavar="KEY=VALUE", convert=dict,
+        default_factory=dict,
+        flag="--engine-arg",
+        action="append",
+        type=engine_arg,
+        metavar="KEY=VALUE",
+        convert=dict,
         help="any other vllm AsyncEngineArgs field; VALUE is JSON when it parses "
-             "(repeatable, e.g. --engine-arg max_num_batched_tokens=2048)")
+        "(repeatable, e.g. --engine-arg max_num_batched_tokens=2048)",
+    )
 
     @property
     def model_name(self) -> str:
@@ -115,9 +143,12 @@ class ServeConfig(Options):
     host: str = option("0.0.0.0", flag="--host", help="gRPC bind address")
     port: int = option(50051, flag="--port", ge=0, le=65535, help="gRPC port")
     metrics_host: str = option("0.0.0.0", flag="--metrics-host", help="Prometheus bind address")
-    metrics_port: int = option(9090, flag="--metrics-port", ge=0, le=65535, help="Prometheus /metrics port; 0 disables it")
+    metrics_port: int = option(
+        9090, flag="--metrics-port", ge=0, le=65535, help="Prometheus /metrics port; 0 disables it"
+    )
     grace_period_s: float = option(  # after SIGTERM/SIGINT
-        10.0, flag="--grace-period", ge=0, help="seconds in-flight calls may take to finish on shutdown")
+        10.0, flag="--grace-period", ge=0, help="seconds in-flight calls may take to finish on shutdown"
+    )
     log_level: str = option("INFO", flag="--log-level", help="DEBUG, INFO, WARNING or ERROR")
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)

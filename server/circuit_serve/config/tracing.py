@@ -18,11 +18,19 @@ from circuit_serve.tracing.settings import AttributionSettings
 
 _GIB = 1 << 30
 
-MODEL = Option(flag="--model", type=Path, env="CIRCUIT_MODEL", required=True,
-               help="Hugging Face model directory or repo id org/name[@revision]")
+MODEL = Option(
+    flag="--model",
+    type=Path,
+    env="CIRCUIT_MODEL",
+    required=True,
+    help="Hugging Face model directory or repo id org/name[@revision]",
+)
 TRANSCODERS = Option(
-    flag="--transcoders", type=Path, env="CIRCUIT_TRANSCODERS",
-    help="transcoder directory or Hugging Face repo id org/name[/subfolder][@revision], in circuit-tracer's formats")
+    flag="--transcoders",
+    type=Path,
+    env="CIRCUIT_TRANSCODERS",
+    help="transcoder directory or Hugging Face repo id org/name[/subfolder][@revision], in circuit-tracer's formats",
+)
 _INPUT = "input (one of)"
 
 
@@ -60,8 +68,14 @@ class TracingConfig(Options):
     dtype: str = option("float32", flag="--dtype", choices=("float32", "bfloat16"))
     device: str = option("cpu", flag="--device", help="cpu, cuda or cuda:N")
     memory_budget_bytes: int | None = option(  # refuse requests estimated above this
-        None, flag="--memory-budget-gib", type=float, unit=_GIB, unit_name="GiB", gt=0,
-        help="refuse graphs whose estimated peak memory exceeds this")
+        None,
+        flag="--memory-budget-gib",
+        type=float,
+        unit=_GIB,
+        unit_name="GiB",
+        gt=0,
+        help="refuse graphs whose estimated peak memory exceeds this",
+    )
     max_prompt_tokens: int | None = None  # None: the model's max_position_embeddings
 
 
@@ -73,15 +87,20 @@ class SettingsFlags(Options):
 
     max_n_logits: int = option(_d.max_n_logits, flag="--max-n-logits", help="at most this many logit targets")
     desired_logit_prob: float = option(
-        _d.desired_logit_prob, flag="--desired-logit-prob",
-        help="logit targets are taken until their cumulative probability reaches this")
+        _d.desired_logit_prob,
+        flag="--desired-logit-prob",
+        help="logit targets are taken until their cumulative probability reaches this",
+    )
     max_feature_nodes: int | None = option(
-        _d.max_feature_nodes, flag="--max-feature-nodes", type=int, help="default: every active feature")
+        _d.max_feature_nodes, flag="--max-feature-nodes", type=int, help="default: every active feature"
+    )
     batch_size: int = option(_d.batch_size, flag="--batch-size", help="targets per backward pass")
-    node_threshold: float = option(_d.node_threshold, flag="--node-threshold",
-                                   help="pruning: cumulative node influence kept")
-    edge_threshold: float = option(_d.edge_threshold, flag="--edge-threshold",
-                                   help="pruning: cumulative edge influence kept")
+    node_threshold: float = option(
+        _d.node_threshold, flag="--node-threshold", help="pruning: cumulative node influence kept"
+    )
+    edge_threshold: float = option(
+        _d.edge_threshold, flag="--edge-threshold", help="pruning: cumulative edge influence kept"
+    )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AttributionSettings:  # type: ignore[override]
@@ -96,25 +115,50 @@ class AttributeCommandConfig(Options):
     settings: AttributionSettings
     out: Path | None = option(None, flag="--out", type=Path, help="pruned frontend graph JSON (this and/or --html)")
     prompt: str | None = option(
-        None, flag="--prompt", type=str, group=_INPUT,
-        help="text; tokenized as generation does (BOS prepended if missing)")
+        None,
+        flag="--prompt",
+        type=str,
+        group=_INPUT,
+        help="text; tokenized as generation does (BOS prepended if missing)",
+    )
     token_ids: list[int] | None = option(
-        None, flag="--token-ids", type=parse_token_ids, group=_INPUT,
-        help="comma- or space-separated token ids (BOS prepended if missing)")
+        None,
+        flag="--token-ids",
+        type=parse_token_ids,
+        group=_INPUT,
+        help="comma- or space-separated token ids (BOS prepended if missing)",
+    )
     npz: Path | None = option(None, flag="--npz", type=Path, help="also write the full unpruned graph (.npz)")
-    labels: Path | None = option(None, flag="--labels", type=Path,
-                                 help='JSON list of {"layer", "index", "label"}: feature labels (clerp)')
-    slug: str | None = option(None, flag="--slug", type=str, help="graph name in the JSON metadata (default: --out's stem)")
+    labels: Path | None = option(
+        None, flag="--labels", type=Path, help='JSON list of {"layer", "index", "label"}: feature labels (clerp)'
+    )
+    slug: str | None = option(
+        None, flag="--slug", type=str, help="graph name in the JSON metadata (default: --out's stem)"
+    )
     progress: bool = option(True, flag="--no-progress", negate=True, help="no progress bar")  # only on a terminal
     targets: list[int] = option(
-        default_factory=list, flag="--target", type=int, action="append", convert=list,
-        help="explicit target token id (repeatable); default: the most probable tokens")
+        default_factory=list,
+        flag="--target",
+        type=int,
+        action="append",
+        convert=list,
+        help="explicit target token id (repeatable); default: the most probable tokens",
+    )
     html: Path | None = option(  # the interactive graph view (one self-contained HTML file)
-        None, flag="--html", type=Path,
-        help="the interactive graph view: one self-contained HTML file (with or without --out)")
+        None,
+        flag="--html",
+        type=Path,
+        help="the interactive graph view: one self-contained HTML file (with or without --out)",
+    )
     messages: list[tuple[str, str]] | None = option(  # (role, content), rendered with the chat template
-        None, flag="--message", type=parse_chat_message, action="append", metavar="ROLE:CONTENT", group=_INPUT,
-        help="a chat message, rendered with the model's chat template (repeatable)")
+        None,
+        flag="--message",
+        type=parse_chat_message,
+        action="append",
+        metavar="ROLE:CONTENT",
+        group=_INPUT,
+        help="a chat message, rendered with the model's chat template (repeatable)",
+    )
     identity_cache: Path | None = field(default_factory=identity_cache_dir)  # weight-file hashes between runs
 
     @classmethod
@@ -126,8 +170,10 @@ class AttributeCommandConfig(Options):
     def values_from_args(cls, args: argparse.Namespace) -> dict:
         values = super().values_from_args(args)
         named = values["out"] or values["html"]
-        return values | {"messages": values["messages"] or None,
-                         "slug": values["slug"] or (named.stem if named else None)}
+        return values | {
+            "messages": values["messages"] or None,
+            "slug": values["slug"] or (named.stem if named else None),
+        }
 
     def check(self) -> None:
         if self.out is None and self.html is None:

@@ -187,7 +187,10 @@ def measure_circuit(
     torch.manual_seed(seed)
     world = World(seed)
     rm = ReplacementModel.from_pretrained(
-        model_dir, engine_transcoders(transcoder_dir, dtype=torch.float32, device="cpu"), dtype=torch.float32, device="cpu"
+        model_dir,
+        engine_transcoders(transcoder_dir, dtype=torch.float32, device="cpu"),
+        dtype=torch.float32,
+        device="cpu",
     )
     model, vocab = rm.model, rm.tokenizer.get_vocab()
     tcs = load_transcoders(transcoder_dir)

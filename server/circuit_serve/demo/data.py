@@ -172,18 +172,22 @@ class World:
         noun, noun2 = rng.sample(_NOUN, 2)
         ci = rng.randrange(len(self.countries))
         cj = rng.randrange(len(self.countries))  # attributes mentioned apart from their country
-        return rng.choice(_FILLER_FRAMES).format(
-            adj=rng.choice(_ADJ),
-            noun=noun,
-            noun2=noun2,
-            verb_t=rng.choice(_VERB_T),
-            verb_i=rng.choice(_VERB_I),
-            time=rng.choice(_TIME),
-            e=self.countries[ci],
-            cap=self.attributes["capital"][cj],
-            lang=self.attributes["language"][cj],
-            cur=self.attributes["currency"][cj],
-        ).split()
+        return (
+            rng.choice(_FILLER_FRAMES)
+            .format(
+                adj=rng.choice(_ADJ),
+                noun=noun,
+                noun2=noun2,
+                verb_t=rng.choice(_VERB_T),
+                verb_i=rng.choice(_VERB_I),
+                time=rng.choice(_TIME),
+                e=self.countries[ci],
+                cap=self.attributes["capital"][cj],
+                lang=self.attributes["language"][cj],
+                cur=self.attributes["currency"][cj],
+            )
+            .split()
+        )
 
     def training_sentences(self, seed: int, fact_share: float = 0.5) -> Iterator[list[str]]:
         """An endless, seeded stream of training sentences (facts only in their training frames)."""

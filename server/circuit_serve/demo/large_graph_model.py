@@ -35,8 +35,10 @@ GRAPHS = [(PROMPT_7, None), (PROMPT_71, 2000)]
 def build_large_graph_model(out_dir: str | Path) -> tuple[Path, Path]:
     """Write the model and its transcoders under `out_dir`; return (model_dir, transcoder_dir)."""
     out = Path(out_dir)
-    model = build_demo_model(out / "model", seed=0, n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS,
-                             n_kv_heads=N_HEADS, d_mlp=D_MLP)
-    transcoders = write_random_transcoders(model, out / "transcoders", d_transcoder=D_TRANSCODER,
-                                           threshold=THRESHOLD, seed=0)
+    model = build_demo_model(
+        out / "model", seed=0, n_layers=N_LAYERS, d_model=D_MODEL, n_heads=N_HEADS, n_kv_heads=N_HEADS, d_mlp=D_MLP
+    )
+    transcoders = write_random_transcoders(
+        model, out / "transcoders", d_transcoder=D_TRANSCODER, threshold=THRESHOLD, seed=0
+    )
     return model, transcoders

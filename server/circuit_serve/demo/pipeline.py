@@ -167,8 +167,15 @@ def relabel(out_dir: str | Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"), dtype=torch.float32).eval()
     vocab = AutoTokenizer.from_pretrained(str(out / "model")).get_vocab()
     t0 = time.perf_counter()
-    _write_labels(out, model, transcoders.load_transcoders(out / "transcoders"), World(seed), vocab, seed,
-                  manifest["settings"]["model"]["seq_len"])
+    _write_labels(
+        out,
+        model,
+        transcoders.load_transcoders(out / "transcoders"),
+        World(seed),
+        vocab,
+        seed,
+        manifest["settings"]["model"]["seq_len"],
+    )
     timings = manifest["timings"]
     timings["total_s"] = round(timings["total_s"] - timings["labels_s"], 1)
     timings["labels_s"] = round(time.perf_counter() - t0, 1)

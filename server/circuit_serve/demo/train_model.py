@@ -177,4 +177,3 @@ def train_model(world: World, vocab: dict[str, int], settings: ModelSettings, se
     model.load_state_dict(best[1])
     model.eval()
     return model, best[2], best[3], history
-

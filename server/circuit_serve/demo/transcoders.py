@@ -97,7 +97,9 @@ def _forward(xb: torch.Tensor, W_enc, b_enc, W_dec, b_dec, k: int, per_row: bool
     return raw, vals, cols, y_hat
 
 
-def _train_layer(x: torch.Tensor, y: torch.Tensor, answer: torch.Tensor, s: TranscoderSettings, seed: int) -> Transcoder:
+def _train_layer(
+    x: torch.Tensor, y: torch.Tensor, answer: torch.Tensor, s: TranscoderSettings, seed: int
+) -> Transcoder:
     """Steps 1-4 for one layer; x, y `(N, d)`."""
     g = torch.Generator().manual_seed(seed)
     d, n_feat = x.shape[1], s.d_transcoder
@@ -211,4 +213,3 @@ def load_transcoders(path: str | Path) -> list[Transcoder]:
         threshold = t.get("activation_function.threshold")
         out.append(Transcoder(t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], threshold, top_k))
     return out
-

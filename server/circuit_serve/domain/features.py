@@ -29,8 +29,7 @@ class TranscoderShape:
         if not 0 <= feature.layer < self.n_layers:
             return f"{where}: layer {feature.layer} does not exist; layers are 0..{self.n_layers - 1}"
         if not 0 <= feature.index < self.d_transcoder:
-            return (f"{where}: index {feature.index} does not exist; "
-                    f"each layer has features 0..{self.d_transcoder - 1}")
+            return f"{where}: index {feature.index} does not exist; each layer has features 0..{self.d_transcoder - 1}"
         return None
 
 

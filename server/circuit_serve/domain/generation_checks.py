@@ -60,8 +60,10 @@ def check_request(request: GenerationRequest, limits: Limits) -> None:
             field="sampling.max_new_tokens",
         )
     if not (math.isfinite(s.temperature) and 0 <= s.temperature <= limits.max_temperature):
-        raise InvalidRequest(f"is {s.temperature}; must be >= 0 and <= {limits.max_temperature:g} (0 = greedy)",
-                             field="sampling.temperature")
+        raise InvalidRequest(
+            f"is {s.temperature}; must be >= 0 and <= {limits.max_temperature:g} (0 = greedy)",
+            field="sampling.temperature",
+        )
     if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
         raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="sampling.top_p")
     if not 0 <= s.top_k <= limits.vocab_size:
@@ -72,8 +74,9 @@ def check_request(request: GenerationRequest, limits: Limits) -> None:
     check_count(s.stop, limits.max_stop_strings, field="sampling.stop", what="stop strings")
     longest = max((len(stop) for stop in s.stop), default=0)
     if longest > limits.max_stop_chars:
-        raise InvalidRequest(f"has a stop string of {longest} characters; the limit is {limits.max_stop_chars}",
-                             field="sampling.stop")
+        raise InvalidRequest(
+            f"has a stop string of {longest} characters; the limit is {limits.max_stop_chars}", field="sampling.stop"
+        )
     if any(not stop for stop in s.stop):
         raise InvalidRequest("contains an empty string; every stop sequence must be non-empty", field="sampling.stop")
     if s.top_logprobs is not None and not 0 <= s.top_logprobs <= limits.max_top_logprobs:

@@ -63,8 +63,16 @@ class RequestMonitor(Protocol):
         """`kwargs` (vLLM `AsyncEngineArgs` fields) with the monitor's additions."""
         ...
 
-    def begin(self, request_id: str, request: GenerationRequest, *, n_prompt: int, max_model_len: int,
-              sentinel: int | None, decode: Decode) -> WatchedRequest | None:
+    def begin(
+        self,
+        request_id: str,
+        request: GenerationRequest,
+        *,
+        n_prompt: int,
+        max_model_len: int,
+        sentinel: int | None,
+        decode: Decode,
+    ) -> WatchedRequest | None:
         """The request's watch resolved and started (None: `request` has no watch)."""
         ...
 

@@ -60,8 +60,14 @@ class SteerQuery:
 
 
 class FeaturesEngine:
-    def __init__(self, rm: ReplacementModel, *, labels: Labels | None = None,
-                 config: FeaturesConfig | None = None, limits: InputLimits | None = None) -> None:
+    def __init__(
+        self,
+        rm: ReplacementModel,
+        *,
+        labels: Labels | None = None,
+        config: FeaturesConfig | None = None,
+        limits: InputLimits | None = None,
+    ) -> None:
         self.rm = rm
         self.limits = limits or InputLimits()
         self.labels = labels or Labels()
@@ -82,13 +88,15 @@ class FeaturesEngine:
         if given.messages:
             ids, _ = self.rm.check_tokens(self.rm.chat_tokens(given.messages))
             if len(ids) > limit:
-                raise InvalidRequest(f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it",
-                                     field="messages")
+                raise InvalidRequest(
+                    f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it", field="messages"
+                )
             return ids.tolist()
         ids, _ = self.rm.check_tokens(given.prompt if given.prompt else list(given.token_ids or ()))
         if len(ids) > limit:
-            raise InvalidRequest(f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it",
-                                 field="prompt")
+            raise InvalidRequest(
+                f"is {len(ids)} tokens with BOS; the limit is {limit} tokens; shorten it", field="prompt"
+            )
         return ids.tolist()
 
     def check_features(self, features: Sequence[FeatureRef], *, field: str = "features") -> None:
@@ -98,14 +106,16 @@ class FeaturesEngine:
 
     # ---- activations ---------------------------------------------------------------------
 
-    def feature_activations(self, given: TokensInput, *, features: Sequence[FeatureRef] = (),
-                            top_k: int = 0) -> list[PositionActivations]:
+    def feature_activations(
+        self, given: TokensInput, *, features: Sequence[FeatureRef] = (), top_k: int = 0
+    ) -> list[PositionActivations]:
         """Per position: the listed features' values (zeros included) or the top-k active ones."""
         if bool(features) == bool(top_k):
             raise InvalidRequest("give exactly one of features (a list) and top_k (> 0)", field="features")
         if len(features) > self.config.max_listed_features:
-            raise InvalidRequest(f"lists {len(features)} features; the limit is {self.config.max_listed_features}",
-                                 field="features")
+            raise InvalidRequest(
+                f"lists {len(features)} features; the limit is {self.config.max_listed_features}", field="features"
+            )
         if top_k > self.config.max_top_k:
             raise InvalidRequest(f"is {top_k}; allowed range is [1, {self.config.max_top_k}]", field="top_k")
         self.check_features(features)
@@ -114,8 +124,10 @@ class FeaturesEngine:
         tokens = [self.rm.decode_token(t) for t in ids]
         if features:
             dense = _dense(fa, features)  # (P, k)
-            rows = [[FeatureValue(f, float(dense[p, j]), self.labels.get(f)) for j, f in enumerate(features)]
-                    for p in range(len(ids))]
+            rows = [
+                [FeatureValue(f, float(dense[p, j]), self.labels.get(f)) for j, f in enumerate(features)]
+                for p in range(len(ids))
+            ]
         else:
             rows = [[] for _ in ids]
             for (layer, pos, index), value in zip(fa.indices.tolist(), fa.values.tolist()):
@@ -130,19 +142,23 @@ class FeaturesEngine:
         """Validate a steering request before it is admitted; returns the prompt ids."""
         s, cfg = query.sampling, self.config
         if not 1 <= s.max_new_tokens <= cfg.max_steer_new_tokens:
-            raise InvalidRequest(f"is {s.max_new_tokens}; allowed range is [1, {cfg.max_steer_new_tokens}]",
-                                 field="max_new_tokens")
+            raise InvalidRequest(
+                f"is {s.max_new_tokens}; allowed range is [1, {cfg.max_steer_new_tokens}]", field="max_new_tokens"
+            )
         if not (math.isfinite(s.temperature) and 0 <= s.temperature <= MAX_TEMPERATURE):
-            raise InvalidRequest(f"is {s.temperature}; must be >= 0 and <= {MAX_TEMPERATURE:g} (0 = greedy)",
-                                 field="temperature")
+            raise InvalidRequest(
+                f"is {s.temperature}; must be >= 0 and <= {MAX_TEMPERATURE:g} (0 = greedy)", field="temperature"
+            )
         if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
             raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="top_p")
         if len(query.interventions) > cfg.max_interventions:
-            raise InvalidRequest(f"has {len(query.interventions)} entries; the limit is {cfg.max_interventions}",
-                                 field="interventions")
+            raise InvalidRequest(
+                f"has {len(query.interventions)} entries; the limit is {cfg.max_interventions}", field="interventions"
+            )
         for i, iv in enumerate(query.interventions):
-            check_count(iv.positions, self.limits.max_positions, field=f"interventions[{i}].positions",
-                        what="positions")
+            check_count(
+                iv.positions, self.limits.max_positions, field=f"interventions[{i}].positions", what="positions"
+            )
         ids = self.tokens(query.input, max_tokens=max_tokens)
         if len(ids) + s.max_new_tokens > max_tokens:
             raise InvalidRequest(
@@ -153,10 +169,17 @@ class FeaturesEngine:
         steering.validate(query.interventions, len(ids), self.shape)
         return ids
 
-    def steer(self, query: SteerQuery, prompt_ids: Sequence[int],
-              should_stop: Callable[[], bool] | None = None) -> SteerResult:
-        return steering.steer(self.target, prompt_ids, query.interventions, query.sampling,
-                              with_default=query.with_default, should_stop=should_stop)
+    def steer(
+        self, query: SteerQuery, prompt_ids: Sequence[int], should_stop: Callable[[], bool] | None = None
+    ) -> SteerResult:
+        return steering.steer(
+            self.target,
+            prompt_ids,
+            query.interventions,
+            query.sampling,
+            with_default=query.with_default,
+            should_stop=should_stop,
+        )
 
 
 def _dense(fa: FeatureActivations, features: Sequence[FeatureRef]) -> torch.Tensor:

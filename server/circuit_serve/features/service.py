@@ -32,10 +32,14 @@ from circuit_serve.metrics.features import FeatureMetrics
 from circuit_serve.monitoring.monitor import EngineMonitor
 from circuit_serve.tracing.replacement import ReplacementModel
 
-NO_TRANSCODERS = ("features are not enabled on this server: it was started without transcoders; "
-                  "restart `circuit-serve serve` with --transcoders DIR")
-NO_WATCHLIST = ("this server has no watchlist: it was started without --watchlist; send the features to "
-                "watch in the request's `watch` rules, or restart `circuit-serve serve` with --watchlist FILE")
+NO_TRANSCODERS = (
+    "features are not enabled on this server: it was started without transcoders; "
+    "restart `circuit-serve serve` with --transcoders DIR"
+)
+NO_WATCHLIST = (
+    "this server has no watchlist: it was started without --watchlist; send the features to "
+    "watch in the request's `watch` rules, or restart `circuit-serve serve` with --watchlist FILE"
+)
 
 
 class LoadedModel(Protocol):
@@ -58,9 +62,16 @@ class FeaturesService:
     """Created with the server; `start()` takes the replacement model once it is loaded (and checks
     the labels and watchlist files against it: FeatureFileError stops the server's start-up)."""
 
-    def __init__(self, config: FeaturesConfig, registry: CollectorRegistry, *, replacement: LoadedModel,
-                 admission: Admission | None = None, limits: InputLimits | None = None,
-                 max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        config: FeaturesConfig,
+        registry: CollectorRegistry,
+        *,
+        replacement: LoadedModel,
+        admission: Admission | None = None,
+        limits: InputLimits | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
         """Reads the files' syntax now, so a malformed file stops the server before any model loads.
 
         `admission`: the steering pool (None: steered generations run at once, off the event loop);
@@ -113,8 +124,9 @@ class FeaturesService:
             raise NotConfigured(NO_TRANSCODERS)
         return self.engine
 
-    async def feature_activations(self, given: TokensInput, *, features: Sequence[FeatureRef] = (),
-                                  top_k: int = 0) -> list[PositionActivations]:
+    async def feature_activations(
+        self, given: TokensInput, *, features: Sequence[FeatureRef] = (), top_k: int = 0
+    ) -> list[PositionActivations]:
         engine = self._engine()
         return await asyncio.to_thread(engine.feature_activations, given, features=features, top_k=top_k)
 
@@ -123,8 +135,11 @@ class FeaturesService:
         prompt_ids = await asyncio.to_thread(engine.check_steer, query, self.max_tokens)
         if self.admission is None:
             return await asyncio.to_thread(engine.steer, query, prompt_ids)
-        return await self.admission.run(lambda progress, should_stop: engine.steer(query, prompt_ids, should_stop),
-                                        on_event=lambda event: None, stop=threading.Event())
+        return await self.admission.run(
+            lambda progress, should_stop: engine.steer(query, prompt_ids, should_stop),
+            on_event=lambda event: None,
+            stop=threading.Event(),
+        )
 
     # ---- monitoring ----------------------------------------------------------------------
 
@@ -133,9 +148,15 @@ class FeaturesService:
         if self.engine is None:
             return None
         rm = self.engine.rm
-        return EngineMonitor(rm.transcoders, self.watched, model_type=rm.arch.model_type,
-                             request_slots=self.config.monitor_slots, max_request_watch=self.config.max_request_watch,
-                             work_dir=work_dir, sink=self.metrics.observe if self.metrics is not None else None)
+        return EngineMonitor(
+            rm.transcoders,
+            self.watched,
+            model_type=rm.arch.model_type,
+            request_slots=self.config.monitor_slots,
+            max_request_watch=self.config.max_request_watch,
+            work_dir=work_dir,
+            sink=self.metrics.observe if self.metrics is not None else None,
+        )
 
     def resolve(self, ask: MonitorAsk) -> WatchRequest | None:
         """How a generation request is monitored (None: it is not); InvalidRequest / NotConfigured
@@ -148,16 +169,20 @@ class FeaturesService:
             raise NotConfigured(NO_WATCHLIST)
         limit = self.config.max_request_watch
         if len(ask.rules) > limit:
-            raise InvalidRequest(f"has {len(ask.rules)} entries; this server allows at most {limit} per request",
-                                 field="watch")
+            raise InvalidRequest(
+                f"has {len(ask.rules)} entries; this server allows at most {limit} per request", field="watch"
+            )
         names = {w.name for w in self.watched}
         rules = []
         for i, w in enumerate(ask.rules):
             if (problem := engine.shape.check(w.feature, where=f"watch[{i}]")) is not None:
                 raise InvalidRequest(problem, field="watch")
             if not w.name or w.name in names:
-                raise InvalidRequest(f"watch[{i}].name {w.name!r} is empty or already used (by the server watchlist "
-                                     "or an earlier rule); give each rule its own name", field="watch")
+                raise InvalidRequest(
+                    f"watch[{i}].name {w.name!r} is empty or already used (by the server watchlist "
+                    "or an earlier rule); give each rule its own name",
+                    field="watch",
+                )
             names.add(w.name)
             rules.append(dataclasses.replace(w, label=engine.labels.get(w.feature)))
         return WatchRequest((*self.watched, *rules), n_server=len(self.watched), values=ask.values)

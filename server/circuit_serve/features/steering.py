@@ -116,9 +116,10 @@ def validate(interventions: Sequence[Intervention], n_prompt: int, shape: Transc
         if not math.isfinite(iv.value):
             raise InvalidRequest(f"is {iv.value}; must be a finite number", field=f"{where}.value")
         if not iv.positions and not iv.generated and not iv.all_prompt:
-            raise InvalidRequest("set positions (prompt positions), all_prompt_positions and/or generated "
-                                 "(every generated token)",
-                                 field=f"{where}.positions")
+            raise InvalidRequest(
+                "set positions (prompt positions), all_prompt_positions and/or generated (every generated token)",
+                field=f"{where}.positions",
+            )
         for p in iv.positions:
             if not 0 <= p < n_prompt:
                 raise InvalidRequest(
@@ -191,8 +192,9 @@ class _Hooks:
 
 
 @contextmanager
-def _maybe_hooks(target: InterventionTarget, interventions: Sequence[Intervention],
-                 n_prompt: int) -> Iterator[_Hooks | None]:
+def _maybe_hooks(
+    target: InterventionTarget, interventions: Sequence[Intervention], n_prompt: int
+) -> Iterator[_Hooks | None]:
     if not interventions:
         yield None
         return
@@ -202,8 +204,9 @@ def _maybe_hooks(target: InterventionTarget, interventions: Sequence[Interventio
 
 
 @torch.inference_mode()
-def intervened_logits(target: InterventionTarget, token_ids: Sequence[int],
-                      interventions: Sequence[Intervention], n_prompt: int) -> torch.Tensor:
+def intervened_logits(
+    target: InterventionTarget, token_ids: Sequence[int], interventions: Sequence[Intervention], n_prompt: int
+) -> torch.Tensor:
     """`(n_pos, vocab)` logits of one forward pass over `token_ids` with the interventions applied
     (positions >= n_prompt count as generated tokens)."""
     ids = torch.tensor([list(token_ids)], dtype=torch.long)
@@ -213,9 +216,15 @@ def intervened_logits(target: InterventionTarget, token_ids: Sequence[int],
 
 
 @torch.inference_mode()
-def generate(target: InterventionTarget, prompt_ids: Sequence[int], interventions: Sequence[Intervention],
-             sampling: Sampling, *, on_logits: Callable[[torch.Tensor], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> Completion:
+def generate(
+    target: InterventionTarget,
+    prompt_ids: Sequence[int],
+    interventions: Sequence[Intervention],
+    sampling: Sampling,
+    *,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Completion:
     """Token-by-token generation with the interventions hooked in (none: the default completion).
     `should_stop()` is polled before each token; True raises Cancelled (every caller left)."""
     n_prompt = len(prompt_ids)
@@ -255,9 +264,15 @@ def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def steer(target: InterventionTarget, prompt_ids: Sequence[int], interventions: Sequence[Intervention],
-          sampling: Sampling, *, with_default: bool = False,
-          should_stop: Callable[[], bool] | None = None) -> SteerResult:
+def steer(
+    target: InterventionTarget,
+    prompt_ids: Sequence[int],
+    interventions: Sequence[Intervention],
+    sampling: Sampling,
+    *,
+    with_default: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> SteerResult:
     """The steered completion and, when asked, the default one (same sampling and seed)."""
     validate(interventions, len(prompt_ids), target.shape)
     steered = generate(target, prompt_ids, interventions, sampling, should_stop=should_stop)

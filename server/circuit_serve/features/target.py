@@ -28,8 +28,14 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 class ModelTarget:
     """`steering.InterventionTarget` over an HF causal LM and its transcoder set."""
 
-    def __init__(self, model: torch.nn.Module, transcoders: TranscoderSet, tokenizer: Any,
-                 arch: Architecture | None = None, lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        transcoders: TranscoderSet,
+        tokenizer: Any,
+        arch: Architecture | None = None,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self.model = model
         self.tcs = transcoders
         self.tokenizer = tokenizer

@@ -1,10 +1,10 @@
 """The watchlist file: named features watched on served traffic, each with a rule.
 
-    - name: cant-answer          # unique; appears in reports, metrics and finish reasons
-      layer: 3
-      index: 120
-      threshold: 2.5             # fires where the activation is above this
-      action: stop               # record | flag | stop
+- name: cant-answer          # unique; appears in reports, metrics and finish reasons
+  layer: 3
+  index: 120
+  threshold: 2.5             # fires where the activation is above this
+  action: stop               # record | flag | stop
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def read_watchlist(path: Path) -> tuple[WatchedFeature, ...]:
     return tuple(watched)
 
 
-def check_watchlist(watched: tuple[WatchedFeature, ...], path: Path, shape: TranscoderShape,
-                    labels: Labels | None = None) -> tuple[WatchedFeature, ...]:
+def check_watchlist(
+    watched: tuple[WatchedFeature, ...], path: Path, shape: TranscoderShape, labels: Labels | None = None
+) -> tuple[WatchedFeature, ...]:
     """Every watched feature exists in the loaded transcoder set; labels attached when known."""
     labels = labels or Labels()
     for i, w in enumerate(watched):

@@ -46,13 +46,18 @@ log = logging.getLogger(__name__)
 
 FinishListener = Callable[[CompletionRecord], None]
 
-_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT,
-           "repetition": FinishReason.STOP}
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "abort": FinishReason.ABORT,
+    "repetition": FinishReason.STOP,
+}
 
 
 class GenerationEngine:
-    def __init__(self, config: EngineConfig, *, stats_sink: StatsSink | None = None,
-                 limits: InputLimits | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, *, stats_sink: StatsSink | None = None, limits: InputLimits | None = None
+    ) -> None:
         self.config = config
         self.input_limits = limits or InputLimits()
         self._stats_sink = stats_sink
@@ -246,14 +251,16 @@ class GenerationEngine:
                     if watch is not None:
                         chunk = watch.step(chunk) if finish is None else await watch.finish(chunk, tokens, text)
                     if chunk.finish_reason is not None:
-                        self._notify(CompletionRecord(
-                            request_id=request_id,
-                            prompt_token_ids=tuple(prompt_ids),
-                            token_ids=tuple(tokens),
-                            text="".join(text),
-                            finish_reason=chunk.finish_reason,
-                            sampling=request.sampling,
-                        ))
+                        self._notify(
+                            CompletionRecord(
+                                request_id=request_id,
+                                prompt_token_ids=tuple(prompt_ids),
+                                token_ids=tuple(tokens),
+                                text="".join(text),
+                                finish_reason=chunk.finish_reason,
+                                sampling=request.sampling,
+                            )
+                        )
                     yield chunk
         except _engine_dead_errors() as exc:
             raise BackendUnavailable(f"the generation engine stopped: {exc}") from exc
@@ -270,8 +277,14 @@ class GenerationEngine:
                 raise NotConfigured("monitoring is not enabled on this server: start it with --transcoders")
             return None
         assert self._limits is not None
-        return self._monitor.begin(request_id, request, n_prompt=n_prompt, max_model_len=self._limits.max_model_len,
-                                   sentinel=self._tokenizer.eos_token_id, decode=self._decode)
+        return self._monitor.begin(
+            request_id,
+            request,
+            n_prompt=n_prompt,
+            max_model_len=self._limits.max_model_len,
+            sentinel=self._tokenizer.eos_token_id,
+            decode=self._decode,
+        )
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True)
@@ -340,11 +353,13 @@ def _logprobs(completion: Any, top_n: int | None) -> tuple[TokenLogprobs, ...]:
             ((tid, lp) for tid, lp in position.items() if lp.rank is not None and lp.rank <= top_n),
             key=lambda item: item[1].rank,
         )
-        out.append(TokenLogprobs(
-            token_id=token_id,
-            logprob=chosen.logprob if chosen is not None else float("nan"),
-            top=tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in top),
-        ))
+        out.append(
+            TokenLogprobs(
+                token_id=token_id,
+                logprob=chosen.logprob if chosen is not None else float("nan"),
+                top=tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in top),
+            )
+        )
     return tuple(out)
 
 

@@ -53,7 +53,9 @@ class InFlight:
         job = self._jobs.get(key)
         return len(job.subscribers) if job else 0
 
-    async def follow(self, key: str, produce: Producer, *, timeout_s: float | None = None) -> AsyncIterator[JobEvent | Finished]:
+    async def follow(
+        self, key: str, produce: Producer, *, timeout_s: float | None = None
+    ) -> AsyncIterator[JobEvent | Finished]:
         """Events of the (possibly shared) computation of `key`, then its `Finished` result.
 
         Raises what the producer raised, or `DeadlineExceeded` after `timeout_s`.
@@ -81,7 +83,9 @@ class InFlight:
                 try:
                     item = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
-                    raise DeadlineExceeded(f"the graph was not ready before the call's deadline ({timeout_s:.2f}s)") from None
+                    raise DeadlineExceeded(
+                        f"the graph was not ready before the call's deadline ({timeout_s:.2f}s)"
+                    ) from None
                 if item is _DONE:
                     break
                 yield item

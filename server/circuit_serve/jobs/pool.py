@@ -44,8 +44,15 @@ class _Ticket:
 
 
 class WorkerPool:
-    def __init__(self, *, workers: int = 1, max_queued: int = 8, max_queued_per_tenant: int | None = None,
-                 metrics: AttributionMetrics | None, name: str = "attribution") -> None:
+    def __init__(
+        self,
+        *,
+        workers: int = 1,
+        max_queued: int = 8,
+        max_queued_per_tenant: int | None = None,
+        metrics: AttributionMetrics | None,
+        name: str = "attribution",
+    ) -> None:
         """`name` is the queue's name in refusals and thread names; `metrics` None exports nothing."""
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -72,8 +79,9 @@ class WorkerPool:
     def queued_for(self, tenant: str) -> int:
         return sum(1 for t in self._waiting if t.tenant == tenant)
 
-    async def run(self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event,
-                  tenant: str = "") -> Computed:
+    async def run(
+        self, work: Work, *, on_event: Callable[[JobEvent], None], stop: threading.Event, tenant: str = ""
+    ) -> Computed:
         """Wait for a worker, run `work(progress, should_stop)` on it, return its result."""
         loop = asyncio.get_running_loop()
         await self._admit(loop, on_event, tenant)

@@ -45,8 +45,9 @@ class GraphJobs:
         self.lock_wait_s = lock_wait_s
         self.lock_poll_s = lock_poll_s
 
-    async def stream(self, key: str, work: Work, *, timeout_s: float | None = None,
-                     tenant: str = "") -> AsyncIterator[JobEvent | Finished]:
+    async def stream(
+        self, key: str, work: Work, *, timeout_s: float | None = None, tenant: str = ""
+    ) -> AsyncIterator[JobEvent | Finished]:
         """Progress events for `key`, ending with its `Finished` sections.
 
         `work` runs only if nobody (cache, another caller, another replica) has

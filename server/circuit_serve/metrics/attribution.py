@@ -98,7 +98,10 @@ class AttributionMetrics:
         )
         # ---- graph cache
         self.cache_hits = Counter(
-            "circuit_graph_cache_hits_total", "Graph cache lookups that found a valid entry.", ["backend"], registry=registry
+            "circuit_graph_cache_hits_total",
+            "Graph cache lookups that found a valid entry.",
+            ["backend"],
+            registry=registry,
         )
         self.cache_misses = Counter(
             "circuit_graph_cache_misses_total",

@@ -10,14 +10,19 @@ FAILURE_REASONS = ("missing_token", "malformed_header", "unknown_token", "missin
 class AuthMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.failures = Counter(
-            "circuit_auth_failures", "RPCs refused by authentication or authorization, by reason.",
-            ["reason"], registry=registry,
+            "circuit_auth_failures",
+            "RPCs refused by authentication or authorization, by reason.",
+            ["reason"],
+            registry=registry,
         )
         for reason in FAILURE_REASONS:
             self.failures.labels(reason)
         self.tokens = Gauge("circuit_auth_tokens", "Tokens in the loaded tokens file.", registry=registry)
         self.reloads = Counter(
-            "circuit_auth_reloads", "Reloads of the tokens file (SIGHUP), by result.", ["result"], registry=registry,
+            "circuit_auth_reloads",
+            "Reloads of the tokens file (SIGHUP), by result.",
+            ["result"],
+            registry=registry,
         )
         for result in ("ok", "error"):
             self.reloads.labels(result)

@@ -26,26 +26,33 @@ class FeatureMetrics:
         self.activation = Histogram(
             "circuit_watched_feature_max_activation",
             "Maximum activation of a watched feature over one monitored request (prompt and completion).",
-            labels, buckets=_ACTIVATION_BUCKETS, registry=registry,
+            labels,
+            buckets=_ACTIVATION_BUCKETS,
+            registry=registry,
         )
         self.fired = Counter(
             "circuit_watched_feature_fired",
             "Monitored requests in which a watched feature went above its threshold.",
-            labels, registry=registry,
+            labels,
+            registry=registry,
         )
         self.actions = Counter(
             "circuit_watched_feature_actions",
             "Watchlist rule actions taken (record, flag, stop), by feature.",
-            [*labels, "action"], registry=registry,
+            [*labels, "action"],
+            registry=registry,
         )
         self.overhead = Histogram(
             "circuit_monitor_overhead_seconds",
             "Time a finished monitored request waited for the engine's last watched-feature values "
             "(the features themselves are computed inside vLLM's forward pass).",
-            buckets=_OVERHEAD_BUCKETS, registry=registry,
+            buckets=_OVERHEAD_BUCKETS,
+            registry=registry,
         )
         self.monitored = Counter(
-            "circuit_monitored_requests", "Generation requests that were monitored.", registry=registry,
+            "circuit_monitored_requests",
+            "Generation requests that were monitored.",
+            registry=registry,
         )
         for w in watched:
             self.activation.labels(w.name, w.label)

@@ -10,12 +10,71 @@ from circuit_serve.domain.generation import EngineLoad
 from circuit_serve.generation.stats import StepStats
 
 # Buckets as in vLLM's Prometheus logger, trimmed to what a single server sees.
-_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-                 10.0, 20.0, 40.0, 80.0)
-_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-                1.0, 2.5, 5.0, 10.0)
-_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
-                    40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0)
+_TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+_ITL_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_REQUEST_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+)
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")
 
 
@@ -23,8 +82,9 @@ class GenerationMetrics:
     """Gauges read the engine's load at scrape time (`track_load`); the rest is fed by `observe_step`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.running = Gauge("circuit_num_requests_running", "Requests in the model's running batch.",
-                             registry=registry)
+        self.running = Gauge(
+            "circuit_num_requests_running", "Requests in the model's running batch.", registry=registry
+        )
         self.waiting = Gauge("circuit_num_requests_waiting", "Requests queued for the model.", registry=registry)
 
         self.prompt_tokens = Counter("circuit_prompt_tokens", "Prompt tokens prefilled.", registry=registry)
@@ -41,8 +101,9 @@ class GenerationMetrics:
         self.ttft = hist("circuit_time_to_first_token_seconds", "Arrival to first generated token.", _TTFT_BUCKETS)
         self.inter_token = hist("circuit_inter_token_latency_seconds", "Time between generated tokens.", _ITL_BUCKETS)
         self.e2e = hist("circuit_e2e_request_latency_seconds", "Arrival to last token.", _REQUEST_BUCKETS)
-        self.queue = hist("circuit_request_queue_time_seconds", "Time waiting before first scheduled.",
-                          _REQUEST_BUCKETS)
+        self.queue = hist(
+            "circuit_request_queue_time_seconds", "Time waiting before first scheduled.", _REQUEST_BUCKETS
+        )
         self.prefill = hist("circuit_request_prefill_time_seconds", "Time in prefill.", _REQUEST_BUCKETS)
         self.decode = hist("circuit_request_decode_time_seconds", "Time in decode.", _REQUEST_BUCKETS)
 

@@ -53,8 +53,8 @@ class RequestValues:
         active = np.zeros((end, self.n_columns), dtype=bool)
         pre[: len(self._pre)], active[: len(self._active)] = self._pre, self._active
         for s in self._steps:
-            pre[s.first_pos: s.first_pos + s.pre.shape[0]] = s.pre
-            active[s.first_pos: s.first_pos + s.pre.shape[0]] = s.active
+            pre[s.first_pos : s.first_pos + s.pre.shape[0]] = s.pre
+            active[s.first_pos : s.first_pos + s.pre.shape[0]] = s.active
         self._pre, self._active, self._steps = pre, active, []
 
     @property

@@ -64,13 +64,19 @@ class ColumnPlan:
         return self.offset(layer) + self._counts[layer] + slot
 
     def to_json(self) -> dict:
-        return {"n_layers": self.n_layers, "server": [[f.layer, f.index] for f in self.server],
-                "request_slots": self.request_slots}
+        return {
+            "n_layers": self.n_layers,
+            "server": [[f.layer, f.index] for f in self.server],
+            "request_slots": self.request_slots,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> ColumnPlan:
-        return cls(int(data["n_layers"]), tuple(FeatureRef(int(a), int(b)) for a, b in data["server"]),
-                   int(data["request_slots"]))
+        return cls(
+            int(data["n_layers"]),
+            tuple(FeatureRef(int(a), int(b)) for a, b in data["server"]),
+            int(data["request_slots"]),
+        )
 
 
 class SlotPool:

@@ -85,9 +85,11 @@ class MonitorLogitsProcessor(LogitsProcessor):
             if rules is None:
                 if len(self._rules) > 4096:  # bounded: rules of finished requests are dropped wholesale
                     self._rules.clear()
-                rules = self._rules[key] = _Rules(np.asarray(args.columns, dtype=np.int64),
-                                                  np.asarray(args.stop, dtype=np.int64),
-                                                  np.asarray(args.stop_thresholds, dtype=np.float32))
+                rules = self._rules[key] = _Rules(
+                    np.asarray(args.columns, dtype=np.int64),
+                    np.asarray(args.stop, dtype=np.int64),
+                    np.asarray(args.stop_thresholds, dtype=np.float32),
+                )
             self._rows[index] = _Watch(args.rid, rules, args.sentinel, args.ban_sentinel)
             bank = taps.current_bank()
             for s in args.sets:  # columns lent to the request's own features, before its first forward pass
@@ -132,8 +134,8 @@ class MonitorLogitsProcessor(LogitsProcessor):
             for j, i in enumerate(members):
                 w, n = self._rows[i], counts[j]
                 fired = (-1, -1)
-                if row_hit is not None and w.fired is None and row_hit[at: at + n].any():
-                    r = int(row_hit[at: at + n].nonzero()[0][0])
+                if row_hit is not None and w.fired is None and row_hit[at : at + n].any():
+                    r = int(row_hit[at : at + n].nonzero()[0][0])
                     column = int(rules.stop[int(hits[at + r].nonzero()[0][0])])
                     w.fired = fired = (column, first[j] + r)
                 header.append([w.rid, first[j], n, len(rules.columns), *fired])

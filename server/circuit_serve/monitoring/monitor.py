@@ -70,19 +70,30 @@ class Outcome:
 
 
 class EngineMonitor:
-    def __init__(self, transcoders: Any, watched: Sequence[WatchedFeature], *, model_type: str, request_slots: int,
-                 max_request_watch: int, work_dir: Path, sink: ReportSink | None = None) -> None:
+    def __init__(
+        self,
+        transcoders: Any,
+        watched: Sequence[WatchedFeature],
+        *,
+        model_type: str,
+        request_slots: int,
+        max_request_watch: int,
+        work_dir: Path,
+        sink: ReportSink | None = None,
+    ) -> None:
         if model_type not in ARCHITECTURES:
-            raise ValueError(f"in-engine monitoring supports model types {', '.join(ARCHITECTURES)}; "
-                             f"this model is {model_type!r}")
+            raise ValueError(
+                f"in-engine monitoring supports model types {', '.join(ARCHITECTURES)}; this model is {model_type!r}"
+            )
         self.transcoders = transcoders
         self.watched = tuple(watched)
         self.model_type = model_type
         self.max_request_watch = max_request_watch
         self.work_dir = Path(tempfile.mkdtemp(prefix="circuit-monitor-", dir=work_dir))  # the spec
         self.channel = ValueChannel()  # its socket in the system's temporary directory (a unix socket path is short)
-        self.spec = MonitorSpec.from_transcoders(transcoders, [w.feature for w in self.watched],
-                                                 request_slots=request_slots, endpoint=self.channel.endpoint)
+        self.spec = MonitorSpec.from_transcoders(
+            transcoders, [w.feature for w in self.watched], request_slots=request_slots, endpoint=self.channel.endpoint
+        )
         self.plan: ColumnPlan = self.spec.plan
         self.pool = SlotPool(self.plan)
         self._spec_dir = self.spec.save(self.work_dir / "spec")
@@ -97,8 +108,12 @@ class EngineMonitor:
         if not enforce_eager:
             out.setdefault("compilation_config", {"cudagraph_mode": "PIECEWISE"})
         architecture, _ = ARCHITECTURES[self.model_type]
-        out.update({"hf_overrides": {"architectures": [architecture], SPEC_KEY: str(self._spec_dir)},
-                    "logits_processors": [LOGITS_PROCESSOR]})
+        out.update(
+            {
+                "hf_overrides": {"architectures": [architecture], SPEC_KEY: str(self._spec_dir)},
+                "logits_processors": [LOGITS_PROCESSOR],
+            }
+        )
         return out
 
     async def start(self) -> None:
@@ -113,22 +128,33 @@ class EngineMonitor:
 
     # ---- one request ---------------------------------------------------------------------------
 
-    def begin(self, request_id: str, request: GenerationRequest, *, n_prompt: int, max_model_len: int,
-              sentinel: int | None, decode: Decode) -> MonitoredRequest | None:
+    def begin(
+        self,
+        request_id: str,
+        request: GenerationRequest,
+        *,
+        n_prompt: int,
+        max_model_len: int,
+        sentinel: int | None,
+        decode: Decode,
+    ) -> MonitoredRequest | None:
         """`request`'s watch started (None: it has none); `decode` cuts the text at a rule."""
         watch, sampling = request.watch, request.sampling
         if watch is None:
             return None
-        own = [w.feature for w in watch.features[watch.n_server:]]
+        own = [w.feature for w in watch.features[watch.n_server :]]
         if len(own) > self.max_request_watch:
             raise InvalidRequest(f"has {len(own)} entries; the limit is {self.max_request_watch}", field="watch")
         if not self.pool.can_take(own):
-            raise CapacityExceeded("every monitor column of a watched layer is lent to running requests; retry "
-                                    "shortly or watch features of the server's watchlist")
+            raise CapacityExceeded(
+                "every monitor column of a watched layer is lent to running requests; retry "
+                "shortly or watch features of the server's watchlist"
+            )
         has_stop = any(w.action is Action.STOP for w in watch.features)
         if has_stop and sentinel is None:
-            raise InvalidRequest("stop rules need the model's end-of-sequence token, and its tokenizer has none",
-                                 field="watch")
+            raise InvalidRequest(
+                "stop rules need the model's end-of-sequence token, and its tokenizer has none", field="watch"
+            )
         columns = list(self.plan.server_columns[: watch.n_server])
         sets = []
         rows, bias, thr = encoder_rows(self.transcoders, own)
@@ -138,13 +164,27 @@ class EngineMonitor:
             row = None if self.spec.activation == "topk" else rows[j].tolist()
             sets.append(ColumnSet(column, feature.layer, feature.index, row, float(bias[j]), float(thr[j])))
         stop = [i for i, w in enumerate(watch.features) if w.action is Action.STOP]
-        args = RequestWatchArgs(rid=request_id, columns=columns, stop=stop,
-                                stop_thresholds=[watch.features[i].threshold for i in stop],
-                                sentinel=sentinel if has_stop else -1,
-                                ban_sentinel=has_stop and sampling.ignore_eos, sets=sets)
+        args = RequestWatchArgs(
+            rid=request_id,
+            columns=columns,
+            stop=stop,
+            stop_thresholds=[watch.features[i].threshold for i in stop],
+            sentinel=sentinel if has_stop else -1,
+            ban_sentinel=has_stop and sampling.ignore_eos,
+            sets=sets,
+        )
         extend = n_prompt + sampling.max_new_tokens + 1 <= max_model_len
-        return MonitoredRequest(self, watch, args, self.channel.open(request_id, len(columns)), own, decode,
-                                n_prompt=n_prompt, max_new_tokens=sampling.max_new_tokens, extended=extend)
+        return MonitoredRequest(
+            self,
+            watch,
+            args,
+            self.channel.open(request_id, len(columns)),
+            own,
+            decode,
+            n_prompt=n_prompt,
+            max_new_tokens=sampling.max_new_tokens,
+            extended=extend,
+        )
 
     def _release(self, request: MonitoredRequest) -> None:
         self.channel.close(request.args.rid)
@@ -154,8 +194,12 @@ class EngineMonitor:
     def _observe(self, report: MonitorReport, waited_s: float) -> None:
         if self._sink is not None:
             n = len(self.watched)
-            server = MonitorReport(report.features[:n], stopped_by=report.stopped_by
-                                   if any(r.watched.name == report.stopped_by for r in report.features[:n]) else None)
+            server = MonitorReport(
+                report.features[:n],
+                stopped_by=report.stopped_by
+                if any(r.watched.name == report.stopped_by for r in report.features[:n])
+                else None,
+            )
             if server.features:
                 self._sink(server, waited_s)
 
@@ -163,9 +207,19 @@ class EngineMonitor:
 class MonitoredRequest:
     """One monitored request: the generation engine's `circuit_serve.domain.monitor.WatchedRequest`."""
 
-    def __init__(self, monitor: EngineMonitor, watch: WatchRequest, args: RequestWatchArgs, values: RequestValues,
-                 own: list[FeatureRef], decode: Decode, *, n_prompt: int, max_new_tokens: int,
-                 extended: bool) -> None:
+    def __init__(
+        self,
+        monitor: EngineMonitor,
+        watch: WatchRequest,
+        args: RequestWatchArgs,
+        values: RequestValues,
+        own: list[FeatureRef],
+        decode: Decode,
+        *,
+        n_prompt: int,
+        max_new_tokens: int,
+        extended: bool,
+    ) -> None:
         self.monitor, self.watch, self.args, self.values, self.own = monitor, watch, args, values, own
         self._decode = decode
         self.n_prompt, self.max_new_tokens, self.extended = n_prompt, max_new_tokens, extended
@@ -212,8 +266,7 @@ class MonitoredRequest:
         t0 = loop.time()
         computed = self.n_prompt + n_tokens - 1  # every position but the last sampled token's
         if not await self.values.wait_for(computed, _VALUES_TIMEOUT_S):
-            log.error("monitor values of %s stopped at position %d of %d", self.args.rid, self.values.covered,
-                      computed)
+            log.error("monitor values of %s stopped at position %d of %d", self.args.rid, self.values.covered, computed)
         waited = loop.time() - t0
         kept, reason, stopped_by = n_tokens, vllm_reason, None
         if self.values.fired is not None:
@@ -235,12 +288,14 @@ class MonitoredRequest:
         reports = []
         for i, w in enumerate(self.watch.features):
             positions = above[:, i].nonzero()[0].tolist()
-            reports.append(FeatureReport(
-                watched=w,
-                max_activation=float(maxima[i]),
-                prompt_positions=tuple(p for p in positions if p < self.n_prompt),
-                completion_positions=tuple(p - self.n_prompt for p in positions if p >= self.n_prompt),
-            ))
+            reports.append(
+                FeatureReport(
+                    watched=w,
+                    max_activation=float(maxima[i]),
+                    prompt_positions=tuple(p for p in positions if p < self.n_prompt),
+                    completion_positions=tuple(p - self.n_prompt for p in positions if p >= self.n_prompt),
+                )
+            )
         return MonitorReport(tuple(reports), stopped_by=stopped_by)
 
     def close(self) -> None:
@@ -249,8 +304,9 @@ class MonitoredRequest:
             self.monitor._release(self)
 
 
-def cut(chunk: GenerationChunk, tokens: list[int], text: list[str], outcome: Outcome,
-        decode: Decode) -> GenerationChunk:
+def cut(
+    chunk: GenerationChunk, tokens: list[int], text: list[str], outcome: Outcome, decode: Decode
+) -> GenerationChunk:
     """The last chunk of a monitored request, cut to `outcome.kept` tokens; `tokens` and `text`
     (the whole completion so far) are cut in place."""
     drop = len(tokens) - outcome.kept
@@ -262,8 +318,8 @@ def cut(chunk: GenerationChunk, tokens: list[int], text: list[str], outcome: Out
     if drop > 0:
         full = decode(tokens)
         short = decode(tokens[: len(tokens) - drop])
-        tail = full[len(short):] if full.startswith(short) else ""
-        del tokens[len(tokens) - drop:]
+        tail = full[len(short) :] if full.startswith(short) else ""
+        del tokens[len(tokens) - drop :]
     chunk_text = chunk.text[: len(chunk.text) - len(tail)] if tail and chunk.text.endswith(tail) else chunk.text
     text[-1] = chunk_text
     return dataclasses.replace(

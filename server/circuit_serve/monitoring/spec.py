@@ -46,32 +46,54 @@ class MonitorSpec:
     full_encoders: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # TopK: per layer (W, b)
 
     @classmethod
-    def from_transcoders(cls, transcoders, server: Sequence[FeatureRef], *, request_slots: int,
-                         endpoint: str) -> MonitorSpec:
+    def from_transcoders(
+        cls, transcoders, server: Sequence[FeatureRef], *, request_slots: int, endpoint: str
+    ) -> MonitorSpec:
         """The spec of a loaded `tracing.TranscoderSet` (PLT or CLT: both encode per layer)."""
         plan = ColumnPlan(transcoders.n_layers, tuple(server), request_slots)
         rows, bias, thr = encoder_rows(transcoders, server)
         full = []
         if transcoders.activation == "topk":
-            full = [(transcoders.W_enc[layer].detach().float().cpu(), transcoders.b_enc[layer].detach().float().cpu())
-                    for layer in range(transcoders.n_layers)]
-        return cls(plan=plan, read_point=transcoders.feature_input_hook, activation=transcoders.activation,
-                   top_k=transcoders.top_k, d_model=transcoders.d_model, d_transcoder=transcoders.d_transcoder,
-                   endpoint=endpoint, server_rows=rows, server_bias=bias, server_threshold=thr, full_encoders=full)
+            full = [
+                (transcoders.W_enc[layer].detach().float().cpu(), transcoders.b_enc[layer].detach().float().cpu())
+                for layer in range(transcoders.n_layers)
+            ]
+        return cls(
+            plan=plan,
+            read_point=transcoders.feature_input_hook,
+            activation=transcoders.activation,
+            top_k=transcoders.top_k,
+            d_model=transcoders.d_model,
+            d_transcoder=transcoders.d_transcoder,
+            endpoint=endpoint,
+            server_rows=rows,
+            server_bias=bias,
+            server_threshold=thr,
+            full_encoders=full,
+        )
 
     def save(self, directory: Path) -> Path:
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {"server_rows": self.server_rows.contiguous(), "server_bias": self.server_bias.contiguous(),
-                   "server_threshold": self.server_threshold.contiguous()}
+        tensors = {
+            "server_rows": self.server_rows.contiguous(),
+            "server_bias": self.server_bias.contiguous(),
+            "server_threshold": self.server_threshold.contiguous(),
+        }
         for layer, (w, b) in enumerate(self.full_encoders):
             tensors[f"enc.{layer}"] = w.contiguous()
             tensors[f"enc_bias.{layer}"] = b.contiguous()
         save_file(tensors, str(directory / "spec.safetensors"))
-        meta = {"plan": self.plan.to_json(), "read_point": self.read_point, "activation": self.activation,
-                "top_k": self.top_k, "d_model": self.d_model, "d_transcoder": self.d_transcoder,
-                "endpoint": self.endpoint}
+        meta = {
+            "plan": self.plan.to_json(),
+            "read_point": self.read_point,
+            "activation": self.activation,
+            "top_k": self.top_k,
+            "d_model": self.d_model,
+            "d_transcoder": self.d_transcoder,
+            "endpoint": self.endpoint,
+        }
         (directory / "spec.json").write_text(json.dumps(meta))
         return directory
 
@@ -84,10 +106,19 @@ class MonitorSpec:
         t = load_file(str(directory / "spec.safetensors"))
         plan = ColumnPlan.from_json(meta["plan"])
         full = [(t[f"enc.{layer}"], t[f"enc_bias.{layer}"]) for layer in range(plan.n_layers) if f"enc.{layer}" in t]
-        return cls(plan=plan, read_point=meta["read_point"], activation=meta["activation"], top_k=meta["top_k"],
-                   d_model=meta["d_model"], d_transcoder=meta["d_transcoder"], endpoint=meta["endpoint"],
-                   server_rows=t["server_rows"], server_bias=t["server_bias"],
-                   server_threshold=t["server_threshold"], full_encoders=full)
+        return cls(
+            plan=plan,
+            read_point=meta["read_point"],
+            activation=meta["activation"],
+            top_k=meta["top_k"],
+            d_model=meta["d_model"],
+            d_transcoder=meta["d_transcoder"],
+            endpoint=meta["endpoint"],
+            server_rows=t["server_rows"],
+            server_bias=t["server_bias"],
+            server_threshold=t["server_threshold"],
+            full_encoders=full,
+        )
 
 
 def encoder_rows(transcoders, features: Sequence[FeatureRef]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

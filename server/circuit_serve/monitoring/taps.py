@@ -34,8 +34,9 @@ def current_bank() -> TapBank | None:
 
 
 class TapBank:
-    def __init__(self, spec: MonitorSpec, *, gains: list[torch.Tensor], eps: list[float], device: torch.device,
-                 max_tokens: int) -> None:
+    def __init__(
+        self, spec: MonitorSpec, *, gains: list[torch.Tensor], eps: list[float], device: torch.device, max_tokens: int
+    ) -> None:
         plan = spec.plan
         self.spec, self.plan = spec, plan
         self.eps = eps
@@ -54,8 +55,14 @@ class TapBank:
             for layer, (w, b) in enumerate(spec.full_encoders):
                 self.enc.append((self._fold(layer, w.to(device).float()), b.to(device).float()))
         for j, f in enumerate(plan.server):
-            self.set_column(plan.server_columns[j], f.layer, f.index, spec.server_rows[j], spec.server_bias[j],
-                            spec.server_threshold[j])
+            self.set_column(
+                plan.server_columns[j],
+                f.layer,
+                f.index,
+                spec.server_rows[j],
+                spec.server_bias[j],
+                spec.server_threshold[j],
+            )
         # The step's output table, one contiguous block per layer (rows beyond the step's token
         # count are stale): pre-activations (T_max, C_l) float32 and active masks (T_max, C_l).
         caps = [plan.capacity(layer) for layer in range(plan.n_layers)]

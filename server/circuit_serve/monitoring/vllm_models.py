@@ -35,8 +35,9 @@ class _Tapped:
 
     def load_weights(self, weights):
         loaded = super().load_weights(weights)
-        self._circuit_bank = taps.install(self, self._circuit_spec, model_type=self._circuit_model_type,
-                                          max_tokens=self._circuit_max_tokens)
+        self._circuit_bank = taps.install(
+            self, self._circuit_spec, model_type=self._circuit_model_type, max_tokens=self._circuit_max_tokens
+        )
         return loaded
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):

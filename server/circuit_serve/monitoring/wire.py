@@ -45,17 +45,29 @@ class RequestWatchArgs:
     sets: list[ColumnSet]
 
     def to_extra(self) -> dict:
-        return {"rid": self.rid, "cols": self.columns, "stop": self.stop, "stop_thr": self.stop_thresholds,
-                "sentinel": self.sentinel, "ban": self.ban_sentinel,
-                "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets]}
+        return {
+            "rid": self.rid,
+            "cols": self.columns,
+            "stop": self.stop,
+            "stop_thr": self.stop_thresholds,
+            "sentinel": self.sentinel,
+            "ban": self.ban_sentinel,
+            "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets],
+        }
 
     @classmethod
     def from_extra(cls, data: dict) -> RequestWatchArgs:
-        return cls(rid=str(data["rid"]), columns=[int(c) for c in data["cols"]], stop=[int(s) for s in data["stop"]],
-                   stop_thresholds=[float(t) for t in data["stop_thr"]],
-                   sentinel=int(data["sentinel"]), ban_sentinel=bool(data["ban"]),
-                   sets=[ColumnSet(int(c), int(layer), int(i), row, float(b), float(t))
-                         for c, layer, i, row, b, t in data["set"]])
+        return cls(
+            rid=str(data["rid"]),
+            columns=[int(c) for c in data["cols"]],
+            stop=[int(s) for s in data["stop"]],
+            stop_thresholds=[float(t) for t in data["stop_thr"]],
+            sentinel=int(data["sentinel"]),
+            ban_sentinel=bool(data["ban"]),
+            sets=[
+                ColumnSet(int(c), int(layer), int(i), row, float(b), float(t)) for c, layer, i, row, b, t in data["set"]
+            ],
+        )
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,11 @@ class StepValues:
 def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> list[bytes]:
     """The frames of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
     position) and blocks holding those requests' rows in header order (several requests per block)."""
-    return [json.dumps(header).encode(),
-            b"".join(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
-            b"".join(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active)]
+    return [
+        json.dumps(header).encode(),
+        b"".join(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
+        b"".join(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active),
+    ]
 
 
 def decode_step(frames: list[bytes]) -> list[StepValues]:
@@ -84,8 +98,14 @@ def decode_step(frames: list[bytes]) -> list[StepValues]:
     out, at = [], 0
     for rid, first_pos, n, n_cols, fired_col, fired_pos in header:
         size = n * n_cols
-        out.append(StepValues(rid=rid, first_pos=first_pos, pre=pre[at: at + size].reshape(n, n_cols),
-                              active=active[at: at + size].reshape(n, n_cols),
-                              fired=None if fired_col < 0 else (fired_col, fired_pos)))
+        out.append(
+            StepValues(
+                rid=rid,
+                first_pos=first_pos,
+                pre=pre[at : at + size].reshape(n, n_cols),
+                active=active[at : at + size].reshape(n, n_cols),
+                fired=None if fired_col < 0 else (fired_col, fired_pos),
+            )
+        )
         at += size
     return out

@@ -74,12 +74,14 @@ def add_to_server(service: AttributionService, server: grpc.aio.Server) -> str:
     servicer = AttributionServicer(service)
     handlers = {
         "Attribute": grpc.unary_stream_rpc_method_handler(
-            servicer.Attribute, request_deserializer=pb.AttributeRequest.FromString, response_serializer=_serialize),
+            servicer.Attribute, request_deserializer=pb.AttributeRequest.FromString, response_serializer=_serialize
+        ),
         "GetGraph": grpc.unary_unary_rpc_method_handler(
-            servicer.GetGraph, request_deserializer=pb.GetGraphRequest.FromString, response_serializer=_serialize),
+            servicer.GetGraph, request_deserializer=pb.GetGraphRequest.FromString, response_serializer=_serialize
+        ),
         "GetGraphStream": grpc.unary_stream_rpc_method_handler(
-            servicer.GetGraphStream, request_deserializer=pb.GetGraphRequest.FromString,
-            response_serializer=_serialize),
+            servicer.GetGraphStream, request_deserializer=pb.GetGraphRequest.FromString, response_serializer=_serialize
+        ),
     }
     missing = set(pb.DESCRIPTOR.services_by_name["Attribution"].methods_by_name) - set(handlers)
     if missing:

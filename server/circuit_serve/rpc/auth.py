@@ -59,8 +59,10 @@ def method_path(method: MethodDescriptor) -> str:
 # `SCOPES` by the name a call arrives with.
 METHOD_SCOPES: dict[str, Scope | str] = {method_path(m): need for m, need in SCOPES.items()}
 
-_NO_TOKEN = ("this server requires a token: send the metadata `authorization: Bearer <token>` "
-             "(circuit CLI: set CIRCUIT_TOKEN or pass --token-file)")
+_NO_TOKEN = (
+    "this server requires a token: send the metadata `authorization: Bearer <token>` "
+    "(circuit CLI: set CIRCUIT_TOKEN or pass --token-file)"
+)
 _MALFORMED = "the authorization metadata must read `Bearer <token>`"
 _UNKNOWN = "the token is not valid on this server (unknown or revoked)"
 
@@ -71,8 +73,9 @@ class AuthInterceptor(HandlerInterceptor):
         self._metrics = metrics
         self._reflection = reflection
 
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, name: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         if name.startswith(HEALTH_PREFIX):
             return handler
         if name.startswith(REFLECTION_PREFIX):
@@ -81,8 +84,12 @@ class AuthInterceptor(HandlerInterceptor):
             need = METHOD_SCOPES.get(name)
             if need is None:
                 log.error("RPC %s has no entry in SCOPES; refusing it", name)
-                return self._refuse(handler, "unmapped_method", grpc.StatusCode.PERMISSION_DENIED,
-                                    f"{name} is not open to any scope on this server")
+                return self._refuse(
+                    handler,
+                    "unmapped_method",
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"{name} is not open to any scope on this server",
+                )
         if need is None:
             return handler
         principal, failure = self._authenticate(details.invocation_metadata)
@@ -91,9 +98,12 @@ class AuthInterceptor(HandlerInterceptor):
             return self._refuse(handler, reason, grpc.StatusCode.UNAUTHENTICATED, message)
         if need != AUTHENTICATED and not principal.allows(need):  # type: ignore[arg-type]
             held = ", ".join(sorted(principal.scopes)) or "none"
-            return self._refuse(handler, "missing_scope", grpc.StatusCode.PERMISSION_DENIED,
-                                f"{name} needs the scope '{need}' (or 'admin'); this token "
-                                f"(tenant '{principal.name}') has: {held}")
+            return self._refuse(
+                handler,
+                "missing_scope",
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{name} needs the scope '{need}' (or 'admin'); this token (tenant '{principal.name}') has: {held}",
+            )
         return wrapped(handler, _as_caller(principal))
 
     def _authenticate(self, metadata: Any) -> tuple[Principal | None, tuple[str, str]]:
@@ -109,8 +119,9 @@ class AuthInterceptor(HandlerInterceptor):
             return None, ("unknown_token", _UNKNOWN)
         return principal, ("", "")
 
-    def _refuse(self, handler: grpc.RpcMethodHandler, reason: str, code: grpc.StatusCode,
-                message: str) -> grpc.RpcMethodHandler:
+    def _refuse(
+        self, handler: grpc.RpcMethodHandler, reason: str, code: grpc.StatusCode, message: str
+    ) -> grpc.RpcMethodHandler:
         self._metrics.failures.labels(reason).inc()
         return refusal(handler, code, message)
 

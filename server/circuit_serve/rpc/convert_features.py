@@ -24,14 +24,22 @@ def feature_refs(refs: Sequence[pb.FeatureRef]) -> list[FeatureRef]:
 
 
 def activations_to_pb(rows: list[PositionActivations]) -> pb.FeatureActivationsResponse:
-    return pb.FeatureActivationsResponse(positions=[
-        pb.PositionActivations(
-            position=r.position, token_id=r.token_id, token=r.token,
-            features=[pb.FeatureValue(layer=v.feature.layer, index=v.feature.index, activation=v.activation,
-                                      label=v.label) for v in r.values],
-        )
-        for r in rows
-    ])
+    return pb.FeatureActivationsResponse(
+        positions=[
+            pb.PositionActivations(
+                position=r.position,
+                token_id=r.token_id,
+                token=r.token,
+                features=[
+                    pb.FeatureValue(
+                        layer=v.feature.layer, index=v.feature.index, activation=v.activation, label=v.label
+                    )
+                    for v in r.values
+                ],
+            )
+            for r in rows
+        ]
+    )
 
 
 def steer_query(request: pb.SteerRequest) -> SteerQuery:
@@ -41,8 +49,16 @@ def steer_query(request: pb.SteerRequest) -> SteerQuery:
             raise InvalidRequest("must be SET, SCALE or ADD", field=f"interventions[{i}].op")
         if not iv.HasField("feature"):
             raise InvalidRequest("is missing", field=f"interventions[{i}].feature")
-        interventions.append(Intervention(FeatureRef(iv.feature.layer, iv.feature.index), _OPS[iv.op], iv.value,
-                                          tuple(iv.positions), iv.generated_tokens, iv.all_prompt_positions))
+        interventions.append(
+            Intervention(
+                FeatureRef(iv.feature.layer, iv.feature.index),
+                _OPS[iv.op],
+                iv.value,
+                tuple(iv.positions),
+                iv.generated_tokens,
+                iv.all_prompt_positions,
+            )
+        )
     sampling = Sampling(
         max_new_tokens=request.max_new_tokens if request.HasField("max_new_tokens") else 16,
         temperature=request.temperature,
@@ -68,10 +84,16 @@ def monitor_report_to_pb(report: MonitorReport) -> mpb.MonitorReport:
     return mpb.MonitorReport(
         features=[
             mpb.WatchedFeatureReport(
-                name=r.watched.name, layer=r.watched.feature.layer, index=r.watched.feature.index,
-                label=r.watched.label, threshold=r.watched.threshold, action=r.watched.action.value,
-                max_activation=r.max_activation, completion_positions=r.completion_positions,
-                prompt_positions=r.prompt_positions, fired=r.fired,
+                name=r.watched.name,
+                layer=r.watched.feature.layer,
+                index=r.watched.feature.index,
+                label=r.watched.label,
+                threshold=r.watched.threshold,
+                action=r.watched.action.value,
+                max_activation=r.max_activation,
+                completion_positions=r.completion_positions,
+                prompt_positions=r.prompt_positions,
+                fired=r.fired,
             )
             for r in report.features
         ],

@@ -55,7 +55,9 @@ def monitor_ask(msg: pb.GenerateRequest) -> MonitorAsk:
         try:
             action = Action((r.action or "record").lower())
         except ValueError:
-            raise InvalidRequest(f"watch[{i}].action is {r.action!r}; use record, flag or stop", field="watch") from None
+            raise InvalidRequest(
+                f"watch[{i}].action is {r.action!r}; use record, flag or stop", field="watch"
+            ) from None
         rules.append(WatchedFeature(r.name, FeatureRef(r.layer, r.index), r.threshold, action))
     return MonitorAsk(monitor=msg.monitor, rules=tuple(rules), values=msg.monitor_values)
 
@@ -99,13 +101,19 @@ def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
     out = []
     last = c.finish_reason is not None
     if c.token_ids or c.text or (c.activations and not last):
-        delta = pb.TokenDelta(text=c.text, token_ids=c.token_ids, logprobs=_logprobs(c.logprobs),
-                              activations=_activations(c.activations) if not last else ())
+        delta = pb.TokenDelta(
+            text=c.text,
+            token_ids=c.token_ids,
+            logprobs=_logprobs(c.logprobs),
+            activations=_activations(c.activations) if not last else (),
+        )
         out.append(pb.GenerateStreamResponse(request_id=c.request_id, delta=delta))
     if last:
         assert c.usage is not None
         end = pb.GenerationEnd(
-            finish_reason=_FINISH[c.finish_reason], stop_sequence=c.stop_sequence or "", usage=_usage(c.usage),
+            finish_reason=_FINISH[c.finish_reason],
+            stop_sequence=c.stop_sequence or "",
+            usage=_usage(c.usage),
             activations=_activations(c.activations),
         )
         if c.monitor is not None:
@@ -117,15 +125,26 @@ def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
 def transcoders_to_pb(t: dict) -> pb.TranscoderSetInfo:
     """`TranscoderSet.describe()` -> TranscoderSetInfo."""
     return pb.TranscoderSetInfo(
-        name=t["name"], path=t.get("path", ""), kind={"plt": "transcoder_set", "clt": "cross_layer_transcoder"}[t["kind"]],
-        num_layers=t["n_layers"], features_per_layer=t["d_transcoder"], revision=t["revision"],
-        feature_input_hook=t["feature_input_hook"], feature_output_hook=t["feature_output_hook"],
-        activation=t["activation"], top_k=t["top_k"], dtype=t["dtype"], lazy_decoder=t["lazy_decoder"],
-        skip_connection=t["skip"], d_model=t["d_model"],
+        name=t["name"],
+        path=t.get("path", ""),
+        kind={"plt": "transcoder_set", "clt": "cross_layer_transcoder"}[t["kind"]],
+        num_layers=t["n_layers"],
+        features_per_layer=t["d_transcoder"],
+        revision=t["revision"],
+        feature_input_hook=t["feature_input_hook"],
+        feature_output_hook=t["feature_output_hook"],
+        activation=t["activation"],
+        top_k=t["top_k"],
+        dtype=t["dtype"],
+        lazy_decoder=t["lazy_decoder"],
+        skip_connection=t["skip"],
+        d_model=t["d_model"],
     )
 
 
-def model_info_to_pb(d: ModelDescription, *, server_version: str, transcoders: dict | None = None) -> pb.ModelInfoResponse:
+def model_info_to_pb(
+    d: ModelDescription, *, server_version: str, transcoders: dict | None = None
+) -> pb.ModelInfoResponse:
     return pb.ModelInfoResponse(
         transcoders=transcoders_to_pb(transcoders) if transcoders else None,
         model_name=d.name,

@@ -28,8 +28,16 @@ _KIND = {
 
 def _node(graph: AttributionGraph, i: int, influence: float) -> pb.Node:
     kind, layer, pos, idx = graph.node(i)
-    n = pb.Node(index=i, kind=_KIND[kind], layer=layer, position=pos, feature=-1, contrast_token_id=-1,
-                influence=influence, node_id=node_id(graph, i))
+    n = pb.Node(
+        index=i,
+        kind=_KIND[kind],
+        layer=layer,
+        position=pos,
+        feature=-1,
+        contrast_token_id=-1,
+        influence=influence,
+        node_id=node_id(graph, i),
+    )
     if kind == "feature":
         n.feature = idx
         n.activation = float(graph.activation_values[graph.selected_features[i]])
@@ -50,15 +58,24 @@ def graph_to_proto(graph: AttributionGraph, pruned: PruneResult | None = None) -
     s = graph.settings
     replacement, completeness = graph.scores()
     msg = pb.Graph(
-        identity=pb.GraphIdentity(model_id=graph.model_id, transcoder_id=graph.transcoder_id,
-                                  scan=graph.scan or "", model_name=graph.model_name),
+        identity=pb.GraphIdentity(
+            model_id=graph.model_id,
+            transcoder_id=graph.transcoder_id,
+            scan=graph.scan or "",
+            model_name=graph.model_name,
+        ),
         prompt=graph.prompt,
         input_tokens=graph.input_tokens.tolist(),
         input_token_strs=graph.input_token_strs,
         n_layers=graph.n_layers,
-        settings=pb.GraphSettings(max_n_logits=s.max_n_logits, desired_logit_prob=s.desired_logit_prob,
-                                  max_feature_nodes=s.max_feature_nodes or 0, batch_size=s.batch_size,
-                                  node_threshold=s.node_threshold, edge_threshold=s.edge_threshold),
+        settings=pb.GraphSettings(
+            max_n_logits=s.max_n_logits,
+            desired_logit_prob=s.desired_logit_prob,
+            max_feature_nodes=s.max_feature_nodes or 0,
+            batch_size=s.batch_size,
+            node_threshold=s.node_threshold,
+            edge_threshold=s.edge_threshold,
+        ),
         scores=pb.GraphScores(replacement_score=replacement, completeness_score=completeness),
         timings=[pb.PhaseTiming(phase=k, seconds=v) for k, v in graph.timings.items()],
         pruned=pruned is not None,
@@ -107,7 +124,9 @@ def graph_from_proto(msg: pb.Graph) -> AttributionGraph:
         input_tokens=torch.tensor(list(msg.input_tokens), dtype=torch.long),
         input_token_strs=list(msg.input_token_strs),
         n_layers=L,
-        active_features=torch.tensor([[n.layer, n.position, n.feature] for n in feats], dtype=torch.long).reshape(-1, 3),
+        active_features=torch.tensor([[n.layer, n.position, n.feature] for n in feats], dtype=torch.long).reshape(
+            -1, 3
+        ),
         activation_values=torch.tensor([n.activation for n in feats], dtype=torch.float32),
         selected_features=torch.arange(F),
         logit_token_ids=torch.tensor([n.token_id for n in logits], dtype=torch.long),
@@ -115,9 +134,14 @@ def graph_from_proto(msg: pb.Graph) -> AttributionGraph:
         logit_labels=[n.label for n in logits],
         logit_probabilities=torch.tensor([n.probability for n in logits], dtype=torch.float32),
         edges=edges,
-        settings=AttributionSettings(max_n_logits=s.max_n_logits, desired_logit_prob=s.desired_logit_prob,
-                                     max_feature_nodes=s.max_feature_nodes or None, batch_size=s.batch_size,
-                                     node_threshold=s.node_threshold, edge_threshold=s.edge_threshold),
+        settings=AttributionSettings(
+            max_n_logits=s.max_n_logits,
+            desired_logit_prob=s.desired_logit_prob,
+            max_feature_nodes=s.max_feature_nodes or None,
+            batch_size=s.batch_size,
+            node_threshold=s.node_threshold,
+            edge_threshold=s.edge_threshold,
+        ),
         model_id=msg.identity.model_id,
         transcoder_id=msg.identity.transcoder_id,
         scan=msg.identity.scan or None,

@@ -16,11 +16,13 @@ class FeaturesServicer(pb_grpc.FeaturesServicer):
     def __init__(self, service: FeaturesService) -> None:
         self._service = service
 
-    async def FeatureActivations(self, request: pb.FeatureActivationsRequest,
-                                 context: grpc.aio.ServicerContext) -> pb.FeatureActivationsResponse:
+    async def FeatureActivations(
+        self, request: pb.FeatureActivationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FeatureActivationsResponse:
         rows = await self._service.feature_activations(
             convert.tokens_input(request.prompt, request.prompt_token_ids, request.messages),
-            features=convert.feature_refs(request.features), top_k=request.top_k,
+            features=convert.feature_refs(request.features),
+            top_k=request.top_k,
         )
         return convert.activations_to_pb(rows)
 

@@ -20,9 +20,13 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 
 
 class GenerationServicer(pb_grpc.GenerationServicer):
-    def __init__(self, engine: GenerationEngine, features: FeaturesService | None = None,
-                 limits: Callable[[], dict[str, float]] | None = None,
-                 transcoders: Callable[[], dict | None] = lambda: None) -> None:
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        features: FeaturesService | None = None,
+        limits: Callable[[], dict[str, float]] | None = None,
+        transcoders: Callable[[], dict | None] = lambda: None,
+    ) -> None:
         self._engine = engine
         self._features = features
         self._limits = limits
@@ -58,16 +62,22 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         return pb.TokenizeResponse(token_ids=ids, tokens=tokens)
 
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfoResponse:
-        info = convert.model_info_to_pb(self._engine.describe(), server_version=__version__,
-                                        transcoders=self._transcoders())
+        info = convert.model_info_to_pb(
+            self._engine.describe(), server_version=__version__, transcoders=self._transcoders()
+        )
         if self._limits is not None:
             info.limits.CopyFrom(pb.Limits(**self._limits()))
         return info
 
 
-def add_to_server(engine: GenerationEngine, server: grpc.aio.Server, features: FeaturesService | None = None,
-                  *, limits: Callable[[], dict[str, float]] | None = None,
-                  transcoders: Callable[[], dict | None] = lambda: None) -> str:
+def add_to_server(
+    engine: GenerationEngine,
+    server: grpc.aio.Server,
+    features: FeaturesService | None = None,
+    *,
+    limits: Callable[[], dict[str, float]] | None = None,
+    transcoders: Callable[[], dict | None] = lambda: None,
+) -> str:
     """Register the servicer; return its full service name (for health and reflection)."""
     pb_grpc.add_GenerationServicer_to_server(GenerationServicer(engine, features, limits, transcoders), server)
     return SERVICE_NAME

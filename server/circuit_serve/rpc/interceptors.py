@@ -37,8 +37,9 @@ class ServingInterceptor(HandlerInterceptor):
         self._metrics = metrics
         self._draining = draining
 
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, name: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         if handler.request_streaming:
             return handler  # client/bidi streaming (reflection): passed through untouched
         if self._draining() and not name.startswith(ALWAYS_ANSWERED):
@@ -93,8 +94,10 @@ class Undecodable:
         self.error = error
 
     def message(self, name: str) -> str:
-        return (f"request: {self.size} bytes that do not decode as the request message of {name}; "
-                "send a message serialized from this service's .proto")
+        return (
+            f"request: {self.size} bytes that do not decode as the request message of {name}; "
+            "send a message serialized from this service's .proto"
+        )
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -93,7 +93,7 @@ def _pieces(parts: list[Buffer], size: int) -> Iterator[list[memoryview]]:
             piece = view[:room]
             run.append(piece)
             room -= len(piece)
-            view = view[len(piece):]
+            view = view[len(piece) :]
             if room == 0:
                 yield run
                 run, room = [], size

@@ -36,6 +36,7 @@ def bind(server: grpc.aio.Server, address: str, config: SecurityConfig) -> int:
     if not is_loopback(host):
         log.warning(
             "gRPC transport: PLAINTEXT on %s, reachable from other machines: traffic and tokens travel "
-            "unencrypted; give --tls-cert/--tls-key (and --tls-client-ca) or bind --host 127.0.0.1", address,
+            "unencrypted; give --tls-cert/--tls-key (and --tls-client-ca) or bind --host 127.0.0.1",
+            address,
         )
     return server.add_insecure_port(address)

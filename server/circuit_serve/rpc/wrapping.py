@@ -46,13 +46,15 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         return self.wrap(handler_call_details.method.lstrip("/"), handler, handler_call_details)
 
-    def wrap(self, name: str, handler: grpc.RpcMethodHandler,
-             details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def wrap(
+        self, name: str, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler:
         raise NotImplementedError
 
 
-def wrapped(handler: grpc.RpcMethodHandler, layer: Layer, *,
-            request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+def wrapped(
+    handler: grpc.RpcMethodHandler, layer: Layer, *, request_deserializer: Callable[[bytes], Any] | None = None
+) -> grpc.RpcMethodHandler:
     """The same handler (same kind), each call run inside `layer(request, context)`;
     `request_deserializer`, when given, replaces the handler's."""
 

@@ -32,20 +32,67 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def _ca(out: Path, name: str) -> tuple[Path, Path]:
     key, cert = out / f"{name}.key", out / f"{name}.pem"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", key.name, "-out", cert.name, "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             cwd=out)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key.name,
+        "-out",
+        cert.name,
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=out,
+    )
     return cert, key
 
 
 def _leaf(out: Path, name: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
     key, csr, cert, ext = out / f"{name}.key", out / f"{name}.csr", out / f"{name}.pem", out / f"{name}.ext"
     ext.write_text(extensions)
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", key.name, "-out", csr.name, "-subj", f"/CN={name}", cwd=out)
-    _openssl("x509", "-req", "-in", csr.name, "-CA", ca[0].name, "-CAkey", ca[1].name, "-CAcreateserial",
-             "-out", cert.name, "-days", "2", "-extfile", ext.name, cwd=out)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        key.name,
+        "-out",
+        csr.name,
+        "-subj",
+        f"/CN={name}",
+        cwd=out,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        csr.name,
+        "-CA",
+        ca[0].name,
+        "-CAkey",
+        ca[1].name,
+        "-CAcreateserial",
+        "-out",
+        cert.name,
+        "-days",
+        "2",
+        "-extfile",
+        ext.name,
+        cwd=out,
+    )
     return cert, key
 
 
@@ -55,9 +102,16 @@ def make_pki(out: Path) -> Pki:
     out.mkdir(parents=True, exist_ok=True)
     ca = _ca(out, "test-ca")
     rogue_ca = _ca(out, "rogue-ca")
-    server = _leaf(out, "server", ca, "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                                      "keyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth\n")
-    client_ext = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=clientAuth\n"
+    server = _leaf(
+        out,
+        "server",
+        ca,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=serverAuth\n",
+    )
+    client_ext = (
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyAgreement\nextendedKeyUsage=clientAuth\n"
+    )
     client = _leaf(out, "client", ca, client_ext)
     rogue = _leaf(out, "rogue-client", rogue_ca, client_ext)
     return Pki(ca[0], server[0], server[1], client[0], client[1], rogue[0], rogue[1])

@@ -102,8 +102,21 @@ def length_delimited(number: int, payload: bytes) -> bytes:
 
 _INTS = st.one_of(
     st.integers(-3, 300),
-    st.sampled_from([-(1 << 63), -(1 << 31), -1, (1 << 31) - 1, 1 << 31, (1 << 32) - 1, 1 << 32, (1 << 63) - 1,
-                     (1 << 64) - 1, 10**6, 10**9]),
+    st.sampled_from(
+        [
+            -(1 << 63),
+            -(1 << 31),
+            -1,
+            (1 << 31) - 1,
+            1 << 31,
+            (1 << 32) - 1,
+            1 << 32,
+            (1 << 63) - 1,
+            (1 << 64) - 1,
+            10**6,
+            10**9,
+        ]
+    ),
     st.integers(-(1 << 63), (1 << 64) - 1),
 )
 _FLOATS = st.one_of(
@@ -129,10 +142,12 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[bytes]:
         return _FLOATS.map(lambda v: key(n, _FIXED32) + struct.pack("<f", v))
     if t in (T.TYPE_DOUBLE, T.TYPE_FIXED64, T.TYPE_SFIXED64):
         return st.one_of(st.floats(), st.sampled_from([1e300, -1e300, 0.5])).map(
-            lambda v: key(n, _FIXED64) + struct.pack("<d", v))
+            lambda v: key(n, _FIXED64) + struct.pack("<d", v)
+        )
     if t == T.TYPE_STRING:
         return st.one_of(_TEXT.map(lambda s: s.encode("utf-8", "surrogatepass")), _BYTES).map(
-            lambda b: length_delimited(n, b))
+            lambda b: length_delimited(n, b)
+        )
     if t == T.TYPE_BYTES:
         return _BYTES.map(lambda b: length_delimited(n, b))
     if t == T.TYPE_BOOL:
@@ -191,8 +206,9 @@ def one_field(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[bytes
     for field in descriptor.fields:
         if field.type == T.TYPE_MESSAGE:
             if depth < 3:
-                options.append(one_field(field.message_type, depth + 1).map(
-                    lambda b, n=field.number: length_delimited(n, b)))
+                options.append(
+                    one_field(field.message_type, depth + 1).map(lambda b, n=field.number: length_delimited(n, b))
+                )
         elif field.is_repeated and field.type not in (T.TYPE_STRING, T.TYPE_BYTES):
             options.append(st.one_of(_packed(field), _scalar(field)))
         else:
@@ -205,20 +221,31 @@ def _valid_requests() -> dict[str, list[bytes]]:
     """Requests the fuzzing server answers OK, per method name: the bases that `one_field` mutates."""
     g, a, f = generation_pb2, attribution_pb2, features_pb2
     gen = g.GenerateRequest(prompt="the cat sat on the mat", sampling=g.SamplingParams(max_new_tokens=3, temperature=0))
-    steer = f.SteerRequest(prompt="the cat sat on the mat", max_new_tokens=3, interventions=[f.Intervention(
-        feature=f.FeatureRef(layer=0, index=1), op=f.INTERVENTION_OP_SET, value=2.0, positions=[1])])
+    steer = f.SteerRequest(
+        prompt="the cat sat on the mat",
+        max_new_tokens=3,
+        interventions=[
+            f.Intervention(feature=f.FeatureRef(layer=0, index=1), op=f.INTERVENTION_OP_SET, value=2.0, positions=[1])
+        ],
+    )
     messages = {
         "Generate": [gen, g.GenerateRequest(prompt_token_ids=[1, 20, 30], top_logprobs=2)],
         "GenerateStream": [gen],
         "Tokenize": [g.TokenizeRequest(text="hello world")],
         "ModelInfo": [g.ModelInfoRequest()],
-        "Attribute": [a.AttributeRequest(prompt="the cat sat on the mat", output=a.GRAPH_OUTPUT_JSON,
-                                         settings=a.AttributionSettings(max_feature_nodes=16, batch_size=16))],
+        "Attribute": [
+            a.AttributeRequest(
+                prompt="the cat sat on the mat",
+                output=a.GRAPH_OUTPUT_JSON,
+                settings=a.AttributionSettings(max_feature_nodes=16, batch_size=16),
+            )
+        ],
         "GetGraph": [a.GetGraphRequest(key="0" * 64)],
         "GetGraphStream": [a.GetGraphRequest(key="0" * 64)],
-        "FeatureActivations": [f.FeatureActivationsRequest(prompt="the cat sat", top_k=3),
-                               f.FeatureActivationsRequest(prompt_token_ids=[20, 30],
-                                                           features=[f.FeatureRef(layer=1, index=2)])],
+        "FeatureActivations": [
+            f.FeatureActivationsRequest(prompt="the cat sat", top_k=3),
+            f.FeatureActivationsRequest(prompt_token_ids=[20, 30], features=[f.FeatureRef(layer=1, index=2)]),
+        ],
         "Steer": [steer],
     }
     return {name: [m.SerializeToString() for m in ms] for name, ms in messages.items()}
@@ -239,11 +266,13 @@ def fuzz_call() -> st.SearchStrategy[FuzzCall]:
     for rpc in RPCS:
         as_message = message_bytes(rpc.request).map(lambda b, r=rpc: FuzzCall(r, b, "message"))
         with_garbage = st.tuples(message_bytes(rpc.request), st.binary(min_size=1, max_size=16)).map(
-            lambda t, r=rpc: FuzzCall(r, t[0] + t[1], "message+garbage"))
+            lambda t, r=rpc: FuzzCall(r, t[0] + t[1], "message+garbage")
+        )
         random = st.binary(max_size=200).map(lambda b, r=rpc: FuzzCall(r, b, "random"))
         bases = VALID[rpc.path.rsplit("/", 1)[1]]
         mutated = st.tuples(st.sampled_from(bases), st.lists(one_field(rpc.request), min_size=1, max_size=2)).map(
-            lambda t, r=rpc: FuzzCall(r, t[0] + b"".join(t[1]), "valid+field"))
+            lambda t, r=rpc: FuzzCall(r, t[0] + b"".join(t[1]), "valid+field")
+        )
         # 6 in 10 valid+field, 2 message, 1 message+garbage, 1 random (hypothesis would not weight
         # repeated one_of branches)
         mix = [mutated] * 6 + [as_message] * 2 + [with_garbage, random]

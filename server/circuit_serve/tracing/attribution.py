@@ -37,7 +37,12 @@ Progress = Callable[[str, float], None]
 
 
 def partial_influence(
-    edges: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor, n_cols: int, chunk: int = 2048, max_iter: int = 128,
+    edges: torch.Tensor,
+    row_nodes: torch.Tensor,
+    logit_probs: torch.Tensor,
+    n_cols: int,
+    chunk: int = 2048,
+    max_iter: int = 128,
     should_stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """(n_cols + K,) influence of every node on the logits using only the rows computed so far.
@@ -134,8 +139,12 @@ def run_attribution(
     for i in range(0, K, B):
         check_stop()
         j = min(i + B, K)
-        fill(torch.arange(first_logit_row + i, first_logit_row + j), torch.full((j - i,), L),
-             torch.full((j - i,), P - 1), tg.vectors[i:j].to(dev))
+        fill(
+            torch.arange(first_logit_row + i, first_logit_row + j),
+            torch.full((j - i,), L),
+            torch.full((j - i,), P - 1),
+            tg.vectors[i:j].to(dev),
+        )
         row_nodes[i:j] = n_cols + torch.arange(i, j, device=dev)
         report("4 logit rows", j / K)
     t = phase("4_logit_rows", t)

@@ -66,7 +66,12 @@ def node_id(graph: FrontendGraph, i: int) -> str:
 
 
 def frontend_json(
-    graph: FrontendGraph, pr: PruneResult, *, slug: str, labels: dict[tuple[int, int], str], thresholds: tuple[float, float]
+    graph: FrontendGraph,
+    pr: PruneResult,
+    *,
+    slug: str,
+    labels: dict[tuple[int, int], str],
+    thresholds: tuple[float, float],
 ) -> dict:
     L = graph.n_layers
     infl = pr.cumulative_scores.tolist()
@@ -74,25 +79,62 @@ def frontend_json(
     nodes: dict[int, dict] = {}
     for i in pr.node_mask.nonzero().flatten().tolist():
         kind, layer, pos, idx = graph.node(i)
-        base = {"ctx_idx": pos, "influence": infl[i], "node_influence": own[i], "token_prob": 0.0, "is_target_logit": False,
-                "run_idx": 0, "reverse_ctx_idx": 0, "clerp": ""}
+        base = {
+            "ctx_idx": pos,
+            "influence": infl[i],
+            "node_influence": own[i],
+            "token_prob": 0.0,
+            "is_target_logit": False,
+            "run_idx": 0,
+            "reverse_ctx_idx": 0,
+            "clerp": "",
+        }
         if kind == "feature":
             act = float(graph.activation_values[graph.selected_features[i]])
-            base.update(node_id=node_id(graph, i), feature=_cantor(layer, idx), layer=str(layer), feature_type="cross layer transcoder",
-                        jsNodeId=f"{layer}_{idx}-0", activation=act, clerp=labels.get((layer, idx), ""))
+            base.update(
+                node_id=node_id(graph, i),
+                feature=_cantor(layer, idx),
+                layer=str(layer),
+                feature_type="cross layer transcoder",
+                jsNodeId=f"{layer}_{idx}-0",
+                activation=act,
+                clerp=labels.get((layer, idx), ""),
+            )
         elif kind == "error":
             nid = node_id(graph, i)
-            base.update(node_id=nid, feature=-1, layer=str(layer), feature_type="mlp reconstruction error",
-                        jsNodeId=nid, activation=None)
+            base.update(
+                node_id=nid,
+                feature=-1,
+                layer=str(layer),
+                feature_type="mlp reconstruction error",
+                jsNodeId=nid,
+                activation=None,
+            )
         elif kind == "embedding":
-            base.update(node_id=node_id(graph, i), feature=pos, layer="E", feature_type="embedding", jsNodeId=f"E_{idx}-{pos}",
-                        activation=None)
+            base.update(
+                node_id=node_id(graph, i),
+                feature=pos,
+                layer="E",
+                feature_type="embedding",
+                jsNodeId=f"E_{idx}-{pos}",
+                activation=None,
+            )
         else:
             k = i - graph.logit_offset
             p = float(graph.logit_probabilities[k])
-            base.update(node_id=node_id(graph, i), feature=idx, layer=str(L + 1), feature_type="logit", jsNodeId=f"L_{idx}-{pos}",
-                        token_prob=p, is_target_logit=k == 0, activation=None, influence=None, node_influence=None,
-                        clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})')
+            base.update(
+                node_id=node_id(graph, i),
+                feature=idx,
+                layer=str(L + 1),
+                feature_type="logit",
+                jsNodeId=f"L_{idx}-{pos}",
+                token_prob=p,
+                is_target_logit=k == 0,
+                activation=None,
+                influence=None,
+                node_influence=None,
+                clerp=f'Output "{graph.logit_labels[k]}" (p={p:.3f})',
+            )
         nodes[i] = base
 
     M = graph.compact_adjacency().cpu()
@@ -130,4 +172,3 @@ def frontend_json(
         "nodes": node_list,
         "links": links,
     }
-

@@ -72,8 +72,10 @@ def _hub_error(ref: HubRef, filename: str, exc: Exception) -> InvalidRequest:
     elif isinstance(exc, RevisionNotFoundError):
         hint = "no such revision; check the part after '@'"
     elif isinstance(exc, LocalEntryNotFoundError):
-        hint = ("it is not in the Hugging Face cache and the hub cannot be reached (offline mode or no "
-                "network); download it first or unset HF_HUB_OFFLINE")
+        hint = (
+            "it is not in the Hugging Face cache and the hub cannot be reached (offline mode or no "
+            "network); download it first or unset HF_HUB_OFFLINE"
+        )
     elif isinstance(exc, EntryNotFoundError):
         hint = "the repository has no such file; check the path"
     else:

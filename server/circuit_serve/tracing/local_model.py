@@ -66,12 +66,15 @@ def check_stop(should_stop: StopCheck, where: str) -> None:
 
 
 @torch.inference_mode()
-def record(model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, tokens: torch.Tensor,
-           should_stop: StopCheck = None) -> PromptRecord:
+def record(
+    model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, tokens: torch.Tensor, should_stop: StopCheck = None
+) -> PromptRecord:
     """Run the real model once on `tokens` (P,) and keep what attribution needs
     (`should_stop` is polled as each layer starts)."""
     L = arch.n_layers
-    rec: dict[str, list] = {k: [None] * L for k in ("r1", "pat", "r_pa", "r2", "xmid", "mlp_in", "mlp_out", "r_pf", "pf_out")}
+    rec: dict[str, list] = {
+        k: [None] * L for k in ("r1", "pat", "r_pa", "r2", "xmid", "mlp_in", "mlp_out", "r_pf", "pf_out")
+    }
     top: dict[str, torch.Tensor] = {}
     handles = []
 
@@ -220,8 +223,9 @@ class Activations:
     layer_offsets: list[int]  # first row of each layer in `indices`, plus n at the end
 
 
-def compute_activations(tcs: TranscoderSet, rec: PromptRecord, zero_bos: bool = True,
-                        should_stop: StopCheck = None) -> Activations:
+def compute_activations(
+    tcs: TranscoderSet, rec: PromptRecord, zero_bos: bool = True, should_stop: StopCheck = None
+) -> Activations:
     idx, vals, offsets = [], [], [0]
     for li, x in enumerate(rec.x_in):
         check_stop(should_stop, f"features, layer {li}")
@@ -243,8 +247,14 @@ class LocalReplacement:
     embeddings (P)].
     """
 
-    def __init__(self, arch: Architecture, tcs: TranscoderSet, rec: PromptRecord, acts: Activations,
-                 should_stop: StopCheck = None):
+    def __init__(
+        self,
+        arch: Architecture,
+        tcs: TranscoderSet,
+        rec: PromptRecord,
+        acts: Activations,
+        should_stop: StopCheck = None,
+    ):
         self.arch, self.tcs, self.rec, self.acts = arch, tcs, rec, acts
         L, P, d = arch.n_layers, rec.x0.shape[0], arch.d_model
         self.n_layers, self.n_pos, self.d = L, P, d

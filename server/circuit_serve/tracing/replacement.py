@@ -141,8 +141,9 @@ class ReplacementModel:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dt, attn_implementation="eager").to(device)
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         if not isinstance(transcoders, TranscoderSet):
-            transcoders = load_transcoders(transcoders, dtype=dt, device=device, lazy=lazy_decoders,
-                                           identity_cache=identity_cache)
+            transcoders = load_transcoders(
+                transcoders, dtype=dt, device=device, lazy=lazy_decoders, identity_cache=identity_cache
+            )
         return cls(model, tok, transcoders, model_id=model_identity(model_dir, identity_cache), **kwargs)
 
     @classmethod
@@ -215,7 +216,12 @@ class ReplacementModel:
 
     # -- memory ---------------------------------------------------------------------------
     def estimate_memory(
-        self, n_tokens: int, settings: AttributionSettings | None = None, *, n_active: int | None = None, n_logits: int | None = None
+        self,
+        n_tokens: int,
+        settings: AttributionSettings | None = None,
+        *,
+        n_active: int | None = None,
+        n_logits: int | None = None,
     ) -> int:
         """Estimated peak working memory in bytes of attributing `n_tokens` tokens."""
         s = settings or AttributionSettings()

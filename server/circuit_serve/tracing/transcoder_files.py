@@ -109,9 +109,14 @@ def read_plt_safetensors(path: Path, *, dtype: torch.dtype, device, lazy: bool) 
 
         W_dec = LazyRows(path, "W_dec", (F, d), dtype, device) if lazy else get("W_dec", (F, d))
         return LayerTensors(
-            W_enc=get("W_enc", (F, d)), b_enc=get("b_enc", (F,)), W_dec=W_dec, b_dec=get("b_dec", (d,)),
-            threshold=get("activation_function.threshold", (F,)), W_skip=get("W_skip", (d, d)),
-            files=[path], enc_file=path,
+            W_enc=get("W_enc", (F, d)),
+            b_enc=get("b_enc", (F,)),
+            W_dec=W_dec,
+            b_dec=get("b_dec", (d,)),
+            threshold=get("activation_function.threshold", (F,)),
+            W_skip=get("W_skip", (d, d)),
+            files=[path],
+            enc_file=path,
         )
 
 
@@ -128,7 +133,11 @@ def read_plt_npz(path: Path, *, dtype: torch.dtype, device) -> LayerTensors:
                 raise _missing(path, name, keys)
         raw = {k: z[k] for k in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")}
     if raw["W_enc"].ndim != 2:
-        raise bad(path, "W_enc", f"has shape {raw['W_enc'].shape}, expected (d_model, d_sae) (GemmaScope stores it transposed)")
+        raise bad(
+            path,
+            "W_enc",
+            f"has shape {raw['W_enc'].shape}, expected (d_model, d_sae) (GemmaScope stores it transposed)",
+        )
     d, F = raw["W_enc"].shape
     expect_shape(path, "W_dec", raw["W_dec"].shape, (F, d))
     expect_shape(path, "b_enc", raw["b_enc"].shape, (F,))
@@ -139,8 +148,14 @@ def read_plt_npz(path: Path, *, dtype: torch.dtype, device) -> LayerTensors:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
 
     return LayerTensors(
-        W_enc=t(raw["W_enc"].T), b_enc=t(raw["b_enc"]), W_dec=t(raw["W_dec"]), b_dec=t(raw["b_dec"]),
-        threshold=t(raw["threshold"]), W_skip=None, files=[path], enc_file=path,
+        W_enc=t(raw["W_enc"].T),
+        b_enc=t(raw["b_enc"]),
+        W_dec=t(raw["W_dec"]),
+        b_dec=t(raw["b_dec"]),
+        threshold=t(raw["threshold"]),
+        W_skip=None,
+        files=[path],
+        enc_file=path,
     )
 
 
@@ -174,11 +189,22 @@ def read_clt_layer(root: Path, i: int, n_layers: int, *, dtype: torch.dtype, dev
         if f"W_dec_{i}" not in set(f.keys()):
             raise _missing(pd, f"W_dec_{i}", f.keys())
         expect_shape(pd, f"W_dec_{i}", f.get_slice(f"W_dec_{i}").get_shape(), (F, n_layers - i, d))
-        W_dec = (LazyRows(pd, f"W_dec_{i}", (F, n_layers - i, d), dtype, device) if lazy
-                 else f.get_tensor(f"W_dec_{i}").to(device=device, dtype=dtype))
+        W_dec = (
+            LazyRows(pd, f"W_dec_{i}", (F, n_layers - i, d), dtype, device)
+            if lazy
+            else f.get_tensor(f"W_dec_{i}").to(device=device, dtype=dtype)
+        )
 
     def mv(t):
         return None if t is None else t.contiguous().to(device=device, dtype=dtype)
 
-    return LayerTensors(W_enc=mv(W_enc), b_enc=mv(b_enc), W_dec=W_dec, b_dec=mv(b_dec), threshold=mv(thr),
-                        W_skip=mv(skip), files=[pe, pd], enc_file=pe)
+    return LayerTensors(
+        W_enc=mv(W_enc),
+        b_enc=mv(b_enc),
+        W_dec=W_dec,
+        b_dec=mv(b_dec),
+        threshold=mv(thr),
+        W_skip=mv(skip),
+        files=[pe, pd],
+        enc_file=pe,
+    )

@@ -85,12 +85,21 @@ class TranscoderSet:
     def describe(self) -> dict:
         """What is loaded, for ModelInfo and logs (plain values)."""
         return {
-            "name": self.name or self.path or "", "path": self.path or "", "revision": self.revision or "",
+            "name": self.name or self.path or "",
+            "path": self.path or "",
+            "revision": self.revision or "",
             "kind": self.kind,
-            "n_layers": self.n_layers, "d_transcoder": self.d_transcoder, "d_model": self.d_model,
-            "feature_input_hook": self.feature_input_hook, "feature_output_hook": self.feature_output_hook,
-            "activation": self.activation, "top_k": self.top_k or 0, "skip": self.has_skip,
-            "dtype": str(self.dtype).removeprefix("torch."), "lazy_decoder": self.lazy, "scan": self.scan or "",
+            "n_layers": self.n_layers,
+            "d_transcoder": self.d_transcoder,
+            "d_model": self.d_model,
+            "feature_input_hook": self.feature_input_hook,
+            "feature_output_hook": self.feature_output_hook,
+            "activation": self.activation,
+            "top_k": self.top_k or 0,
+            "skip": self.has_skip,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "lazy_decoder": self.lazy,
+            "scan": self.scan or "",
         }
 
     @property
@@ -198,8 +207,10 @@ def _locate(spec: str | Path) -> _Located:
         return _Located(root, cfg, str(spec), None)
     ref = parse_repo_spec(str(spec))
     if ref is None:
-        raise InvalidRequest(f"{spec} is neither a transcoder directory nor a Hugging Face repo id "
-                             "(org/name[/subfolder][@revision])", field="transcoders")
+        raise InvalidRequest(
+            f"{spec} is neither a transcoder directory nor a Hugging Face repo id (org/name[/subfolder][@revision])",
+            field="transcoders",
+        )
     cfg = hub_file(ref, "config.yaml")
     return _Located(cfg.parent, cfg, str(ref), ref)
 
@@ -225,8 +236,9 @@ def _layer_files(loc: _Located, cfg: dict) -> list[Path]:
     root = loc.root if loc.repo is None else hub_folder(loc.repo, ["layer_*.safetensors"])
     n = len(list(root.glob("layer_*.safetensors")))
     if n == 0:
-        raise InvalidRequest(f"{root} has no layer_*.safetensors files and {loc.config} lists no transcoders",
-                             field="transcoders")
+        raise InvalidRequest(
+            f"{root} has no layer_*.safetensors files and {loc.config} lists no transcoders", field="transcoders"
+        )
     return [root / f"layer_{i}.safetensors" for i in range(n)]
 
 
@@ -269,9 +281,13 @@ def load_transcoders(
             field="transcoders",
         )
     if in_hook not in INPUT_HOOKS:
-        raise InvalidRequest(f"{loc.config}: feature_input_hook {in_hook!r} is not one of {INPUT_HOOKS}", field="transcoders")
+        raise InvalidRequest(
+            f"{loc.config}: feature_input_hook {in_hook!r} is not one of {INPUT_HOOKS}", field="transcoders"
+        )
     if out_hook not in OUTPUT_HOOKS:
-        raise InvalidRequest(f"{loc.config}: feature_output_hook {out_hook!r} is not one of {OUTPUT_HOOKS}", field="transcoders")
+        raise InvalidRequest(
+            f"{loc.config}: feature_output_hook {out_hook!r} is not one of {OUTPUT_HOOKS}", field="transcoders"
+        )
     act_cfg, top_k = _activation(cfg, loc.config)
 
     # 1. read every layer (shapes checked per file)
@@ -294,8 +310,11 @@ def load_transcoders(
     enc = "W_enc_{i}" if kind == "cross_layer_transcoder" else "W_enc"
     for i, lt in enumerate(layers[1:], start=1):
         if lt.W_enc.shape != first.W_enc.shape:
-            raise bad(lt.enc_file, enc.format(i=i),
-                      f"has shape {tuple(lt.W_enc.shape)} but layer 0 has {tuple(first.W_enc.shape)}")
+            raise bad(
+                lt.enc_file,
+                enc.format(i=i),
+                f"has shape {tuple(lt.W_enc.shape)} but layer 0 has {tuple(first.W_enc.shape)}",
+            )
         if (lt.threshold is None) != (first.threshold is None):
             raise bad(lt.enc_file, "threshold", "is present in some layers and not others")
         if (lt.W_skip is None) != (first.W_skip is None):
@@ -344,8 +363,9 @@ def transcoder_shape(path: str | Path, *, lazy: bool = True) -> TranscoderShape:
         with safe_open(str(root / "W_enc_0.safetensors"), framework="pt") as f:
             F, d = f.get_slice("W_enc_0").get_shape()
             keys = set(f.keys())
-        return TranscoderShape("clt", n, F, d, skip="W_skip_0" in keys, threshold="threshold_0" in keys,
-                               lazy_decoder=lazy)
+        return TranscoderShape(
+            "clt", n, F, d, skip="W_skip_0" in keys, threshold="threshold_0" in keys, lazy_decoder=lazy
+        )
     files = _layer_files(loc, cfg)
     if files[0].suffix == ".npz":
         with np.load(files[0]) as z:
@@ -354,5 +374,12 @@ def transcoder_shape(path: str | Path, *, lazy: bool = True) -> TranscoderShape:
     with safe_open(str(files[0]), framework="pt") as f:
         F, d = f.get_slice("W_enc").get_shape()
         keys = set(f.keys())
-    return TranscoderShape("plt", len(files), F, d, skip="W_skip" in keys,
-                           threshold="activation_function.threshold" in keys, lazy_decoder=lazy)
+    return TranscoderShape(
+        "plt",
+        len(files),
+        F,
+        d,
+        skip="W_skip" in keys,
+        threshold="activation_function.threshold" in keys,
+        lazy_decoder=lazy,
+    )
