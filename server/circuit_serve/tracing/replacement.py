@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from circuit_serve.domain.chat import chat_token_ids
 from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.tracing.architecture import Architecture, describe
 from circuit_serve.tracing.attribution import run_attribution
@@ -172,8 +173,6 @@ class ReplacementModel:
 
     def chat_tokens(self, messages) -> list[int]:
         """Token ids of chat messages under the model's chat template (as generation renders them)."""
-        from circuit_serve.domain.chat import chat_token_ids
-
         return chat_token_ids(self.tokenizer, messages)
 
     def _with_bos(self, ids: list[int]) -> list[int]:
