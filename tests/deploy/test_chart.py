@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, FAILING, NAMESPACE, PASSING, RELEASE, find_tool, helm_template, only, run
-from promql import TARGET_LABELS, metric_table, names_and_labels, series_names
+
+from tests.deploy.chart_tools import CHART, FAILING, NAMESPACE, PASSING, RELEASE, find_tool, helm_template, only, run
+from tests.deploy.promql import TARGET_LABELS, metric_table, names_and_labels, series_names
 
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 FULLNAME = f"{RELEASE}-circuit-serve"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import REPO, find_tool, run
+from tests.deploy.chart_tools import REPO, find_tool, run
 
 
 def test_hadolint():

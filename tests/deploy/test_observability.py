@@ -7,8 +7,9 @@ import re
 
 import pytest
 import yaml
-from conftest import CHART, DEPLOY, find_tool, run
-from promql import TARGET_LABELS, metric_table, names_and_labels, series_names
+
+from tests.deploy.chart_tools import CHART, DEPLOY, find_tool, run
+from tests.deploy.promql import TARGET_LABELS, metric_table, names_and_labels, series_names
 
 RULES = DEPLOY / "prometheus" / "rules.yaml"
 RULES_TEST = DEPLOY / "prometheus" / "rules_test.yaml"
