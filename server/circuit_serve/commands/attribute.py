@@ -11,8 +11,9 @@ import json
 import sys
 import time
 
-from circuit_serve.config.option import build, command_parser
-from circuit_serve.config.tracing import AttributeCommandConfig
+from circuit_serve.config.option import build, command_parser, options
+from circuit_serve.config.tracing import AttributeCommandConfig, SettingsFlags
+from circuit_serve.domain.errors import CircuitError, InvalidRequest
 
 
 def add_parser(subparsers) -> None:
@@ -61,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from circuit_client.graph_html import write_graph_html
-    from circuit_serve.domain.errors import CircuitError
     from circuit_serve.tracing import ReplacementModel
 
     hf_logging.disable_progress_bar()
@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     bar = _Bar(cfg.progress)
     try:
         cfg.settings.validate()
+    except InvalidRequest as e:  # a settings flag out of range: name the flag, as any other bad flag value
+        flag = next(opt.flag for f, opt in options(SettingsFlags) if f.name == e.field)
+        detail = str(e).removeprefix(f"{e.field}: ")
+        print(f"circuit-serve attribute: error: argument {flag}: {detail} (setting {e.field})", file=sys.stderr)
+        return 2
+    try:
         rm = ReplacementModel.from_pretrained(
             tc.model,
             tc.transcoders,

@@ -122,6 +122,7 @@ class AttributionConfig(Options):
         unit=_MIB,
         unit_name="MiB",
         group=_CACHE,
+        ge=0,
         help="larger graphs are served but not cached",
     )
     cache_compression: str = option(
@@ -139,6 +140,7 @@ class AttributionConfig(Options):
         unit=_MIB,
         unit_name="MiB",
         group=_CACHE,
+        ge=0,
         help="size of the in-process cache used without Redis",
     )
     lock_ttl_s: float = 30.0  # replica lock expiry (renewed while computing)

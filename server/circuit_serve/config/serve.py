@@ -56,6 +56,7 @@ class EngineConfig(Options):
         flag="--kv-cache-gib",
         type=float,
         env="VLLM_CPU_KVCACHE_SPACE",
+        gt=0,
         help="KV cache size in GiB (default: vLLM's choice)",
     )
     max_num_seqs: int | None = option(  # concurrent sequences per engine step
