@@ -329,5 +329,11 @@ async def serve(config: ServeConfig) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
-        log.info("stopped" if exit_status == 0 else "stopped after vLLM's engine died (exit status 1)")
+        if exit_status != 0:
+            # The interpreter's own exit would now join what is left of vLLM (its worker process,
+            # resource tracker, threads): seen taking 12 s, where the daemon timer cannot fire.
+            log.info("stopped after vLLM's engine died: exit status %d", exit_status)
+            logging.shutdown()
+            os._exit(exit_status)
+        log.info("stopped")
     return exit_status
