@@ -91,6 +91,7 @@ class Runtime:
     draining: bool = False  # set on shutdown: new calls get UNAVAILABLE, in-flight ones finish
     auth_metrics: AuthMetrics | None = None
     tokens: TokenTable | None = None  # --auth-tokens; None: every caller is ANONYMOUS (all scopes)
+    failed_services: list[str] = field(default_factory=list)  # NOT_SERVING: their model failed to load
 
     @classmethod
     def create(cls, config: ServeConfig, registry: CollectorRegistry | None = None) -> Runtime:
@@ -156,12 +157,19 @@ class Runtime:
         """Load the model(s). Calls made before this finishes get UNAVAILABLE.
 
         The GPU memory plan is applied first; then the replacement model (with the transcoders)
-        loads: in-engine monitoring hands vLLM the watched encoder rows when vLLM starts."""
+        loads: in-engine monitoring hands vLLM the watched encoder rows when vLLM starts. When the
+        replacement model fails to load, `failed_services` names Attribution and Features (health
+        says NOT_SERVING for them, their calls get UNAVAILABLE) and vLLM starts unmonitored."""
         plan = await asyncio.to_thread(plan_for_serving, self.config)  # None unless sharing a GPU with vLLM
         planned = apply_plan(self.generation.config, plan)  # raises PlanRefused
-        await self.replacement.start()
-        await self.features.start()  # checks --labels/--watchlist against the transcoders
-        await self.attribution.start()  # the graph engine, with the checked labels
+        try:
+            await self.replacement.start()
+        except Exception:  # a transcoder set that fails to load must not take generation down with it
+            log.exception("the replacement model failed to load: Attribution and Features are NOT_SERVING")
+            self.failed_services = [attribution_servicer.SERVICE_NAME, features.SERVICE_NAME]
+        if not self.failed_services:  # else both answer UNAVAILABLE, and generation runs unmonitored
+            await self.features.start()  # checks --labels/--watchlist against the transcoders
+            await self.attribution.start()  # the graph engine, with the checked labels
         await self.generation.start(self.features.engine_monitor(Path(tempfile.gettempdir())), planned=planned)
 
     def limits(self) -> dict[str, float]:
@@ -305,7 +313,8 @@ async def serve(config: ServeConfig) -> int:
         if loading.done():
             loading.result()  # raise a load failure
             await mark_serving(health_state, runtime.service_names)
-            log.info("SERVING %s", ", ".join(runtime.service_names))
+            await health_state.set(runtime.failed_services, serving=False)
+            log.info("SERVING %s", ", ".join(n for n in runtime.service_names if n not in runtime.failed_services))
             watchdog = asyncio.create_task(watch_engine(runtime.generation, health_state, engine_died))
             await stopping
         else:

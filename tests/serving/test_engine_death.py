@@ -1,8 +1,9 @@
-"""Health that tells the truth: vLLM's engine-core process killed under a running TLS server.
+"""Health that tells the truth: a transcoder set that fails to load, and vLLM's engine-core process
+killed under a running TLS server.
 
 One server for the module, as in production: vLLM's engine core in its own process
 (VLLM_ENABLE_V1_MULTIPROCESSING=1), TLS on the main port and `--health-port` serving grpc.health.v1
-alone in plaintext (what the kubelet's probes use).
+alone in plaintext (what the kubelet's probes use); its `--transcoders` has a corrupt layer file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from circuit_client import CircuitClient, CircuitRpcError, Credentials, Sampling
+from circuit_client.attribution import AttributionClient
+from circuit_serve.demo.random_transcoders import write_random_transcoders
 from circuit_serve.launch import free_port
 from circuit_serve.testing.certs import make_pki
 
@@ -25,8 +28,10 @@ GENERATION = "circuit.v1.Generation"
 
 
 @pytest.fixture(scope="module")
-def tls_server(launch_server, tmp_path_factory):
+def tls_server(launch_server, demo_model_dir, tmp_path_factory):
     pki = make_pki(tmp_path_factory.mktemp("pki"))
+    broken = write_random_transcoders(demo_model_dir, tmp_path_factory.mktemp("broken-tc"), d_transcoder=64, seed=1)
+    (broken / "layer_1.safetensors").write_bytes(b"not a safetensors file")
     health_port = free_port()
     creds = Credentials(ca_cert=pki.ca)
     server = launch_server(
@@ -36,6 +41,8 @@ def tls_server(launch_server, tmp_path_factory):
         str(pki.server_key),
         "--health-port",
         str(health_port),
+        "--transcoders",
+        str(broken),
         "--engine-dead-exit-s",
         str(EXIT_S),
         "--max-new-tokens-limit",
@@ -56,6 +63,23 @@ def plain_health(port: int, service: str = "") -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
+def test_a_replacement_model_that_fails_to_load_turns_only_its_services_not_serving(tls_server):
+    server, health_port, creds = tls_server
+    for service in ("circuit.v1.Attribution", "circuit.v1.Features"):
+        assert plain_health(health_port, service) == "NOT_SERVING", service
+        assert server.metric("circuit_serving", grpc_service=service) == 0.0
+    assert server.metric("circuit_serving", grpc_service=GENERATION) == 1.0
+    with (
+        AttributionClient(server.target, credentials=creds, retries=0) as graphs,
+        pytest.raises(CircuitRpcError) as err,
+    ):
+        graphs.attribute("the old river")
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    with CircuitClient(server.target, credentials=creds) as client:  # generation serves, unmonitored
+        assert len(client.generate("the old river", Sampling(max_new_tokens=3, ignore_eos=True)).token_ids) == 3
+    assert "the replacement model failed to load" in server.log()
+
+
 def engine_core(pid: int) -> psutil.Process:
     found = [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::EngineCor")]
     assert len(found) == 1, [p.name() for p in psutil.Process(pid).children(recursive=True)]
@@ -64,7 +88,7 @@ def engine_core(pid: int) -> psutil.Process:
 
 def test_health_port_answers_in_plaintext_while_the_main_port_needs_tls(tls_server):
     server, health_port, creds = tls_server
-    for service in ("", GENERATION, "circuit.v1.Attribution", "circuit.v1.Features"):
+    for service in ("", GENERATION):
         assert plain_health(health_port, service) == "SERVING", service
     assert plain_health(server.port) == "UNAVAILABLE"  # plaintext on the TLS port: no handshake
     with CircuitClient(server.target, credentials=creds) as client:
