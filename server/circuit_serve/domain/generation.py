@@ -107,12 +107,6 @@ class CompletionRecord:
 
 
 @dataclass(frozen=True)
-class EngineLoad:
-    running: int
-    waiting: int
-
-
-@dataclass(frozen=True)
 class ModelDescription:
     name: str
     path: str
