@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
-from promql import TARGET_LABELS, metric_table
 
 from circuit_client import CircuitClient, CircuitRpcError, Credentials, Sampling
 from circuit_client.attribution import AttributionClient, AttributionSettings
@@ -22,6 +21,7 @@ from circuit_serve.auth.tokens import token_sha256
 from circuit_serve.config.serve import EngineConfig
 from circuit_serve.demo.random_transcoders import write_random_transcoders
 from circuit_serve.generation.vllm_version import TESTED_VLLM, check_vllm_version
+from tests.deploy.promql import TARGET_LABELS, metric_table
 
 TOKEN = "tok-live-metrics-5f1c9a7e3b2d4c6a8e0f"
 # What a server exports beyond vLLM's logger and our own `circuit_*` metrics.
