@@ -48,7 +48,7 @@ from circuit_serve.metrics.auth import AuthMetrics
 from circuit_serve.metrics.exporter import start_metrics_server
 from circuit_serve.metrics.generation import GenerationMetrics
 from circuit_serve.metrics.rpc import RpcMetrics
-from circuit_serve.rpc import attribution_servicer, features, generation_servicer, transport
+from circuit_serve.rpc import attribution_servicer, features, generation_servicer, transport, unserved
 from circuit_serve.rpc.auth import AuthInterceptor
 from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
 from circuit_serve.rpc.convert_graph import serialize_graph
@@ -68,6 +68,10 @@ _SERVER_OPTIONS = [
 
 
 _DRAIN_WINDOW_S = 1.0
+NO_GENERATION = (
+    "this replica runs --role attribution: it loads no vLLM and serves no generation; "
+    "send Generation calls to a replica started with --role generation or --role all"
+)
 
 
 @dataclass
@@ -83,6 +87,7 @@ class Runtime:
     attribution: AttributionService
     features: FeaturesService
     service_names: list[str] = field(default_factory=list)  # filled by build_server
+    unserved: set[str] = field(default_factory=set)  # services registered only to refuse (--role)
     draining: bool = False  # set on shutdown: new calls get UNAVAILABLE, in-flight ones finish
     auth_metrics: AuthMetrics | None = None
     tokens: TokenTable | None = None  # --auth-tokens; None: every caller is ANONYMOUS (all scopes)
@@ -159,7 +164,8 @@ class Runtime:
         await self.replacement.start()
         await self.features.start()  # checks --labels/--watchlist against the transcoders
         await self.attribution.start()  # the graph engine, with the checked labels
-        await self.generation.start(self.features.engine_monitor(Path(tempfile.gettempdir())), planned=planned)
+        if self.config.attribution.role != "attribution":  # --role attribution loads no vLLM
+            await self.generation.start(self.features.engine_monitor(Path(tempfile.gettempdir())), planned=planned)
 
     def limits(self) -> dict[str, float]:
         """Every input limit in force, by its `circuit.v1.Limits` field name (ModelInfo, README)."""
@@ -180,10 +186,19 @@ class Runtime:
 # Each entry registers one servicer on the server and returns its full service name.
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
-SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(
+
+def _generation(runtime: Runtime, server: grpc.aio.Server) -> str:
+    if runtime.config.attribution.role == "attribution":
+        name = unserved.add_to_server(generation_servicer.SERVICE_NAME, server, NO_GENERATION)
+        runtime.unserved.add(name)
+        return name
+    return generation_servicer.add_to_server(
         runtime.generation, server, runtime.features, limits=runtime.limits, transcoders=runtime.transcoders_info
-    ),
+    )
+
+
+SERVICES: list[ServiceRegistration] = [
+    _generation,
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]
@@ -270,7 +285,7 @@ async def serve(config: ServeConfig) -> int:
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
             loading.result()  # raise a load failure
-            await mark_serving(health_servicer, runtime.service_names)
+            await mark_serving(health_servicer, [n for n in runtime.service_names if n not in runtime.unserved])
             log.info("SERVING %s", ", ".join(runtime.service_names))
             await stopping
         else:
@@ -283,7 +298,9 @@ async def serve(config: ServeConfig) -> int:
         runtime.draining = True
         await health_servicer.enter_graceful_shutdown()
         await asyncio.sleep(min(_DRAIN_WINDOW_S, config.grace_period_s))
+        draining = asyncio.create_task(runtime.attribution.drain(config.grace_period_s))  # fleet jobs
         await server.stop(config.grace_period_s)
+        await draining
         runtime.shutdown()
         if metrics_server is not None:
             metrics_server.stop()
