@@ -285,8 +285,9 @@ async def serve(config: ServeConfig) -> int:
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
             loading.result()  # raise a load failure
-            await mark_serving(health_servicer, [n for n in runtime.service_names if n not in runtime.unserved])
-            log.info("SERVING %s", ", ".join(runtime.service_names))
+            serving = [n for n in runtime.service_names if n not in runtime.unserved]
+            await mark_serving(health_servicer, serving)
+            log.info("SERVING %s", ", ".join(serving))
             await stopping
         else:
             loading.cancel()

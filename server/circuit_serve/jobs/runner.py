@@ -39,6 +39,9 @@ from circuit_serve.metrics.attribution import AttributionMetrics
 
 log = logging.getLogger(__name__)
 
+# Relaying a fleet job: Redis may fail this long (a loaded moment) before the graph is computed here.
+_REDIS_PATIENCE_S = 5.0
+
 
 class GraphJobs:
     def __init__(
@@ -151,11 +154,17 @@ class GraphJobs:
             return await self._produce(spec.key, work, emit, stop, spec.tenant)
         waiting = False
         last: JobEvent | None = None
+        failing_since: float | None = None
         try:
             while True:
                 try:
                     status = await self.fleet.status(spec.key)
+                    failing_since = None
                 except RedisUnavailable:
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since < _REDIS_PATIENCE_S:  # a slow moment, not an outage
+                        await asyncio.sleep(self.poll_s)
+                        continue
                     status = None
                 if status is None:  # Redis lost it (or answers no more): never fail the call for that
                     log.warning("graph job %s vanished from the fleet queue; computing it here", spec.key)
