@@ -2,7 +2,7 @@
 
 Attribution-only replicas (`--role attribution`) load no vLLM, so they start in seconds; the
 folder has one replica with vLLM (test_fleet.py's `--role all`). Each module has its own key
-prefix, so its queue and cache are its own. Short fleet timings: reclaim after 2 s, heartbeat
+prefix, so its queue and cache are its own. Short fleet timings: reclaim after 4 s, heartbeat
 every 0.5 s, progress/cancel checks every 0.1 s.
 """
 

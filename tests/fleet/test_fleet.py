@@ -94,7 +94,7 @@ def test_backfill_killed_halfway_resumes_without_recomputing(fleet: Fleet, tmp_p
     before = fleet.computations()
     first = subprocess.Popen(cmd, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     index = out / "index.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (index.is_file() and len(index.read_text().splitlines()) >= 100):
         assert first.poll() is None, first.stdout.read().decode()
         assert time.monotonic() < deadline

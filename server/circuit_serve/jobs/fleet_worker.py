@@ -10,7 +10,8 @@ Each worker slot loops:
    from the cache when another replica finished it meanwhile;
 4. compute it on the worker pool; while it runs, write progress and read the cancel flag every
    `poll_s` (a cancel sets the stop flag, which the engine reads at its next batch boundary) and
-   heartbeat every `heartbeat_s` (XCLAIM JUSTID, only while the entry is still ours);
+   heartbeat every `heartbeat_s` (XCLAIM JUSTID, only while the entry is still ours: when another
+   replica has reclaimed it, this one looked dead, so it stops and leaves the job to that one);
 5. store the result in the cache, then mark the job done and acknowledge it (XACK + XDEL); a
    failure marks it failed (the engine's reason) and acknowledges it too: it is not retried.
 
@@ -22,7 +23,6 @@ A refresher writes the fleet-wide queue depth by class into the metrics every se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -54,7 +54,9 @@ class _Job:
     spec: JobSpec
     stop: threading.Event = field(default_factory=threading.Event)
     latest: tuple[str, float] = ("starting", 0.0)
-    abandoned: bool = False
+    abandoned: bool = False  # drained: left for another replica
+    lost: bool = False  # another replica reclaimed it (this one looked dead): stop, leave it to that one
+    finished: bool = False  # ends the keeper (a flag: redis-py may swallow a task's cancellation)
 
 
 class FleetWorkers:
@@ -87,6 +89,7 @@ class FleetWorkers:
         self._draining = False
         self._running: dict[str, _Job] = {}
         self._tasks: list[asyncio.Task] = []
+        self._keepers: set[asyncio.Task] = set()
         self._next_reclaim = 0.0
 
     async def start(self, work_for: Callable[[JobSpec], Work]) -> None:
@@ -165,6 +168,8 @@ class FleetWorkers:
         spec = job.spec
         self._running[spec.key] = job
         keeper = asyncio.create_task(self._keep(job), name=f"fleet-keep-{spec.key[:12]}")
+        self._keepers.add(keeper)
+        keeper.add_done_callback(self._keepers.discard)
 
         def on_event(event: JobEvent) -> None:
             if isinstance(event, Running):
@@ -177,6 +182,9 @@ class FleetWorkers:
                 started = time.perf_counter()
                 computed = await self.pool.run(work, on_event=on_event, stop=job.stop, tenant=spec.tenant)
             except Cancelled as exc:
+                if job.lost:
+                    log.warning("graph job %s: stopped here, another replica computes it now", spec.key)
+                    return
                 if job.abandoned:  # drained: another replica reclaims it
                     self.metrics.fleet_jobs.labels("requeued").inc()
                     await self.queue.requeued(spec.key, f"requeued: replica {self.replica} shut down while computing")
@@ -199,9 +207,7 @@ class FleetWorkers:
             else:
                 await self._end(job, "failed", NOT_CACHED, "error")
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            job.finished = True  # the keeper ends after its current sleep
             self._running.pop(spec.key, None)
 
     async def _end(self, job: _Job, state: str, reason: str = "", error: str = "") -> None:
@@ -209,17 +215,21 @@ class FleetWorkers:
         await self.queue.finish(job.spec, job.entry_id, state, replica=self.replica, reason=reason, error=error)
 
     async def _keep(self, job: _Job) -> None:
-        """Step 4: progress out, cancel in, heartbeat, until cancelled by `_compute`."""
+        """Step 4: progress out, cancel in, heartbeat, until `_compute` marks the job finished."""
         next_beat = time.monotonic() + self.heartbeat_s
         while True:
             await asyncio.sleep(self.poll_s)
+            if job.finished:
+                return
             try:
                 if await self.queue.progress(job.spec.key, self.replica, *job.latest):
                     job.stop.set()
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.heartbeat_s
                     if not await self.queue.heartbeat(job.job_class, self.replica, job.entry_id):
-                        log.warning("graph job %s was reclaimed by another replica", job.spec.key)
+                        job.lost = True
+                        job.stop.set()
+                        return
             except RedisUnavailable:
                 continue
 

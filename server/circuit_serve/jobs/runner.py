@@ -157,6 +157,8 @@ class GraphJobs:
         failing_since: float | None = None
         try:
             while True:
+                if stop.is_set():  # every local caller left (a flag too: redis-py may swallow a cancellation)
+                    raise asyncio.CancelledError
                 try:
                     status = await self.fleet.status(spec.key)
                     failing_since = None
