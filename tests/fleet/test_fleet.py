@@ -79,7 +79,14 @@ def test_audit_by_request_id_on_another_replica(fleet: Fleet):
     with CircuitClient(fleet.servers["full"].target, timeout=60) as client:
         served = client.generate("the capital of paris is", Sampling(max_new_tokens=3))
     with AttributionClient(fleet.servers["a2"].target, timeout=120) as graphs:
-        result = graphs.attribute(request_id=served.request_id, token_index=1, settings=TINY)
+        deadline = time.monotonic() + 10
+        while True:  # the completion reaches Redis a moment after the Generate response
+            try:
+                result = graphs.attribute(request_id=served.request_id, token_index=1, settings=TINY)
+                break
+            except CircuitRpcError as err:
+                assert err.code == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline, err
+                time.sleep(0.1)
         status = graphs.get_job(result.key)
     assert status.state == "done" and status.replica in fleet.servers
 

@@ -160,8 +160,8 @@ class AttributionService:
                 job_class=job_class,
                 background=request.background,
             )
-            if request.background and self.jobs.fleet is None:
-                self._pin(key, work, caller.name)
+            if request.background:  # submitted (to the fleet too) even if the caller hangs up at once
+                self._pin(key, work, caller.name, spec)
             yield Accepted(key, tuple(tokens), audited)
             stream = self.jobs.stream(key, work, timeout_s=timeout_s, tenant=caller.name, spec=spec)
             async with contextlib.aclosing(stream) as events:
@@ -311,12 +311,12 @@ class AttributionService:
             )
         return settings
 
-    def _pin(self, key: str, work, tenant: str) -> None:
+    def _pin(self, key: str, work, tenant: str, spec: JobSpec | None = None) -> None:
         """Keep a waiter on `key` inside the server so the graph is finished and cached regardless of callers."""
 
         async def hold() -> None:
             try:
-                async with contextlib.aclosing(self.jobs.stream(key, work, tenant=tenant)) as events:
+                async with contextlib.aclosing(self.jobs.stream(key, work, tenant=tenant, spec=spec)) as events:
                     async for _ in events:
                         pass
             except CircuitError as exc:
