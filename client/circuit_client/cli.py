@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = add("health", "print the health status; exit 0 only when SERVING")
     h.add_argument("--service", default="", help="a service name (default: the whole server)")
-    _COMMANDS.update(attribution_cli.register(add))  # attribute, graph
+    _COMMANDS.update(attribution_cli.register(add))  # attribute, graph, attribute-batch, job
     _COMMANDS.update(features_cli.register(add))  # features, steer
     return parser
 

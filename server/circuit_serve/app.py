@@ -52,7 +52,7 @@ from circuit_serve.metrics.exporter import start_metrics_server
 from circuit_serve.metrics.generation import VllmMetrics
 from circuit_serve.metrics.rpc import RpcMetrics
 from circuit_serve.metrics.serving import ServingMetrics
-from circuit_serve.rpc import attribution_servicer, features, generation_servicer, transport
+from circuit_serve.rpc import attribution_servicer, features, generation_servicer, transport, unserved
 from circuit_serve.rpc.auth import AuthInterceptor
 from circuit_serve.rpc.convert_attribution import GRAPH_FORMAT
 from circuit_serve.rpc.convert_graph import serialize_graph
@@ -74,6 +74,10 @@ _SERVER_OPTIONS = [
 
 _DRAIN_WINDOW_S = 1.0
 _ENGINE_POLL_S = 0.25  # how often the watchdog asks whether vLLM's engine is alive
+NO_GENERATION = (
+    "this replica runs --role attribution: it loads no vLLM and serves no generation; "
+    "send Generation calls to a replica started with --role generation or --role all"
+)
 
 
 @dataclass
@@ -88,6 +92,7 @@ class Runtime:
     attribution: AttributionService
     features: FeaturesService
     service_names: list[str] = field(default_factory=list)  # filled by build_server
+    unserved: set[str] = field(default_factory=set)  # services registered only to refuse (--role)
     draining: bool = False  # set on shutdown: new calls get UNAVAILABLE, in-flight ones finish
     auth_metrics: AuthMetrics | None = None
     tokens: TokenTable | None = None  # --auth-tokens; None: every caller is ANONYMOUS (all scopes)
@@ -162,15 +167,19 @@ class Runtime:
         says NOT_SERVING for them, their calls get UNAVAILABLE) and vLLM starts unmonitored."""
         plan = await asyncio.to_thread(plan_for_serving, self.config)  # None unless sharing a GPU with vLLM
         planned = apply_plan(self.generation.config, plan)  # raises PlanRefused
+        generates = self.config.attribution.role != "attribution"  # --role attribution loads no vLLM
         try:
             await self.replacement.start()
         except Exception:  # a transcoder set that fails to load must not take generation down with it
+            if not generates:
+                raise  # an attribution-only replica is nothing without it: fail the start (the pod restarts)
             log.exception("the replacement model failed to load: Attribution and Features are NOT_SERVING")
             self.failed_services = [attribution_servicer.SERVICE_NAME, features.SERVICE_NAME]
         if not self.failed_services:  # else both answer UNAVAILABLE, and generation runs unmonitored
             await self.features.start()  # checks --labels/--watchlist against the transcoders
             await self.attribution.start()  # the graph engine, with the checked labels
-        await self.generation.start(self.features.engine_monitor(Path(tempfile.gettempdir())), planned=planned)
+        if generates:
+            await self.generation.start(self.features.engine_monitor(Path(tempfile.gettempdir())), planned=planned)
 
     def limits(self) -> dict[str, float]:
         """Every input limit in force, by its `circuit.v1.Limits` field name (ModelInfo, README)."""
@@ -191,10 +200,19 @@ class Runtime:
 # Each entry registers one servicer on the server and returns its full service name.
 ServiceRegistration = Callable[[Runtime, grpc.aio.Server], str]
 
-SERVICES: list[ServiceRegistration] = [
-    lambda runtime, server: generation_servicer.add_to_server(
+
+def _generation(runtime: Runtime, server: grpc.aio.Server) -> str:
+    if runtime.config.attribution.role == "attribution":
+        name = unserved.add_to_server(generation_servicer.SERVICE_NAME, server, NO_GENERATION)
+        runtime.unserved.add(name)
+        return name
+    return generation_servicer.add_to_server(
         runtime.generation, server, runtime.features, limits=runtime.limits, transcoders=runtime.transcoders_info
-    ),
+    )
+
+
+SERVICES: list[ServiceRegistration] = [
+    _generation,
     lambda runtime, server: attribution_servicer.add_to_server(runtime.attribution, server),
     lambda runtime, server: features.add_to_server(runtime.features, server),
 ]
@@ -312,10 +330,12 @@ async def serve(config: ServeConfig) -> int:
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
             loading.result()  # raise a load failure
-            await mark_serving(health_state, runtime.service_names)
+            serving = [n for n in runtime.service_names if n not in runtime.unserved]
+            await mark_serving(health_state, serving)
             await health_state.set(runtime.failed_services, serving=False)
-            log.info("SERVING %s", ", ".join(n for n in runtime.service_names if n not in runtime.failed_services))
-            watchdog = asyncio.create_task(watch_engine(runtime.generation, health_state, engine_died))
+            log.info("SERVING %s", ", ".join(n for n in serving if n not in runtime.failed_services))
+            if runtime.config.attribution.role != "attribution":
+                watchdog = asyncio.create_task(watch_engine(runtime.generation, health_state, engine_died))
             await stopping
         else:
             loading.cancel()
@@ -329,7 +349,9 @@ async def serve(config: ServeConfig) -> int:
             watchdog.cancel()
         await health_state.enter_graceful_shutdown()
         await asyncio.sleep(min(_DRAIN_WINDOW_S, grace_s))
+        draining = asyncio.create_task(runtime.attribution.drain(grace_s))  # fleet jobs
         await server.stop(grace_s)
+        await draining
         runtime.shutdown()
         if health_server is not None:
             await health_server.stop(0)
