@@ -28,7 +28,7 @@ FAST_FLEET = [
     "--redis-timeout",
     "2",
     "--job-reclaim-after",
-    "2",
+    "6",  # above a heartbeat's worst delay on a loaded 2-core machine (2 s reclaimed running jobs there)
     "--job-heartbeat",
     "0.5",
     "--job-poll",
