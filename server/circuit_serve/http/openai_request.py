@@ -76,6 +76,7 @@ class OpenAICall:
     stream: bool
     include_usage: bool
     logprobs: bool
+    token_ids: bool = False  # vLLM's `return_token_ids`: the completion's token ids in each choice
     params: dict[str, str] = field(default_factory=dict)  # domain field -> OpenAI field (error `param`)
 
 
@@ -186,6 +187,7 @@ def parse_completion(body: Any, *, default_max_tokens: int) -> OpenAICall:
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         logprobs=req.logprobs is not None,
+        token_ids=bool(req.return_token_ids),
         params=params,
     )
 
@@ -226,5 +228,6 @@ def parse_chat(body: Any, *, default_max_tokens: int) -> OpenAICall:
         stream=bool(req.stream),
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         logprobs=bool(req.logprobs),
+        token_ids=bool(getattr(req, "return_token_ids", False)),
         params=params,
     )

@@ -103,6 +103,9 @@ class Shaper:
             ]
         )
 
+    def _ids(self, ids: tuple[int, ...]) -> list[int] | None:
+        return list(ids) if self.call.token_ids else None
+
     def _circuit(self, request_id: str, report: MonitorReport | None) -> dict:
         out: dict[str, Any] = {"request_id": request_id}
         if report is not None:
@@ -127,6 +130,7 @@ class Shaper:
                         logprobs=self._chat_logprobs(r.logprobs),
                         finish_reason=finish,
                         stop_reason=stop,
+                        token_ids=self._ids(r.token_ids),
                     )
                 ],
                 usage=usage_info(r.usage),
@@ -144,6 +148,7 @@ class Shaper:
                         logprobs=self._completion_logprobs(r.logprobs),
                         finish_reason=finish,
                         stop_reason=stop,
+                        token_ids=self._ids(r.token_ids),
                     )
                 ],
                 usage=usage_info(r.usage),
@@ -177,6 +182,7 @@ class Shaper:
                 logprobs=self._chat_logprobs(c.logprobs),
                 finish_reason=finish,
                 stop_reason=c.stop_sequence,
+                token_ids=self._ids(c.token_ids),
             )
             msg: Any = ChatCompletionStreamResponse(
                 id=self.id, created=self.created, model=self.model, choices=[choice], **extra
@@ -189,6 +195,7 @@ class Shaper:
                 logprobs=self._completion_logprobs(c.logprobs),
                 finish_reason=finish,
                 stop_reason=c.stop_sequence,
+                token_ids=self._ids(c.token_ids),
             )
             msg = CompletionStreamResponse(
                 id=self.id, created=self.created, model=self.model, choices=[choice], **extra
