@@ -95,6 +95,18 @@ class ServerProcess:
                 return float(value)
         return 0.0
 
+    def vllm(self, name: str, **labels: str) -> float:
+        """A vLLM metric (`vllm:x`, labelled `model_name` and `engine`) summed over the samples whose
+        labels include `labels`; 0.0 when absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.metrics())
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -1,7 +1,8 @@
-"""The channel (retries on UNAVAILABLE only) and the two drivers of the described calls.
+"""The channel (round robin, retries on UNAVAILABLE only) and the two drivers of the described calls.
 
 Retries use gRPC's own retry policy (service config), so they apply to every method
-of every service, and a stream is retried only before its first message arrives.
+of every service, and a stream is retried only before its first message arrives. Calls
+are balanced round robin over the target's addresses (`dns:///` or `ipv4:a,b` targets).
 `ServiceClient` (blocking) and `AsyncServiceClient` (asyncio) are the bases of every
 client; they make the calls that `_calls.py` describes, the one path of deadlines and
 error translation for all of them.
@@ -24,28 +25,28 @@ DEFAULT_TIMEOUT_S = 60.0
 
 
 def channel_options(retries: int) -> list[tuple[str, object]]:
+    """Message size limits and the service config: round robin over every address the target
+    resolves to (`dns:///host:port` gives one per A record, e.g. a Kubernetes headless Service;
+    `ipv4:10.0.0.1:50051,10.0.0.2:50051` lists them), and retries of UNAVAILABLE when `retries` > 0."""
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
     ]
+    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if retries > 0:
-        config = {
-            "methodConfig": [
-                {
-                    "name": [{}],  # every method
-                    "retryPolicy": {
-                        "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
-                        "initialBackoff": "0.2s",
-                        "maxBackoff": "5s",
-                        "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-        options += [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
-    else:
-        options.append(("grpc.enable_retries", 0))
+        config["methodConfig"] = [
+            {
+                "name": [{}],  # every method
+                "retryPolicy": {
+                    "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    options += [("grpc.enable_retries", 1 if retries > 0 else 0), ("grpc.service_config", json.dumps(config))]
     return options
 
 

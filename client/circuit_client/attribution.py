@@ -14,6 +14,11 @@
     # audit token 3 of a completion this server served:
     graphs.attribute(request_id=generation.request_id, token_index=3)
 
+    # a graph job, whichever replica of a fleet computes it:
+    graphs.get_job(result.key)           # JobStatus(state="done", replica=..., ...)
+    for status in graphs.watch_job(key): ...
+    graphs.cancel_job(key)               # CancelResult(cancelled=True, ...)
+
 Results larger than the server's chunk size arrive in chunks and are reassembled here
 (chunks.py), so a channel with gRPC's default 4 MiB receive limit gets any graph.
 """
@@ -25,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from circuit_client._calls import Answer, Items, Stream, Unary
+from circuit_client._calls import Answer, Each, Items, Stream, Unary
 from circuit_client._channel import AsyncServiceClient, ServiceClient
 from circuit_client._convert import Messages, chat_messages
 from circuit_client.chunks import ResultAssembler
@@ -36,6 +41,22 @@ from circuit_proto.v1 import attribution_pb2_grpc as pb_grpc
 DEFAULT_ATTRIBUTION_TIMEOUT_S = 600.0
 Output = Literal["both", "proto", "json"]
 _OUTPUT = {"both": pb.GRAPH_OUTPUT_BOTH, "proto": pb.GRAPH_OUTPUT_PROTO, "json": pb.GRAPH_OUTPUT_JSON}
+JobClass = Literal["", "interactive", "background", "backfill"]
+_CLASS = {
+    "": pb.JOB_CLASS_UNSPECIFIED,
+    "interactive": pb.JOB_CLASS_INTERACTIVE,
+    "background": pb.JOB_CLASS_BACKGROUND,
+    "backfill": pb.JOB_CLASS_BACKFILL,
+}
+_CLASS_NAME = {number: name for name, number in _CLASS.items()}
+_STATE = {
+    pb.JOB_STATE_UNSPECIFIED: "unknown",
+    pb.JOB_STATE_QUEUED: "queued",
+    pb.JOB_STATE_RUNNING: "running",
+    pb.JOB_STATE_DONE: "done",
+    pb.JOB_STATE_FAILED: "failed",
+    pb.JOB_STATE_CANCELLED: "cancelled",
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,32 @@ class GraphResult:
 Event = Accepted | Queued | Running | GraphResult
 
 
+@dataclass(frozen=True)
+class JobStatus:
+    """A graph job as the fleet knows it (GetJob / WatchJob)."""
+
+    key: str
+    state: str  # queued, running, done, failed, cancelled
+    position: int  # queued: 1 = next across the fleet
+    phase: str
+    fraction: float
+    replica: str  # who computes (or computed) it
+    reason: str  # failed / cancelled: why
+    job_class: str  # interactive, background, backfill
+    deliveries: int  # times handed to a worker (> 1: a worker died)
+
+    @property
+    def final(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    cancelled: bool
+    reason: str  # why not, when not cancelled
+    status: JobStatus | None
+
+
 class AttributionCalls:
     """The calls of circuit.v1.Attribution, written once for both clients (`_calls.py`)."""
 
@@ -114,10 +161,12 @@ class AttributionCalls:
         messages: Messages | None = None,
         output: Output = "both",
         background: bool = False,
+        job_class: JobClass = "",
         timeout: float | None = None,
     ) -> Items[Event]:
         """Accepted, then Queued/Running progress, then the GraphResult. Leaving early cancels
-        the call (the server stops the work unless `background` or another caller waits)."""
+        the call (the server stops the work unless `background` or another caller waits).
+        `job_class`: the fleet queue it waits in (default interactive, or background)."""
         return self._stream(
             ATTRIBUTE,
             prompt,
@@ -128,6 +177,7 @@ class AttributionCalls:
             output,
             background,
             messages,
+            job_class,
             timeout=timeout,
         )
 
@@ -157,6 +207,19 @@ class AttributionCalls:
             "the GetGraphStream stream ended without a graph",
         )
 
+    def get_job(self, key: str, *, timeout: float | None = None) -> Answer[JobStatus]:
+        """The job of graph `key`, on whichever replica; CircuitRpcError(NOT_FOUND) for an unknown key."""
+        return self._unary(GET_JOB, key, timeout=timeout)
+
+    def watch_job(self, key: str, *, timeout: float | None = None) -> Items[JobStatus]:
+        """The job's status now, then each change, until it is done, failed or cancelled."""
+        return self._stream(WATCH_JOB, key, timeout=timeout)
+
+    def cancel_job(self, key: str, *, timeout: float | None = None) -> Answer[CancelResult]:
+        """Stop the job at its replica's next stop check, unless another caller waits for it or it
+        is a background job (then `cancelled` is False and `reason` says which)."""
+        return self._unary(CANCEL_JOB, key, timeout=timeout)
+
 
 class AttributionClient(AttributionCalls, ServiceClient):
     """`target` is host:port, a grpc.Channel, or a CircuitClient (its channel is shared)."""
@@ -176,6 +239,7 @@ def _request(
     output,
     background,
     messages: Messages | None = None,
+    job_class: JobClass = "",
 ):
     settings = pb.AttributionSettings()
     for name in (
@@ -202,6 +266,7 @@ def _request(
         output=_OUTPUT[output],
         background=background,
         messages=chat_messages(messages),
+        job_class=_CLASS[job_class],
     )
     if token_index is not None:
         req.token_index = token_index
@@ -265,3 +330,30 @@ GET_GRAPH = Unary(
     pb_grpc.AttributionStub, "GetGraph", _graph_request, lambda request, msg: _result(request.key, msg.result)
 )
 GET_GRAPH_STREAM = Stream(pb_grpc.AttributionStub, "GetGraphStream", _graph_request, _Graph, fallback=GET_GRAPH)
+
+
+def _job(msg: pb.JobStatus) -> JobStatus:
+    return JobStatus(
+        msg.key,
+        _STATE.get(msg.state, "unknown"),
+        msg.position,
+        msg.phase,
+        msg.fraction,
+        msg.replica,
+        msg.reason,
+        _CLASS_NAME.get(msg.job_class, ""),
+        msg.deliveries,
+    )
+
+
+def _cancel(msg: pb.CancelJobResponse) -> CancelResult:
+    return CancelResult(msg.cancelled, msg.reason, _job(msg.status) if msg.HasField("status") else None)
+
+
+def _job_request(key: str) -> pb.GetJobRequest:
+    return pb.GetJobRequest(key=key)
+
+
+GET_JOB = Unary(pb_grpc.AttributionStub, "GetJob", _job_request, lambda request, msg: _job(msg))
+WATCH_JOB = Stream(pb_grpc.AttributionStub, "WatchJob", _job_request, lambda request: Each(_job))
+CANCEL_JOB = Unary(pb_grpc.AttributionStub, "CancelJob", _job_request, lambda request, msg: _cancel(msg))

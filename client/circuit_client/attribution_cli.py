@@ -4,11 +4,14 @@ circuit attribute --prompt "The capital of France is" --out graph.json
 circuit attribute --request-id 3f2a... --token-index 4 --out audit.json --max-feature-nodes 1024
 circuit graph KEY --out graph.json
 circuit graph KEY --html graph.html      # the interactive view: one file, opens offline in a browser
+circuit attribute-batch audit.jsonl --out graphs/ --max-feature-nodes 256   # a resumable backfill
+circuit job KEY [--watch | --cancel]     # a graph job's status on any replica of a fleet
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
@@ -23,6 +26,7 @@ from circuit_client.attribution import (
     Queued,
     Running,
 )
+from circuit_client.batch import read_items, run_batch
 from circuit_client.graph_html import write_graph_html
 
 Command = Callable[[object, argparse.Namespace], int]
@@ -43,12 +47,7 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
         help="a chat message ROLE:CONTENT, rendered with the model's chat template (repeatable)",
     )
     a.add_argument("--token-index", type=int, help="completion token to explain (0-based)")
-    a.add_argument("--max-n-logits", type=int)
-    a.add_argument("--desired-logit-prob", type=float)
-    a.add_argument("--max-feature-nodes", type=int)
-    a.add_argument("--batch-size", type=int)
-    a.add_argument("--node-threshold", type=float)
-    a.add_argument("--edge-threshold", type=float)
+    _settings_flags(a)
     a.add_argument("--target-token", type=int, action="append", default=[], help="explicit target (repeatable)")
     a.add_argument(
         "--contrast", action="append", default=[], metavar="A,B", help='target "logit(A) - logit(B)" (repeatable)'
@@ -68,7 +67,84 @@ def register(add: Callable[[str, str], argparse.ArgumentParser]) -> dict[str, Co
     g.add_argument("--out", help="where to write the frontend graph JSON")
     g.add_argument("--html", help="write the interactive graph view (one self-contained HTML file) here")
     g.add_argument("--proto-out")
-    return {"attribute": _attribute, "graph": _graph}
+
+    b = add(
+        "attribute-batch",
+        "graphs of a JSONL file of prompts or request ids, as backfill jobs; resumable (DIR/index.jsonl)",
+    )
+    b.add_argument(
+        "file", help='JSONL: {"prompt": ...}, {"prompt_token_ids": [...]} or {"request_id": ..., "token_index": N}'
+    )
+    b.add_argument("--out", required=True, help="directory for the graphs (KEY.json) and index.jsonl")
+    b.add_argument("--parallel", type=int, default=4, help="graphs submitted at once")
+    _settings_flags(b)
+    b.set_defaults(timeout=DEFAULT_ATTRIBUTION_TIMEOUT_S)
+
+    j = add("job", "a graph job's status (any replica of a fleet answers); --watch follows it, --cancel stops it")
+    j.add_argument("key")
+    mode = j.add_mutually_exclusive_group()
+    mode.add_argument("--watch", action="store_true")
+    mode.add_argument("--cancel", action="store_true")
+    return {"attribute": _attribute, "graph": _graph, "attribute-batch": _batch, "job": _job}
+
+
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-n-logits", type=int)
+    p.add_argument("--desired-logit-prob", type=float)
+    p.add_argument("--max-feature-nodes", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--node-threshold", type=float)
+    p.add_argument("--edge-threshold", type=float)
+
+
+def _settings(args: argparse.Namespace, targets=()) -> AttributionSettings:
+    return AttributionSettings(
+        max_n_logits=args.max_n_logits,
+        desired_logit_prob=args.desired_logit_prob,
+        max_feature_nodes=args.max_feature_nodes,
+        batch_size=args.batch_size,
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+        targets=list(targets),
+    )
+
+
+def _batch(client: object, args: argparse.Namespace) -> int:
+    try:
+        items = read_items(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    bar = _Bar(sys.stderr)
+    summary = run_batch(
+        AttributionClient(client, timeout=args.timeout),
+        items,
+        args.out,
+        _settings(args),
+        parallel=args.parallel,
+        on_progress=bar,
+    )
+    bar.done()
+    print(
+        f"{summary.total} inputs: {summary.written} written, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed; index {args.out}/index.jsonl",
+        file=sys.stderr,
+    )
+    for line, why in sorted(summary.failed.items()):
+        print(f"line {line + 1}: {why}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _job(client: object, args: argparse.Namespace) -> int:
+    graphs = AttributionClient(client, timeout=args.timeout)
+    if args.cancel:
+        outcome = graphs.cancel_job(args.key)
+        print("cancelled" if outcome.cancelled else f"not cancelled: {outcome.reason}")
+        return 0 if outcome.cancelled else 1
+    statuses = graphs.watch_job(args.key) if args.watch else [graphs.get_job(args.key)]
+    for status in statuses:
+        print(json.dumps({k: getattr(status, k) for k in status.__dataclass_fields__}))
+    return 0
 
 
 def _attribute(client: object, args: argparse.Namespace) -> int:
@@ -77,15 +153,7 @@ def _attribute(client: object, args: argparse.Namespace) -> int:
     if args.request_id and args.token_index is None:
         print("error: --request-id needs --token-index", file=sys.stderr)
         return 2
-    settings = AttributionSettings(
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        max_feature_nodes=args.max_feature_nodes,
-        batch_size=args.batch_size,
-        node_threshold=args.node_threshold,
-        edge_threshold=args.edge_threshold,
-        targets=[*args.target_token, *(_pair(c) for c in args.contrast)],
-    )
+    settings = _settings(args, [*args.target_token, *(_pair(c) for c in args.contrast)])
     token_ids = [int(t) for t in args.token_ids.split(",")] if args.token_ids else None
     progress = _Progress(sys.stderr)
     result = AttributionClient(client, timeout=args.timeout).attribute(
@@ -168,6 +236,29 @@ class _Progress:
             self.stream.write("\r\033[K" + line)
         else:
             self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _Bar:
+    """`done/total` as a bar redrawn in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.tty:
+            filled = int(30 * done / max(total, 1))
+            self.stream.write(f"\r\033[K[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        elif (tenth := 10 * done // max(total, 1)) != self._shown:
+            self._shown = tenth
+            self.stream.write(f"{done}/{total}\n")
         self.stream.flush()
 
     def done(self) -> None:

@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--target", default=DEFAULT_TARGET, help="server host:port (default %(default)s)")
+        p.add_argument(
+            "--target",
+            default=DEFAULT_TARGET,
+            help="server host:port, dns:///host:port (round robin over its addresses) or ipv4:a:p,b:p (default %(default)s)",
+        )
         p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
         credentials_cli.add_arguments(p)
         return p
@@ -82,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     h = add("health", "print the health status; exit 0 only when SERVING")
     h.add_argument("--service", default="", help="a service name (default: the whole server)")
-    _COMMANDS.update(attribution_cli.register(add))  # attribute, graph
+    _COMMANDS.update(attribution_cli.register(add))  # attribute, graph, attribute-batch, job
     _COMMANDS.update(features_cli.register(add))  # features, steer
     return parser
 

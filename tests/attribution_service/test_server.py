@@ -240,16 +240,16 @@ def test_two_replicas_sharing_redis_compute_a_graph_once(
     thread = threading.Thread(target=run_first)
     thread.start()
     _wait_for(lambda: any(isinstance(e, Running) and e.phase.startswith("5") for e in first), 120)
-    with AttributionClient(other.target, timeout=300) as client:  # the first replica holds the lock
+    with AttributionClient(other.target, timeout=300) as client:  # joins the fleet job the first computes
         waiting: list = []
         second = client.attribute(MEDIUM_PROMPT, settings, on_event=waiting.append)
     thread.join(300)
-    assert first[-1].source == "computed" and second.source == "replica"
-    assert any(isinstance(e, Running) and e.phase == "waiting_for_replica" for e in waiting)
+    # either replica's worker may take the job; the other relays its progress and result
+    assert sorted([first[-1].source, second.source]) == ["computed", "replica"]
+    assert any(isinstance(e, Running) and e.phase.startswith("5") for e in waiting)
     assert second.frontend_json == first[-1].frontend_json
     after = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
-    assert after == [before[0] + 1, before[1]]
-    assert counter(other, "circuit_attribution_replica_waits_total", outcome="cached") == 1
+    assert sum(after) == sum(before) + 1
     other.stop()
 
 

@@ -45,23 +45,23 @@ def stream(generation, req):
 
 
 def settled(server, name: str) -> float:
-    """A counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
-    value = server.metric(name)
+    """A vLLM counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
+    value = server.vllm(name)
     for _ in range(20):
         time.sleep(0.1)
-        value, last = server.metric(name), value
+        value, last = server.vllm(name), value
         if value == last:
             return value
     return value
 
 
 def test_stop_runs_no_engine_step_after_the_firing_token(generation, scenario, features_server):
-    before = settled(features_server, "circuit_generation_tokens_total")
+    before = settled(features_server, "vllm:generation_tokens_total")
     ids, _, end = stream(generation, request(scenario))
     assert ids == scenario.greedy[: STOP_AT + 1] and end.finish_reason == gpb.FINISH_REASON_FEATURE_RULE
     # vLLM sampled the STOP_AT + 1 tokens sent and one more in the step that computed the firing
     # token's activations (dropped by the server); no step ran after that.
-    assert settled(features_server, "circuit_generation_tokens_total") - before == STOP_AT + 2
+    assert settled(features_server, "vllm:generation_tokens_total") - before == STOP_AT + 2
 
 
 def test_stop_rule_firing_on_the_prompt_yields_no_token(generation, scenario):

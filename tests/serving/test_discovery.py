@@ -33,40 +33,44 @@ def test_reflection_lists_and_describes_generation(server):
 
 
 def test_metrics_move_after_calls(server):
+    """vLLM's own metrics (recorded by its Prometheus logger) move with a Generate, beside ours."""
     gen = dict(method="circuit.v1.Generation/Generate", code="OK")
     names = [
-        "circuit_prompt_tokens_total",
-        "circuit_generation_tokens_total",
-        "circuit_time_to_first_token_seconds_count",
-        "circuit_inter_token_latency_seconds_count",
-        "circuit_e2e_request_latency_seconds_count",
-        "circuit_request_queue_time_seconds_count",
-        "circuit_request_prefill_time_seconds_count",
-        "circuit_request_decode_time_seconds_count",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:inter_token_latency_seconds_count",
+        "vllm:e2e_request_latency_seconds_count",
+        "vllm:request_queue_time_seconds_count",
+        "vllm:request_prefill_time_seconds_count",
+        "vllm:request_decode_time_seconds_count",
     ]
-    before = {n: server.metric(n) for n in names}
-    finished_before = server.metric("circuit_request_success_total", finished_reason="length")
+    before = {n: server.vllm(n) for n in names}
+    finished_before = server.vllm("vllm:request_success_total", finished_reason="length")
     rpc_before = server.metric("circuit_rpc_requests_total", **gen)
     rpc_hist_before = server.metric("circuit_rpc_duration_seconds_count", **gen)
 
     with CircuitClient(server.target) as client:
         client.generate("The capital of France is", Sampling(max_new_tokens=5, temperature=0, ignore_eos=True))
 
-    after = {n: server.metric(n) for n in names}
-    assert after["circuit_prompt_tokens_total"] >= before["circuit_prompt_tokens_total"] + 1
-    assert after["circuit_generation_tokens_total"] == before["circuit_generation_tokens_total"] + 5
-    assert after["circuit_inter_token_latency_seconds_count"] == before["circuit_inter_token_latency_seconds_count"] + 4
+    after = {n: server.vllm(n) for n in names}
+    assert after["vllm:prompt_tokens_total"] >= before["vllm:prompt_tokens_total"] + 1
+    assert after["vllm:generation_tokens_total"] == before["vllm:generation_tokens_total"] + 5
+    assert after["vllm:inter_token_latency_seconds_count"] == before["vllm:inter_token_latency_seconds_count"] + 4
     for name in names[2:]:
-        if name != "circuit_inter_token_latency_seconds_count":
+        if name != "vllm:inter_token_latency_seconds_count":
             assert after[name] == before[name] + 1, name
-    assert server.metric("circuit_request_success_total", finished_reason="length") == finished_before + 1
+    assert server.vllm("vllm:request_success_total", finished_reason="length") == finished_before + 1
     assert server.metric("circuit_rpc_requests_total", **gen) == rpc_before + 1
     assert server.metric("circuit_rpc_duration_seconds_count", **gen) == rpc_hist_before + 1
     text = server.metrics()
     for family in (
-        "circuit_num_requests_running",
-        "circuit_num_requests_waiting",
+        'vllm:num_requests_running{engine="0",model_name="llama"}',
+        'vllm:num_requests_waiting{engine="0",model_name="llama"}',
+        'vllm:kv_cache_usage_perc{engine="0",model_name="llama"}',
         "circuit_rpc_duration_seconds_bucket",
-        "circuit_time_to_first_token_seconds_bucket",
+        'circuit_serving{grpc_service=""} 1.0',
+        'circuit_serving{grpc_service="circuit.v1.Generation"} 1.0',
     ):
         assert family in text
+    assert "circuit_num_requests_running" not in text and "circuit_generation_tokens" not in text

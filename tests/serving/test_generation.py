@@ -158,14 +158,14 @@ def test_cancelled_stream_stops_generating(server, client):
     stream = client.stream(PROMPTS[0], Sampling(max_new_tokens=256, ignore_eos=True))
     next(stream)
     next(stream)
-    assert server.metric("circuit_num_requests_running") == 1
+    assert server.vllm("vllm:num_requests_running") == 1
     stream.close()  # cancels the call
 
-    assert _wait_for(lambda: server.metric("circuit_num_requests_running") == 0)
-    assert server.metric("circuit_num_requests_waiting") == 0
-    generated = server.metric("circuit_generation_tokens_total")
+    assert _wait_for(lambda: server.vllm("vllm:num_requests_running") == 0)
+    assert server.vllm("vllm:num_requests_waiting") == 0
+    generated = server.vllm("vllm:generation_tokens_total")
     time.sleep(1.0)
-    assert server.metric("circuit_generation_tokens_total") == generated  # nothing generates for nobody
+    assert server.vllm("vllm:generation_tokens_total") == generated  # nothing generates for nobody
     assert _wait_for(
         lambda: (
             server.metric("circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED")

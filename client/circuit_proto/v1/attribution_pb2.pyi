@@ -9,16 +9,80 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class JobClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_CLASS_UNSPECIFIED: _ClassVar[JobClass]
+    JOB_CLASS_INTERACTIVE: _ClassVar[JobClass]
+    JOB_CLASS_BACKGROUND: _ClassVar[JobClass]
+    JOB_CLASS_BACKFILL: _ClassVar[JobClass]
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_DONE: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+
 class GraphOutput(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GRAPH_OUTPUT_UNSPECIFIED: _ClassVar[GraphOutput]
     GRAPH_OUTPUT_PROTO: _ClassVar[GraphOutput]
     GRAPH_OUTPUT_JSON: _ClassVar[GraphOutput]
     GRAPH_OUTPUT_BOTH: _ClassVar[GraphOutput]
+JOB_CLASS_UNSPECIFIED: JobClass
+JOB_CLASS_INTERACTIVE: JobClass
+JOB_CLASS_BACKGROUND: JobClass
+JOB_CLASS_BACKFILL: JobClass
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_DONE: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
 GRAPH_OUTPUT_UNSPECIFIED: GraphOutput
 GRAPH_OUTPUT_PROTO: GraphOutput
 GRAPH_OUTPUT_JSON: GraphOutput
 GRAPH_OUTPUT_BOTH: GraphOutput
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("key", "state", "position", "phase", "fraction", "replica", "reason", "job_class", "deliveries")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    JOB_CLASS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    state: JobState
+    position: int
+    phase: str
+    fraction: float
+    replica: str
+    reason: str
+    job_class: JobClass
+    deliveries: int
+    def __init__(self, key: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., position: _Optional[int] = ..., phase: _Optional[str] = ..., fraction: _Optional[float] = ..., replica: _Optional[str] = ..., reason: _Optional[str] = ..., job_class: _Optional[_Union[JobClass, str]] = ..., deliveries: _Optional[int] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ("cancelled", "reason", "status")
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    reason: str
+    status: JobStatus
+    def __init__(self, cancelled: _Optional[bool] = ..., reason: _Optional[str] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
 
 class ContrastTarget(_message.Message):
     __slots__ = ("token_id", "versus_token_id")
@@ -55,7 +119,7 @@ class AttributionSettings(_message.Message):
     def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ...) -> None: ...
 
 class AttributeRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background", "messages")
+    __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background", "messages", "job_class")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +128,7 @@ class AttributeRequest(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    JOB_CLASS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     request_id: str
@@ -72,7 +137,8 @@ class AttributeRequest(_message.Message):
     output: GraphOutput
     background: bool
     messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., token_index: _Optional[int] = ..., settings: _Optional[_Union[AttributionSettings, _Mapping]] = ..., output: _Optional[_Union[GraphOutput, str]] = ..., background: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    job_class: JobClass
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., token_index: _Optional[int] = ..., settings: _Optional[_Union[AttributionSettings, _Mapping]] = ..., output: _Optional[_Union[GraphOutput, str]] = ..., background: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ..., job_class: _Optional[_Union[JobClass, str]] = ...) -> None: ...
 
 class AttributeAccepted(_message.Message):
     __slots__ = ("key", "token_ids", "audited_token_id")

@@ -49,6 +49,21 @@ class AttributionStub:
                 request_serializer=circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.SerializeToString,
                 response_deserializer=circuit_dot_v1_dot_attribution__pb2.AttributeResponse.FromString,
                 _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/circuit.v1.Attribution/GetJob',
+                request_serializer=circuit_dot_v1_dot_attribution__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=circuit_dot_v1_dot_attribution__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/circuit.v1.Attribution/WatchJob',
+                request_serializer=circuit_dot_v1_dot_attribution__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=circuit_dot_v1_dot_attribution__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/circuit.v1.Attribution/CancelJob',
+                request_serializer=circuit_dot_v1_dot_attribution__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=circuit_dot_v1_dot_attribution__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
 
 
 class AttributionServicer:
@@ -89,6 +104,32 @@ class AttributionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJob(self, request, context):
+        """The status of the graph job `key` (queued with position, running with phase
+        and fraction, done, failed with the reason, cancelled), whichever replica
+        computes it. NOT_FOUND for an unknown key, or an audit graph of another
+        tenant (as GetGraph).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """GetJob as a stream: the status now, then each change, until a final state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Stop the graph job `key` at the computing replica's next stop check, unless
+        another caller waits for the same graph or it is a background job
+        (`cancelled` false and `reason` say why). Callers waiting on it hear CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttributionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +147,21 @@ def add_AttributionServicer_to_server(servicer, server):
                     servicer.GetGraphStream,
                     request_deserializer=circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.FromString,
                     response_serializer=circuit_dot_v1_dot_attribution__pb2.AttributeResponse.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=circuit_dot_v1_dot_attribution__pb2.GetJobRequest.FromString,
+                    response_serializer=circuit_dot_v1_dot_attribution__pb2.JobStatus.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=circuit_dot_v1_dot_attribution__pb2.GetJobRequest.FromString,
+                    response_serializer=circuit_dot_v1_dot_attribution__pb2.JobStatus.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=circuit_dot_v1_dot_attribution__pb2.GetJobRequest.FromString,
+                    response_serializer=circuit_dot_v1_dot_attribution__pb2.CancelJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +245,87 @@ class Attribution:
             '/circuit.v1.Attribution/GetGraphStream',
             circuit_dot_v1_dot_attribution__pb2.GetGraphRequest.SerializeToString,
             circuit_dot_v1_dot_attribution__pb2.AttributeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/circuit.v1.Attribution/GetJob',
+            circuit_dot_v1_dot_attribution__pb2.GetJobRequest.SerializeToString,
+            circuit_dot_v1_dot_attribution__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/circuit.v1.Attribution/WatchJob',
+            circuit_dot_v1_dot_attribution__pb2.GetJobRequest.SerializeToString,
+            circuit_dot_v1_dot_attribution__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/circuit.v1.Attribution/CancelJob',
+            circuit_dot_v1_dot_attribution__pb2.GetJobRequest.SerializeToString,
+            circuit_dot_v1_dot_attribution__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,8 @@ worker pool, replica locks, served-completions store and metrics."""
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
@@ -14,6 +16,8 @@ from circuit_serve.completions.store import CompletionStore
 from circuit_serve.config.attribution import AttributionConfig
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.jobs import GraphJobs, ReplicaLocks, WorkerPool
+from circuit_serve.jobs.fleet_queue import FleetQueue
+from circuit_serve.jobs.fleet_worker import FleetWorkers
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 
@@ -47,17 +51,49 @@ def build_service(
         metrics=metrics,
         codec=entry.Codec.ZLIB if config.cache_compression == "zlib" else entry.Codec.STORED,
     )
-    jobs = GraphJobs(
-        cache=cache,
-        pool=WorkerPool(
-            workers=config.workers,
+    replica = config.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+    metrics.replica_info.labels(replica, config.role).set(1)
+    pool = WorkerPool(
+        workers=config.workers,
+        max_queued=config.max_queued,
+        max_queued_per_tenant=config.max_queued_per_tenant,
+        metrics=metrics,
+    )
+    fleet = (
+        FleetQueue(
+            link,
             max_queued=config.max_queued,
             max_queued_per_tenant=config.max_queued_per_tenant,
-            metrics=metrics,
-        ),
+            ttl_s=config.job_ttl_s,
+        )
+        if link is not None
+        else None
+    )
+    jobs = GraphJobs(
+        cache=cache,
+        pool=pool,
         locks=ReplicaLocks(link, ttl_s=config.lock_ttl_s),
         metrics=metrics,
         lock_wait_s=config.lock_wait_s,
+        fleet=fleet,
+        replica=replica,
+        poll_s=config.job_poll_s,
+    )
+    workers = (
+        FleetWorkers(
+            queue=fleet,
+            pool=pool,
+            cache=cache,
+            metrics=metrics,
+            replica=replica,
+            workers=0 if config.role == "generation" else config.workers,
+            poll_s=config.job_poll_s,
+            heartbeat_s=config.job_heartbeat_s,
+            reclaim_s=config.job_reclaim_s,
+            max_deliveries=config.job_max_deliveries,
+        )
+        if fleet is not None
+        else None
     )
     completions = CompletionStore(
         ttl_s=config.completions_ttl_s,
@@ -75,4 +111,5 @@ def build_service(
         redis=link,
         limits=limits,
         engine_factory=engine_factory,
+        workers=workers,
     )

@@ -16,7 +16,12 @@ Attribute, step by step:
    the budget, before allocating the edge matrix;
 4. compute the content address of the graph and announce it (`Accepted`);
 5. stream the job: cached graph, or queue position and progress of the
-   (possibly shared) computation, then the finished sections.
+   (possibly shared) computation, then the finished sections. With Redis the job
+   is queued for the fleet with everything a worker on any replica needs (`JobSpec`:
+   token ids, settings, targets; `work_for` turns it back into engine work).
+
+GetJob / WatchJob / CancelJob name a job by its graph key and check its owners as
+GetGraph does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -46,8 +52,10 @@ from circuit_serve.domain.errors import (
     NotFound,
 )
 from circuit_serve.domain.input_checks import check_count, check_text_bytes
-from circuit_serve.jobs.events import Finished, JobEvent
+from circuit_serve.jobs.events import Finished, JobEvent, Work
+from circuit_serve.jobs.fleet_worker import FleetWorkers
 from circuit_serve.jobs.runner import GraphJobs
+from circuit_serve.jobs.status import CLASSES, CancelOutcome, JobSpec, JobStatus
 from circuit_serve.metrics.attribution import AttributionMetrics
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast
@@ -76,9 +84,11 @@ class AttributionService:
         owners: GraphOwners | None = None,
         limits: InputLimits | None = None,
         engine_factory: Callable[[], GraphEngine | None] | None = None,
+        workers: FleetWorkers | None = None,
     ) -> None:
         """`engine`: None when the server runs without transcoders, or until `start()` has built it
-        with `engine_factory` (called once, on the event loop)."""
+        with `engine_factory` (called once, on the event loop). `workers`: this replica's workers
+        on the fleet queue (with Redis), started once the engine is there."""
         self.engine = engine
         self._engine_factory = engine_factory
         self.limits = limits or InputLimits()
@@ -91,10 +101,31 @@ class AttributionService:
             ttl_s=config.cache_ttl_s, max_entries=config.completions_max, metrics=metrics, link=redis
         )
         self._background: set[asyncio.Task] = set()
+        self._pinned: set[str] = set()
+        self.workers = workers
 
     async def start(self) -> None:
         if self._engine_factory is not None:
             self.engine = self._engine_factory()
+        if self.workers is not None and self.engine is not None:
+            await self.workers.start(self.work_for)
+
+    def work_for(self, spec: JobSpec) -> Work:
+        """The engine work of a fleet job (its payload as `attribute` wrote it)."""
+        engine = self._engine()
+        p = spec.payload
+        settings = AttributionSettings(**p["settings"])
+        targets = None if p["targets"] is None else tuple(_target_from(t) for t in p["targets"])
+        tokens = [int(t) for t in p["tokens"]]
+        exit_at = self.config.test_exit_batch_size
+        if exit_at and settings.batch_size == exit_at:  # --test-exit-on-batch-size: a worker crash, for tests
+            log.error("--test-exit-on-batch-size %d: exiting while taking graph job %s", exit_at, spec.key)
+            os._exit(86)
+
+        def work(progress, should_stop):
+            return engine.compute(tokens, settings, targets, progress, should_stop, slug=spec.key)
+
+        return work
 
     # ------------------------------------------------------------------ Attribute
 
@@ -115,10 +146,24 @@ class AttributionService:
             def work(progress, should_stop):
                 return engine.compute(tokens, settings, request.targets, progress, should_stop, slug=key)
 
-            if request.background:
-                self._pin(key, work, caller.name)
+            job_class = request.job_class or ("background" if request.background else "interactive")
+            if job_class not in CLASSES:
+                raise InvalidRequest(f"unknown job class {job_class!r}", field="job_class")
+            spec = JobSpec(
+                key,
+                {
+                    "tokens": list(tokens),
+                    "settings": settings.as_dict(),
+                    "targets": None if request.targets is None else [_target_key(t) for t in request.targets],
+                },
+                tenant=caller.name,
+                job_class=job_class,
+                background=request.background,
+            )
+            if request.background:  # submitted (to the fleet too) even if the caller hangs up at once
+                self._pin(key, work, caller.name, spec)
             yield Accepted(key, tuple(tokens), audited)
-            stream = self.jobs.stream(key, work, timeout_s=timeout_s, tenant=caller.name)
+            stream = self.jobs.stream(key, work, timeout_s=timeout_s, tenant=caller.name, spec=spec)
             async with contextlib.aclosing(stream) as events:
                 async for event in events:
                     if isinstance(event, Finished):
@@ -266,12 +311,12 @@ class AttributionService:
             )
         return settings
 
-    def _pin(self, key: str, work, tenant: str) -> None:
+    def _pin(self, key: str, work, tenant: str, spec: JobSpec | None = None) -> None:
         """Keep a waiter on `key` inside the server so the graph is finished and cached regardless of callers."""
 
         async def hold() -> None:
             try:
-                async with contextlib.aclosing(self.jobs.stream(key, work, tenant=tenant)) as events:
+                async with contextlib.aclosing(self.jobs.stream(key, work, tenant=tenant, spec=spec)) as events:
                     async for _ in events:
                         pass
             except CircuitError as exc:
@@ -279,7 +324,8 @@ class AttributionService:
 
         task = asyncio.create_task(hold(), name=f"background-{key[:12]}")
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._pinned.add(key)
+        task.add_done_callback(lambda t: (self._background.discard(t), self._pinned.discard(key)))
 
     # ------------------------------------------------------------------ GetGraph
 
@@ -302,6 +348,47 @@ class AttributionService:
             raise NotFound(f"graph {key} is still being computed; retry later")
         return sections
 
+    # ------------------------------------------------------------------ jobs
+
+    async def _check_reader(self, key: str, caller: Principal) -> None:
+        """GetGraph's rule for a job: a valid key whose owners (if any) include the caller or an admin."""
+        self._engine()
+        if not is_graph_key(key):
+            raise InvalidRequest(f"{key!r} is not a graph key (64 lowercase hex digits)", field="key")
+        owners = await self.owners.owners(key)
+        if owners and not caller.is_admin and caller.name not in owners:
+            raise NotFound(f"no graph job {key} (never submitted, or expired)")
+
+    async def get_job(self, key: str, *, caller: Principal = ANONYMOUS) -> JobStatus:
+        await self._check_reader(key, caller)
+        found = await self.jobs.status(key)
+        if found is None:
+            raise NotFound(f"no graph job {key} (never submitted, or expired)")
+        return found
+
+    async def watch_job(self, key: str, *, caller: Principal = ANONYMOUS) -> AsyncIterator[JobStatus]:
+        """The status now, then each change, until a final state (polled every `--job-poll`)."""
+        last = await self.get_job(key, caller=caller)
+        yield last
+        while not last.final:
+            await asyncio.sleep(self.config.job_poll_s)
+            now = await self.jobs.status(key)
+            if now is None:
+                return
+            if now != last:
+                yield now
+            last = now
+
+    async def cancel_job(self, key: str, *, caller: Principal = ANONYMOUS) -> CancelOutcome:
+        await self._check_reader(key, caller)
+        outcome = await self.jobs.cancel(key, pinned=key in self._pinned)
+        return replace(outcome, status=await self.jobs.status(key))
+
+    async def drain(self, grace_s: float) -> None:
+        """SIGTERM: take no more fleet jobs; running ones get `grace_s`, then are left for others."""
+        if self.workers is not None:
+            await self.workers.drain(grace_s)
+
     # ------------------------------------------------------------------ served completions
 
     def on_completion(self, request_id: str, prompt_token_ids, completion_token_ids, *, tenant: str = "") -> None:
@@ -315,15 +402,24 @@ class AttributionService:
         """Synchronous part of `close` (for a runtime that shuts down outside the loop)."""
         for task in list(self._background):
             task.cancel()
+        if self.workers is not None:
+            self.workers.shutdown()
         self.jobs.pool.shutdown()
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        if self.workers is not None:
+            self.workers.shutdown()
         await asyncio.gather(*self._background, return_exceptions=True)
         self.jobs.pool.shutdown()
         if self.redis is not None:
             await self.redis.close()
+
+
+def _target_from(value) -> int | Contrast:
+    """`_target_key`'s inverse (a fleet job's payload)."""
+    return Contrast(int(value[0]), int(value[1])) if isinstance(value, list) else int(value)
 
 
 def _target_key(target) -> list[int] | int:

@@ -35,6 +35,7 @@ class AttributeRequest:
     settings: AttributionSettings
     targets: tuple[Target, ...] | None = None  # None: the most probable next tokens
     background: bool = False  # finish (and cache) the graph even if every caller leaves
+    job_class: str = ""  # fleet queue class ("": interactive, or background when `background`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,14 @@ DEFAULT_PROMPT = "the capital of veigrouan is"
 
 # The /metrics samples the demo prints.
 SHOWN_METRICS = (
-    "circuit_request_success_total",
-    "circuit_prompt_tokens_total",
-    "circuit_generation_tokens_total",
-    "circuit_time_to_first_token_seconds_count",
-    "circuit_time_to_first_token_seconds_sum",
-    "circuit_e2e_request_latency_seconds_sum",
-    "circuit_num_requests_running",
+    "vllm:request_success_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:e2e_request_latency_seconds_sum",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
     "circuit_rpc_requests_total",
 )
 

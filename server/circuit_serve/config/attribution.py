@@ -22,6 +22,8 @@ _GIB = 1 << 30
 MAX_RESULT_CHUNK_BYTES = 4 * _MIB - 16 * _KIB
 
 _CACHE = "graph cache and Redis"
+_FLEET = "fleet job queue (with --redis-url)"
+ROLES = ("all", "generation", "attribution")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class AttributionConfig(Options):
     dtype: str | None = option(  # None: the same dtype as generation (float32 when that is "auto")
         None, flag="--attribution-dtype", type=str, help="dtype of the replacement model (default: generation's dtype)"
     )
+    role: str = option(
+        "all",
+        flag="--role",
+        choices=ROLES,
+        help="all: generation and graphs; generation: no graph is computed here (they are queued for the "
+        "fleet and relayed; needs --redis-url); attribution: loads no vLLM and only computes graphs",
+    )
     # ---- admission
     workers: int = option(1, flag="--attribution-workers", ge=1, help="graphs computed at once on this device")
     max_queued: int = option(
@@ -45,13 +54,13 @@ class AttributionConfig(Options):
         flag="--attribution-max-queued",
         ge=0,
         limits=("attribution_max_queued",),
-        help="graphs waiting for a worker before RESOURCE_EXHAUSTED",
+        help="graphs waiting for a worker before RESOURCE_EXHAUSTED (with --redis-url: across the fleet)",
     )
     max_queued_per_tenant: int = option(
         4,
         flag="--attribution-max-queued-per-tenant",
         ge=0,
-        help="of those, graphs one tenant (token name) may have waiting",
+        help="of those, graphs one tenant (token name) may have waiting (with --redis-url: across the fleet)",
     )
     max_prompt_tokens: int = option(
         512,
@@ -145,6 +154,55 @@ class AttributionConfig(Options):
     )
     lock_ttl_s: float = 30.0  # replica lock expiry (renewed while computing)
     lock_wait_s: float = 120.0  # longest wait for another replica's graph before computing it here
+    # ---- fleet job queue (jobs/fleet_queue.py, jobs/fleet_worker.py)
+    job_reclaim_s: float = option(
+        30.0,
+        flag="--job-reclaim-after",
+        gt=0,
+        group=_FLEET,
+        help="seconds without a heartbeat after which another replica takes over a graph (XAUTOCLAIM)",
+    )
+    job_heartbeat_s: float = option(
+        5.0,
+        flag="--job-heartbeat",
+        gt=0,
+        group=_FLEET,
+        help="seconds between heartbeats of a computing replica (XCLAIM JUSTID); keep it well under "
+        "--job-reclaim-after",
+    )
+    job_max_deliveries: int = option(
+        3,
+        flag="--job-max-deliveries",
+        ge=1,
+        group=_FLEET,
+        help="a graph handed out this many times without finishing goes to the dead-letter stream as FAILED",
+    )
+    job_poll_s: float = option(
+        0.2,
+        flag="--job-poll",
+        gt=0,
+        group=_FLEET,
+        help="seconds between a free worker's looks at the queue, and between progress/cancel checks",
+    )
+    job_ttl_s: float = option(
+        24 * 3600.0, flag="--job-ttl", gt=0, group=_FLEET, help="seconds a job's status stays readable"
+    )
+    replica_name: str | None = option(
+        None,
+        flag="--replica-name",
+        type=str,
+        env="CIRCUIT_REPLICA_NAME",
+        group=_FLEET,
+        help="this replica's name in job status and metrics (default: host name and process id)",
+    )
+    test_exit_batch_size: int = option(
+        0,
+        flag="--test-exit-on-batch-size",
+        ge=0,
+        group=_FLEET,
+        help="TESTS ONLY: a worker that takes a graph with this batch_size ends the process at once "
+        "(exit status 86), as a crashing worker would; 0 (default) never",
+    )
     # ---- served completions
     completions_ttl_s: float = option(
         24 * 3600.0,
@@ -187,6 +245,10 @@ class AttributionConfig(Options):
         return values | {"identity_cache": values["identity_cache"] or identity_cache_dir()}
 
     def check(self) -> None:
+        if self.role != "all" and self.transcoders is None:
+            raise OptionError("--role", f"{self.role} needs --transcoders (the graphs' model)")
+        if self.role == "generation" and not self.redis_url:
+            raise OptionError("--role", "generation needs --redis-url: its graphs are computed by other replicas")
         tc = self.transcoders
         if tc is not None and not tc.is_dir() and parse_repo_spec(str(tc)) is None:
             raise OptionError(

@@ -115,6 +115,7 @@ class EngineConfig(Options):
             "max_logprobs": self.max_top_logprobs,
             # our API defines the sampling defaults, not the model's generation_config.json
             "generation_config": "vllm",
+            "served_model_name": self.model_name,  # the `model_name` label of vLLM's metrics
         }
         optional = {
             "max_model_len": self.max_model_len,
@@ -158,6 +159,21 @@ class ServeConfig(Options):
     grace_period_s: float = option(  # after SIGTERM/SIGINT
         10.0, flag="--grace-period", ge=0, help="seconds in-flight calls may take to finish on shutdown"
     )
+    health_port: int = option(  # for the kubelet's gRPC probes, which speak no TLS
+        0,
+        flag="--health-port",
+        ge=0,
+        le=65535,
+        help="also serve grpc.health.v1 alone, in plaintext, on this port (with TLS on the main port); 0: off",
+    )
+    engine_dead_exit_s: float = option(  # so that the kubelet replaces a pod whose vLLM engine died
+        10.0,
+        flag="--engine-dead-exit-s",
+        ge=0,
+        le=30,
+        help="when vLLM's engine dies: health turns NOT_SERVING at once and the process exits non-zero "
+        "within this many seconds",
+    )
     log_level: str = option("INFO", flag="--log-level", help="DEBUG, INFO, WARNING or ERROR")
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -167,6 +183,10 @@ class ServeConfig(Options):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def health_address(self) -> str | None:
+        return f"{self.host}:{self.health_port}" if self.health_port else None
 
     def check(self) -> None:
         if self.log_level.upper() not in logging.getLevelNamesMapping():

@@ -41,3 +41,8 @@ class DeadlineExceeded(CircuitError):
 
 class Cancelled(CircuitError):
     """Every caller waiting for this work went away (CANCELLED)."""
+
+
+class JobFailed(CircuitError):
+    """A graph job of the fleet ended FAILED (a worker error, or dead-lettered after too many
+    deliveries); the message gives the reason (ABORTED)."""

@@ -108,12 +108,6 @@ class CompletionRecord:
 
 
 @dataclass(frozen=True)
-class EngineLoad:
-    running: int
-    waiting: int
-
-
-@dataclass(frozen=True)
 class ModelDescription:
     name: str
     path: str

@@ -1,6 +1,6 @@
 """GenerationEngine: vLLM's AsyncLLM behind a protobuf-free interface.
 
-    engine = GenerationEngine(config, stats_sink=metrics.observe_step)
+    engine = GenerationEngine(config)
     await engine.start()                      # loads the model (seconds to minutes)
     async for chunk in engine.stream(req):    # token deltas, last one has finish + usage
         ...
@@ -26,7 +26,6 @@ from circuit_serve.domain.chat import ChatMessage, chat_token_ids
 from circuit_serve.domain.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.domain.generation import (
     CompletionRecord,
-    EngineLoad,
     FinishReason,
     GenerationChunk,
     GenerationRequest,
@@ -39,7 +38,7 @@ from circuit_serve.domain.generation import (
 from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
 from circuit_serve.domain.input_checks import check_text_bytes
 from circuit_serve.domain.monitor import RequestMonitor, WatchedRequest
-from circuit_serve.generation.stats import StatsSink, StepStats, stat_logger_factory
+from circuit_serve.generation.stats import stat_loggers
 from circuit_serve.generation.vllm_version import check_vllm_version
 
 log = logging.getLogger(__name__)
@@ -55,17 +54,13 @@ _FINISH = {
 
 
 class GenerationEngine:
-    def __init__(
-        self, config: EngineConfig, *, stats_sink: StatsSink | None = None, limits: InputLimits | None = None
-    ) -> None:
+    def __init__(self, config: EngineConfig, *, limits: InputLimits | None = None) -> None:
         self.config = config
         self.input_limits = limits or InputLimits()
-        self._stats_sink = stats_sink
         self._llm: Any = None  # vllm AsyncLLM once started
         self._tokenizer: Any = None
         self._limits: Limits | None = None
         self._description: ModelDescription | None = None
-        self._last_load = EngineLoad(0, 0)
         self._listeners: list[FinishListener] = []
         self._monitor: RequestMonitor | None = None
 
@@ -91,9 +86,8 @@ class GenerationEngine:
             await monitor.start()
             kwargs = monitor.engine_args(kwargs, enforce_eager=self.config.enforce_eager)
             self._monitor = monitor
-        args = AsyncEngineArgs(**kwargs, disable_log_stats=True)
-        loggers = [stat_logger_factory(self._on_step)]
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=loggers)
+        args = AsyncEngineArgs(**kwargs, disable_log_stats=True)  # vLLM's metrics stay on (stats.py)
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=stat_loggers())
         self._tokenizer = self._llm.get_tokenizer()
         model_config = self._llm.model_config
         self._limits = Limits(
@@ -122,6 +116,13 @@ class GenerationEngine:
     @property
     def ready(self) -> bool:
         return self._description is not None
+
+    @property
+    def dead(self) -> bool:
+        """vLLM's engine died (its engine-core process exited or crashed): it will never serve again.
+        Calls in flight end with EngineDeadError (UNAVAILABLE); the server's watchdog polls this."""
+        llm = self._llm
+        return llm is not None and llm.errored
 
     def shutdown(self) -> None:
         if self._llm is not None:
@@ -178,13 +179,6 @@ class GenerationEngine:
             ids, name = await asyncio.to_thread(lambda: list(self._tokenizer.encode(request.prompt))), "prompt"
         check_prompt_length(len(ids), self._limits, field=name)
         return ids
-
-    def load(self) -> EngineLoad:
-        """Requests running and waiting in the scheduler right now (safe to call from any thread)."""
-        llm = self._llm
-        if llm is None or llm.output_processor.get_num_unfinished_requests() == 0:
-            return EngineLoad(0, 0)  # vLLM reports no step when it goes idle; nothing is in flight
-        return self._last_load
 
     # ---- generation ------------------------------------------------------------
 
@@ -294,12 +288,6 @@ class GenerationEngine:
     def _require_ready(self) -> None:
         if self._description is None:
             raise BackendUnavailable("the model is not loaded yet (or the server is shutting down); retry shortly")
-
-    def _on_step(self, step: StepStats) -> None:
-        if step.running is not None and step.waiting is not None:
-            self._last_load = EngineLoad(step.running, step.waiting)
-        if self._stats_sink is not None:
-            self._stats_sink(step)
 
     def _notify(self, record: CompletionRecord) -> None:
         for listener in self._listeners:

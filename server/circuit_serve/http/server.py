@@ -185,7 +185,7 @@ class HttpFrontDoor:
     # ---- routes ----------------------------------------------------------------
 
     async def _health(self, request: web.Request) -> web.Response:
-        ok = self._engine.ready and not self._draining()
+        ok = self._engine.ready and not self._engine.dead and not self._draining()
         return web.json_response({"status": "ok" if ok else "unavailable"}, status=200 if ok else 503)
 
     async def _models(self, request: web.Request) -> web.Response:

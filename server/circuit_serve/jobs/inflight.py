@@ -49,6 +49,17 @@ class InFlight:
     def __contains__(self, key: str) -> bool:
         return key in self._jobs
 
+    def last_event(self, key: str) -> JobEvent | None:
+        job = self._jobs.get(key)
+        return job.last_event if job else None
+
+    def stop(self, key: str) -> None:
+        """Ask the computation of `key` to stop at its next batch boundary (CancelJob); its callers
+        hear the engine's `Cancelled`."""
+        job = self._jobs.get(key)
+        if job is not None:
+            job.stop.set()
+
     def waiters(self, key: str) -> int:
         job = self._jobs.get(key)
         return len(job.subscribers) if job else 0

@@ -13,6 +13,8 @@ _DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 1
 _SIZE_BUCKETS = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
 _SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
 CACHE_OPS = ("get", "put", "delete")
+FLEET_CLASSES = ("interactive", "background", "backfill")  # jobs/status.py CLASSES
+FLEET_OUTCOMES = ("done", "failed", "cancelled", "reclaimed", "dead_lettered", "requeued")
 OUTCOMES = ("ok", "cached", "invalid", "not_found", "capacity", "deadline", "cancelled", "unavailable", "error")
 
 
@@ -49,7 +51,8 @@ class AttributionMetrics:
             self.replica_waits.labels(outcome)
         self.queue_depth = Gauge(
             "circuit_attribution_queue_depth",
-            "Graph computations admitted and waiting for a worker.",
+            "Graph computations admitted by this replica and waiting for a worker (with Redis: its "
+            "callers' jobs waiting in the fleet queue; summed over replicas, the fleet's queue).",
             registry=registry,
         )
         self.running = Gauge(
@@ -66,6 +69,40 @@ class AttributionMetrics:
         )
         for phase in PHASES:
             self.duration.labels(phase)
+        # ---- the fleet queue (with Redis; jobs/fleet_worker.py)
+        self.fleet_queue_depth = Gauge(
+            "circuit_attribution_fleet_queue_depth",
+            "Graph jobs waiting for a worker across the fleet, by class (every replica reports the same "
+            "value: aggregate with max, not sum).",
+            ["class"],
+            registry=registry,
+        )
+        self.fleet_jobs = Counter(
+            "circuit_attribution_fleet_jobs_total",
+            "Fleet jobs this replica's workers ended or handled, by outcome (reclaimed = taken over from a "
+            "replica that stopped heartbeating; dead_lettered = handed out too often; requeued = left "
+            "unacknowledged by a draining shutdown).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.fleet_queued_seconds = Histogram(
+            "circuit_attribution_fleet_queued_seconds",
+            "Time from a job's submission (on any replica) to a worker of this replica taking it, by class.",
+            ["class"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.replica_info = Gauge(
+            "circuit_attribution_replica_info",
+            "1, labelled with this replica's name (as job status shows it) and role.",
+            ["replica", "role"],
+            registry=registry,
+        )
+        for job_class in FLEET_CLASSES:
+            self.fleet_queue_depth.labels(job_class)
+            self.fleet_queued_seconds.labels(job_class)
+        for outcome in FLEET_OUTCOMES:
+            self.fleet_jobs.labels(outcome)
         # ---- graph sizes and quality
         self.graph_nodes = Histogram(
             "circuit_attribution_graph_nodes",

@@ -62,6 +62,20 @@ class AttributionServicer(pb_grpc.AttributionServicer):
         for message in result_wire.result_messages(request.key, parts, self._chunk_bytes):
             yield message
 
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.JobStatus:
+        return convert.job_to_pb(await self._service.get_job(request.key, caller=current_caller()))
+
+    async def WatchJob(
+        self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JobStatus]:
+        statuses = self._service.watch_job(request.key, caller=current_caller())
+        async with contextlib.aclosing(statuses):
+            async for status in statuses:
+                yield convert.job_to_pb(status)
+
+    async def CancelJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.CancelJobResponse:
+        return convert.cancel_to_pb(await self._service.cancel_job(request.key, caller=current_caller()))
+
 
 def _serialize(message: Any) -> bytes:
     """Responses already framed as bytes go out as they are; messages are serialized."""
@@ -81,6 +95,15 @@ def add_to_server(service: AttributionService, server: grpc.aio.Server) -> str:
         ),
         "GetGraphStream": grpc.unary_stream_rpc_method_handler(
             servicer.GetGraphStream, request_deserializer=pb.GetGraphRequest.FromString, response_serializer=_serialize
+        ),
+        "GetJob": grpc.unary_unary_rpc_method_handler(
+            servicer.GetJob, request_deserializer=pb.GetJobRequest.FromString, response_serializer=_serialize
+        ),
+        "WatchJob": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchJob, request_deserializer=pb.GetJobRequest.FromString, response_serializer=_serialize
+        ),
+        "CancelJob": grpc.unary_unary_rpc_method_handler(
+            servicer.CancelJob, request_deserializer=pb.GetJobRequest.FromString, response_serializer=_serialize
         ),
     }
     missing = set(pb.DESCRIPTOR.services_by_name["Attribution"].methods_by_name) - set(handlers)

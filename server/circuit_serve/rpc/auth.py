@@ -47,6 +47,9 @@ SCOPES: dict[MethodDescriptor, Scope | str] = {
     _ATTRIBUTION.methods_by_name["Attribute"]: Scope.ATTRIBUTE,
     _ATTRIBUTION.methods_by_name["GetGraph"]: Scope.ATTRIBUTE,
     _ATTRIBUTION.methods_by_name["GetGraphStream"]: Scope.ATTRIBUTE,
+    _ATTRIBUTION.methods_by_name["GetJob"]: Scope.ATTRIBUTE,
+    _ATTRIBUTION.methods_by_name["WatchJob"]: Scope.ATTRIBUTE,
+    _ATTRIBUTION.methods_by_name["CancelJob"]: Scope.ATTRIBUTE,
     _FEATURES.methods_by_name["FeatureActivations"]: Scope.FEATURES,
     _FEATURES.methods_by_name["Steer"]: Scope.STEER,
 }

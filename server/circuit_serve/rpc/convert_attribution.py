@@ -5,11 +5,26 @@ from __future__ import annotations
 from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_serve.attribution.types import Accepted, AttributeRequest, AttributionInput
 from circuit_serve.jobs.events import Queued, Running
+from circuit_serve.jobs.status import CancelOutcome, JobStatus
 from circuit_serve.rpc.convert_chat import messages_from_pb
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import Contrast
 
 _DEFAULTS = AttributionSettings()
+_CLASSES = {
+    pb.JOB_CLASS_UNSPECIFIED: "",
+    pb.JOB_CLASS_INTERACTIVE: "interactive",
+    pb.JOB_CLASS_BACKGROUND: "background",
+    pb.JOB_CLASS_BACKFILL: "backfill",
+}
+_CLASS_PB = {name: number for number, name in _CLASSES.items() if name}
+_STATES = {
+    "queued": pb.JOB_STATE_QUEUED,
+    "running": pb.JOB_STATE_RUNNING,
+    "done": pb.JOB_STATE_DONE,
+    "failed": pb.JOB_STATE_FAILED,
+    "cancelled": pb.JOB_STATE_CANCELLED,
+}
 
 # Version of the cached sections (circuit.v1.Graph bytes + frontend JSON); part of every
 # graph key and checked on every cache read. Bump it when either serialization changes.
@@ -34,7 +49,7 @@ def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
         token_index=msg.token_index if msg.HasField("token_index") else None,
         messages=messages_from_pb(msg.messages),
     )
-    return AttributeRequest(given, settings, targets, background=msg.background)
+    return AttributeRequest(given, settings, targets, background=msg.background, job_class=_CLASSES[msg.job_class])
 
 
 def _target(msg: pb.AttributionTarget) -> int | Contrast:
@@ -53,3 +68,24 @@ def event_to_pb(event: Accepted | Queued | Running, key: str) -> pb.AttributeRes
     if isinstance(event, Queued):
         return pb.AttributeResponse(key=key, queued=pb.AttributeQueued(position=event.position))
     return pb.AttributeResponse(key=key, running=pb.AttributeRunning(phase=event.phase, fraction=event.fraction))
+
+
+def job_to_pb(status: JobStatus) -> pb.JobStatus:
+    return pb.JobStatus(
+        key=status.key,
+        state=_STATES.get(status.state, pb.JOB_STATE_UNSPECIFIED),
+        position=status.position,
+        phase=status.phase,
+        fraction=status.fraction,
+        replica=status.replica,
+        reason=status.reason,
+        job_class=_CLASS_PB.get(status.job_class, pb.JOB_CLASS_UNSPECIFIED),
+        deliveries=status.deliveries,
+    )
+
+
+def cancel_to_pb(outcome: CancelOutcome) -> pb.CancelJobResponse:
+    response = pb.CancelJobResponse(cancelled=outcome.cancelled, reason=outcome.reason)
+    if outcome.status is not None:
+        response.status.CopyFrom(job_to_pb(outcome.status))
+    return response

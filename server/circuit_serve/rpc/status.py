@@ -14,6 +14,7 @@ _CODES: dict[type[errors.CircuitError], grpc.StatusCode] = {
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.JobFailed: grpc.StatusCode.ABORTED,
 }
 
 

@@ -1,5 +1,4 @@
-"""One real `circuit-serve serve` with `--http-port` for a test module (this folder has no conftest.py and
-no __init__.py: a package here would be named `openai` and hide the SDK): the demo model with a
+"""One real `circuit-serve serve` with `--http-port` for a test module: the demo model with a
 chat template, random transcoders (watch rules, audits), a tokens file and `--max-concurrent-rpcs 4`.
 
 While it loads, the fixture records what the HTTP front door answered (503 and its JSON) and lets the

@@ -11,11 +11,11 @@ import urllib.request
 
 import openai
 import pytest
-from openai_server import MAX_IN_FLIGHT, TOKENS, HttpServer, chat_model_dir, launch_http_server
 
 from circuit_client import CircuitClient, Credentials, Sampling
 from circuit_client.attribution import AttributionClient, AttributionSettings
 from circuit_client.errors import CircuitRpcError
+from tests.http_front_door.openai_server import MAX_IN_FLIGHT, TOKENS, HttpServer, chat_model_dir, launch_http_server
 
 PROMPT = "the old river runs to the sea and the"
 GREEDY = {"temperature": 0, "max_tokens": 8}
