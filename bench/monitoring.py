@@ -66,12 +66,18 @@ def write_watchlist(path: Path, n_layers: int, d_transcoder: int) -> Path:
 
 
 def build_wide(work: Path) -> tuple[Path, Path]:
+    out = build_wide_model(work)
+    from circuit_serve.demo.random_transcoders import write_random_transcoders
+
+    return out, write_random_transcoders(out, work / "wide-transcoders", d_transcoder=8192, target_l0=64)
+
+
+def build_wide_model(work: Path) -> Path:
     """Random Llama 8 x 512 with the demo tokenizer, and sparse random JumpReLU transcoders."""
     import torch
     import transformers
 
     from circuit_serve.demo.random_model import _train_tokenizer
-    from circuit_serve.demo.random_transcoders import write_random_transcoders
 
     out = work / "wide"
     tokenizer = _train_tokenizer()
@@ -93,7 +99,7 @@ def build_wide(work: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).to(torch.float32).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    return out, write_random_transcoders(out, work / "wide-transcoders", d_transcoder=8192, target_l0=64)
+    return out
 
 
 def prompts(model: Path, n_tokens: int, count: int, *, seed: int) -> list[list[int]]:

@@ -277,6 +277,25 @@ def exit_after(delay_s: float, status: int) -> threading.Timer:
     return timer
 
 
+def http_front_door(runtime: Runtime):
+    """The OpenAI-compatible HTTP server over the runtime's engine, tokens and TLS (not started).
+    Imported here, not at the top: it loads vLLM's protocol models (seconds), wanted only with --http-port."""
+    from circuit_serve.http import HttpFrontDoor
+
+    config = runtime.config
+    return HttpFrontDoor(
+        runtime.generation,
+        runtime.features,
+        registry=runtime.registry,
+        tokens=runtime.tokens,
+        auth_metrics=runtime.auth_metrics,
+        security=config.security,
+        limits=config.limits,
+        draining=lambda: runtime.draining,
+        grace_period_s=config.grace_period_s,
+    )
+
+
 async def serve(config: ServeConfig) -> int:
     """Run until SIGTERM/SIGINT; return the process exit status."""
     runtime = Runtime.create(config)
@@ -323,8 +342,11 @@ async def serve(config: ServeConfig) -> int:
     elif not is_loopback(config.host):
         log.warning("no --auth-tokens: every caller on the network may use every RPC and audit any completion")
     log.info("gRPC listening on %s:%d (NOT_SERVING until the model is loaded)", config.host, port)
+    http = None if config.http_port is None else http_front_door(runtime)
     watchdog = None
     try:
+        if http is not None:  # answers 503 until the model is loaded
+            await http.start(config.host, config.http_port)
         loading = asyncio.create_task(runtime.start())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -349,6 +371,8 @@ async def serve(config: ServeConfig) -> int:
             watchdog.cancel()
         await health_state.enter_graceful_shutdown()
         await asyncio.sleep(min(_DRAIN_WINDOW_S, grace_s))
+        if http is not None:
+            await http.shutdown()
         draining = asyncio.create_task(runtime.attribution.drain(grace_s))  # fleet jobs
         await server.stop(grace_s)
         await draining

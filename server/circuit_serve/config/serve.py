@@ -144,6 +144,14 @@ class ServeConfig(Options):
     engine: EngineConfig
     host: str = option("0.0.0.0", flag="--host", help="gRPC bind address")
     port: int = option(50051, flag="--port", ge=0, le=65535, help="gRPC port")
+    http_port: int | None = option(  # None: no HTTP front door
+        None,
+        flag="--http-port",
+        type=int,
+        ge=0,
+        le=65535,
+        help="OpenAI-compatible HTTP port on --host (same engine, tokens and TLS as gRPC); off when not given",
+    )
     metrics_host: str = option("0.0.0.0", flag="--metrics-host", help="Prometheus bind address")
     metrics_port: int = option(
         9090, flag="--metrics-port", ge=0, le=65535, help="Prometheus /metrics port; 0 disables it"

@@ -44,6 +44,7 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: tuple[tuple[int, str, float], ...] = ()  # (token_id, token, logprob), most likely first
+    token: str = ""  # the chosen token's text (as decoded by the engine)
 
 
 @dataclass(frozen=True)

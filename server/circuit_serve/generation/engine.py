@@ -346,6 +346,7 @@ def _logprobs(completion: Any, top_n: int | None) -> tuple[TokenLogprobs, ...]:
                 token_id=token_id,
                 logprob=chosen.logprob if chosen is not None else float("nan"),
                 top=tuple((tid, lp.decoded_token or "", lp.logprob) for tid, lp in top),
+                token=(chosen.decoded_token or "") if chosen is not None else "",
             )
         )
     return tuple(out)

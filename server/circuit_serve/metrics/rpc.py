@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_DURATION_BUCKETS = (
+DURATION_BUCKETS = (
     0.001,
     0.0025,
     0.005,
@@ -37,7 +37,7 @@ class RpcMetrics:
             "circuit_rpc_duration_seconds",
             "RPC wall time (a stream: until its last message) by method and code.",
             ["method", "code"],
-            buckets=_DURATION_BUCKETS,
+            buckets=DURATION_BUCKETS,
             registry=registry,
         )
         self.in_flight = Gauge(

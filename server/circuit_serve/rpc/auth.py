@@ -22,6 +22,7 @@ import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
+from circuit_serve.auth.bearer import MALFORMED, UNKNOWN, bearer_principal, scope_refusal
 from circuit_serve.auth.principal import Principal, Scope, calling_as
 from circuit_serve.auth.tokens import TokenTable
 from circuit_serve.config.security import Reflection
@@ -66,8 +67,7 @@ _NO_TOKEN = (
     "this server requires a token: send the metadata `authorization: Bearer <token>` "
     "(circuit CLI: set CIRCUIT_TOKEN or pass --token-file)"
 )
-_MALFORMED = "the authorization metadata must read `Bearer <token>`"
-_UNKNOWN = "the token is not valid on this server (unknown or revoked)"
+_MESSAGES = {"missing_token": _NO_TOKEN, "malformed_header": MALFORMED, "unknown_token": UNKNOWN}
 
 
 class AuthInterceptor(HandlerInterceptor):
@@ -100,27 +100,15 @@ class AuthInterceptor(HandlerInterceptor):
             reason, message = failure
             return self._refuse(handler, reason, grpc.StatusCode.UNAUTHENTICATED, message)
         if need != AUTHENTICATED and not principal.allows(need):  # type: ignore[arg-type]
-            held = ", ".join(sorted(principal.scopes)) or "none"
             return self._refuse(
-                handler,
-                "missing_scope",
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{name} needs the scope '{need}' (or 'admin'); this token (tenant '{principal.name}') has: {held}",
+                handler, "missing_scope", grpc.StatusCode.PERMISSION_DENIED, scope_refusal(name, need, principal)
             )
         return wrapped(handler, _as_caller(principal))
 
     def _authenticate(self, metadata: Any) -> tuple[Principal | None, tuple[str, str]]:
         values = [v for k, v in (metadata or ()) if k == "authorization"]
-        if not values:
-            return None, ("missing_token", _NO_TOKEN)
-        scheme, _, token = str(values[0]).strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return None, ("malformed_header", _MALFORMED)
-        principal = self._tokens.lookup(token)
-        if principal is None:
-            return None, ("unknown_token", _UNKNOWN)
-        return principal, ("", "")
+        principal, reason = bearer_principal(self._tokens, values[0] if values else None)
+        return principal, (reason, _MESSAGES.get(reason, ""))
 
     def _refuse(
         self, handler: grpc.RpcMethodHandler, reason: str, code: grpc.StatusCode, message: str
