@@ -38,7 +38,7 @@ class AttributionGraph:
     logit_contrast_ids: list[int | None]
     logit_labels: list[str]
     logit_probabilities: torch.Tensor  # (K,) float32
-    edges: torch.Tensor  # (F + K, n_active + L*P + P) float32, see module docstring
+    edges: torch.Tensor  # (F + K, n_active + L*P + P) or compact (F + K, F + L*P + P) float32
     settings: AttributionSettings
     model_id: str = ""
     transcoder_id: str = ""
@@ -86,8 +86,8 @@ class AttributionGraph:
     # -- matrices -------------------------------------------------------------------------
     def compact_adjacency(self) -> torch.Tensor:
         """(F + K, F + L*P + P): rows [features | logits], columns [features | errors | embeddings]."""
-        if self.n_selected == self.n_active:
-            return self.edges
+        if self.n_selected == self.n_active or self.edges.shape[1] == self.layout.n_cols:
+            return self.edges  # already compact (streamed rows, or every feature selected)
         rest = torch.arange(self.n_active, self.edges.shape[1], device=self.edges.device)
         cols = torch.cat([self.selected_features.to(self.edges.device), rest])
         return self.edges[:, cols]
