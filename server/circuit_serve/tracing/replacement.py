@@ -85,6 +85,9 @@ def _tensor_identity(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+RESIDENT_SLACK = 768 << 20  # process memory that is neither weights nor counted working tensors
+
+
 class ReplacementModel:
     def __init__(
         self,
@@ -241,9 +244,12 @@ class ReplacementModel:
 
     def row_memory_bytes(self, n_tokens: int, settings: AttributionSettings, n_active: int, n_logits: int) -> int:
         """How much of the row store stays in memory before rows are spilled to disk: what the
-        budget (4 GiB without one) leaves beyond the estimate of everything else."""
+        budget (4 GiB without one) leaves beyond the estimate of everything else, the model's and
+        transcoders' tensors and RESIDENT_SLACK (interpreter, allocator)."""
         rest = self.estimate_memory(n_tokens, settings, n_active=n_active, n_logits=n_logits)
-        return max(0, (self.memory_budget_bytes or 4 << 30) - rest)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        held = weights + self.transcoders.resident_bytes() + RESIDENT_SLACK
+        return max(0, (self.memory_budget_bytes or 4 << 30) - rest - held)
 
     def work_bytes(self, *_) -> int:
         """Working memory for one transposed pass: an eighth of the budget (512 MiB without one),
