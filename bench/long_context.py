@@ -174,13 +174,26 @@ def main() -> None:
         ).stdout.strip()
     )
     base = base_checkout(rev, workdir)
-    rows: list[dict] = []
+    # every finished run is appended to results.jsonl in --workdir (a rerun skips those runs and
+    # the table is rewritten after each one, so an interrupted run keeps what it measured)
+    done_file = workdir / "results.jsonl"
+    rows = [json.loads(x) for x in done_file.read_text().splitlines()] if done_file.exists() else []
     t_all = time.time()
-    for path, server, lengths in (("today", base, args.today), ("streamed", ROOT / "server", args.lengths)):
+    for path, server, lengths in (("streamed", ROOT / "server", args.lengths), ("today", base, args.today)):
         for n in [int(x) for x in lengths.split(",") if x]:
+            if any(r["path"] == path and r["tokens"] == n for r in rows):
+                continue
             r = run_one(server, mdir, tdir, n, args) | {"path": path}
             print(json.dumps(r), flush=True)
             rows.append(r)
+            with done_file.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            write_report(rows, args, rev, t_all)
+    write_report(rows, args, rev, t_all)
+
+
+def write_report(rows: list[dict], args, rev: str, t_all: float) -> None:
+    rows = sorted(rows, key=lambda r: (r["path"] != "today", r["tokens"]))
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     new = {r["tokens"]: r for r in rows if r["path"] == "streamed" and "error" not in r}
     budget = args.budget_gib * 2**30
@@ -209,10 +222,17 @@ def main() -> None:
         lines.append(
             f"- time per token at {longest} / at {lo}: {ratio:.2f} (issue: within 3): {'yes' if ratio <= 3 else 'NO'}"
         )
-    lines += ["", f"Total benchmark wall time: {time.time() - t_all:.0f} s.", ""]
+    missing = [
+        f"{p} {n}"
+        for p, ls in (("streamed", args.lengths), ("today", args.today))
+        for n in ls.split(",")
+        if not any(r["path"] == p and str(r["tokens"]) == n for r in rows)
+    ]
+    if missing:
+        lines.append(f"- not measured yet (run still going or stopped): {', '.join(missing)}")
+    lines += ["", f"Wall time of this invocation so far: {time.time() - t_all:.0f} s.", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

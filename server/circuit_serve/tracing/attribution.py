@@ -26,6 +26,7 @@ import torch
 
 from circuit_serve.domain.errors import Cancelled
 from circuit_serve.tracing.graph import AttributionGraph
+from circuit_serve.tracing.heads import head_loadings
 from circuit_serve.tracing.local_model import LocalReplacement, compute_activations
 from circuit_serve.tracing.local_model import check_stop as lm_check_stop
 from circuit_serve.tracing.rowstore import RowStore
@@ -124,10 +125,10 @@ def run_attribution(
     rm.check_memory(P, settings, n_active=n_active, n_logits=K, dense_rows=dense_rows)
     t = phase("3_targets", t)
     run = _Rows(lrm, acts, tg, settings, n_sel, report, check_stop, should_stop)
+    chunk = backward_chunk(P, rm.arch.d_model, n_cols, settings.batch_size, rm.work_bytes())
     if n_sel == n_active or dense_rows:
         selected, edges = run.dense(phase, t)
     else:
-        chunk = backward_chunk(P, rm.arch.d_model, n_cols, settings.batch_size, rm.work_bytes())
         held = rm.row_memory_bytes(P, settings, n_active, K)
         selected, edges = run.streamed(phase, t, chunk, held, rm.spill_dir)
     t = time.perf_counter()
@@ -151,7 +152,13 @@ def run_attribution(
         model_name=rm.model_name,
         timings=timings,
     )
-    phase("6_package", t)
+    t = phase("6_package", t)
+    if settings.head_loadings:
+        report("7 head loadings", 0.0)
+        graph.head_loadings = head_loadings(
+            lrm, graph.prune().edge_mask, selected, run.targets(selected), chunk, should_stop
+        )
+        phase("7_head_loadings", t)
     report("6 done", 1.0)
     return graph
 
@@ -180,6 +187,26 @@ class _Rows:
         return self.compute(
             torch.full((j - i,), L), torch.full((j - i,), P - 1), self.tg.vectors[i:j].to(self.lrm.device)
         )
+
+    def targets(self, selected: torch.Tensor):
+        """compact rows -> (layers, positions, vectors) of those targets: rows below F are the
+        selected features, the others logit targets."""
+        F, L, P = len(selected), self.lrm.n_layers, self.lrm.n_pos
+
+        def spec(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            layers = torch.full((len(rows),), L)
+            positions = torch.full((len(rows),), P - 1)
+            vectors = torch.empty(len(rows), self.lrm.d, device=self.lrm.device)
+            feat = rows < F
+            idx = selected[rows[feat]]
+            layers[feat], positions[feat] = self.layer[idx], self.pos[idx]
+            if feat.any():
+                vectors[feat.to(vectors.device)] = self.lrm.encoder_vectors(idx)
+            if (~feat).any():
+                vectors[(~feat).to(vectors.device)] = self.tg.vectors[rows[~feat] - F].to(vectors.device).float()
+            return layers, positions, vectors
+
+        return spec
 
     def dense(self, phase, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Every visited row over all sources in one (n_sel + K, n_cols) matrix."""

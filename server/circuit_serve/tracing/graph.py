@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from circuit_serve.tracing.frontend import frontend_json
+from circuit_serve.tracing.heads import HeadLoadings
 from circuit_serve.tracing.prune import CompactLayout, PruneResult, graph_scores, prune_compact
 from circuit_serve.tracing.settings import AttributionSettings
 
@@ -45,6 +46,7 @@ class AttributionGraph:
     scan: str | None = None
     model_name: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    head_loadings: HeadLoadings | None = None  # kept edges split by attention head (opt-in)
 
     # -- sizes and offsets ----------------------------------------------------------------
     @property

@@ -366,8 +366,9 @@ class LocalReplacement:
             return g @ W
         return (g.to(W.dtype) @ W).float()
 
-    def _attention_transpose(self, li: int, g: torch.Tensor) -> torch.Tensor:
-        """Transpose of x -> attention output (frozen pattern and norms): (k, P, d) -> (k, P, d)."""
+    def _attention_transpose(self, li: int, g: torch.Tensor, per_head: bool = False) -> torch.Tensor:
+        """Transpose of x -> attention output (frozen pattern and norms): (k, P, d) -> (k, P, d),
+        or with `per_head` each head's part, (k, H, P, d) (summing over heads gives the whole)."""
         arch = self.arch
         part = arch.layers[li]
         k, P, _ = g.shape
@@ -378,8 +379,13 @@ class LocalReplacement:
         gv = torch.zeros(k, P, H, dh, device=g.device)  # (k, Pk, H, dh)
         for blk in self.rec.patterns[li]:  # keys after a block's last query get nothing from it
             gv[:, : blk.q1] += torch.einsum("hqs,bqhe->bshe", blk.weights, go[:, blk.q0 : blk.q1])
+        W_v = part.attn.v_proj.weight  # (KV * dh, d)
+        if per_head:
+            rep = H // KV
+            heads = [self._mm(gv[:, :, h], W_v[(h // rep) * dh : (h // rep + 1) * dh]) for h in range(H)]
+            return torch.stack(heads, 1) * self.norm1_f[li]  # (k, H, P, d)
         gv = gv.reshape(k, P, KV, H // KV, dh).sum(3).reshape(k, P, KV * dh)
-        gh = self._mm(gv, part.attn.v_proj.weight)  # (k, P, d)
+        gh = self._mm(gv, W_v)  # (k, P, d)
         return gh * self.norm1_f[li]
 
     @torch.inference_mode()
@@ -390,12 +396,19 @@ class LocalReplacement:
         vectors: torch.Tensor,
         out: torch.Tensor,
         should_stop: StopCheck = None,
+        streams: int = 1,
     ) -> None:
         """Direct effects of every node on B targets, written into `out` (B, n_cols), zeroed.
 
         layers (B,): a target's layer (L = the logits, read after the final norm at the last
         position); positions (B,); vectors (B, d): encoder rows (features) or demeaned
         unembedding directions (logits). Targets must be sorted by layer, descending.
+
+        Head split (`streams` = 1 + L H): the batch holds each target `streams` times in a row
+        (its vector in the first copy, zeros in the others); copy 0 carries the paths that cross
+        no attention, copy 1 + layer * H + head those whose attention hop nearest the source is
+        that head: at each attention layer every copy keeps its residual part and the heads'
+        transposes of the copies' sum go to the heads' copies. The copies' rows sum to the row.
         """
         L, P, d = self.n_layers, self.n_pos, self.d
         B = len(layers)
@@ -436,6 +449,14 @@ class LocalReplacement:
             gm = g[:k_in]
             if gx is not None:
                 gm = gm + (gx if self.in_f[li] is None else gx * self.in_f[li])
-            g[:k_in] = gm + self._attention_transpose(li, gm)
+            if streams == 1:
+                g[:k_in] = gm + self._attention_transpose(li, gm)
+            else:
+                J, H = streams, self.arch.n_heads
+                total = gm.view(k_in // J, J, P, d).sum(1)
+                g[:k_in] = gm
+                g[:k_in].view(k_in // J, J, P, d)[:, 1 + li * H : 1 + (li + 1) * H] += self._attention_transpose(
+                    li, total, per_head=True
+                )
             above = k_in
         out[:, self.token_offset : self.token_offset + P] += torch.einsum("bpd,pd->bp", g, self.rec.x0)

@@ -306,6 +306,7 @@ class ReplacementModel:
         should_stop: Callable[[], bool] | None = None,
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
+        head_loadings: bool = False,
         dense_rows: bool = False,
     ) -> AttributionGraph:
         """Attribution graph of the next-token prediction after `tokens` (text or ids).
@@ -317,6 +318,7 @@ class ReplacementModel:
             batch_size=batch_size,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
+            head_loadings=head_loadings,
         ).validate()
         ids, prompt = self.check_tokens(tokens)
         # Checked twice for streamed rows: here, before the forward pass, from `expected_l0`
