@@ -77,13 +77,14 @@ def test_budget_refused_before_the_forward_pass_with_the_largest_prompt(case_dir
     calls = []
     real = rm.record
     monkeypatch.setattr(rm, "record", lambda *a, **k: calls.append(1) or real(*a, **k))
-    need = rm.estimate_memory(len(tokens), AttributionSettings(max_feature_nodes=12))
-    small = rm.estimate_memory(6, AttributionSettings(max_feature_nodes=12))
+    s = AttributionSettings(max_feature_nodes=12)
+    need = rm.estimate_memory(len(tokens), s, n_active=0)  # before the forward pass: what needs no features
+    small = rm.estimate_memory(6, s, n_active=0)
     monkeypatch.setattr(rm, "memory_budget_bytes", (need + small) // 2)
     with pytest.raises(InvalidRequest, match=r"largest prompt that fits these settings is about \d+ tokens") as e:
         rm.attribute(tokens, max_feature_nodes=12)
     assert calls == []  # refused before anything ran
     fits = int(str(e.value).split("about ")[-1].split(" tokens")[0])
     assert 6 <= fits < len(tokens)
-    assert rm.estimate_memory(fits, AttributionSettings(max_feature_nodes=12)) <= rm.memory_budget_bytes
-    assert rm.estimate_memory(fits + 1, AttributionSettings(max_feature_nodes=12)) > rm.memory_budget_bytes
+    assert rm.estimate_memory(fits, s, n_active=0) <= rm.memory_budget_bytes
+    assert rm.estimate_memory(fits + 1, s, n_active=0) > rm.memory_budget_bytes

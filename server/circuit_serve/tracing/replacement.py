@@ -265,14 +265,14 @@ class ReplacementModel:
         self, n_tokens: int, settings: AttributionSettings, *, n_active: int | None = None, dense_rows=False, **kw
     ) -> None:
         """Refuse (InvalidRequest) when the estimate exceeds the budget, naming the largest prompt
-        that fits: before the forward pass from `expected_l0` (n_active None), after it from the
-        real count (then the per-token rate of this prompt scales the largest prompt)."""
+        that fits at this prompt's features per token (n_active: 0 before the forward pass, a lower
+        bound; the real count after it; None: the `expected_l0` bound)."""
         if self.memory_budget_bytes is None:
             return
         need = self.estimate_memory(n_tokens, settings, n_active=n_active, dense_rows=dense_rows, **kw)
         if need <= self.memory_budget_bytes:
             return
-        rate = None if n_active is None else n_active / max(n_tokens - 1, 1)
+        rate = None if n_active is None else n_active / max(n_tokens - 1, 1)  # features per token
 
         def fits(n: int) -> bool:
             na = None if rate is None else int(rate * max(n - 1, 0))
@@ -321,12 +321,11 @@ class ReplacementModel:
             head_loadings=head_loadings,
         ).validate()
         ids, prompt = self.check_tokens(tokens)
-        # Checked twice for streamed rows: here, before the forward pass, from `expected_l0`
-        # features per token and layer (an upper bound; the estimate hardly depends on it), and in
-        # phase 3 with the real number of active features (the only check of dense rows, whose
-        # size is quadratic in the count: an upper bound would refuse too much).
-        if max_feature_nodes is not None and not dense_rows:
-            self.check_memory(len(ids), settings)
+        # Checked twice: here, before the forward pass, the part of the estimate that does not
+        # depend on the features (recorded patterns and tensors, the forward pass, one backward
+        # batch: what grows fastest with the prompt), and in phase 3 with the real number of active
+        # features. A sparsity guess (`expected_l0`) would refuse graphs that fit.
+        self.check_memory(len(ids), settings, n_active=0, dense_rows=dense_rows)
         return run_attribution(
             self,
             ids,
