@@ -107,7 +107,7 @@ def prompts(model: Path, workload: str, count: int, *, seed: int) -> list[list[i
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model))
-    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:200]
+    words = sorted(w for w in tok.get_vocab() if w.isalpha() and len(w) > 2)[:200]  # get_vocab's order varies
 
     def text(rng: random.Random, n: int) -> str:
         return " ".join(rng.choice(words) for _ in range(n))
