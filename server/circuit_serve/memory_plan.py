@@ -16,6 +16,9 @@ the card, so everything the tracing side needs must be set aside before it start
 4. The attribution budget: `workers x --attribution-memory-budget-gib`.
 5. Overheads: the server process's CUDA context and an allocator reserve.
 
+Host memory the plan also lists (not on the card): the in-engine monitor's store of watched values
+of cached prompt blocks (`--monitor-cache-mib`, see monitoring/block_store.py).
+
 `gpu_memory_utilization = (card - (2 + 3 + 4 + 5)) / card`. The plan refuses, with the numbers,
 when the KV cache share left to vLLM cannot hold `min_kv_tokens`.
 """
@@ -102,11 +105,14 @@ class MemoryPlan:
     reason: str
     gpu_memory_utilization: float
     notes: dict[str, str] = field(default_factory=dict)
+    host: dict[str, int] = field(default_factory=dict)  # name -> bytes of host memory (not on the card)
 
     def render(self) -> str:
         rows = [f"GPU memory plan for a {self.card_bytes / GIB:.1f} GiB card:"]
         for name, b in self.components.items():
             rows.append(f"  {name:<30} {b / GIB:8.2f} GiB  {self.notes.get(name, '')}".rstrip())
+        for name, b in self.host.items():
+            rows.append(f"  {name:<30} {b / GIB:8.2f} GiB  host memory, not on the card")
         rows.append(f"  vLLM gpu_memory_utilization {self.gpu_memory_utilization:.3f}")
         rows.append(("  fits: " if self.fits else "  REFUSED: ") + self.reason)
         return "\n".join(rows)
@@ -126,6 +132,7 @@ def plan_memory(
     max_num_seqs: int = 256,
     cuda_context_bytes: int = 512 * MIB,
     allocator_reserve_bytes: int = 512 * MIB,
+    monitor_store_bytes: int = 0,
 ) -> MemoryPlan:
     """Per-component bytes and vLLM's share of a `card_bytes` GPU; see the module docstring."""
     b = DTYPE_BYTES[dtype]
@@ -162,12 +169,13 @@ def plan_memory(
             f"decoders {'read lazily' if transcoders.lazy_decoder else 'in memory'}"
         )
     util = max(0.0, min(1.0, vllm_share / card_bytes))
+    host = {"monitor value store": monitor_store_bytes} if transcoders is not None and monitor_store_bytes else {}
     if kv >= kv_min:
         reason = (
             f"{(card_bytes - kv + kv_min) / GIB:.2f} GiB needed with the smallest KV cache; vLLM gets "
             f"{util:.3f} of the card, {kv / GIB:.2f} GiB of it for the KV cache"
         )
-        return MemoryPlan(card_bytes, components, True, reason, util, notes)
+        return MemoryPlan(card_bytes, components, True, reason, util, notes, host)
     need = card_bytes - kv + kv_min
     biggest = max(tracing, key=tracing.get) if transcoders is not None else "vLLM weights"
     left = f"{kv / GIB:.2f} GiB" if kv > 0 else "nothing"
@@ -179,4 +187,4 @@ def plan_memory(
         f"--max-model-len, use lazily read decoders (safetensors sets), or put attribution on another card "
         f"(--attribution-device cuda:1)"
     )
-    return MemoryPlan(card_bytes, components, False, reason, util, notes)
+    return MemoryPlan(card_bytes, components, False, reason, util, notes, host)

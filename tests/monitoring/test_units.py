@@ -55,3 +55,27 @@ def test_wire_round_trip():
     for want, got in zip(steps, back, strict=True):
         assert (got.rid, got.first_pos, got.fired) == (want.rid, want.first_pos, want.fired)
         assert np.array_equal(got.pre, want.pre) and np.array_equal(got.active, want.active)
+
+
+def test_block_store_routes_by_stored_and_pending_blocks():
+    from circuit_serve.monitoring.block_store import NAMESPACE, PRIVATE, SHARED, BlockStore
+
+    store = BlockStore(block_size=4, n_columns=2, capacity_bytes=4 * 2 * 5 * 8)  # 8 blocks
+    system = [2, 5, 6, 7, 8, 9, 10, 11, 12]  # two full blocks and one token
+    first = store.route([*system, 40, 41, 42], private_salt="p1")  # 12 tokens: 2 reusable blocks
+    assert first.kind == NAMESPACE and first.salt == store.namespace and len(first.pre) == 0
+    assert store.route([*system, 50, 51, 52], private_salt="p2").kind == PRIVATE  # its blocks are pending
+    values = np.arange(12 * 2, dtype=np.float32).reshape(12, 2)
+    store.put([*system, 40, 41, 42], values, values > 5)
+    store.release(first, complete=True)
+    assert len(store) == 3
+    shared = store.route(system, private_salt="p3")  # both reusable blocks stored: no salt at all
+    assert shared.kind == SHARED and shared.salt is None and np.array_equal(shared.pre, values[:8])
+    other = store.route([*system, 50, 51, 52, 53], private_salt="p4")  # its third block is new
+    assert other.kind == NAMESPACE and np.array_equal(other.active, values[:8] > 5)
+    namespace = store.namespace
+    store.release(other, complete=False)  # its values never came: vLLM may hold a block without them
+    assert store.namespace != namespace
+    for i in range(6):  # eviction (oldest quarter) starts a new namespace too
+        store.put([100 + i] * 4, values[:4], values[:4] > 5)
+    assert len(store) <= 8 and store.renewals == 2

@@ -80,6 +80,7 @@ def plan_for_serving(
         attribution_workers=att.workers,
         max_model_len=max_len,
         max_num_seqs=config.engine.max_num_seqs or 256,
+        monitor_store_bytes=config.features.monitor_cache_mib << 20,
     )
 
 

@@ -38,6 +38,13 @@ class FeaturesConfig(Options):
         ge=0,
         help="per layer, how many features requests may add to in-engine monitoring at once (0: none)",
     )
+    monitor_cache_mib: int = option(
+        64,
+        flag="--monitor-cache-mib",
+        ge=0,
+        help="host memory for the watched values of cached prompt blocks, so monitored requests reuse "
+        "vLLM's prefix cache (0: monitored requests reuse no cached prefix)",
+    )
     max_request_watch: int = option(
         8, flag="--max-request-watch", ge=0, help="most watched features one generation request may add"
     )

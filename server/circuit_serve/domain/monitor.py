@@ -5,7 +5,8 @@ them and imports nothing of monitoring. For one generation request the engine:
 
 1. `RequestMonitor.begin`: asks the monitor to resolve the request's watch and start it (None:
    the request is not monitored);
-2. gives vLLM the request with `WatchedRequest.sampling_overrides` applied and its `cache_salt`;
+2. gives vLLM the request with `WatchedRequest.sampling_overrides` applied and its `cache_salt`
+   (when it has one: the monitor decides which of vLLM's cached prompt blocks it may reuse);
 3. `WatchedRequest.step`: passes every chunk but the last through it (values of the positions
    computed so far, when the request asked for them);
 4. `WatchedRequest.finish`: passes the last chunk through it, which cuts the completion at a
@@ -13,7 +14,8 @@ them and imports nothing of monitoring. For one generation request the engine:
 5. `WatchedRequest.close`: always, when the request ends (finished, aborted or failed).
 
 Before vLLM starts, `RequestMonitor.start` readies the monitor (and the process environment
-vLLM reads) and `engine_args` adds what vLLM needs to run the monitor in its forward pass.
+vLLM reads) and `engine_args` adds what vLLM needs to run the monitor in its forward pass; once
+vLLM runs, `engine_ready` tells it vLLM's KV block size and whether prefix caching is on.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ class WatchedRequest(Protocol):
     """One monitored generation request, as the engine drives it (steps 2 to 5 above)."""
 
     @property
-    def cache_salt(self) -> str:
-        """vLLM's `cache_salt` for the request (a monitored request reuses no cached prefix)."""
+    def cache_salt(self) -> str | None:
+        """vLLM's `cache_salt` for the request (None: none; a salt limits which cached blocks it reuses)."""
         ...
 
     def sampling_overrides(self, ignore_eos: bool) -> dict[str, Any]:
@@ -59,6 +61,10 @@ class RequestMonitor(Protocol):
 
     async def start(self) -> None: ...
 
+    def engine_ready(self, *, block_size: int, prefix_caching: bool) -> None:
+        """vLLM started with KV blocks of `block_size` tokens, prefix caching on or off."""
+        ...
+
     def engine_args(self, kwargs: Mapping[str, Any], *, enforce_eager: bool) -> dict[str, Any]:
         """`kwargs` (vLLM `AsyncEngineArgs` fields) with the monitor's additions."""
         ...
@@ -68,7 +74,7 @@ class RequestMonitor(Protocol):
         request_id: str,
         request: GenerationRequest,
         *,
-        n_prompt: int,
+        prompt_ids: Sequence[int],
         max_model_len: int,
         sentinel: int | None,
         decode: Decode,

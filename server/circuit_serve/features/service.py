@@ -156,6 +156,7 @@ class FeaturesService:
             max_request_watch=self.config.max_request_watch,
             work_dir=work_dir,
             sink=self.metrics.observe if self.metrics is not None else None,
+            cache_bytes=self.config.monitor_cache_mib << 20,
         )
 
     def resolve(self, ask: MonitorAsk) -> WatchRequest | None:

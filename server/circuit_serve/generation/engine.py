@@ -89,6 +89,9 @@ class GenerationEngine:
         args = AsyncEngineArgs(**kwargs, disable_log_stats=True)  # vLLM's metrics stay on (stats.py)
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=stat_loggers())
         self._tokenizer = self._llm.get_tokenizer()
+        if monitor is not None:
+            cache = self._llm.vllm_config.cache_config
+            monitor.engine_ready(block_size=int(cache.block_size), prefix_caching=bool(cache.enable_prefix_caching))
         model_config = self._llm.model_config
         self._limits = Limits(
             vocab_size=model_config.get_vocab_size(),
@@ -206,7 +209,7 @@ class GenerationEngine:
     async def _run(self, request: GenerationRequest, output_kind: Any) -> AsyncIterator[GenerationChunk]:
         prompt_ids = await self.prompt_ids(request)
         request_id = f"gen-{uuid.uuid4().hex}"
-        watch = self._begin_watch(request, request_id, len(prompt_ids))
+        watch = self._begin_watch(request, request_id, prompt_ids)
         overrides = watch.sampling_overrides(request.sampling.ignore_eos) if watch is not None else {}
         try:
             params = _sampling_params(request.sampling, output_kind, **overrides)
@@ -215,7 +218,7 @@ class GenerationEngine:
                 watch.close()
             raise InvalidRequest(f"vLLM refused the sampling parameters: {exc}", field="sampling") from exc
         inputs: dict[str, Any] = {"prompt_token_ids": prompt_ids}
-        if watch is not None:
+        if watch is not None and watch.cache_salt is not None:
             inputs["cache_salt"] = watch.cache_salt
         tokens: list[int] = []
         text: list[str] = []
@@ -264,7 +267,7 @@ class GenerationEngine:
             if watch is not None:
                 watch.close()
 
-    def _begin_watch(self, request: GenerationRequest, request_id: str, n_prompt: int) -> WatchedRequest | None:
+    def _begin_watch(self, request: GenerationRequest, request_id: str, prompt_ids: list[int]) -> WatchedRequest | None:
         """The monitor's handle on `request` (None: not monitored); a watch needs a monitor."""
         if self._monitor is None:
             if request.watch is not None:
@@ -274,7 +277,7 @@ class GenerationEngine:
         return self._monitor.begin(
             request_id,
             request,
-            n_prompt=n_prompt,
+            prompt_ids=prompt_ids,
             max_model_len=self._limits.max_model_len,
             sentinel=self._tokenizer.eos_token_id,
             decode=self._decode,

@@ -34,10 +34,18 @@ class RequestValues:
         self._pre = np.zeros((0, n_columns), dtype=np.float32)  # assembled (covered, k)
         self._active = np.zeros((0, n_columns), dtype=bool)
         self.covered = 0  # positions 0..covered-1 have values
-        self.fired: tuple[int, int] | None = None  # (column index, position) of the engine's first stop firing
+        self.fired: tuple[int, int] | None = None  # (column index, position) of the first stop firing
+        self.engine_from: int | None = None  # first position the engine computed (vLLM's cached tokens)
         self._changed = asyncio.Event()
 
+    def preset(self, pre: np.ndarray, active: np.ndarray) -> None:
+        """Values of positions 0..len-1 known before the engine runs (stored cached blocks)."""
+        self._pre, self._active = pre, active
+        self.covered = max(self.covered, len(pre))
+
     def add(self, step: StepValues) -> None:
+        if self.engine_from is None:
+            self.engine_from = step.first_pos
         self._steps.append(step)
         if step.first_pos <= self.covered:
             self.covered = max(self.covered, step.first_pos + step.pre.shape[0])

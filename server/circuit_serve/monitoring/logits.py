@@ -90,7 +90,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
                     np.asarray(args.stop, dtype=np.int64),
                     np.asarray(args.stop_thresholds, dtype=np.float32),
                 )
-            self._rows[index] = _Watch(args.rid, rules, args.sentinel, args.ban_sentinel)
+            self._rows[index] = _Watch(args.rid, rules, args.sentinel, args.ban_sentinel, args.fired)
             bank = taps.current_bank()
             for s in args.sets:  # columns lent to the request's own features, before its first forward pass
                 bank.set_column(s.column, s.layer, s.index, s.row, s.bias, s.threshold)
@@ -142,15 +142,26 @@ class MonitorLogitsProcessor(LogitsProcessor):
                 at += n
             pre_blocks.append(block_pre)
             act_blocks.append(block_act)
-        for i, w in self._rows.items():
-            if w.fired is not None and i < logits.shape[0]:  # only the sentinel: this step's token ends it
-                logits[i] = float("-inf")
-                logits[i, w.sentinel] = 0.0
-            elif w.ban_sentinel and i < logits.shape[0]:
-                logits[i, w.sentinel] = float("-inf")
+        self._rules_on_logits(logits)
         if header:
             self._send(bank.spec.endpoint, encode_blocks(header, pre_blocks, act_blocks))
         return logits
+
+    def _rules_on_logits(self, logits: torch.Tensor) -> None:
+        """Fired rows sample only their sentinel (this step's token ends them); ignore_eos rows with
+        stop rules never sample it otherwise (one indexed write for all of them)."""
+        n, ban_rows, ban_cols = logits.shape[0], [], []
+        for i, w in self._rows.items():
+            if i >= n:
+                continue
+            if w.fired is not None:
+                logits[i] = float("-inf")
+                logits[i, w.sentinel] = 0.0
+            elif w.ban_sentinel:
+                ban_rows.append(i)
+                ban_cols.append(w.sentinel)
+        if ban_rows:
+            logits[ban_rows, ban_cols] = float("-inf")
 
     def _send(self, endpoint: str, frames: list[bytes]) -> None:
         if self._socket is None:

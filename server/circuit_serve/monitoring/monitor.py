@@ -2,22 +2,25 @@
 
 It is the generation engine's `circuit_serve.domain.monitor.RequestMonitor`. Before vLLM starts,
 `start` binds the value channel and pins vLLM's V1 model runner, and `engine_args` names the
-tapped model class and the rules' logits processor. For one monitored generation request:
+tapped model class and the rules' logits processor; once vLLM runs, `engine_ready` sizes the
+block store (see `block_store`) to vLLM's KV block. For one monitored generation request:
 
 1. `begin`: resolve the request's watch (None: it has none); lend columns to the request's own
-   features (shared pool, see `columns`), build the watch that travels in its
-   `SamplingParams.extra_args` (columns, stop rules and their
-   thresholds, the sentinel token), one more token than asked for (so the last kept token is
-   run through the model too), a private `cache_salt` (prefix caching skips the forward pass of
-   cached positions; a monitored request opts out of reuse, the engine keeps it for others),
-   and for ignore_eos requests with stop rules the sentinel as a stop token;
+   features (shared pool, see `columns`); route it through vLLM's prefix cache (`block_store`:
+   shared, the monitored namespace, or a private `cache_salt` when it adds features of its own),
+   taking the stored values of its leading cached prompt blocks and checking its stop rules on
+   them; build the watch that travels in its `SamplingParams.extra_args` (columns, stop rules
+   and their thresholds, the sentinel token, a stop already fired on a stored position), one
+   more token than asked for (so the last kept token is run through the model too), and for
+   ignore_eos requests with stop rules the sentinel as a stop token;
 2. while vLLM streams, `step` hands out the positions computed so far with each chunk;
 3. `finish`: when vLLM's last output arrives, wait for the values of every position the engine
-   ran (all but the last sampled token), then decide the outcome: after the firing token when
-   a stop rule fired (the token sampled with it, or the forced sentinel, is dropped), at the
-   asked length when the extra token was generated; build the report, and cut the last chunk
-   (tokens, text, logprobs, usage) to the kept tokens (`cut`);
-4. `close`: give the columns back.
+   ran (all but the last sampled token; positions vLLM took from its cache have stored values),
+   then decide the outcome: after the firing token when a stop rule fired (the token sampled
+   with it, or the forced sentinel, is dropped), at the asked length when the extra token was
+   generated; store the full blocks' values, build the report, and cut the last chunk (tokens,
+   text, logprobs, usage) to the kept tokens (`cut`);
+4. `close`: give the columns back (and the request's pending blocks, see `block_store`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from circuit_serve.domain.features import (
 )
 from circuit_serve.domain.generation import FinishReason, GenerationChunk, GenerationRequest, Usage
 from circuit_serve.domain.monitor import Decode
+from circuit_serve.monitoring.block_store import PRIVATE, BlockStore, Route
 from circuit_serve.monitoring.channel import RequestValues, ValueChannel
 from circuit_serve.monitoring.columns import ColumnPlan, SlotPool
 from circuit_serve.monitoring.plugin import ARCHITECTURES, LOGITS_PROCESSOR
@@ -80,6 +84,7 @@ class EngineMonitor:
         max_request_watch: int,
         work_dir: Path,
         sink: ReportSink | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         if model_type not in ARCHITECTURES:
             raise ValueError(
@@ -98,6 +103,13 @@ class EngineMonitor:
         self.pool = SlotPool(self.plan)
         self._spec_dir = self.spec.save(self.work_dir / "spec")
         self._sink = sink
+        self.cache_bytes = cache_bytes
+        self.store: BlockStore | None = None  # set by engine_ready when vLLM caches prefixes
+
+    def engine_ready(self, *, block_size: int, prefix_caching: bool) -> None:
+        """vLLM runs with KV blocks of `block_size` tokens (and prefix caching on or off)."""
+        if prefix_caching and self.cache_bytes > 0 and self.watched:
+            self.store = BlockStore(block_size, len(self.watched), self.cache_bytes)
 
     def engine_args(self, kwargs: Mapping[str, Any], *, enforce_eager: bool) -> dict[str, Any]:
         """`kwargs` (AsyncEngineArgs fields) with the tapped model class and the rules' logits processor.
@@ -133,7 +145,7 @@ class EngineMonitor:
         request_id: str,
         request: GenerationRequest,
         *,
-        n_prompt: int,
+        prompt_ids: Sequence[int],
         max_model_len: int,
         sentinel: int | None,
         decode: Decode,
@@ -164,6 +176,12 @@ class EngineMonitor:
             row = None if self.spec.activation == "topk" else rows[j].tolist()
             sets.append(ColumnSet(column, feature.layer, feature.index, row, float(bias[j]), float(thr[j])))
         stop = [i for i, w in enumerate(watch.features) if w.action is Action.STOP]
+        private = f"circuit-monitor-{request_id}"
+        if self.store is None or own or watch.n_server != len(self.watched):
+            route = None
+        else:
+            route = self.store.route(prompt_ids, private_salt=private)
+        fired = _first_stop(route, watch, stop)
         args = RequestWatchArgs(
             rid=request_id,
             columns=columns,
@@ -172,24 +190,46 @@ class EngineMonitor:
             sentinel=sentinel if has_stop else -1,
             ban_sentinel=has_stop and sampling.ignore_eos,
             sets=sets,
+            fired=fired,
         )
+        n_prompt = len(prompt_ids)
         extend = n_prompt + sampling.max_new_tokens + 1 <= max_model_len
+        values = self.channel.open(request_id, len(columns))
+        if route is not None and len(route.pre):
+            values.preset(route.pre, route.active)
+        values.fired = fired
         return MonitoredRequest(
             self,
             watch,
             args,
-            self.channel.open(request_id, len(columns)),
+            values,
             own,
             decode,
-            n_prompt=n_prompt,
+            prompt_ids=prompt_ids,
             max_new_tokens=sampling.max_new_tokens,
             extended=extend,
+            route=route,
+            salt=route.salt if route is not None else private,
         )
 
     def _release(self, request: MonitoredRequest) -> None:
         self.channel.close(request.args.rid)
         for feature in request.own:
             self.pool.give_back(feature)
+        if self.store is not None and request.route is not None:
+            self.store.release(request.route, complete=request.stored)
+
+    def _keep(self, request: MonitoredRequest, n_tokens: int, tokens: Sequence[int]) -> bool:
+        """Store the server columns of the full blocks the engine computed for a finished request
+        (prompt and `tokens` but the last); True when the values of every computed position came."""
+        computed = request.n_prompt + n_tokens - 1
+        values = request.values
+        if self.store is None or request.watch.n_server != len(self.watched):
+            return values.covered >= computed
+        n = min(values.covered, computed)
+        sequence = [*request.prompt_ids, *tokens][:n]
+        self.store.put(sequence, values.pre[:n, : len(self.watched)], values.active[:n, : len(self.watched)])
+        return values.covered >= computed
 
     def _observe(self, report: MonitorReport, waited_s: float) -> None:
         if self._sink is not None:
@@ -216,13 +256,18 @@ class MonitoredRequest:
         own: list[FeatureRef],
         decode: Decode,
         *,
-        n_prompt: int,
+        prompt_ids: Sequence[int],
         max_new_tokens: int,
         extended: bool,
+        route: Route | None,
+        salt: str | None,
     ) -> None:
         self.monitor, self.watch, self.args, self.values, self.own = monitor, watch, args, values, own
         self._decode = decode
-        self.n_prompt, self.max_new_tokens, self.extended = n_prompt, max_new_tokens, extended
+        self.prompt_ids, self.n_prompt = prompt_ids, len(prompt_ids)
+        self.max_new_tokens, self.extended = max_new_tokens, extended
+        self.route, self._salt = route, salt
+        self.stored = False  # the values of every computed block were stored (finish)
         self._handed_out = 0  # positions whose values went out in chunks
         self._closed = False
 
@@ -236,8 +281,13 @@ class MonitoredRequest:
         return out
 
     @property
-    def cache_salt(self) -> str:
-        return f"circuit-monitor-{self.args.rid}"
+    def cache_salt(self) -> str | None:
+        """vLLM's `cache_salt` for the request (None: it shares every cached block; see `block_store`)."""
+        return self._salt
+
+    @property
+    def reuses_cache(self) -> bool:
+        return self.route is not None and self.route.kind != PRIVATE
 
     def step(self, chunk: GenerationChunk) -> GenerationChunk:
         """A chunk before the last, with the values computed since the previous one (when asked for)."""
@@ -249,7 +299,9 @@ class MonitoredRequest:
         """The last chunk cut at the outcome (step 3 of the module docstring); `tokens` and `text`
         (the whole completion so far) are cut in place."""
         assert chunk.finish_reason is not None
-        return cut(chunk, tokens, text, await self._outcome(len(tokens), chunk.finish_reason), self._decode)
+        outcome = await self._outcome(len(tokens), chunk.finish_reason)
+        self.stored = self.monitor._keep(self, len(tokens), tokens)
+        return cut(chunk, tokens, text, outcome, self._decode)
 
     def _take_values(self, limit: int | None = None) -> tuple[WatchedValues, ...]:
         """Values of positions computed since the last call (up to `limit`), when asked for."""
@@ -302,6 +354,20 @@ class MonitoredRequest:
         if not self._closed:
             self._closed = True
             self.monitor._release(self)
+
+
+def _first_stop(route: Route | None, watch: WatchRequest, stop: list[int]) -> tuple[int, int] | None:
+    """The first (column index, position) where a stop rule fires on the stored prompt positions."""
+    if route is None or not stop or not len(route.pre):
+        return None
+    cols = np.asarray(stop)
+    value = np.where(route.active[:, cols], route.pre[:, cols], np.float32(0))  # (P, s)
+    hits = value > np.asarray([watch.features[i].threshold for i in stop], dtype=np.float32)
+    rows = hits.any(axis=1).nonzero()[0]
+    if not rows.size:
+        return None
+    position = int(rows[0])
+    return stop[int(hits[position].nonzero()[0][0])], position
 
 
 def cut(

@@ -114,9 +114,10 @@ class TapBank:
             torch.addmm(self.b[lo:hi], x, self.Wt[:, lo:hi], out=pre)  # (T, C_l)
             torch.gt(pre, self.threshold[lo:hi], out=active)
 
-    def note_batch(self, positions: torch.Tensor, query_start: list[int]) -> None:
-        """The batch layout of the forward pass that just ran (token offsets per request)."""
-        if not self.enabled:
+    def note_batch(self, positions: torch.Tensor, query_start: list[int] | None) -> None:
+        """The batch layout of the forward pass that just ran (token offsets per request; None
+        while the taps are off)."""
+        if not self.enabled or query_start is None:
             self.num_tokens = 0
             return
         self.num_tokens = query_start[-1] if query_start else 0

@@ -42,8 +42,9 @@ class _Tapped:
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
         out = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
-        if self._circuit_bank is not None:
-            self._circuit_bank.note_batch(positions, _query_start())
+        bank = self._circuit_bank
+        if bank is not None:  # no batch layout read (no device sync) while nobody is monitored
+            bank.note_batch(positions, _query_start() if bank.enabled else None)
         return out
 
 

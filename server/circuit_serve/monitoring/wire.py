@@ -2,8 +2,9 @@
 
 1. Server -> worker, with the request (`SamplingParams.extra_args[EXTRA_KEY]`, msgpack-safe):
    `RequestWatchArgs`: the request's id, its columns (server watchlist columns, then columns
-   lent to its own features, whose rows it carries), which of them are `stop` rules, and the
-   token the worker forces when a rule fires.
+   lent to its own features, whose rows it carries), which of them are `stop` rules, the
+   token the worker forces when a rule fires, and a firing the server already found on the
+   request's cached prompt positions (the worker then forces the stop token in its first step).
 2. Worker -> server, once per engine step over a zmq PUSH socket: for every monitored request in
    the step, its positions `first_pos .. first_pos + n - 1`, the `(n, n_cols)` pre-activations
    (float32) and active mask (uint8) of its columns, and the first firing of a `stop` rule
@@ -43,6 +44,7 @@ class RequestWatchArgs:
     sentinel: int  # token forced when a stop rule fires (-1: no stop rules)
     ban_sentinel: bool  # ignore_eos requests: the sentinel is never sampled otherwise
     sets: list[ColumnSet]
+    fired: tuple[int, int] | None = None  # a stop rule that fired on a cached prompt position (server-side)
 
     def to_extra(self) -> dict:
         return {
@@ -53,6 +55,7 @@ class RequestWatchArgs:
             "sentinel": self.sentinel,
             "ban": self.ban_sentinel,
             "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets],
+            "fired": list(self.fired) if self.fired is not None else None,
         }
 
     @classmethod
@@ -67,6 +70,7 @@ class RequestWatchArgs:
             sets=[
                 ColumnSet(int(c), int(layer), int(i), row, float(b), float(t)) for c, layer, i, row, b, t in data["set"]
             ],
+            fired=None if data.get("fired") is None else (int(data["fired"][0]), int(data["fired"][1])),
         )
 
 
