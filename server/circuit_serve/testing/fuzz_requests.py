@@ -242,6 +242,9 @@ def _valid_requests() -> dict[str, list[bytes]]:
         ],
         "GetGraph": [a.GetGraphRequest(key="0" * 64)],
         "GetGraphStream": [a.GetGraphRequest(key="0" * 64)],
+        "GetJob": [a.GetJobRequest(key="0" * 64)],
+        "WatchJob": [a.GetJobRequest(key="0" * 64)],
+        "CancelJob": [a.GetJobRequest(key="0" * 64)],
         "FeatureActivations": [
             f.FeatureActivationsRequest(prompt="the cat sat", top_k=3),
             f.FeatureActivationsRequest(prompt_token_ids=[20, 30], features=[f.FeatureRef(layer=1, index=2)]),
