@@ -184,6 +184,8 @@ class GraphJobs:
                         emit(event)
                         last = event
                 elif status.state == "done":
+                    if not isinstance(last, Running):  # it ran between two polls: relay that it ran
+                        emit(Running(status.phase or "done", 1.0))
                     sections = await self.cache.get(spec.key, record=False)
                     if sections is None:
                         return await self._produce(spec.key, work, emit, stop, spec.tenant)
