@@ -35,8 +35,7 @@ def demo_labels() -> dict[tuple[int, int], str]:
 
 def demo_graph(rm=None) -> dict:
     rm = rm or _model()
-    graph = rm.attribute(DEFAULT_PROMPT, head_loadings=True)  # links carry head loadings
-    return graph.to_frontend_json(slug="demo", labels=demo_labels())
+    return rm.attribute(DEFAULT_PROMPT).to_frontend_json(slug="demo", labels=demo_labels())
 
 
 def long_prompt(n_words: int = 200) -> str:
