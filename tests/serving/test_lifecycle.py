@@ -52,7 +52,7 @@ def test_cli_health_info_tokenize_generate(server):
 
 
 def test_cli_health_fails_without_server():
-    from conftest import free_port
+    from circuit_serve.launch import free_port
 
     result = _circuit("health", "--target", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert result.returncode == 1 and result.stdout.startswith("UNREACHABLE")
