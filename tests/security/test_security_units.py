@@ -179,6 +179,8 @@ def test_graph_ownership_is_shared_between_replicas(redis_service, redis_prefix,
     async def go():
         a = build_service(cfg, registry, engine)
         b = build_service(cfg, CollectorRegistry(), engine)
+        await a.start()  # with Redis, graphs are fleet jobs: computed by a started replica's workers
+        await b.start()
         a.on_completion("gen-r", [1, 5], [7, 8], tenant="acme")
         await asyncio.sleep(0.05)  # the Redis copy is written in a task
         events = await run(b, req(request_id="gen-r", token_index=1), caller=ACME)  # audited on replica b
