@@ -31,14 +31,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
+
+from redis.exceptions import ResponseError
 
 from circuit_serve.cache.redis_link import RedisLink
 from circuit_serve.domain.errors import CapacityExceeded
 from circuit_serve.jobs.status import CLASSES, CancelOutcome, JobSpec, JobStatus
 
 GROUP = "workers"
+T = TypeVar("T")
 
 _UNCOUNT = """
 local function uncount(job, counters)
@@ -192,6 +196,32 @@ return 1
 )
 
 
+async def _create_group(r: Any, stream: str) -> None:
+    """The stream and its consumer group, from the stream's first entry (entries added before the
+    group existed are delivered too); a group that exists already is left as it is."""
+    try:
+        await r.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _grouped(r: Any, stream: str, command: Callable[[], Awaitable[T]]) -> T:
+    """`command()` on `stream`'s group, making the group first when Redis has none (NOGROUP).
+
+    A Redis that restarted empty has lost the streams and their group while replicas keep running;
+    the first `submit` after it makes the stream again (XADD) but not the group. That is no outage:
+    answered here, inside the one call, it neither trips the link's breaker (which would pause every
+    other Redis call of this replica) nor leaves the job that XADD queued waiting for a group."""
+    try:
+        return await command()
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+    await _create_group(r, stream)
+    return await command()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else ("" if value is None else str(value))
 
@@ -237,11 +267,7 @@ class FleetQueue:
 
         async def create(r):
             for job_class in CLASSES:
-                try:
-                    await r.xgroup_create(self.stream(job_class), GROUP, id="0", mkstream=True)
-                except Exception as exc:  # BUSYGROUP: it exists
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+                await _create_group(r, self.stream(job_class))
 
         await self.link.call("jobs_groups", create)
 
@@ -343,7 +369,8 @@ class FleetQueue:
         """The next new entry of `job_class` for `consumer` (XREADGROUP, no blocking), or None."""
         stream = self.stream(job_class)
         got = await self.link.call(
-            "jobs_read", lambda r: r.xreadgroup(GROUP, consumer, {stream: ">"}, count=1, block=None)
+            "jobs_read",
+            lambda r: _grouped(r, stream, lambda: r.xreadgroup(GROUP, consumer, {stream: ">"}, count=1, block=None)),
         )
         for _name, entries in got or ():
             for entry_id, fields in entries:
@@ -357,7 +384,8 @@ class FleetQueue:
         is gone (acknowledge it)."""
         stream = self.stream(job_class)
         got = await self.link.call(
-            "jobs_reclaim", lambda r: r.xautoclaim(stream, GROUP, consumer, min_idle_ms, "0-0", count=1)
+            "jobs_reclaim",
+            lambda r: _grouped(r, stream, lambda: r.xautoclaim(stream, GROUP, consumer, min_idle_ms, "0-0", count=1)),
         )
         entries = got[1] if got and len(got) > 1 else []
         if not entries:

@@ -23,7 +23,6 @@ A refresher writes the fleet-wide queue depth by class into the metrics every se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -109,10 +108,8 @@ class FleetWorkers:
         while not self._draining:
             try:
                 found = await self._next()
-            except RedisUnavailable:
+            except RedisUnavailable:  # (a Redis that restarted empty is no failure: `read` remakes the group)
                 await asyncio.sleep(self.poll_s * 5)
-                with contextlib.suppress(RedisUnavailable):  # a Redis that restarted empty lost the streams
-                    await self.queue.ensure_groups()  # and their group (NOGROUP): make them again
                 continue
             if found is None:
                 await asyncio.sleep(self.poll_s)
