@@ -256,6 +256,7 @@ class GenerationEngine:
                                 text="".join(text),
                                 finish_reason=chunk.finish_reason,
                                 sampling=request.sampling,
+                                interventions=request.interventions,
                             )
                         )
                     yield chunk
