@@ -10,7 +10,7 @@ import torch
 
 from circuit_proto.v1 import features_pb2 as fpb
 from circuit_proto.v1 import generation_pb2 as gpb
-from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.domain.errors import InvalidRequest, NotConfigured
 from circuit_serve.domain.features import Action, FeatureRef, Intervention, Op, WatchedFeature, WatchRequest
 from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
 from circuit_serve.monitoring.monitor import EngineMonitor, SteeredRequest
@@ -123,3 +123,12 @@ def test_steered_requests_opt_out_of_prefix_reuse(monitor):
     assert plain.reuses_cache  # an unsteered monitored request still shares the monitored namespace
     plain.close()
     assert monitor.begin("r4", GenerationRequest(prompt_token_ids=tuple(PROMPT)), **begin) is None
+
+
+def test_steering_is_refused_where_vllm_compiles_the_layers(monitor):
+    ivs = [Intervention(FeatureRef(0, 2), Op.SET, 1.0, generated=True)]
+    monitor.engine_args({}, enforce_eager=True)
+    assert monitor.steer_args(ivs, len(PROMPT)).entries
+    monitor.engine_args({}, enforce_eager=False)
+    with pytest.raises(NotConfigured, match="--enforce-eager"):
+        monitor.steer_args(ivs, len(PROMPT))

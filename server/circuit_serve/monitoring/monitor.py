@@ -41,7 +41,7 @@ import torch
 
 from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import InputLimits
-from circuit_serve.domain.errors import CapacityExceeded, InvalidRequest
+from circuit_serve.domain.errors import CapacityExceeded, InvalidRequest, NotConfigured
 from circuit_serve.domain.features import (
     Action,
     FeatureRef,
@@ -118,6 +118,7 @@ class EngineMonitor:
         self.max_interventions = max_interventions or FeaturesConfig().max_interventions
         self.max_intervention_positions = max_intervention_positions or InputLimits().max_positions
         self.shape = TranscoderShape(transcoders.n_layers, transcoders.d_transcoder)
+        self.compiled = False  # vLLM compiles the layers (engine_args): steering is refused
 
     def engine_ready(self, *, block_size: int, prefix_caching: bool) -> None:
         """vLLM runs with KV blocks of `block_size` tokens (and prefix caching on or off)."""
@@ -130,6 +131,7 @@ class EngineMonitor:
         The taps run inside the compiled layers; the batch layout is noted by the model's Python
         forward, which piecewise CUDA graphs keep (a deployment's own compilation_config wins)."""
         out = dict(kwargs)
+        self.compiled = not enforce_eager
         if not enforce_eager:
             out.setdefault("compilation_config", {"cudagraph_mode": "PIECEWISE"})
         architecture, _ = ARCHITECTURES[self.model_type]
@@ -230,7 +232,16 @@ class EngineMonitor:
         )
 
     def steer_args(self, interventions: Sequence[Intervention], n_prompt: int) -> SteerArgs:
-        """What the worker needs to apply `interventions` (checked: InvalidRequest names the field)."""
+        """What the worker needs to apply `interventions` (checked: InvalidRequest names the field).
+
+        Refused (NotConfigured) when vLLM compiles the layers: the steering code in them is
+        per-request Python that torch.compile would trace once (with no steered request) and
+        CUDA graphs would replay without it, so the interventions would silently not apply."""
+        if self.compiled:
+            raise NotConfigured(
+                "steering inside vLLM needs a server started with --enforce-eager (its per-request code "
+                "is not captured by torch.compile / CUDA graphs yet)"
+            )
         if len(interventions) > self.max_interventions:
             raise InvalidRequest(
                 f"has {len(interventions)} entries; the limit is {self.max_interventions}", field="interventions"

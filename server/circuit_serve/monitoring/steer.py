@@ -33,7 +33,7 @@ from torch import nn
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from circuit_serve.monitoring.logits import track_moves
-from circuit_serve.monitoring.taps import TapBank
+from circuit_serve.monitoring.taps import TapBank, subclass_in_place
 from circuit_serve.monitoring.wire import STEER_KEY, SteerArgs, SteerEntry
 
 
@@ -183,14 +183,7 @@ def _steered_forward(self, *args, **kwargs):
 
 
 def _steer_output(module: nn.Module, bank: SteerBank, layer: int) -> None:
-    base = type(module)
-    cls = _STEERED_CLASSES.get(base)
-    if cls is None:
-        cls = type(f"Steered{base.__name__}", (base,), {"forward": _steered_forward, "_circuit_base": base})
-        _STEERED_CLASSES[base] = cls
-    module.__class__ = cls
-    module._circuit_steer = bank
-    module._circuit_layer = layer
+    subclass_in_place(module, _steered_forward, "Steered", _STEERED_CLASSES, _circuit_steer=bank, _circuit_layer=layer)
 
 
 def install(model: nn.Module, taps: TapBank, *, model_type: str) -> SteerBank:

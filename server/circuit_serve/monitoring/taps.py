@@ -158,17 +158,23 @@ def _tapped_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None)
     return out
 
 
-def tap_norm(norm: nn.Module, bank: TapBank, layer: int) -> None:
-    """Give `norm` (a pre-MLP RMSNorm) a subclass whose forward also taps; its parameters keep
-    their names, so vLLM's weight checks and loaders see the same module."""
-    base = type(norm)
-    cls = _TAPPED_CLASSES.get(base)
+def subclass_in_place(module: nn.Module, forward, prefix: str, classes: dict[type, type], **attrs) -> None:
+    """Give `module` a subclass of its class (one per base, kept in `classes`) whose forward is
+    `forward` (which calls `self._circuit_base.forward`), and set `attrs` on it; its parameters
+    keep their names, so vLLM's weight checks and loaders see the same module."""
+    base = type(module)
+    cls = classes.get(base)
     if cls is None:
-        cls = type(f"Tapped{base.__name__}", (base,), {"forward": _tapped_forward, "_circuit_base": base})
-        _TAPPED_CLASSES[base] = cls
-    norm.__class__ = cls
-    norm._circuit_bank = bank
-    norm._circuit_layer = layer
+        cls = type(f"{prefix}{base.__name__}", (base,), {"forward": forward, "_circuit_base": base})
+        classes[base] = cls
+    module.__class__ = cls
+    for name, value in attrs.items():
+        setattr(module, name, value)
+
+
+def tap_norm(norm: nn.Module, bank: TapBank, layer: int) -> None:
+    """Give `norm` (a pre-MLP RMSNorm) a subclass whose forward also taps."""
+    subclass_in_place(norm, _tapped_forward, "Tapped", _TAPPED_CLASSES, _circuit_bank=bank, _circuit_layer=layer)
 
 
 def install(model: nn.Module, spec: MonitorSpec, *, model_type: str, max_tokens: int) -> TapBank:
