@@ -55,7 +55,7 @@ def interventions(rm: ReplacementModel) -> list[tuple[Intervention, ...]]:
     other = FeatureRef(1, (top[1] + 1) % tcs.d_transcoder)
     return [
         (Intervention(f1, Op.SET, 2.0 * unit(f1), positions=(3, 7), generated=True),),
-        (Intervention(f0, Op.SCALE, -2.0, all_prompt=True),),
+        (Intervention(f0, Op.SCALE, -4.0, all_prompt=True),),
         (Intervention(fl, Op.ADD, 2.0 * unit(fl), generated=True),),
         (
             Intervention(f0, Op.SCALE, 0.0, positions=(2, 5, 9)),
