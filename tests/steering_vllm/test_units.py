@@ -132,3 +132,16 @@ def test_steering_is_refused_where_vllm_compiles_the_layers(monitor):
     monitor.engine_args({}, enforce_eager=False)
     with pytest.raises(NotConfigured, match="--enforce-eager"):
         monitor.steer_args(ivs, len(PROMPT))
+
+
+def test_client_interventions_reach_the_server_request():
+    from circuit_client import _convert
+    from circuit_client.features import Intervention as ClientIntervention
+    from circuit_client.types import Sampling
+
+    ivs = [ClientIntervention.parse("1:3:scale:2@4,2"), ClientIntervention.parse("0:5:set:-1@gen")]
+    msg = _convert.generate_request(None, PROMPT, Sampling(), False, None, ivs)
+    assert request_from_pb(msg).interventions == (
+        Intervention(FeatureRef(1, 3), Op.SCALE, 2.0, (4, 2)),
+        Intervention(FeatureRef(0, 5), Op.SET, -1.0, generated=True),
+    )
