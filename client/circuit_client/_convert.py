@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from circuit_client import monitor
 from circuit_client import monitor as monitor_types
+from circuit_client.interventions import Intervention, interventions_pb
 from circuit_client.types import (
     ChatMessage,
     FinishReason,
@@ -62,6 +63,7 @@ def generate_request(
     sampling: Sampling,
     monitor: bool | monitor.Monitoring = False,
     messages: Messages | None = None,
+    interventions: Sequence[Intervention] = (),
 ) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
     for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
@@ -74,6 +76,7 @@ def generate_request(
         sampling=s,
         monitor=bool(monitor),
         messages=chat_messages(messages),
+        interventions=interventions_pb(interventions),
     )
     if isinstance(monitor, monitor_types.Monitoring):
         req.watch.extend(

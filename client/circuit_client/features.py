@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from circuit_client._calls import Answer, Unary
 from circuit_client._channel import DEFAULT_TIMEOUT_S, AsyncServiceClient, ServiceClient
 from circuit_client._convert import Messages, chat_messages
 from circuit_client.credentials import Credentials
+from circuit_client.interventions import Intervention as Intervention  # re-exported: callers name it here
+from circuit_client.interventions import interventions_pb
 from circuit_proto.v1 import features_pb2 as pb
 from circuit_proto.v1 import features_pb2_grpc as pb_grpc
-
-Op = Literal["set", "scale", "add"]
-_OPS = {"set": pb.INTERVENTION_OP_SET, "scale": pb.INTERVENTION_OP_SCALE, "add": pb.INTERVENTION_OP_ADD}
 
 
 @dataclass(frozen=True)
@@ -45,46 +44,6 @@ class PositionActivations:
     token_id: int
     token: str
     values: tuple[FeatureValue, ...]
-
-
-@dataclass(frozen=True)
-class Intervention:
-    """On feature (layer, index): `set` to value, `scale` by value, or `add` value; at prompt
-    `positions` (BOS is position 0) or every prompt position, and/or at every generated token."""
-
-    layer: int
-    index: int
-    op: Op
-    value: float
-    positions: tuple[int, ...] = ()
-    generated_tokens: bool = False
-    all_prompt_positions: bool = False
-
-    @classmethod
-    def parse(cls, spec: str) -> Intervention:
-        """`L:I:OP:VALUE[@WHERE]`; WHERE is a comma list of prompt positions, `prompt` (all of them)
-        and `gen` (every generated token); without it: everywhere (`prompt,gen`).
-        E.g. `2:17:set:0`, `2:17:set:0@3,4`, `1:5:scale:3@gen`."""
-        body, _, where = spec.partition("@")
-        parts = [p for p in (where or "prompt,gen").split(",") if p]
-        try:
-            layer, index, op, value = body.split(":")
-            if op.lower() not in _OPS:
-                raise ValueError
-            positions = tuple(int(p) for p in parts if p not in ("gen", "prompt"))
-            return cls(
-                int(layer),
-                int(index),
-                op.lower(),
-                float(value),
-                positions,  # type: ignore[arg-type]
-                generated_tokens="gen" in parts,
-                all_prompt_positions="prompt" in parts,
-            )
-        except ValueError:
-            raise ValueError(
-                f"expected L:I:OP:VALUE[@P,P,..|@prompt|@gen] with OP set, scale or add; got {spec!r}"
-            ) from None
 
 
 @dataclass(frozen=True)
@@ -196,17 +155,7 @@ def _steer_request(
         temperature=temperature,
         include_default=include_default,
         messages=chat_messages(messages),
-        interventions=[
-            pb.Intervention(
-                feature=pb.FeatureRef(layer=iv.layer, index=iv.index),
-                op=_OPS[iv.op],
-                value=iv.value,
-                positions=iv.positions,
-                generated_tokens=iv.generated_tokens,
-                all_prompt_positions=iv.all_prompt_positions,
-            )
-            for iv in interventions
-        ],
+        interventions=interventions_pb(interventions),
     )
     for name, value in (("max_new_tokens", max_new_tokens), ("top_p", top_p), ("seed", seed)):
         if value is not None:

@@ -6,10 +6,13 @@ blocking and on the asyncio driver (`_calls.py` says how).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from circuit_client import _convert
 from circuit_client._calls import Answer, Each, Items, Stream, Unary
 from circuit_client._channel import DEFAULT_TIMEOUT_S, health_messages, health_stub
 from circuit_client.credentials import Credentials
+from circuit_client.interventions import Intervention
 from circuit_client.monitor import Monitoring
 from circuit_client.types import Generation, ModelInfo, Sampling, StreamChunk, Tokenization
 from circuit_proto.v1 import generation_pb2 as pb
@@ -58,10 +61,19 @@ class GenerationCalls:
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
         messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
+        interventions: Sequence[Intervention] = (),
         timeout: float | None = None,
     ) -> Answer[Generation]:
+        """The whole completion; `interventions` steer it inside the server's vLLM forward pass."""
         return self._unary(
-            GENERATE, prompt, prompt_token_ids, sampling or Sampling(), monitor, messages, timeout=timeout
+            GENERATE,
+            prompt,
+            prompt_token_ids,
+            sampling or Sampling(),
+            monitor,
+            messages,
+            interventions,
+            timeout=timeout,
         )
 
     def stream(
@@ -72,11 +84,19 @@ class GenerationCalls:
         prompt_token_ids: list[int] | tuple[int, ...] | None = None,
         messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
+        interventions: Sequence[Intervention] = (),
         timeout: float | None = None,
     ) -> Items[StreamChunk]:
         """Chunks as they are generated; leaving early (break, close/aclose, cancel) cancels the call on the server."""
         return self._stream(
-            GENERATE_STREAM, prompt, prompt_token_ids, sampling or Sampling(), monitor, messages, timeout=timeout
+            GENERATE_STREAM,
+            prompt,
+            prompt_token_ids,
+            sampling or Sampling(),
+            monitor,
+            messages,
+            interventions,
+            timeout=timeout,
         )
 
     def tokenize(

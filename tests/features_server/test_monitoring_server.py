@@ -188,3 +188,38 @@ def test_unmonitored_requests_match_vllm_without_the_plugin(generation, scenario
         )
         assert list(generation.Generate(req, timeout=60).token_ids) == list(plain.Generate(req, timeout=60).token_ids)
     plain_channel.close()
+
+
+def test_steered_generate_equals_steer_on_the_replacement_model(features_server, generation, scenario):
+    """Generate / GenerateStream with interventions (applied inside vLLM) give the ids of `Steer`
+    (the replacement model), greedy float32; a bad position is INVALID_ARGUMENT naming the field."""
+    from circuit_proto.v1 import features_pb2 as fpb
+    from circuit_proto.v1 import features_pb2_grpc as fpb_grpc
+
+    P = len(scenario.prompt_ids)
+    acts = scenario.acts[:P]  # (P, L, F)
+    F = acts.shape[2]
+    k = int(acts[P - 1].reshape(-1).argmax())
+    feature = fpb.FeatureRef(layer=k // F, index=k % F)
+    interventions = [
+        fpb.Intervention(feature=feature, op=fpb.INTERVENTION_OP_SET, value=0.0, positions=[P - 1, P - 2]),
+        fpb.Intervention(feature=feature, op=fpb.INTERVENTION_OP_ADD, value=50.0, generated_tokens=True),
+    ]
+    with grpc.insecure_channel(features_server.target) as channel:
+        steer = fpb_grpc.FeaturesStub(channel).Steer(
+            fpb.SteerRequest(prompt_token_ids=scenario.prompt_ids, max_new_tokens=N_NEW, interventions=interventions),
+            timeout=120,
+        )
+    want = list(steer.steered.token_ids)
+    assert want != scenario.greedy[: len(want)]  # the interventions change the completion
+    req = request(scenario, monitor=False)
+    req.interventions.extend(interventions)
+    assert list(generation.Generate(req, timeout=120).token_ids)[: len(want)] == want
+    ids, _, _ = stream(generation, req)
+    assert ids[: len(want)] == want
+    req.interventions[0].positions.append(P)
+    with pytest.raises(grpc.RpcError) as info:
+        generation.Generate(req, timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "interventions[0].positions" in info.value.details()
+    assert list(generation.Generate(request(scenario, monitor=False), timeout=60).token_ids) == scenario.greedy

@@ -49,6 +49,18 @@ def build(case: str, root: Path) -> tuple[Path, Path]:
     return model_dir, tc_dir
 
 
+def engine_config(model_dir: Path, *, max_model_len: int = 64, **extra) -> EngineConfig:
+    """float32, eager, prefix caching on (plus `extra` engine arguments)."""
+    return EngineConfig(
+        model=model_dir,
+        dtype="float32",
+        max_model_len=max_model_len,
+        enforce_eager=True,
+        kv_cache_gib=0.5,
+        extra={"enable_prefix_caching": True, **extra},
+    )
+
+
 def expected(rm: ReplacementModel, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tracing engine: `(T, L, F)` pre-activations, active masks, and each pre-activation's distance
     to the nearest edge of its mask (threshold, 0, or the k-th value)."""
@@ -88,15 +100,7 @@ def test_in_engine_values_equal_the_tracing_engine(case, tmp_path, monkeypatch):
     close = monitor.channel.close
     monitor.channel.close = lambda rid: (seen.__setitem__(rid, monitor.channel._requests.get(rid)), close(rid))[1]
 
-    config = EngineConfig(
-        model=model_dir,
-        dtype="float32",
-        max_model_len=64,
-        enforce_eager=True,
-        kv_cache_gib=0.5,
-        extra={"enable_prefix_caching": True},
-    )
-    engine = GenerationEngine(config)
+    engine = GenerationEngine(engine_config(model_dir))
 
     async def run():
         await engine.start(monitor)

@@ -1,4 +1,5 @@
 from circuit_proto.v1 import chat_pb2 as _chat_pb2
+from circuit_proto.v1 import features_pb2 as _features_pb2
 from circuit_proto.v1 import monitor_pb2 as _monitor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -23,7 +24,7 @@ FINISH_REASON_ABORT: FinishReason
 FINISH_REASON_FEATURE_RULE: FinishReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "sampling", "top_logprobs", "monitor", "watch", "monitor_values", "messages")
+    __slots__ = ("prompt", "prompt_token_ids", "sampling", "top_logprobs", "monitor", "watch", "monitor_values", "interventions", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +32,7 @@ class GenerateRequest(_message.Message):
     MONITOR_FIELD_NUMBER: _ClassVar[int]
     WATCH_FIELD_NUMBER: _ClassVar[int]
     MONITOR_VALUES_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -39,8 +41,9 @@ class GenerateRequest(_message.Message):
     monitor: bool
     watch: _containers.RepeatedCompositeFieldContainer[_monitor_pb2.WatchRule]
     monitor_values: bool
+    interventions: _containers.RepeatedCompositeFieldContainer[_features_pb2.Intervention]
     messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_logprobs: _Optional[int] = ..., monitor: _Optional[bool] = ..., watch: _Optional[_Iterable[_Union[_monitor_pb2.WatchRule, _Mapping]]] = ..., monitor_values: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_logprobs: _Optional[int] = ..., monitor: _Optional[bool] = ..., watch: _Optional[_Iterable[_Union[_monitor_pb2.WatchRule, _Mapping]]] = ..., monitor_values: _Optional[bool] = ..., interventions: _Optional[_Iterable[_Union[_features_pb2.Intervention, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")

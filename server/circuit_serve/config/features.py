@@ -73,7 +73,7 @@ class FeaturesConfig(Options):
         flag="--max-interventions",
         ge=1,
         limits=("steer_max_interventions",),
-        help="most interventions in one Steer call",
+        help="most interventions in one Steer call or one Generate request",
     )
     steer_workers: int = option(
         1, flag="--steer-workers", ge=1, help="steered generations run at once (their own pool, not attribution's)"

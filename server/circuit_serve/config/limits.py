@@ -64,7 +64,7 @@ class InputLimits(Options):
         flag="--max-intervention-positions",
         ge=1,
         limits=("steer_max_positions",),
-        help="prompt positions one steering intervention may list",
+        help="prompt positions one steering intervention (Steer or Generate) may list",
     )
     max_request_id_bytes: int = option(
         128,

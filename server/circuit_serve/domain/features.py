@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from circuit_serve.domain.errors import InvalidRequest
 
 
 @dataclass(frozen=True, order=True)
@@ -37,6 +41,58 @@ class Action(enum.StrEnum):
     RECORD = "record"  # metrics and the report only
     FLAG = "flag"  # also mark the response as flagged
     STOP = "stop"  # also end the generation at the firing token
+
+
+class Op(enum.StrEnum):
+    SET = "set"
+    SCALE = "scale"
+    ADD = "add"
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A steering intervention on feature f = (layer, index): its activation a becomes a'
+    (set: a' = value; scale: a' = a * value; add: a' = a + value) at the listed prompt positions,
+    every prompt position, and/or every generated token (see circuit_serve.features.steering)."""
+
+    feature: FeatureRef
+    op: Op
+    value: float
+    positions: tuple[int, ...] = ()  # prompt positions (0-based, BOS included)
+    generated: bool = False  # also at every generated token, as it is fed back
+    all_prompt: bool = False  # at every prompt position (`positions` is then ignored)
+
+    def apply(self, a):
+        """`a'` of activations `a` (a tensor of any shape)."""
+        if self.op is Op.SET:
+            return a.new_full(a.shape, self.value)
+        if self.op is Op.SCALE:
+            return a * self.value
+        return a + self.value
+
+
+def check_interventions(interventions: Sequence[Intervention], n_prompt: int, shape: TranscoderShape) -> None:
+    """InvalidRequest naming the intervention and field for anything that cannot be applied."""
+    if not interventions:
+        raise InvalidRequest("give at least one intervention", field="interventions")
+    for i, iv in enumerate(interventions):
+        where = f"interventions[{i}]"
+        if (problem := shape.check(iv.feature, where=f"{where}.feature")) is not None:
+            raise InvalidRequest(problem)
+        if not math.isfinite(iv.value):
+            raise InvalidRequest(f"is {iv.value}; must be a finite number", field=f"{where}.value")
+        if not iv.positions and not iv.generated and not iv.all_prompt:
+            raise InvalidRequest(
+                "set positions (prompt positions), all_prompt_positions and/or generated (every generated token)",
+                field=f"{where}.positions",
+            )
+        for p in iv.positions:
+            if not 0 <= p < n_prompt:
+                raise InvalidRequest(
+                    f"position {p} is beyond the prompt ({n_prompt} tokens, positions 0..{n_prompt - 1}); "
+                    "use generated to intervene on generated tokens",
+                    field=f"{where}.positions",
+                )
 
 
 @dataclass(frozen=True)

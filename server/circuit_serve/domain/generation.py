@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from circuit_serve.domain.chat import ChatMessage
-from circuit_serve.domain.features import MonitorReport, WatchedValues, WatchRequest
+from circuit_serve.domain.features import Intervention, MonitorReport, WatchedValues, WatchRequest
 
 
 class FinishReason(enum.StrEnum):
@@ -37,6 +37,7 @@ class GenerationRequest:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     watch: WatchRequest | None = None  # monitored inside the engine (see circuit_serve.monitoring)
     messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
+    interventions: tuple[Intervention, ...] = ()  # steered inside the engine (see circuit_serve.monitoring.steer)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class CompletionRecord:
     text: str
     finish_reason: FinishReason
     sampling: SamplingOptions
+    interventions: tuple[Intervention, ...] = ()  # steered in the engine (not kept for audits: see app)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,8 @@ class FeaturesService:
             work_dir=work_dir,
             sink=self.metrics.observe if self.metrics is not None else None,
             cache_bytes=self.config.monitor_cache_mib << 20,
+            max_interventions=self.config.max_interventions,
+            max_intervention_positions=self.limits.max_positions,
         )
 
     def resolve(self, ask: MonitorAsk) -> WatchRequest | None:

@@ -16,8 +16,6 @@ Steps of `steer`:
 
 from __future__ import annotations
 
-import enum
-import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,31 +25,10 @@ from typing import Any, Protocol
 
 import torch
 
-from circuit_serve.domain.errors import Cancelled, InvalidRequest
-from circuit_serve.domain.features import FeatureRef, TranscoderShape
-
-
-class Op(enum.StrEnum):
-    SET = "set"
-    SCALE = "scale"
-    ADD = "add"
-
-
-@dataclass(frozen=True)
-class Intervention:
-    feature: FeatureRef
-    op: Op
-    value: float
-    positions: tuple[int, ...] = ()  # prompt positions (0-based, BOS included)
-    generated: bool = False  # also at every generated token, as it is fed back
-    all_prompt: bool = False  # at every prompt position (`positions` is then ignored)
-
-    def apply(self, a: torch.Tensor) -> torch.Tensor:
-        if self.op is Op.SET:
-            return torch.full_like(a, self.value)
-        if self.op is Op.SCALE:
-            return a * self.value
-        return a + self.value
+from circuit_serve.domain.errors import Cancelled
+from circuit_serve.domain.features import FeatureRef, Intervention, TranscoderShape
+from circuit_serve.domain.features import Op as Op  # re-exported: steering callers name it here
+from circuit_serve.domain.features import check_interventions as validate  # the one check, also Generate's
 
 
 @dataclass(frozen=True)
@@ -103,30 +80,6 @@ class InterventionTarget(Protocol):
     def eos_token_ids(self) -> set[int]: ...
 
     def decode(self, token_ids: Sequence[int]) -> str: ...
-
-
-def validate(interventions: Sequence[Intervention], n_prompt: int, shape: TranscoderShape) -> None:
-    """InvalidRequest naming the intervention and field for anything that cannot be applied."""
-    if not interventions:
-        raise InvalidRequest("give at least one intervention", field="interventions")
-    for i, iv in enumerate(interventions):
-        where = f"interventions[{i}]"
-        if (problem := shape.check(iv.feature, where=f"{where}.feature")) is not None:
-            raise InvalidRequest(problem)
-        if not math.isfinite(iv.value):
-            raise InvalidRequest(f"is {iv.value}; must be a finite number", field=f"{where}.value")
-        if not iv.positions and not iv.generated and not iv.all_prompt:
-            raise InvalidRequest(
-                "set positions (prompt positions), all_prompt_positions and/or generated (every generated token)",
-                field=f"{where}.positions",
-            )
-        for p in iv.positions:
-            if not 0 <= p < n_prompt:
-                raise InvalidRequest(
-                    f"position {p} is beyond the prompt ({n_prompt} tokens, positions 0..{n_prompt - 1}); "
-                    "use generated to intervene on generated tokens",
-                    field=f"{where}.positions",
-                )
 
 
 class _Hooks:

@@ -256,6 +256,7 @@ class GenerationEngine:
                                 text="".join(text),
                                 finish_reason=chunk.finish_reason,
                                 sampling=request.sampling,
+                                interventions=request.interventions,
                             )
                         )
                     yield chunk
@@ -268,10 +269,13 @@ class GenerationEngine:
                 watch.close()
 
     def _begin_watch(self, request: GenerationRequest, request_id: str, prompt_ids: list[int]) -> WatchedRequest | None:
-        """The monitor's handle on `request` (None: not monitored); a watch needs a monitor."""
+        """The monitor's handle on `request` (None: neither monitored nor steered); a watch or
+        interventions need a monitor."""
         if self._monitor is None:
             if request.watch is not None:
                 raise NotConfigured("monitoring is not enabled on this server: start it with --transcoders")
+            if request.interventions:
+                raise NotConfigured("steering in Generate needs transcoders: start the server with --transcoders")
             return None
         assert self._limits is not None
         return self._monitor.begin(

@@ -94,12 +94,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
             bank = taps.current_bank()
             for s in args.sets:  # columns lent to the request's own features, before its first forward pass
                 bank.set_column(s.column, s.layer, s.index, s.row, s.bias, s.threshold)
-        for a, b, direction in batch_update.moved:
-            wa, wb = self._rows.pop(a, None), self._rows.pop(b, None)
-            if wa is not None:
-                self._rows[b] = wa
-            if direction == MoveDirectionality.SWAP and wb is not None:
-                self._rows[a] = wb
+        track_moves(self._rows, batch_update.moved)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         bank = taps.current_bank()
@@ -172,3 +167,13 @@ class MonitorLogitsProcessor(LogitsProcessor):
             self._socket.setsockopt(zmq.LINGER, 1000)
             self._socket.connect(endpoint)
         self._socket.send_multipart(frames, copy=False)
+
+
+def track_moves(rows: dict, moved) -> None:
+    """Apply a batch update's moves (`(a, b, direction)`: a -> b, or a swap) to `rows` (batch index -> state)."""
+    for a, b, direction in moved:
+        wa, wb = rows.pop(a, None), rows.pop(b, None)
+        if wa is not None:
+            rows[b] = wa
+        if direction == MoveDirectionality.SWAP and wb is not None:
+            rows[a] = wb

@@ -37,25 +37,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from circuit_serve.domain.errors import CapacityExceeded, InvalidRequest
+from circuit_serve.config.features import FeaturesConfig
+from circuit_serve.config.limits import InputLimits
+from circuit_serve.domain.errors import CapacityExceeded, InvalidRequest, NotConfigured
 from circuit_serve.domain.features import (
     Action,
     FeatureRef,
     FeatureReport,
+    Intervention,
     MonitorReport,
+    TranscoderShape,
     WatchedFeature,
     WatchedValues,
     WatchRequest,
+    check_interventions,
 )
 from circuit_serve.domain.generation import FinishReason, GenerationChunk, GenerationRequest, Usage
+from circuit_serve.domain.input_checks import check_count
 from circuit_serve.domain.monitor import Decode
 from circuit_serve.monitoring.block_store import PRIVATE, BlockStore, Route
 from circuit_serve.monitoring.channel import RequestValues, ValueChannel
 from circuit_serve.monitoring.columns import ColumnPlan, SlotPool
-from circuit_serve.monitoring.plugin import ARCHITECTURES, LOGITS_PROCESSOR
+from circuit_serve.monitoring.plugin import ARCHITECTURES, LOGITS_PROCESSOR, STEER_PROCESSOR
 from circuit_serve.monitoring.spec import SPEC_KEY, MonitorSpec, encoder_rows
-from circuit_serve.monitoring.wire import EXTRA_KEY, ColumnSet, RequestWatchArgs
+from circuit_serve.monitoring.wire import EXTRA_KEY, STEER_KEY, ColumnSet, RequestWatchArgs, SteerArgs, SteerEntry
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,8 @@ class EngineMonitor:
         work_dir: Path,
         sink: ReportSink | None = None,
         cache_bytes: int = 0,
+        max_interventions: int | None = None,
+        max_intervention_positions: int | None = None,
     ) -> None:
         if model_type not in ARCHITECTURES:
             raise ValueError(
@@ -105,6 +114,11 @@ class EngineMonitor:
         self._sink = sink
         self.cache_bytes = cache_bytes
         self.store: BlockStore | None = None  # set by engine_ready when vLLM caches prefixes
+        # Steering limits: the options Steer has (--max-interventions, --max-intervention-positions)
+        self.max_interventions = max_interventions or FeaturesConfig().max_interventions
+        self.max_intervention_positions = max_intervention_positions or InputLimits().max_positions
+        self.shape = TranscoderShape(transcoders.n_layers, transcoders.d_transcoder)
+        self.compiled = False  # vLLM compiles the layers (engine_args): steering is refused
 
     def engine_ready(self, *, block_size: int, prefix_caching: bool) -> None:
         """vLLM runs with KV blocks of `block_size` tokens (and prefix caching on or off)."""
@@ -117,13 +131,14 @@ class EngineMonitor:
         The taps run inside the compiled layers; the batch layout is noted by the model's Python
         forward, which piecewise CUDA graphs keep (a deployment's own compilation_config wins)."""
         out = dict(kwargs)
+        self.compiled = not enforce_eager
         if not enforce_eager:
             out.setdefault("compilation_config", {"cudagraph_mode": "PIECEWISE"})
         architecture, _ = ARCHITECTURES[self.model_type]
         out.update(
             {
                 "hf_overrides": {"architectures": [architecture], SPEC_KEY: str(self._spec_dir)},
-                "logits_processors": [LOGITS_PROCESSOR],
+                "logits_processors": [LOGITS_PROCESSOR, STEER_PROCESSOR],
             }
         )
         return out
@@ -150,10 +165,14 @@ class EngineMonitor:
         sentinel: int | None,
         decode: Decode,
     ) -> MonitoredRequest | None:
-        """`request`'s watch started (None: it has none); `decode` cuts the text at a rule."""
+        """`request`'s watch and interventions started (None: it has neither); `decode` cuts the
+        text at a rule. A steered request never shares vLLM's cached blocks (a private
+        `cache_salt`: no unsteered KV is reused at a steered position) nor stores values."""
         watch, sampling = request.watch, request.sampling
+        steer = self.steer_args(request.interventions, len(prompt_ids)) if request.interventions else None
+        private = f"circuit-monitor-{request_id}"
         if watch is None:
-            return None
+            return None if steer is None else SteeredRequest(steer, private)
         own = [w.feature for w in watch.features[watch.n_server :]]
         if len(own) > self.max_request_watch:
             raise InvalidRequest(f"has {len(own)} entries; the limit is {self.max_request_watch}", field="watch")
@@ -176,8 +195,7 @@ class EngineMonitor:
             row = None if self.spec.activation == "topk" else rows[j].tolist()
             sets.append(ColumnSet(column, feature.layer, feature.index, row, float(bias[j]), float(thr[j])))
         stop = [i for i, w in enumerate(watch.features) if w.action is Action.STOP]
-        private = f"circuit-monitor-{request_id}"
-        if self.store is None or own or watch.n_server != len(self.watched):
+        if self.store is None or own or watch.n_server != len(self.watched) or steer is not None:
             route = None
         else:
             route = self.store.route(prompt_ids, private_salt=private)
@@ -210,7 +228,51 @@ class EngineMonitor:
             extended=extend,
             route=route,
             salt=route.salt if route is not None else private,
+            steer=steer,
         )
+
+    def steer_args(self, interventions: Sequence[Intervention], n_prompt: int) -> SteerArgs:
+        """What the worker needs to apply `interventions` (checked: InvalidRequest names the field).
+
+        Refused (NotConfigured) when vLLM compiles the layers: the steering code in them is
+        per-request Python that torch.compile would trace once (with no steered request) and
+        CUDA graphs would replay without it, so the interventions would silently not apply."""
+        if self.compiled:
+            raise NotConfigured(
+                "steering inside vLLM needs a server started with --enforce-eager (its per-request code "
+                "is not captured by torch.compile / CUDA graphs yet)"
+            )
+        if len(interventions) > self.max_interventions:
+            raise InvalidRequest(
+                f"has {len(interventions)} entries; the limit is {self.max_interventions}", field="interventions"
+            )
+        for i, iv in enumerate(interventions):
+            check_count(
+                iv.positions, self.max_intervention_positions, field=f"interventions[{i}].positions", what="positions"
+            )
+        check_interventions(interventions, n_prompt, self.shape)
+        features = [iv.feature for iv in interventions]
+        rows, bias, thr = encoder_rows(self.transcoders, features)
+        entries = []
+        for j, iv in enumerate(interventions):
+            f = iv.feature
+            decoder = self.transcoders.decoder_rows(f.layer, torch.tensor([f.index], device=self.transcoders.device))
+            entries.append(
+                SteerEntry(
+                    layer=f.layer,
+                    index=f.index,
+                    op=iv.op.value,
+                    value=float(iv.value),
+                    positions=sorted(set(iv.positions)),
+                    all_prompt=iv.all_prompt,
+                    generated=iv.generated,
+                    row=None if self.spec.activation == "topk" else rows[j].tolist(),
+                    bias=float(bias[j]),
+                    threshold=float(thr[j]),
+                    decoder=decoder[0].detach().float().cpu().tolist(),  # (n_out, d)
+                )
+            )
+        return SteerArgs(n_prompt, entries)
 
     def _release(self, request: MonitoredRequest) -> None:
         self.channel.close(request.args.rid)
@@ -224,7 +286,7 @@ class EngineMonitor:
         (prompt and `tokens` but the last); True when the values of every computed position came."""
         computed = request.n_prompt + n_tokens - 1
         values = request.values
-        if self.store is None or request.watch.n_server != len(self.watched):
+        if self.store is None or request.watch.n_server != len(self.watched) or request.steer is not None:
             return values.covered >= computed
         n = min(values.covered, computed)
         sequence = [*request.prompt_ids, *tokens][:n]
@@ -261,12 +323,14 @@ class MonitoredRequest:
         extended: bool,
         route: Route | None,
         salt: str | None,
+        steer: SteerArgs | None = None,
     ) -> None:
         self.monitor, self.watch, self.args, self.values, self.own = monitor, watch, args, values, own
         self._decode = decode
         self.prompt_ids, self.n_prompt = prompt_ids, len(prompt_ids)
         self.max_new_tokens, self.extended = max_new_tokens, extended
         self.route, self._salt = route, salt
+        self.steer = steer  # interventions applied in the engine (None: not steered)
         self.stored = False  # the values of every computed block were stored (finish)
         self._handed_out = 0  # positions whose values went out in chunks
         self._closed = False
@@ -274,6 +338,8 @@ class MonitoredRequest:
     def sampling_overrides(self, ignore_eos: bool) -> dict[str, Any]:
         """Changes to this request's vLLM SamplingParams (see the module docstring, step 1)."""
         out: dict[str, Any] = {"extra_args": {EXTRA_KEY: self.args.to_extra()}}
+        if self.steer is not None:
+            out["extra_args"][STEER_KEY] = self.steer.to_extra()
         if self.extended:
             out["max_tokens"] = self.max_new_tokens + 1
         if ignore_eos and self.args.sentinel >= 0:
@@ -354,6 +420,30 @@ class MonitoredRequest:
         if not self._closed:
             self._closed = True
             self.monitor._release(self)
+
+
+class SteeredRequest:
+    """A steered request without a watch: the generation engine's `WatchedRequest` that only
+    carries the interventions to vLLM (chunks pass through unchanged)."""
+
+    def __init__(self, steer: SteerArgs, salt: str) -> None:
+        self.steer, self._salt = steer, salt
+
+    @property
+    def cache_salt(self) -> str | None:
+        return self._salt
+
+    def sampling_overrides(self, ignore_eos: bool) -> dict[str, Any]:
+        return {"extra_args": {STEER_KEY: self.steer.to_extra()}}
+
+    def step(self, chunk: GenerationChunk) -> GenerationChunk:
+        return chunk
+
+    async def finish(self, chunk: GenerationChunk, tokens: list[int], text: list[str]) -> GenerationChunk:
+        return chunk
+
+    def close(self) -> None:
+        pass
 
 
 def _first_stop(route: Route | None, watch: WatchRequest, stop: list[int]) -> tuple[int, int] | None:

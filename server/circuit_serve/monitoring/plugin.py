@@ -15,6 +15,7 @@ ARCHITECTURES = {
     "qwen3": ("CircuitQwen3ForCausalLM", "circuit_serve.monitoring.vllm_models:CircuitQwen3ForCausalLM"),
 }
 LOGITS_PROCESSOR = "circuit_serve.monitoring.logits:MonitorLogitsProcessor"
+STEER_PROCESSOR = "circuit_serve.monitoring.steer:SteerLogitsProcessor"  # keeps steered rows (no logits change)
 
 
 def register() -> None:

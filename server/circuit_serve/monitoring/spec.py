@@ -6,7 +6,8 @@ builds the model (the engine core runs in its own process) reads the same thing:
 
 - `spec.json`: the column plan (see `columns`), the transcoder read point
   (`hook_resid_mid` | `ln2.hook_normalized` | `mlp.hook_in`), the activation (`relu` |
-  `jumprelu` | `topk`) and `top_k`, the side channel's address;
+  `jumprelu` | `topk`) and `top_k`, the side channel's address, the transcoder output hook
+  (`write_point`: where steering writes);
 - `spec.safetensors`: the server watchlist's encoder rows `server_rows (n, d)`, their biases
   `server_bias (n,)`, thresholds `server_threshold (n,)` and feature indices `server_index (n,)`;
   for TopK sets also every layer's whole encoder `enc.{l} (d_tc, d)` and bias `enc_bias.{l}`
@@ -44,6 +45,7 @@ class MonitorSpec:
     server_bias: torch.Tensor  # (n_server,)
     server_threshold: torch.Tensor  # (n_server,); 0 for ReLU
     full_encoders: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # TopK: per layer (W, b)
+    write_point: str = "hook_mlp_out"  # the transcoder's feature_output_hook (where steering adds its deltas)
 
     @classmethod
     def from_transcoders(
@@ -70,6 +72,7 @@ class MonitorSpec:
             server_bias=bias,
             server_threshold=thr,
             full_encoders=full,
+            write_point=transcoders.feature_output_hook,
         )
 
     def save(self, directory: Path) -> Path:
@@ -93,6 +96,7 @@ class MonitorSpec:
             "d_model": self.d_model,
             "d_transcoder": self.d_transcoder,
             "endpoint": self.endpoint,
+            "write_point": self.write_point,
         }
         (directory / "spec.json").write_text(json.dumps(meta))
         return directory
@@ -118,6 +122,7 @@ class MonitorSpec:
             server_bias=t["server_bias"],
             server_threshold=t["server_threshold"],
             full_encoders=full,
+            write_point=meta.get("write_point", "hook_mlp_out"),
         )
 
 

@@ -72,6 +72,7 @@ class TapBank:
         # Off while no monitored request is in the batch (set by the logits processor before each
         # forward pass): unmonitored traffic then runs the model alone.
         self.enabled = False
+        self.steer = None  # the steering bank (circuit_serve.monitoring.steer), set by its install
         # Set after each forward pass by the model class (see vllm_models): the batch layout.
         self.num_tokens = 0
         self.positions: torch.Tensor | None = None  # (T,) long, CPU
@@ -99,9 +100,7 @@ class TapBank:
         if hi == lo or not self.enabled:
             return
         n = x_mid.shape[0]
-        x = x_mid.float()  # (T, d)
-        if self.normalize:  # x * rsqrt(mean(x^2) + eps), one fused op
-            x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.eps[layer])
+        x = self.normalized(layer, x_mid)
         pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
         if self.topk:
             w_full, b_full = self.enc[layer]
@@ -113,6 +112,18 @@ class TapBank:
         else:
             torch.addmm(self.b[lo:hi], x, self.Wt[:, lo:hi], out=pre)  # (T, C_l)
             torch.gt(pre, self.threshold[lo:hi], out=active)
+
+    def normalized(self, layer: int, x_mid: torch.Tensor) -> torch.Tensor:
+        """`(T, d)` float32 `x_mid`, times the norm's scale `r` unless the read point is hook_resid_mid
+        (the folded rows then give the transcoder's pre-activations, see the module docstring)."""
+        x = x_mid.float()
+        if self.normalize:  # x * rsqrt(mean(x^2) + eps), one fused op
+            x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.eps[layer])
+        return x
+
+    def fold(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
+        """Encoder rows `(n, d)` of `layer` with the norm's gain folded in where the read point needs it."""
+        return self._fold(layer, rows.to(self.W.device).float())
 
     def note_batch(self, positions: torch.Tensor, query_start: list[int] | None) -> None:
         """The batch layout of the forward pass that just ran (token offsets per request; None
@@ -140,21 +151,30 @@ def _tapped_forward(self, x: torch.Tensor, residual: torch.Tensor | None = None)
     """The norm's own forward, then its layer's taps on the residual it returns (x_mid)."""
     out = self._circuit_base.forward(self, x, residual)
     x_mid = out[1] if residual is not None else x  # (normalized, x_mid) with a residual
-    self._circuit_bank.tap(self._circuit_layer, x_mid)
+    bank = self._circuit_bank
+    bank.tap(self._circuit_layer, x_mid)
+    if bank.steer is not None and bank.steer.rows:
+        bank.steer.on_input(self._circuit_layer, x_mid)
     return out
 
 
-def tap_norm(norm: nn.Module, bank: TapBank, layer: int) -> None:
-    """Give `norm` (a pre-MLP RMSNorm) a subclass whose forward also taps; its parameters keep
-    their names, so vLLM's weight checks and loaders see the same module."""
-    base = type(norm)
-    cls = _TAPPED_CLASSES.get(base)
+def subclass_in_place(module: nn.Module, forward, prefix: str, classes: dict[type, type], **attrs) -> None:
+    """Give `module` a subclass of its class (one per base, kept in `classes`) whose forward is
+    `forward` (which calls `self._circuit_base.forward`), and set `attrs` on it; its parameters
+    keep their names, so vLLM's weight checks and loaders see the same module."""
+    base = type(module)
+    cls = classes.get(base)
     if cls is None:
-        cls = type(f"Tapped{base.__name__}", (base,), {"forward": _tapped_forward, "_circuit_base": base})
-        _TAPPED_CLASSES[base] = cls
-    norm.__class__ = cls
-    norm._circuit_bank = bank
-    norm._circuit_layer = layer
+        cls = type(f"{prefix}{base.__name__}", (base,), {"forward": forward, "_circuit_base": base})
+        classes[base] = cls
+    module.__class__ = cls
+    for name, value in attrs.items():
+        setattr(module, name, value)
+
+
+def tap_norm(norm: nn.Module, bank: TapBank, layer: int) -> None:
+    """Give `norm` (a pre-MLP RMSNorm) a subclass whose forward also taps."""
+    subclass_in_place(norm, _tapped_forward, "Tapped", _TAPPED_CLASSES, _circuit_bank=bank, _circuit_layer=layer)
 
 
 def install(model: nn.Module, spec: MonitorSpec, *, model_type: str, max_tokens: int) -> TapBank:

@@ -3,7 +3,8 @@
 Registered by the plugin (see `plugin`) under the names in `ARCHITECTURES`; the server selects
 one with `hf_overrides={"architectures": [name], "circuit_monitor": spec_dir}` so that only a
 server that monitors loads them. After the weights load, `taps.install` wraps each layer's
-pre-MLP norm; after each forward pass the batch layout (token offsets per request, positions)
+pre-MLP norm and `steer.install` each layer's transcoder output module; before a forward pass
+with steered requests the batch layout goes to the steering bank; after each forward pass the batch layout (token offsets per request, positions)
 is noted for the logits processor, which runs next in the same process.
 """
 
@@ -17,7 +18,7 @@ from vllm.model_executor.models.gemma2 import Gemma2ForCausalLM
 from vllm.model_executor.models.llama import LlamaForCausalLM
 from vllm.model_executor.models.qwen3 import Qwen3ForCausalLM
 
-from circuit_serve.monitoring import taps
+from circuit_serve.monitoring import steer, taps
 from circuit_serve.monitoring.spec import SPEC_KEY, MonitorSpec
 
 
@@ -38,11 +39,19 @@ class _Tapped:
         self._circuit_bank = taps.install(
             self, self._circuit_spec, model_type=self._circuit_model_type, max_tokens=self._circuit_max_tokens
         )
+        steer.install(self, self._circuit_bank, model_type=self._circuit_model_type)
         return loaded
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        out = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
         bank = self._circuit_bank
+        steering = bank is not None and bank.steer is not None and bool(bank.steer.rows)
+        if steering:  # the batch layout, before the layers run (steered requests' rows)
+            bank.steer.begin_pass(positions, _query_start())
+        try:
+            out = super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+        finally:
+            if steering:
+                bank.steer.end_pass()
         if bank is not None:  # no batch layout read (no device sync) while nobody is monitored
             bank.note_batch(positions, _query_start() if bank.enabled else None)
         return out

@@ -11,6 +11,8 @@
    (column index in the request's list and position) when this step found it.
    Frames: [header (JSON), pre-activations (float32 bytes), active mask (uint8 bytes)]; each
    request's block follows the previous one's in both byte frames.
+3. Server -> worker, with a steered request (`SamplingParams.extra_args[STEER_KEY]`): `SteerArgs`,
+   its interventions with the rows the worker needs (encoder row, bias, threshold, decoder rows).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 EXTRA_KEY = "circuit_monitor"
+STEER_KEY = "circuit_steer"  # SamplingParams.extra_args key of a request's interventions (`SteerArgs`)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,72 @@ class RequestWatchArgs:
             ],
             fired=None if data.get("fired") is None else (int(data["fired"][0]), int(data["fired"][1])),
         )
+
+
+@dataclass(frozen=True)
+class SteerEntry:
+    """One intervention as the worker applies it: where, what, and the feature's own rows."""
+
+    layer: int
+    index: int
+    op: str  # set | scale | add
+    value: float
+    positions: list[int]  # prompt positions
+    all_prompt: bool
+    generated: bool
+    row: list[float] | None  # encoder row, unfolded (None for TopK sets: the worker holds the full encoder)
+    bias: float
+    threshold: float  # JumpReLU threshold (0 otherwise)
+    decoder: list[list[float]]  # (n_out, d): rows written to layers layer, layer + 1, ... (1 row for a PLT)
+
+    def to_wire(self) -> list:
+        return [
+            self.layer,
+            self.index,
+            self.op,
+            self.value,
+            self.positions,
+            self.all_prompt,
+            self.generated,
+            self.row,
+            self.bias,
+            self.threshold,
+            self.decoder,
+        ]
+
+    @classmethod
+    def from_wire(cls, data: list) -> SteerEntry:
+        layer, index, op, value, positions, all_prompt, generated, row, bias, threshold, decoder = data
+        if op not in ("set", "scale", "add"):
+            raise ValueError(f"unknown intervention op {op!r}")
+        return cls(
+            int(layer),
+            int(index),
+            str(op),
+            float(value),
+            [int(p) for p in positions],
+            bool(all_prompt),
+            bool(generated),
+            row,
+            float(bias),
+            float(threshold),
+            decoder,
+        )
+
+
+@dataclass(frozen=True)
+class SteerArgs:
+    """A request's interventions (`SamplingParams.extra_args[STEER_KEY]`), in request order."""
+
+    n_prompt: int  # positions >= n_prompt are generated tokens
+    entries: list[SteerEntry]
+
+    def to_extra(self) -> dict:
+        return {"n_prompt": self.n_prompt, "iv": [e.to_wire() for e in self.entries]}
+
+    @classmethod
+    def from_extra(cls, data: dict) -> SteerArgs:
+        return cls(int(data["n_prompt"]), [SteerEntry.from_wire(e) for e in data["iv"]])
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from circuit_proto.v1 import features_pb2 as pb
 from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_serve.domain.errors import InvalidRequest
-from circuit_serve.domain.features import FeatureRef, MonitorReport
+from circuit_serve.domain.features import FeatureRef, Intervention, MonitorReport, Op
 from circuit_serve.features.engine import PositionActivations, SteerQuery, TokensInput
-from circuit_serve.features.steering import Completion, Intervention, Op, Sampling, SteerResult
+from circuit_serve.features.steering import Completion, Sampling, SteerResult
 from circuit_serve.rpc.convert_chat import messages_from_pb
 
 _OPS = {pb.INTERVENTION_OP_SET: Op.SET, pb.INTERVENTION_OP_SCALE: Op.SCALE, pb.INTERVENTION_OP_ADD: Op.ADD}
@@ -42,9 +42,10 @@ def activations_to_pb(rows: list[PositionActivations]) -> pb.FeatureActivationsR
     )
 
 
-def steer_query(request: pb.SteerRequest) -> SteerQuery:
+def interventions_from_pb(items: Sequence[pb.Intervention]) -> tuple[Intervention, ...]:
+    """Interventions of a Steer or Generate request (InvalidRequest naming the entry's field)."""
     interventions = []
-    for i, iv in enumerate(request.interventions):
+    for i, iv in enumerate(items):
         if iv.op not in _OPS:
             raise InvalidRequest("must be SET, SCALE or ADD", field=f"interventions[{i}].op")
         if not iv.HasField("feature"):
@@ -59,6 +60,11 @@ def steer_query(request: pb.SteerRequest) -> SteerQuery:
                 iv.all_prompt_positions,
             )
         )
+    return tuple(interventions)
+
+
+def steer_query(request: pb.SteerRequest) -> SteerQuery:
+    interventions = interventions_from_pb(request.interventions)
     sampling = Sampling(
         max_new_tokens=request.max_new_tokens if request.HasField("max_new_tokens") else 16,
         temperature=request.temperature,
@@ -66,7 +72,7 @@ def steer_query(request: pb.SteerRequest) -> SteerQuery:
         seed=request.seed if request.HasField("seed") else None,
     )
     given = tokens_input(request.prompt, request.prompt_token_ids, request.messages)
-    return SteerQuery(given, tuple(interventions), sampling, request.include_default)
+    return SteerQuery(given, interventions, sampling, request.include_default)
 
 
 def _completion(c: Completion) -> pb.Completion:

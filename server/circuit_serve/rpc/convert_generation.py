@@ -17,7 +17,7 @@ from circuit_serve.domain.generation import (
     Usage,
 )
 from circuit_serve.rpc.convert_chat import messages_from_pb
-from circuit_serve.rpc.convert_features import monitor_report_to_pb
+from circuit_serve.rpc.convert_features import interventions_from_pb, monitor_report_to_pb
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -45,6 +45,7 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
         prompt_token_ids=tuple(msg.prompt_token_ids) or None,
         sampling=sampling,
         messages=messages_from_pb(msg.messages),
+        interventions=interventions_from_pb(msg.interventions),
     )
 
 

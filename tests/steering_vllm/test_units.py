@@ -1,0 +1,147 @@
+"""Generate's interventions before vLLM: protobuf conversion, checks and limits (INVALID_ARGUMENT
+naming the field), the rows sent to the worker, and the prefix-cache opt-out (no vLLM engine)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from circuit_proto.v1 import features_pb2 as fpb
+from circuit_proto.v1 import generation_pb2 as gpb
+from circuit_serve.domain.errors import InvalidRequest, NotConfigured
+from circuit_serve.domain.features import Action, FeatureRef, Intervention, Op, WatchedFeature, WatchRequest
+from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
+from circuit_serve.monitoring.monitor import EngineMonitor, SteeredRequest
+from circuit_serve.monitoring.wire import EXTRA_KEY, STEER_KEY, SteerArgs
+from circuit_serve.rpc.convert_generation import request_from_pb
+from tests.features.tiny import tiny_transcoders
+
+PROMPT = list(range(1, 11))
+
+
+@pytest.fixture(params=["plt", "clt"])
+def monitor(request, tmp_path):
+    tcs = tiny_transcoders(request.param)
+    server = (WatchedFeature("w", FeatureRef(0, 1), 0.0, Action.RECORD),)
+    m = EngineMonitor(
+        tcs,
+        server,
+        model_type="llama",
+        request_slots=2,
+        max_request_watch=2,
+        work_dir=tmp_path,
+        max_interventions=3,
+        max_intervention_positions=4,
+        cache_bytes=1 << 20,
+    )
+    yield m
+    m.shutdown()
+
+
+def field_of(monitor, ivs) -> str | None:
+    with pytest.raises(InvalidRequest) as err:
+        monitor.steer_args(ivs, len(PROMPT))
+    return err.value.field
+
+
+def test_generate_request_carries_interventions():
+    msg = gpb.GenerateRequest(
+        prompt_token_ids=PROMPT,
+        interventions=[
+            fpb.Intervention(
+                feature=fpb.FeatureRef(layer=1, index=3), op=fpb.INTERVENTION_OP_SCALE, value=2.0, positions=[4, 2]
+            ),
+            fpb.Intervention(
+                feature=fpb.FeatureRef(layer=0, index=5), op=fpb.INTERVENTION_OP_SET, value=-1, generated_tokens=True
+            ),
+        ],
+    )
+    req = request_from_pb(msg)
+    assert req.interventions == (
+        Intervention(FeatureRef(1, 3), Op.SCALE, 2.0, (4, 2)),
+        Intervention(FeatureRef(0, 5), Op.SET, -1.0, generated=True),
+    )
+    with pytest.raises(InvalidRequest) as err:
+        request_from_pb(gpb.GenerateRequest(prompt_token_ids=PROMPT, interventions=[fpb.Intervention(op=1)]))
+    assert err.value.field == "interventions[0].feature"
+
+
+def test_limits_and_checks_name_the_field(monitor):
+    f = FeatureRef(1, 3)
+    assert field_of(monitor, [Intervention(f, Op.SET, 1.0, generated=True)] * 4) == "interventions"
+    assert field_of(monitor, [Intervention(f, Op.SET, 1.0, positions=(0, 1, 2, 3, 4))]) == "interventions[0].positions"
+    assert field_of(monitor, [Intervention(f, Op.ADD, 1.0, positions=(10,))]) == "interventions[0].positions"
+    assert field_of(monitor, [Intervention(f, Op.ADD, 1.0)]) == "interventions[0].positions"  # applies nowhere
+    assert field_of(monitor, [Intervention(f, Op.ADD, math.nan, generated=True)]) == "interventions[0].value"
+    with pytest.raises(InvalidRequest, match=r"interventions\[0\]\.feature"):
+        monitor.steer_args([Intervention(FeatureRef(9, 0), Op.ADD, 1.0, generated=True)], len(PROMPT))
+
+
+def test_steer_args_carry_the_features_own_rows(monitor):
+    tcs = monitor.transcoders
+    ivs = [
+        Intervention(FeatureRef(0, 2), Op.SCALE, 0.5, positions=(3, 1, 3)),
+        Intervention(FeatureRef(1, 7), Op.SET, 2.0, all_prompt=True, generated=True),
+    ]
+    args = SteerArgs.from_extra(monitor.steer_args(ivs, len(PROMPT)).to_extra())
+    assert args.n_prompt == len(PROMPT) and [e.op for e in args.entries] == ["scale", "set"]
+    first, second = args.entries
+    assert first.positions == [1, 3] and not first.generated and second.all_prompt and second.generated
+    assert torch.equal(torch.tensor(first.row), tcs.W_enc[0][2].float())
+    assert first.bias == pytest.approx(float(tcs.b_enc[0][2]))
+    for e in args.entries:
+        want = tcs.decoder_rows(e.layer, torch.tensor([e.index]))[0].float()  # (n_out, d): L - layer for a CLT
+        assert torch.equal(torch.tensor(e.decoder), want)
+        assert len(e.decoder) == (tcs.n_layers - e.layer if tcs.is_clt else 1)
+
+
+def test_steered_requests_opt_out_of_prefix_reuse(monitor):
+    monitor.engine_ready(block_size=4, prefix_caching=True)
+    ivs = (Intervention(FeatureRef(0, 2), Op.SET, 1.0, generated=True),)
+    greedy = SamplingOptions(max_new_tokens=4, temperature=0.0)
+    begin = {"prompt_ids": PROMPT, "max_model_len": 64, "sentinel": 0, "decode": lambda ids: ""}
+
+    alone = monitor.begin("r1", GenerationRequest(prompt_token_ids=tuple(PROMPT), interventions=ivs), **begin)
+    assert isinstance(alone, SteeredRequest) and alone.cache_salt == "circuit-monitor-r1"
+    assert set(alone.sampling_overrides(False)["extra_args"]) == {STEER_KEY}
+
+    watch = WatchRequest(monitor.watched, n_server=1)
+    both = monitor.begin(
+        "r2",
+        GenerationRequest(prompt_token_ids=tuple(PROMPT), sampling=greedy, watch=watch, interventions=ivs),
+        **begin,
+    )
+    assert both.cache_salt == "circuit-monitor-r2" and not both.reuses_cache  # private: no shared blocks
+    assert set(both.sampling_overrides(False)["extra_args"]) == {EXTRA_KEY, STEER_KEY}
+    both.close()
+
+    plain = monitor.begin(
+        "r3", GenerationRequest(prompt_token_ids=tuple(PROMPT), sampling=greedy, watch=watch), **begin
+    )
+    assert plain.reuses_cache  # an unsteered monitored request still shares the monitored namespace
+    plain.close()
+    assert monitor.begin("r4", GenerationRequest(prompt_token_ids=tuple(PROMPT)), **begin) is None
+
+
+def test_steering_is_refused_where_vllm_compiles_the_layers(monitor):
+    ivs = [Intervention(FeatureRef(0, 2), Op.SET, 1.0, generated=True)]
+    monitor.engine_args({}, enforce_eager=True)
+    assert monitor.steer_args(ivs, len(PROMPT)).entries
+    monitor.engine_args({}, enforce_eager=False)
+    with pytest.raises(NotConfigured, match="--enforce-eager"):
+        monitor.steer_args(ivs, len(PROMPT))
+
+
+def test_client_interventions_reach_the_server_request():
+    from circuit_client import _convert
+    from circuit_client.features import Intervention as ClientIntervention
+    from circuit_client.types import Sampling
+
+    ivs = [ClientIntervention.parse("1:3:scale:2@4,2"), ClientIntervention.parse("0:5:set:-1@gen")]
+    msg = _convert.generate_request(None, PROMPT, Sampling(), False, None, ivs)
+    assert request_from_pb(msg).interventions == (
+        Intervention(FeatureRef(1, 3), Op.SCALE, 2.0, (4, 2)),
+        Intervention(FeatureRef(0, 5), Op.SET, -1.0, generated=True),
+    )
