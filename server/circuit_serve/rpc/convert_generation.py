@@ -112,6 +112,12 @@ def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
         message.delta.text = c.text
         message.delta.token_ids.extend(c.token_ids)
         return [message]
+    return chunk_to_pb_general(c)
+
+
+def chunk_to_pb_general(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
+    """`chunk_to_pb` of any chunk, every field converted (bench/stream_messages.py times both)."""
+    last = c.finish_reason is not None
     out = []
     if c.token_ids or c.text or (c.activations and not last):
         delta = pb.TokenDelta(
