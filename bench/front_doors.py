@@ -34,6 +34,7 @@ from circuit_serve.launch import free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "front_doors.md"
+FAILURES: list[str] = []  # rounds a path did not finish (timed out after --round-timeout or failed)
 LOADS: list[float] = []  # the 1-minute load average after each timed round
 PROMPTS = ["The capital of France is", "One, two, three,", "A transcoder reads", "Michael Jordan played"]
 ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]
@@ -132,9 +133,14 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
             )
             sampling = Sampling(max_new_tokens=tokens, temperature=0.8, ignore_eos=True)
             body = {"max_tokens": tokens, "temperature": 0.8, "stream": True, "extra_body": {"ignore_eos": True}}
+            t = args.round_timeout
             http = {
-                "vllm": openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0),
-                "ours": openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0),
+                "vllm": openai.AsyncOpenAI(
+                    base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0, timeout=t
+                ),
+                "ours": openai.AsyncOpenAI(
+                    base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=t
+                ),
             }
             served = {"vllm": str(model), "ours": model.name}
             run = 0
@@ -169,9 +175,13 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     got = {}
                     for k in order:
                         run += 1
-                        got[k] = await timed(streams, tokens, paths[k])
-                    if rep == 0:
-                        continue
+                        try:
+                            got[k] = await asyncio.wait_for(timed(streams, tokens, paths[k]), args.round_timeout)
+                        except Exception as exc:  # noqa: BLE001 - a stuck or failed path is reported, not fatal
+                            FAILURES.append(f"{name} {streams}x{tokens} round {rep}: {LABELS[k]}: {exc!r}"[:300])
+                            print(FAILURES[-1], flush=True)
+                    if rep == 0 or len(got) < len(paths):
+                        continue  # the warm-up, or a round missing a path: not counted
                     for k, (rate, ss) in got.items():
                         record(stats[k], rate, ss, tokens)
                     ratios["grpc"].append(got["grpc"][0] / got["raw"][0])
@@ -184,7 +194,7 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     )
             for k, base in (("raw", None), ("grpc", "grpc"), ("vllm_http", None), ("http", "http")):
                 st = stats[k]
-                ratio = statistics.median(ratios[base]) if base else None
+                ratio = statistics.median(ratios[base]) if base and ratios[base] else None
                 spread = ratios[base] if base else None
                 rows.append((name, f"{streams}x{tokens}", k, st, ratio, spread))
     finally:
@@ -216,7 +226,8 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
         "message; more: deltas coalesced while the reader lagged). Command: `" + " ".join(sys.argv) + "`.",
         "",
         f"Load average before: {load[0]}; after: {load[1]}; 1-minute load after each timed round "
-        f"{min(LOADS):.1f}-{max(LOADS):.1f} (median {statistics.median(LOADS):.1f}). Other work shared the 2 cores",
+        f"{min(LOADS or [0]):.1f}-{max(LOADS or [0]):.1f} (median {statistics.median(LOADS or [0]):.1f}). "
+        "Other work shared the 2 cores",
         "during this run (other engineers' tests); rerun on a quiet machine for figures to quote.",
         "",
         "| model | workload | path | tokens/s (min-max) | ratio | per round | TTFT p50 | TTFT p90 "
@@ -224,6 +235,9 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
         "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, work, k, st, ratio, spread in rows:
+        if not st.rates:
+            lines.append(f"| {name} | {work} | {LABELS[k]} | no round counted | | | | | | | | |")
+            continue
         r = f"**{ratio:.3f}**" if ratio is not None else "(baseline)"
         each = ", ".join(f"{x:.2f}" for x in spread) if spread else ""
         rate = f"{statistics.median(st.rates):,.0f} ({min(st.rates):,.0f}-{max(st.rates):,.0f})"
@@ -232,6 +246,7 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
             f"| {name} | {work} | {LABELS[k]} | {rate} | {r} | {each} | {pct(ttft, 0.5):.1f} | {pct(ttft, 0.9):.1f} "
             f"| {pct(itl, 0.5):.2f} | {pct(itl, 0.9):.2f} | {pct(itl, 0.99):.2f} | {st.tokens / max(st.messages, 1):.2f} |"
         )
+    lines += ["", "Rounds not counted (a path timed out or failed):", ""] + [f"- {f}" for f in FAILURES or ["none"]]
     RESULTS.write_text("\n".join(lines) + "\n")
     print(RESULTS.read_text())
 
@@ -246,6 +261,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     parser.add_argument("--workloads", nargs="+", type=workload, default=[(16, 128), (64, 32)])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--round-timeout", type=float, default=180.0, help="seconds one path's round may take")
     args = parser.parse_args()
     os.environ.update(ENV)
     sys.path.insert(0, str(ROOT / "bench"))
