@@ -34,6 +34,8 @@ from circuit_serve.launch import free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "front_doors.md"
+FAILURES: list[str] = []  # rounds a path did not finish (timed out after --round-timeout or failed)
+LOADS: list[float] = []  # the 1-minute load average after each timed round
 PROMPTS = ["The capital of France is", "One, two, three,", "A transcoder reads", "Michael Jordan played"]
 ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
@@ -44,6 +46,8 @@ class Path_:
     rates: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
+    messages: int = 0  # streamed messages (SSE events with text, gRPC deltas, raw engine outputs)
+    tokens: int = 0
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -73,9 +77,11 @@ async def timed(streams: int, tokens: int, one) -> tuple[float, list[Stream]]:
     return streams * tokens / (time.perf_counter() - start), out
 
 
-def record(path: Path_, rate: float, streams: list[Stream]) -> None:
+def record(path: Path_, rate: float, streams: list[Stream], tokens: int) -> None:
     path.rates.append(rate)
+    path.tokens += tokens * len(streams)
     for s in streams:
+        path.messages += len(s.times)
         if s.times:
             path.ttft.append(s.times[0] - s.start)
             path.itl.extend(b - a for a, b in zip(s.times, s.times[1:]))
@@ -127,9 +133,14 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
             )
             sampling = Sampling(max_new_tokens=tokens, temperature=0.8, ignore_eos=True)
             body = {"max_tokens": tokens, "temperature": 0.8, "stream": True, "extra_body": {"ignore_eos": True}}
+            t = args.round_timeout
             http = {
-                "vllm": openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0),
-                "ours": openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0),
+                "vllm": openai.AsyncOpenAI(
+                    base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0, timeout=t
+                ),
+                "ours": openai.AsyncOpenAI(
+                    base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=t
+                ),
             }
             served = {"vllm": str(model), "ours": model.name}
             run = 0
@@ -164,13 +175,18 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     got = {}
                     for k in order:
                         run += 1
-                        got[k] = await timed(streams, tokens, paths[k])
-                    if rep == 0:
-                        continue
+                        try:
+                            got[k] = await asyncio.wait_for(timed(streams, tokens, paths[k]), args.round_timeout)
+                        except Exception as exc:  # noqa: BLE001 - a stuck or failed path is reported, not fatal
+                            FAILURES.append(f"{name} {streams}x{tokens} round {rep}: {LABELS[k]}: {exc!r}"[:300])
+                            print(FAILURES[-1], flush=True)
+                    if rep == 0 or len(got) < len(paths):
+                        continue  # the warm-up, or a round missing a path: not counted
                     for k, (rate, ss) in got.items():
-                        record(stats[k], rate, ss)
+                        record(stats[k], rate, ss, tokens)
                     ratios["grpc"].append(got["grpc"][0] / got["raw"][0])
                     ratios["http"].append(got["http"][0] / got["vllm_http"][0])
+                    LOADS.append(os.getloadavg()[0])
                     print(
                         f"{name} {streams}x{tokens} round {rep}: "
                         + ", ".join(f"{k} {v[0]:,.0f}" for k, v in got.items()),
@@ -178,8 +194,9 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     )
             for k, base in (("raw", None), ("grpc", "grpc"), ("vllm_http", None), ("http", "http")):
                 st = stats[k]
-                ratio = statistics.median(ratios[base]) if base else None
-                rows.append((name, f"{streams}x{tokens}", k, statistics.median(st.rates), ratio, st.ttft, st.itl))
+                ratio = statistics.median(ratios[base]) if base and ratios[base] else None
+                spread = ratios[base] if base else None
+                rows.append((name, f"{streams}x{tokens}", k, st, ratio, spread))
     finally:
         engine.shutdown()
         ours.stop()
@@ -203,21 +220,33 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
         f"`bench/front_doors.py`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, vLLM CPU build, float32,",
         f"eager, max_model_len 512; streams x tokens with ignore_eos, temperature 0.8; {args.repeats} timed rounds",
         "after a warm-up, paths alternating. Ratio: the median per-round ratio to the path's baseline",
-        "(gRPC over raw, circuit-serve HTTP over vLLM's server). TTFT and ITL in ms over all streams of all rounds;",
-        "ITL is the gap between streamed messages (a message may carry several tokens).",
+        "(gRPC over raw, circuit-serve HTTP over vLLM's server), with the per-round ratios beside it; tokens/s is the",
+        "median over rounds, with its min-max. TTFT and ITL in ms over all streams of all rounds; ITL is the gap",
+        "between streamed messages, and tok/msg the tokens a message carried on average (1.00: one token a",
+        "message; more: deltas coalesced while the reader lagged). Command: `" + " ".join(sys.argv) + "`.",
         "",
-        f"Load average before: {load[0]}; after: {load[1]}. Other work shared the 2 cores during this run",
-        "(other engineers' tests); rerun on a quiet machine for figures to quote.",
+        f"Load average before: {load[0]}; after: {load[1]}; 1-minute load after each timed round "
+        f"{min(LOADS or [0]):.1f}-{max(LOADS or [0]):.1f} (median {statistics.median(LOADS or [0]):.1f}). "
+        "Other work shared the 2 cores",
+        "during this run (other engineers' tests); rerun on a quiet machine for figures to quote.",
         "",
-        "| model | workload | path | tokens/s | ratio | TTFT p50 | TTFT p90 | ITL p50 | ITL p90 | ITL p99 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | workload | path | tokens/s (min-max) | ratio | per round | TTFT p50 | TTFT p90 "
+        "| ITL p50 | ITL p90 | ITL p99 | tok/msg |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, work, k, rate, ratio, ttft, itl in rows:
-        r = f"{ratio:.3f}" if ratio is not None else "(baseline)"
+    for name, work, k, st, ratio, spread in rows:
+        if not st.rates:
+            lines.append(f"| {name} | {work} | {LABELS[k]} | no round counted | | | | | | | | |")
+            continue
+        r = f"**{ratio:.3f}**" if ratio is not None else "(baseline)"
+        each = ", ".join(f"{x:.2f}" for x in spread) if spread else ""
+        rate = f"{statistics.median(st.rates):,.0f} ({min(st.rates):,.0f}-{max(st.rates):,.0f})"
+        ttft, itl = st.ttft, st.itl
         lines.append(
-            f"| {name} | {work} | {LABELS[k]} | {rate:,.0f} | {r} | {pct(ttft, 0.5):.1f} | {pct(ttft, 0.9):.1f} "
-            f"| {pct(itl, 0.5):.2f} | {pct(itl, 0.9):.2f} | {pct(itl, 0.99):.2f} |"
+            f"| {name} | {work} | {LABELS[k]} | {rate} | {r} | {each} | {pct(ttft, 0.5):.1f} | {pct(ttft, 0.9):.1f} "
+            f"| {pct(itl, 0.5):.2f} | {pct(itl, 0.9):.2f} | {pct(itl, 0.99):.2f} | {st.tokens / max(st.messages, 1):.2f} |"
         )
+    lines += ["", "Rounds not counted (a path timed out or failed):", ""] + [f"- {f}" for f in FAILURES or ["none"]]
     RESULTS.write_text("\n".join(lines) + "\n")
     print(RESULTS.read_text())
 
@@ -231,7 +260,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     parser.add_argument("--workloads", nargs="+", type=workload, default=[(16, 128), (64, 32)])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--round-timeout", type=float, default=180.0, help="seconds one path's round may take")
     args = parser.parse_args()
     os.environ.update(ENV)
     sys.path.insert(0, str(ROOT / "bench"))

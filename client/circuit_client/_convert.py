@@ -129,6 +129,8 @@ def stream_chunk(msg: pb.GenerateStreamResponse) -> StreamChunk:
             activations=_activations(end.activations),
         )
     d = msg.delta
+    if not d.logprobs and not d.activations:  # the common delta, once a token: no empty conversions
+        return StreamChunk(request_id=msg.request_id, text=d.text, token_ids=tuple(d.token_ids))
     return StreamChunk(
         request_id=msg.request_id,
         text=d.text,

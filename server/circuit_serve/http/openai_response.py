@@ -69,6 +69,7 @@ class Shaper:
         self.id = ""
         self._offset = 0  # characters of completion text sent so far (completions' text_offset)
         self._first = True
+        self._plain: tuple[bytes, bytes] | None = None  # a plain delta's event around its JSON text
 
     # ---- logprobs --------------------------------------------------------------
 
@@ -159,7 +160,28 @@ class Shaper:
     # ---- streams -----------------------------------------------------------------
 
     def chunk(self, c: GenerationChunk) -> bytes:
-        """The events of one engine chunk (a chat stream's first one opens with the assistant role)."""
+        """The events of one engine chunk (a chat stream's first one opens with the assistant role).
+
+        A plain delta (text only: not the last, no logprobs, token ids or activations, not a chat
+        stream's first), the event of nearly every token, is its stream's first plain event rendered
+        by the protocol models once, around a new JSON string: 1-2 us instead of 20-55 us."""
+        if c.finish_reason is None and not (c.activations or self.call.logprobs or self.call.token_ids):
+            if not (self.call.chat and self._first):
+                if self._plain is None:
+                    self._plain = self._split(c)
+                if self._plain:
+                    head, tail = self._plain
+                    return head + json.dumps(c.text, ensure_ascii=False).encode() + tail
+        return self._rendered(c)
+
+    def _split(self, c: GenerationChunk) -> tuple[bytes, bytes] | tuple[()]:
+        """A plain delta's event split around its text (empty: the text is not found once)."""
+        mark = "circuit-serve-text-mark"
+        parts = self._rendered(dataclasses.replace(c, text=mark)).split(json.dumps(mark).encode())
+        return (parts[0], parts[1]) if len(parts) == 2 else ()
+
+    def _rendered(self, c: GenerationChunk) -> bytes:
+        """`chunk` by the protocol models, every field converted."""
         last = c.finish_reason is not None
         finish = str(c.finish_reason) if last else None
         extra: dict[str, Any] = {}

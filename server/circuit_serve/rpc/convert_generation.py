@@ -98,9 +98,28 @@ def result_to_pb(r: GenerationResult) -> pb.GenerateResponse:
 
 
 def chunk_to_pb(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
-    """A chunk becomes a delta message (if it has tokens) and, on the last chunk, an end message."""
-    out = []
+    """A chunk becomes a delta message (if it has tokens) and, on the last chunk, an end message.
+
+    A chunk holds every token vLLM had ready when the stream asked for the next one (vLLM merges the
+    deltas that pile up while a message is being written), so one message may carry several tokens.
+    Per-message cost counts (one message a token when the client keeps up): the common delta (no
+    logprobs, no activations) is built without the empty repeated fields."""
     last = c.finish_reason is not None
+    if not last and not c.logprobs and not c.activations:
+        if not (c.token_ids or c.text):
+            return []
+        message = pb.GenerateStreamResponse()
+        message.request_id = c.request_id  # assigning fields: about half the time of keyword construction
+        message.delta.text = c.text
+        message.delta.token_ids.extend(c.token_ids)
+        return [message]
+    return chunk_to_pb_general(c)
+
+
+def chunk_to_pb_general(c: GenerationChunk) -> list[pb.GenerateStreamResponse]:
+    """`chunk_to_pb` of any chunk, every field converted (bench/stream_messages.py times both)."""
+    last = c.finish_reason is not None
+    out = []
     if c.token_ids or c.text or (c.activations and not last):
         delta = pb.TokenDelta(
             text=c.text,
