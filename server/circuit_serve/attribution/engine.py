@@ -74,6 +74,7 @@ class TracingEngine:
             batch_size=settings.batch_size,
             node_threshold=settings.node_threshold,
             edge_threshold=settings.edge_threshold,
+            head_loadings=settings.head_loadings,
             targets=list(targets) if targets is not None else None,
             progress=progress,
             should_stop=should_stop,

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from circuit_serve.tracing.frontend import frontend_json
+from circuit_serve.tracing.heads import HeadLoadings
 from circuit_serve.tracing.prune import CompactLayout, PruneResult, graph_scores, prune_compact
 from circuit_serve.tracing.settings import AttributionSettings
 
@@ -38,13 +39,14 @@ class AttributionGraph:
     logit_contrast_ids: list[int | None]
     logit_labels: list[str]
     logit_probabilities: torch.Tensor  # (K,) float32
-    edges: torch.Tensor  # (F + K, n_active + L*P + P) float32, see module docstring
+    edges: torch.Tensor  # (F + K, n_active + L*P + P) or compact (F + K, F + L*P + P) float32
     settings: AttributionSettings
     model_id: str = ""
     transcoder_id: str = ""
     scan: str | None = None
     model_name: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    head_loadings: HeadLoadings | None = None  # kept edges split by attention head (opt-in)
 
     # -- sizes and offsets ----------------------------------------------------------------
     @property
@@ -86,8 +88,8 @@ class AttributionGraph:
     # -- matrices -------------------------------------------------------------------------
     def compact_adjacency(self) -> torch.Tensor:
         """(F + K, F + L*P + P): rows [features | logits], columns [features | errors | embeddings]."""
-        if self.n_selected == self.n_active:
-            return self.edges
+        if self.n_selected == self.n_active or self.edges.shape[1] == self.layout.n_cols:
+            return self.edges  # already compact (streamed rows, or every feature selected)
         rest = torch.arange(self.n_active, self.edges.shape[1], device=self.edges.device)
         cols = torch.cat([self.selected_features.to(self.edges.device), rest])
         return self.edges[:, cols]
