@@ -45,7 +45,7 @@ ids = [rm.bos_id()] + torch.randint(4, V, (cfg["tokens"] - 1,), generator=g).tol
 t0 = time.perf_counter()
 out = {"tokens": cfg["tokens"]}
 try:
-    graph = rm.attribute(ids, max_feature_nodes=cfg["max_feature_nodes"])
+    graph = rm.attribute(ids, max_feature_nodes=cfg["max_feature_nodes"], **cfg["extra"])
     out.update(seconds=time.perf_counter() - t0, active=graph.n_active, selected=graph.n_selected,
                l0=graph.n_active / (graph.n_layers * (graph.n_pos - 1)), timings=graph.timings)
     pr = graph.prune()
@@ -118,6 +118,8 @@ def run_one(server: Path, mdir: Path, tdir: Path, tokens: int, args) -> dict:
         budget=int(args.budget_gib * 2**30),
         max_feature_nodes=args.max_feature_nodes,
         threads=args.threads,
+        # the new code picks dense rows where they fit the budget: force the streamed rows it measures
+        extra={} if server != ROOT / "server" else {"dense_rows": False},
     )
     env = {**os.environ, "PYTHONPATH": str(server)}
     p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env)

@@ -37,7 +37,7 @@ def assert_same_graph(a, b, rel: float = 1e-6) -> None:
 def test_fixtures_streamed_equal_dense(arch, limit):
     rm = ReplacementModel.from_pretrained(FIXTURES / arch / "model", FIXTURES / arch / "transcoders")
     dense = rm.attribute(PROMPT, max_feature_nodes=limit, batch_size=16, dense_rows=True)
-    streamed = rm.attribute(PROMPT, max_feature_nodes=limit, batch_size=16)
+    streamed = rm.attribute(PROMPT, max_feature_nodes=limit, batch_size=16, dense_rows=False)
     assert streamed.edges.shape[1] == streamed.layout.n_cols  # compact: never rows x all active features
     assert_same_graph(streamed, dense)
 
@@ -49,7 +49,7 @@ def test_cases_streamed_equal_dense_with_spill_and_blocks(case, case_dir, monkey
     monkeypatch.setattr(rm, "row_memory_bytes", lambda *a: 0)  # every row block goes to disk
     monkeypatch.setattr(rm, "work_bytes", lambda *a: 1)  # one target per transposed pass
     monkeypatch.setattr(lm, "PATTERN_BLOCK", 3)  # 10 positions in 4 query blocks
-    streamed = rm.attribute(tokens, max_feature_nodes=12, batch_size=2)
+    streamed = rm.attribute(tokens, max_feature_nodes=12, batch_size=2, dense_rows=False)
     assert len(streamed.selected_features) == 12
     assert_same_graph(streamed, dense)
 
@@ -64,7 +64,7 @@ def test_512_tokens_streamed_equal_dense(tmp_path):
     rm = ReplacementModel.from_hf(model, tiny_tokenizer(96), tcs, model_id="long-512")
     dense = rm.attribute(tokens, max_feature_nodes=300, batch_size=32, dense_rows=True)
     rm.row_memory_bytes = lambda *a: 100 * (dense.n_active + 3 * 512) * 4  # about 100 rows in memory, the rest on disk
-    streamed = rm.attribute(tokens, max_feature_nodes=300, batch_size=32)
+    streamed = rm.attribute(tokens, max_feature_nodes=300, batch_size=32, dense_rows=False)
     assert dense.n_pos == 512 and dense.n_active > 1000
     assert_same_graph(streamed, dense)
     # the completeness identity's bookkeeping holds on the streamed graph too

@@ -82,10 +82,12 @@ def run_attribution(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     prompt: str | None = None,
-    dense_rows: bool = False,
+    dense_rows: bool | None = None,
 ) -> AttributionGraph:
-    """`dense_rows`: hold every visited row over all sources in memory (the path before rows were
-    streamed; kept only to compare the two in benchmarks and tests)."""
+    """`dense_rows`: True holds every visited row over all sources in memory (the faster path, whose
+    memory grows with the prompt squared); False streams the rows (bounded memory); None (the
+    default) picks dense rows where their estimate fits the memory budget, streamed rows where it
+    does not or where no budget is set. Both give the same graph (tests/tracing/test_tracing_long.py)."""
     timings: dict[str, float] = {}
     report = progress or (lambda phase, frac: None)
 
@@ -122,6 +124,10 @@ def run_attribution(
     )
     K = len(tg)
     n_sel = min(settings.max_feature_nodes or n_active, n_active)
+    if dense_rows is None:  # dense rows are faster (measured 1.25x at 64 tokens); take them where they fit
+        budget = rm.memory_budget_bytes
+        need = rm.estimate_memory(P, settings, n_active=n_active, n_logits=K, dense_rows=True)
+        dense_rows = budget is not None and need <= budget
     rm.check_memory(P, settings, n_active=n_active, n_logits=K, dense_rows=dense_rows)
     t = phase("3_targets", t)
     run = _Rows(lrm, acts, tg, settings, n_sel, report, check_stop, should_stop)

@@ -307,10 +307,11 @@ class ReplacementModel:
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
         head_loadings: bool = False,
-        dense_rows: bool = False,
+        dense_rows: bool | None = None,
     ) -> AttributionGraph:
         """Attribution graph of the next-token prediction after `tokens` (text or ids).
-        `dense_rows`: the path that holds every visited row in memory (comparisons only)."""
+        `dense_rows`: True/False force the dense or the streamed rows; None picks dense rows where
+        they fit the memory budget (see `run_attribution`)."""
         settings = AttributionSettings(
             max_n_logits=max_n_logits,
             desired_logit_prob=desired_logit_prob,
@@ -325,7 +326,7 @@ class ReplacementModel:
         # depend on the features (recorded patterns and tensors, the forward pass, one backward
         # batch: what grows fastest with the prompt), and in phase 3 with the real number of active
         # features. A sparsity guess (`expected_l0`) would refuse graphs that fit.
-        self.check_memory(len(ids), settings, n_active=0, dense_rows=dense_rows)
+        self.check_memory(len(ids), settings, n_active=0, dense_rows=bool(dense_rows))  # None: streamed fits
         return run_attribution(
             self,
             ids,
