@@ -32,6 +32,9 @@ from circuit_serve.tracing.architecture import Architecture
 from circuit_serve.tracing.transcoders import TranscoderSet
 
 PATTERN_BLOCK = 512  # query positions per stored pattern block
+# Floating-point work between two polls of the stop flag in the transposed pass (about 0.1 s on
+# 2 CPU cores): a layer's dense work is done in slices of target rows of at most this much.
+POLL_FLOPS = 2e9
 
 
 @dataclass
@@ -367,26 +370,70 @@ class LocalReplacement:
         return (g.to(W.dtype) @ W).float()
 
     def _attention_transpose(self, li: int, g: torch.Tensor, per_head: bool = False) -> torch.Tensor:
-        """Transpose of x -> attention output (frozen pattern and norms): (k, P, d) -> (k, P, d),
-        or with `per_head` each head's part, (k, H, P, d) (summing over heads gives the whole)."""
+        """Transpose of x -> attention output (frozen pattern and norms): (k, p, d) -> (k, p, d),
+        or with `per_head` each head's part, (k, H, p, d) (summing over heads gives the whole).
+        p <= P: the first p positions only (exact when the gradient beyond them is zero: keys never
+        follow their query)."""
         arch = self.arch
         part = arch.layers[li]
         k, P, _ = g.shape
         H, KV, dh = arch.n_heads, arch.n_kv_heads, arch.head_dim
         if self.pa_f[li] is not None:
-            g = g * self.pa_f[li]
+            g = g * self.pa_f[li][:P]
         go = self._mm(g, part.attn.o_proj.weight).view(k, P, H, dh)  # (k, Pq, H, dh)
         gv = torch.zeros(k, P, H, dh, device=g.device)  # (k, Pk, H, dh)
         for blk in self.rec.patterns[li]:  # keys after a block's last query get nothing from it
-            gv[:, : blk.q1] += torch.einsum("hqs,bqhe->bshe", blk.weights, go[:, blk.q0 : blk.q1])
+            if blk.q0 >= P:
+                break
+            q1 = min(blk.q1, P)
+            gv[:, :q1] += torch.einsum("hqs,bqhe->bshe", blk.weights[:, : q1 - blk.q0, :q1], go[:, blk.q0 : q1])
         W_v = part.attn.v_proj.weight  # (KV * dh, d)
         if per_head:
             rep = H // KV
             heads = [self._mm(gv[:, :, h], W_v[(h // rep) * dh : (h // rep + 1) * dh]) for h in range(H)]
-            return torch.stack(heads, 1) * self.norm1_f[li]  # (k, H, P, d)
+            return torch.stack(heads, 1) * self.norm1_f[li][:P]  # (k, H, P, d)
         gv = gv.reshape(k, P, KV, H // KV, dh).sum(3).reshape(k, P, KV * dh)
         gh = self._mm(gv, W_v)  # (k, P, d)
-        return gh * self.norm1_f[li]
+        return gh * self.norm1_f[li][:P]
+
+    def _through_layer(
+        self,
+        li: int,
+        g: torch.Tensor,
+        gh: torch.Tensor | None,
+        a: int,
+        k_out: int,
+        positions: torch.Tensor,
+        vectors: torch.Tensor,
+        streams: int,
+    ) -> torch.Tensor:
+        """Rows [a, a + len(g)) of the batch from layer li's output down to its input: g (k, p, d)
+        the gradient at the residual stream above layer li at its first p positions (p: past the
+        rows' furthest target, zero beyond), gh (k_out, >= p, d) its part at the MLP output (the
+        skip path's source); rows >= k_out are targets reading at layer li (their encoder vector
+        injected at their position)."""
+        k, P, d = g.shape
+        b = a + k
+        gx = None  # gradient at the transcoder input x_in, (k, P, d)
+        if a < k_out and self.tcs.W_skip is not None:
+            gx = torch.zeros(k, P, d, device=self.device)
+            gx[: min(b, k_out) - a] = self._mm(gh[a : min(b, k_out), :P], self.tcs.W_skip[li])
+        if b > k_out:
+            if gx is None:
+                gx = torch.zeros(k, P, d, device=self.device)
+            s0 = max(a, k_out)
+            r = torch.arange(s0 - a, k, device=self.device)
+            gx[r, positions[s0:b]] += vectors[s0:b]
+        gm = g if gx is None else g + (gx if self.in_f[li] is None else gx * self.in_f[li][:P])
+        if streams == 1:
+            return gm + self._attention_transpose(li, gm)
+        J, H = streams, self.arch.n_heads
+        total = gm.view(k // J, J, P, d).sum(1)
+        gm = gm.clone()
+        gm.view(k // J, J, P, d)[:, 1 + li * H : 1 + (li + 1) * H] += self._attention_transpose(
+            li, total, per_head=True
+        )
+        return gm
 
     @torch.inference_mode()
     def rows(
@@ -426,6 +473,7 @@ class LocalReplacement:
             check_stop(should_stop, f"transposed pass, layer {li}")
             k_out = above  # rows alive at layer li's output (targets above layer li)
             k_in = above + int(counts[li])  # plus targets reading at layer li
+            gh = None
             if k_out:
                 gh = g[:k_out] if self.out_f[li] is None else g[:k_out] * self.out_f[li]  # (k, P, d)
                 o = out[:k_out]
@@ -436,27 +484,16 @@ class LocalReplacement:
                 o[:, err_cols] += torch.einsum("bpd,pd->bp", gh, self.errors[li])
             if k_in == 0:
                 continue
-            check_stop(should_stop, f"transposed pass, layer {li}, attention")
-            gx = None  # gradient at the transcoder input x_in, (k_in, P, d)
-            if k_out and self.tcs.W_skip is not None:
-                gx = torch.zeros(k_in, P, d, device=self.device)
-                gx[:k_out] = self._mm(gh, self.tcs.W_skip[li])
-            if k_in > k_out:
-                if gx is None:
-                    gx = torch.zeros(k_in, P, d, device=self.device)
-                r = torch.arange(k_out, k_in, device=self.device)
-                gx[r, positions[k_out:k_in]] += vectors[k_out:k_in]
-            gm = g[:k_in]
-            if gx is not None:
-                gm = gm + (gx if self.in_f[li] is None else gx * self.in_f[li])
-            if streams == 1:
-                g[:k_in] = gm + self._attention_transpose(li, gm)
-            else:
-                J, H = streams, self.arch.n_heads
-                total = gm.view(k_in // J, J, P, d).sum(1)
-                g[:k_in] = gm
-                g[:k_in].view(k_in // J, J, P, d)[:, 1 + li * H : 1 + (li + 1) * H] += self._attention_transpose(
-                    li, total, per_head=True
-                )
+            # Skip path, encoder injection and attention, in slices of rows [a, b): one poll each,
+            # over the positions up to the slice's furthest target (logits: P - 1); beyond it the
+            # gradient is zero (causal attention, position-wise norms and MLPs).
+            H, dh, J = self.arch.n_heads, self.arch.head_dim, streams
+            per_row = 2 * P * (3 * d * d + H * P * dh)  # flops of one row: skip, o/v projections, pattern
+            step = max(J, int(POLL_FLOPS // per_row) // J * J)
+            for a in range(0, k_in, step):
+                check_stop(should_stop, f"transposed pass, layer {li}, attention, rows {a}")
+                b = min(a + step, k_in)
+                p = int(positions[a:b].max()) + 1
+                g[a:b, :p] = self._through_layer(li, g[a:b, :p], gh, a, k_out, positions, vectors, J)
             above = k_in
         out[:, self.token_offset : self.token_offset + P] += torch.einsum("bpd,pd->bp", g, self.rec.x0)
