@@ -56,15 +56,19 @@ def partial_influence(
     R = edges.shape[0]
     K = len(logit_probs)
     dev = edges.device
-    sums = torch.cat([edges[i : i + chunk].abs().sum(1) for i in range(0, R, chunk)]).clamp(min=1e-8)  # (R,)
+    sums = torch.empty(R, device=dev)  # (R,) row sums of |E|
+    for i in range(0, R, chunk):
+        lm_check_stop(should_stop, "influence estimate, row sums")
+        sums[i : i + chunk] = edges[i : i + chunk].abs().sum(1)
+    sums = sums.clamp(min=1e-8)
     x = torch.zeros(n_cols + K, device=dev)
     x[n_cols:] = logit_probs.to(dev)
     total = torch.zeros(n_cols + K, device=dev)
     for _ in range(max_iter):
-        lm_check_stop(should_stop, "influence estimate")
         w = x[row_nodes] / sums  # (R,)
         nxt = torch.zeros(n_cols + K, device=dev)
         for i in range(0, R, chunk):
+            lm_check_stop(should_stop, "influence estimate")
             nxt[:n_cols] += w[i : i + chunk] @ edges[i : i + chunk].abs()
         x = nxt
         if not x.any():
@@ -109,7 +113,7 @@ def run_attribution(
     check_stop()
     report("2 features", 0.0)
     acts = compute_activations(rm.transcoders, rec, should_stop=should_stop)
-    lrm = LocalReplacement(rm.arch, rm.transcoders, rec, acts, should_stop)
+    lrm = LocalReplacement(rm.arch, rm.transcoders, rec, acts, should_stop, hold_vectors_bytes=rm.work_bytes())
     n_active, n_cols, L, P = lrm.n_active, lrm.n_cols, lrm.n_layers, lrm.n_pos
     t = phase("2_features", t)
 
@@ -225,6 +229,7 @@ class _Rows:
         edges = torch.empty(n_sel + K, n_cols, device=dev)  # every row is written
         row_nodes = torch.zeros(n_sel + K, dtype=torch.long, device=dev)  # node of each row (visit order)
         first_logit_row = n_sel if full else 0
+        self.report("4 logit rows", 0.0)
         for i in range(0, K, B):
             self.check_stop()
             j = min(i + B, K)
@@ -232,6 +237,7 @@ class _Rows:
             row_nodes[i:j] = n_cols + torch.arange(i, j, device=dev)
             self.report("4 logit rows", j / K)
         t = phase("4_logit_rows", t)
+        self.report("5 feature rows", 0.0)
         visited = torch.zeros(n_active, dtype=torch.bool)
         st, n_visited = K, 0
         while n_visited < n_sel:
@@ -267,12 +273,14 @@ class _Rows:
         n_active, n_cols, K = lrm.n_active, lrm.n_cols, len(tg)
         store = RowStore(n_cols, memory_bytes=memory_bytes, spill_dir=spill_dir)
         try:
+            self.report("4 logit rows", 0.0)
             for i in range(0, K, chunk):
                 self.check_stop()
                 j = min(i + chunk, K)
                 store.append(self.logit_rows(i, j), n_cols + torch.arange(i, j))
                 self.report("4 logit rows", j / K)
             t = phase("4_logit_rows", t)
+            self.report("5 feature rows", 0.0)
             visited = torch.zeros(n_active, dtype=torch.bool)
             n_visited = 0
             late: list[tuple[torch.Tensor, torch.Tensor]] = []  # (nodes, rows at the final columns)
@@ -296,7 +304,7 @@ class _Rows:
                     self.report("5 feature rows", n_visited / max(n_sel, 1))
             phase("5_feature_rows", t)
             nodes = torch.cat([*store.nodes, *(n for n, _ in late)])
-            edges = torch.cat([store.gather(cols), *(r for _, r in late)])
+            edges = torch.cat([store.gather(cols, self.should_stop), *(r for _, r in late)])
         finally:
             store.close()
         return torch.nonzero(visited).flatten(), edges[torch.argsort(nodes)]

@@ -32,9 +32,9 @@ from circuit_serve.tracing.architecture import Architecture
 from circuit_serve.tracing.transcoders import TranscoderSet
 
 PATTERN_BLOCK = 512  # query positions per stored pattern block
-# Floating-point work between two polls of the stop flag in the transposed pass (about 0.1 s on
+# Floating-point work between two polls of the stop flag in the transposed pass (about 0.1-0.2 s on
 # 2 CPU cores): a layer's dense work is done in slices of target rows of at most this much.
-POLL_FLOPS = 2e9
+POLL_FLOPS = 4e9
 
 
 @dataclass
@@ -242,11 +242,13 @@ class SourceGroup:
     table: torch.Tensor  # (n_u, d) decoder rows of the distinct features of the source layer (shared)
     rows: torch.Tensor  # (k,) long rows of `table`
     values: torch.Tensor  # (k,) activations
+    held: torch.Tensor | None = None  # (k, d) the vectors, when LocalReplacement holds them
 
     def vecs(self) -> torch.Tensor:
-        """(k, d) activation-scaled decoder vectors (formed on use: held for every active feature
+        """(k, d) activation-scaled decoder vectors: held where every active feature's fit
+        `hold_vectors_bytes`, else formed on use (held for every active feature of a long prompt
         they would take n_active x d floats)."""
-        return self.table[self.rows] * self.values[:, None]
+        return self.held if self.held is not None else self.table[self.rows] * self.values[:, None]
 
 
 @dataclass
@@ -289,6 +291,7 @@ class LocalReplacement:
         rec: PromptRecord,
         acts: Activations,
         should_stop: StopCheck = None,
+        hold_vectors_bytes: int = 0,
     ):
         self.arch, self.tcs, self.rec, self.acts = arch, tcs, rec, acts
         L, P, d = arch.n_layers, rec.x0.shape[0], arch.d_model
@@ -324,17 +327,22 @@ class LocalReplacement:
                     recon[li + k].index_add_(0, pos[sl], tk[inv[sl]] * vals[sl, None])
                 per_layer[li + k].append((pos, cols, tk, inv, vals))
         self.groups: list[list[SourceGroup]] = []
+        n_vecs = sum(len(entry[0]) for entries in per_layer for entry in entries)
+        hold = n_vecs * d * 4 <= hold_vectors_bytes  # fewer, larger operations in every transposed pass
         for lo_ in range(L):
             check_stop(should_stop, f"source groups, layer {lo_}")
             groups = []
             for pos, cols, table, inv, vals in per_layer[lo_]:
                 order = torch.argsort(pos, stable=True)
                 pos_s = pos[order]
+                held = (table[inv[order]] * vals[order, None]) if hold else None  # (n, d) by position
                 uniq, counts = torch.unique_consecutive(pos_s, return_counts=True)
                 start = 0
                 for p, c in zip(uniq.tolist(), counts.tolist()):
                     o = order[start : start + c]
-                    groups.append(SourceGroup(p, cols[o], table, inv[o], vals[o]))
+                    grp = SourceGroup(p, cols[o], table, inv[o], vals[o])
+                    grp.held = None if held is None else held[start : start + c]
+                    groups.append(grp)
                     start += c
             groups.sort(key=lambda g: g.pos)
             self.groups.append(groups)
@@ -381,18 +389,22 @@ class LocalReplacement:
         if self.pa_f[li] is not None:
             g = g * self.pa_f[li][:P]
         go = self._mm(g, part.attn.o_proj.weight).view(k, P, H, dh)  # (k, Pq, H, dh)
-        gv = torch.zeros(k, P, H, dh, device=g.device)  # (k, Pk, H, dh)
-        for blk in self.rec.patterns[li]:  # keys after a block's last query get nothing from it
-            if blk.q0 >= P:
-                break
-            q1 = min(blk.q1, P)
-            gv[:, :q1] += torch.einsum("hqs,bqhe->bshe", blk.weights[:, : q1 - blk.q0, :q1], go[:, blk.q0 : q1])
+        blocks = self.rec.patterns[li]
+        if len(blocks) == 1 and blocks[0].q1 == P:  # the whole pattern in one block
+            gv = torch.einsum("hqs,bqhe->bshe", blocks[0].weights, go)  # (k, Pk, H, dh)
+        else:
+            gv = torch.zeros(k, P, H, dh, device=g.device)  # (k, Pk, H, dh)
+            for blk in blocks:  # keys after a block's last query get nothing from it
+                if blk.q0 >= P:
+                    break
+                q1 = min(blk.q1, P)
+                gv[:, :q1] += torch.einsum("hqs,bqhe->bshe", blk.weights[:, : q1 - blk.q0, :q1], go[:, blk.q0 : q1])
         W_v = part.attn.v_proj.weight  # (KV * dh, d)
         if per_head:
             rep = H // KV
             heads = [self._mm(gv[:, :, h], W_v[(h // rep) * dh : (h // rep + 1) * dh]) for h in range(H)]
             return torch.stack(heads, 1) * self.norm1_f[li][:P]  # (k, H, P, d)
-        gv = gv.reshape(k, P, KV, H // KV, dh).sum(3).reshape(k, P, KV * dh)
+        gv = gv.reshape(k, P, KV * dh) if KV == H else gv.reshape(k, P, KV, H // KV, dh).sum(3).reshape(k, P, KV * dh)
         gh = self._mm(gv, W_v)  # (k, P, d)
         return gh * self.norm1_f[li][:P]
 

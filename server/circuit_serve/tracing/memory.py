@@ -9,7 +9,8 @@ Streamed rows (the default whenever `max_feature_nodes` leaves features out):
 2. Active features: indices, values and source groups (~64 bytes each) and each layer's table
    of distinct decoder rows (at most d_tc x layers written x d).
 3. Rows: the compact graph (F + K) x (F + (L + 1) P) twice (gathered, then ordered), the influence walk
-   between row nodes (F + K) x F. The row store (visited rows over every source) is not
+   between row nodes (F + K) x F, and the activation-scaled decoder vectors of every active
+   feature where they fit `work_bytes` (LocalReplacement holds them then). The row store (visited rows over every source) is not
    counted: it keeps in memory only what the budget leaves beyond this estimate
    (ReplacementModel.row_memory_bytes) and spills the rest to disk.
 4. One transposed pass: `work_bytes` (backward batches are sized to it).
@@ -61,6 +62,8 @@ def estimate_bytes(
     features = n_active * PER_FEATURE + L * min(tcs.d_transcoder, n_active) * written * d * F32
     if streamed:
         rows = 2 * (F + K) * (F + (L + 1) * P) * F32 + (F + K) * F * F32
+        vectors = n_active * written * d * F32  # held only where they fit `work_bytes`
+        rows += vectors if work_bytes is not None and vectors <= work_bytes else 0
     else:
         rows = (F + K) * n_cols * F32 * (1 if F == n_active else 2) + n_active * written * d * F32
     B = min(settings.batch_size, F + K)

@@ -125,6 +125,12 @@ class RowStore:
             start += len(blk)
         return out
 
-    def gather(self, cols: torch.Tensor) -> torch.Tensor:
-        """(n_rows, len(cols)) the stored rows at `cols`."""
-        return torch.cat([blk[:, cols] for blk in self.iter_blocks()]) if self.sums else torch.empty(0, len(cols))
+    def gather(self, cols: torch.Tensor, should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+        """(n_rows, len(cols)) the stored rows at `cols` (the stop flag polled per block)."""
+        out = torch.empty(self.n_rows, len(cols))
+        start = 0
+        for blk in self.iter_blocks():
+            check_stop(should_stop, "gathering rows")
+            out[start : start + len(blk)] = blk[:, cols]
+            start += len(blk)
+        return out
