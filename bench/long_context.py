@@ -44,8 +44,16 @@ V = rm.arch.lm_head.weight.shape[0]
 ids = [rm.bos_id()] + torch.randint(4, V, (cfg["tokens"] - 1,), generator=g).tolist()
 t0 = time.perf_counter()
 out = {"tokens": cfg["tokens"]}
+last = [0.0]
+def progress(phase, frac):  # a line per 10 s to cfg["log"]: what a stopped run had reached
+    now = time.perf_counter() - t0
+    if now - last[0] >= 10 or frac >= 1.0:
+        last[0] = now
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        with open(cfg["log"], "a") as f:
+            f.write(json.dumps(dict(seconds=round(now, 1), phase=phase, fraction=round(frac, 4), peak_rss=rss)) + "\n")
 try:
-    graph = rm.attribute(ids, max_feature_nodes=cfg["max_feature_nodes"], **cfg["extra"])
+    graph = rm.attribute(ids, max_feature_nodes=cfg["max_feature_nodes"], progress=progress, **cfg["extra"])
     out.update(seconds=time.perf_counter() - t0, active=graph.n_active, selected=graph.n_selected,
                l0=graph.n_active / (graph.n_layers * (graph.n_pos - 1)), timings=graph.timings)
     pr = graph.prune()
@@ -118,6 +126,7 @@ def run_one(server: Path, mdir: Path, tdir: Path, tokens: int, args) -> dict:
         budget=int(args.budget_gib * 2**30),
         max_feature_nodes=args.max_feature_nodes,
         threads=args.threads,
+        log=str(Path(args.workdir) / f"progress-{'streamed' if server == ROOT / 'server' else 'today'}-{tokens}.jsonl"),
         # the new code picks dense rows where they fit the budget: force the streamed rows it measures
         extra={} if server != ROOT / "server" else {"dense_rows": False},
     )
