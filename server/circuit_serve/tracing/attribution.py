@@ -141,6 +141,7 @@ def run_attribution(
     else:
         held = rm.row_memory_bytes(P, settings, n_active, K)
         selected, edges = run.streamed(phase, t, chunk, held, rm.spill_dir)
+    check_stop()  # phase 5's last batch may have taken its time
     t = time.perf_counter()
     graph = AttributionGraph(
         prompt=prompt if prompt is not None else rm.decode_tokens(rec.tokens.tolist()),

@@ -32,9 +32,12 @@ from circuit_serve.tracing.architecture import Architecture
 from circuit_serve.tracing.transcoders import TranscoderSet
 
 PATTERN_BLOCK = 512  # query positions per stored pattern block
-# Floating-point work between two polls of the stop flag in the transposed pass (about 0.1-0.2 s on
+# Floating-point work between two polls of the stop flag in the transposed pass (about 0.1 s on
 # 2 CPU cores): a layer's dense work is done in slices of target rows of at most this much.
 POLL_FLOPS = 4e9
+MIN_SLICE_POSITIONS = 2048  # but no slice below this many (target, position) rows: small operations
+# cost far more than their flops on a loaded machine (measured: 2-row slices of a 128-token graph
+# took 3.6x the CPU time of whole layers)
 
 
 @dataclass
@@ -501,7 +504,8 @@ class LocalReplacement:
             # gradient is zero (causal attention, position-wise norms and MLPs).
             H, dh, J = self.arch.n_heads, self.arch.head_dim, streams
             per_row = 2 * P * (3 * d * d + H * P * dh)  # flops of one row: skip, o/v projections, pattern
-            step = max(J, int(POLL_FLOPS // per_row) // J * J)
+            rows = max(int(POLL_FLOPS // per_row), -(-MIN_SLICE_POSITIONS // P))  # matmuls of >= 2048 rows
+            step = max(J, rows // J * J)
             for a in range(0, k_in, step):
                 check_stop(should_stop, f"transposed pass, layer {li}, attention, rows {a}")
                 b = min(a + step, k_in)
