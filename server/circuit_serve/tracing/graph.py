@@ -104,11 +104,14 @@ class AttributionGraph:
         return A
 
     # -- pruning and scores ---------------------------------------------------------------
-    def prune(self, node_threshold: float | None = None, edge_threshold: float | None = None) -> PruneResult:
+    def prune(
+        self, node_threshold: float | None = None, edge_threshold: float | None = None, should_stop=None
+    ) -> PruneResult:
+        """`should_stop` is polled between pruning's steps (Cancelled when it says so)."""
         nt = self.settings.node_threshold if node_threshold is None else node_threshold
         et = self.settings.edge_threshold if edge_threshold is None else edge_threshold
         AttributionSettings(node_threshold=nt, edge_threshold=et).validate()
-        return prune_compact(self.compact_adjacency(), self.layout, self.logit_probabilities, nt, et)
+        return prune_compact(self.compact_adjacency(), self.layout, self.logit_probabilities, nt, et, should_stop)
 
     def scores(self) -> tuple[float, float]:
         """(replacement score, completeness score) of the unpruned graph."""
@@ -150,11 +153,14 @@ class AttributionGraph:
         node_threshold: float | None = None,
         edge_threshold: float | None = None,
         labels: dict[tuple[int, int], str] | None = None,
+        pruned: PruneResult | None = None,
     ) -> dict:
-        """The pruned graph as the attribution-graph frontends read it (see frontend.py)."""
+        """The pruned graph as the attribution-graph frontends read it (see frontend.py); `pruned`:
+        this graph's prune() at these thresholds, when already computed."""
         nt = self.settings.node_threshold if node_threshold is None else node_threshold
         et = self.settings.edge_threshold if edge_threshold is None else edge_threshold
-        return frontend_json(self, self.prune(nt, et), slug=slug, labels=labels or {}, thresholds=(nt, et))
+        pruned = pruned if pruned is not None else self.prune(nt, et)
+        return frontend_json(self, pruned, slug=slug, labels=labels or {}, thresholds=(nt, et))
 
     def save_frontend_json(self, path: str | Path, **kw) -> None:
         Path(path).write_text(json.dumps(self.to_frontend_json(**kw), indent=1))
