@@ -215,7 +215,7 @@ def write_report(rows: list[dict], args, rev: str, t_all: float) -> None:
     lines = [
         "# Long prompts in bounded memory (bench/long_context.py)",
         "",
-        f"Command: `.venv/bin/python bench/long_context.py{' --smoke' if args.smoke else ''}` "
+        f"Command: `.venv/bin/python bench/long_context.py{''.join(' ' + a for a in sys.argv[1:])}` "
         f"(max_feature_nodes {args.max_feature_nodes}, budget {args.budget_gib:g} GiB, {args.threads} threads); "
         f"'today' = the code at {rev[:12]} (merge base), 'streamed' = {args.code_label}. Each row is its own process; "
         "peak RSS is the process's (model and transcoders included), time excludes loading.",
