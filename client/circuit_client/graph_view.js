@@ -37,6 +37,7 @@
   const NEG_COLOR = "#d1461f";
   const PATH_COLOR = "#f2a900";
   const WIDTH_LEVELS = 8;
+  const HEADS_LISTED = 3; // heads shown per edge of a pinned node
   const LIST_LENGTH = 10;
   const SLIDER_MAX = 1000;
   const LOGIT_SLOT = 84; // px between logits along the top
@@ -76,7 +77,7 @@
     const s = byId.get(String(l.source)), t = byId.get(String(l.target));
     const w = Number(l.weight);
     if (!s || !t || !isFinite(w)) continue;
-    const e = { s: s, t: t, w: w, a: Math.abs(w), level: 0 };
+    const e = { s: s, t: t, w: w, a: Math.abs(w), level: 0, heads: l.head_loadings || null };
     edges.push(e);
     s.outE.push(e);
     t.inE.push(e);
@@ -532,12 +533,21 @@
       const li = el("li", null, { "data-node-id": n.id, "data-weight": e.w, "class": e.w >= 0 ? "pos" : "neg" });
       li.appendChild(el("span", signed(e.w), { "class": "w" }));
       li.appendChild(el("span", describe(n)));
+      if (e.heads) li.appendChild(headLoadings(e.heads));
       li.addEventListener("click", function () { pin(n); });
       ol.appendChild(li);
     }
     if (!list.length) section.appendChild(el("p", "none", { "class": "muted" }));
     section.appendChild(ol);
     return section;
+  }
+  // An edge's split by attention head (links' head_loadings): the direct part, then the
+  // strongest heads as L<layer>H<head>.
+  function headLoadings(h) {
+    const parts = ["direct " + signed(h.direct)];
+    for (const x of h.heads.slice(0, HEADS_LISTED)) parts.push("L" + x[0] + "H" + x[1] + " " + signed(x[2]));
+    if (h.heads.length > HEADS_LISTED || Math.abs(h.rest) > 0) parts.push("...");
+    return el("span", parts.join(" \u00b7 "), { "class": "heads muted", "data-heads": h.heads.length });
   }
   function pathList(title, id, path, dir) {
     const section = el("section");

@@ -1,8 +1,9 @@
 """Resilience against a real server (real vLLM, real Redis started here):
 
 - deadline: a client deadline on a long graph frees the worker within 1 s of the deadline, so
-  the next queued graph starts (the engine polls its stop flag inside each long phase: per layer
-  and per source group of the transposed pass, per influence iteration, between pruning steps);
+  the next queued graph starts (the engine polls its stop flag inside each long phase: per layer,
+  source group and slice of target rows of the transposed pass, per influence iteration, between
+  the steps of pruning; tests/tracing/test_tracing_stop.py bounds the CPU time between polls);
 - chaos: with 8 generation streams and attribution requests in flight, Redis is stopped and
   started again: no generation fails, attribution answers (computed) throughout, the cache is used
   again after the restart, and the metrics count the Redis errors.

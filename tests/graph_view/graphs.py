@@ -35,7 +35,8 @@ def demo_labels() -> dict[tuple[int, int], str]:
 
 def demo_graph(rm=None) -> dict:
     rm = rm or _model()
-    return rm.attribute(DEFAULT_PROMPT).to_frontend_json(slug="demo", labels=demo_labels())
+    graph = rm.attribute(DEFAULT_PROMPT, head_loadings=True)  # links carry head loadings
+    return graph.to_frontend_json(slug="demo", labels=demo_labels())
 
 
 def long_prompt(n_words: int = 200) -> str:

@@ -137,6 +137,17 @@ def test_click_lists_strongest_inputs_in_weight_order(view, which):
     assert path_in[0] == expected_in[0]
     assert path_in[-1][0].startswith(("E_", "err_"))
     assert view.page.text_content("#pinned-label")
+    # head loadings (the demo graph has them): each listed input shows its direct part and strongest head
+    shown = view.page.query_selector_all("#inputs li .heads")
+    with_heads = [x for x in view.js["links"] if x["target"] == node["node_id"] and "head_loadings" in x]
+    assert len(shown) == (len(expected_in) if view.name == "demo" else 0) == min(len(with_heads), LIST_LENGTH)
+    for li, (source, _) in zip(shown, expected_in):
+        link = next(x for x in with_heads if x["source"] == source)
+        text = li.text_content()
+        assert text.startswith(f"direct {link['head_loadings']['direct']:+.3f}")
+        if link["head_loadings"]["heads"]:
+            layer, head, w = link["head_loadings"]["heads"][0]
+            assert f"L{layer}H{head} {w:+.3f}" in text
 
 
 def test_slider_hides_weaker_edges(view):

@@ -101,7 +101,7 @@ class AttributionTarget(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., contrast: _Optional[_Union[ContrastTarget, _Mapping]] = ...) -> None: ...
 
 class AttributionSettings(_message.Message):
-    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold", "targets")
+    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold", "targets", "head_loadings")
     MAX_N_LOGITS_FIELD_NUMBER: _ClassVar[int]
     DESIRED_LOGIT_PROB_FIELD_NUMBER: _ClassVar[int]
     MAX_FEATURE_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class AttributionSettings(_message.Message):
     NODE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     EDGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_LOADINGS_FIELD_NUMBER: _ClassVar[int]
     max_n_logits: int
     desired_logit_prob: float
     max_feature_nodes: int
@@ -116,7 +117,8 @@ class AttributionSettings(_message.Message):
     node_threshold: float
     edge_threshold: float
     targets: _containers.RepeatedCompositeFieldContainer[AttributionTarget]
-    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ...) -> None: ...
+    head_loadings: bool
+    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ..., head_loadings: _Optional[bool] = ...) -> None: ...
 
 class AttributeRequest(_message.Message):
     __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background", "messages", "job_class")

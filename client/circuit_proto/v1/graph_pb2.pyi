@@ -21,7 +21,7 @@ NODE_KIND_EMBEDDING: NodeKind
 NODE_KIND_LOGIT: NodeKind
 
 class Graph(_message.Message):
-    __slots__ = ("identity", "prompt", "input_tokens", "input_token_strs", "n_layers", "settings", "nodes", "edges", "scores", "timings", "pruned", "n_nodes", "n_active_features")
+    __slots__ = ("identity", "prompt", "input_tokens", "input_token_strs", "n_layers", "settings", "nodes", "edges", "scores", "timings", "pruned", "n_nodes", "n_active_features", "head_loadings")
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Graph(_message.Message):
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     N_NODES_FIELD_NUMBER: _ClassVar[int]
     N_ACTIVE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_LOADINGS_FIELD_NUMBER: _ClassVar[int]
     identity: GraphIdentity
     prompt: str
     input_tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -48,7 +49,28 @@ class Graph(_message.Message):
     pruned: bool
     n_nodes: int
     n_active_features: int
-    def __init__(self, identity: _Optional[_Union[GraphIdentity, _Mapping]] = ..., prompt: _Optional[str] = ..., input_tokens: _Optional[_Iterable[int]] = ..., input_token_strs: _Optional[_Iterable[str]] = ..., n_layers: _Optional[int] = ..., settings: _Optional[_Union[GraphSettings, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., edges: _Optional[_Union[Edges, _Mapping]] = ..., scores: _Optional[_Union[GraphScores, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[PhaseTiming, _Mapping]]] = ..., pruned: _Optional[bool] = ..., n_nodes: _Optional[int] = ..., n_active_features: _Optional[int] = ...) -> None: ...
+    head_loadings: HeadLoadings
+    def __init__(self, identity: _Optional[_Union[GraphIdentity, _Mapping]] = ..., prompt: _Optional[str] = ..., input_tokens: _Optional[_Iterable[int]] = ..., input_token_strs: _Optional[_Iterable[str]] = ..., n_layers: _Optional[int] = ..., settings: _Optional[_Union[GraphSettings, _Mapping]] = ..., nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ..., edges: _Optional[_Union[Edges, _Mapping]] = ..., scores: _Optional[_Union[GraphScores, _Mapping]] = ..., timings: _Optional[_Iterable[_Union[PhaseTiming, _Mapping]]] = ..., pruned: _Optional[bool] = ..., n_nodes: _Optional[int] = ..., n_active_features: _Optional[int] = ..., head_loadings: _Optional[_Union[HeadLoadings, _Mapping]] = ...) -> None: ...
+
+class HeadLoadings(_message.Message):
+    __slots__ = ("n_heads", "edges", "direct", "offsets", "heads", "weights", "rest", "threshold")
+    N_HEADS_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    REST_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    n_heads: int
+    edges: _containers.RepeatedScalarFieldContainer[int]
+    direct: _containers.RepeatedScalarFieldContainer[float]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    heads: _containers.RepeatedScalarFieldContainer[int]
+    weights: _containers.RepeatedScalarFieldContainer[float]
+    rest: _containers.RepeatedScalarFieldContainer[float]
+    threshold: float
+    def __init__(self, n_heads: _Optional[int] = ..., edges: _Optional[_Iterable[int]] = ..., direct: _Optional[_Iterable[float]] = ..., offsets: _Optional[_Iterable[int]] = ..., heads: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ..., rest: _Optional[_Iterable[float]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class GraphIdentity(_message.Message):
     __slots__ = ("model_id", "transcoder_id", "scan", "model_name")
@@ -63,20 +85,22 @@ class GraphIdentity(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., transcoder_id: _Optional[str] = ..., scan: _Optional[str] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class GraphSettings(_message.Message):
-    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold")
+    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold", "head_loadings")
     MAX_N_LOGITS_FIELD_NUMBER: _ClassVar[int]
     DESIRED_LOGIT_PROB_FIELD_NUMBER: _ClassVar[int]
     MAX_FEATURE_NODES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     NODE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     EDGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    HEAD_LOADINGS_FIELD_NUMBER: _ClassVar[int]
     max_n_logits: int
     desired_logit_prob: float
     max_feature_nodes: int
     batch_size: int
     node_threshold: float
     edge_threshold: float
-    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ...) -> None: ...
+    head_loadings: bool
+    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., head_loadings: _Optional[bool] = ...) -> None: ...
 
 class Node(_message.Message):
     __slots__ = ("index", "kind", "layer", "position", "feature", "activation", "token_id", "contrast_token_id", "probability", "label", "influence", "node_id")

@@ -74,6 +74,7 @@ class TracingEngine:
             batch_size=settings.batch_size,
             node_threshold=settings.node_threshold,
             edge_threshold=settings.edge_threshold,
+            head_loadings=settings.head_loadings,
             targets=list(targets) if targets is not None else None,
             progress=progress,
             should_stop=should_stop,
@@ -86,11 +87,13 @@ class TracingEngine:
         stop_point("pruning")
         progress("serialize", 0.0)
         started = time.perf_counter()
-        pruned = graph.prune()
+        pruned = graph.prune(should_stop=should_stop)
         stop_point("serializing")
         graph_pb = self.serialize(graph, pruned)
         stop_point("the frontend JSON")
-        graph_json = json.dumps(graph.to_frontend_json(slug=slug, labels=self.labels), separators=(",", ":")).encode()
+        graph_json = json.dumps(
+            graph.to_frontend_json(slug=slug, labels=self.labels, pruned=pruned), separators=(",", ":")
+        ).encode()
         sections = {GRAPH_PROTO: graph_pb, GRAPH_JSON: graph_json}
         stop_point("scoring")
         replacement, completeness = graph.scores()

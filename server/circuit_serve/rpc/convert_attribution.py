@@ -28,7 +28,7 @@ _STATES = {
 
 # Version of the cached sections (circuit.v1.Graph bytes + frontend JSON); part of every
 # graph key and checked on every cache read. Bump it when either serialization changes.
-GRAPH_FORMAT = 2  # 2: frontend nodes carry `node_influence`
+GRAPH_FORMAT = 3  # 2: frontend nodes carry `node_influence`; 3: links may carry `head_loadings`
 
 
 def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
@@ -40,6 +40,7 @@ def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
         batch_size=s.batch_size if s.HasField("batch_size") else _DEFAULTS.batch_size,
         node_threshold=s.node_threshold if s.HasField("node_threshold") else _DEFAULTS.node_threshold,
         edge_threshold=s.edge_threshold if s.HasField("edge_threshold") else _DEFAULTS.edge_threshold,
+        head_loadings=s.head_loadings if s.HasField("head_loadings") else _DEFAULTS.head_loadings,
     )
     targets = tuple(_target(t) for t in s.targets) or None
     given = AttributionInput(

@@ -15,6 +15,7 @@ import torch
 from circuit_proto.v1 import graph_pb2 as pb
 from circuit_serve.tracing.frontend import node_id
 from circuit_serve.tracing.graph import AttributionGraph
+from circuit_serve.tracing.heads import HEAD_THRESHOLD
 from circuit_serve.tracing.prune import PruneResult
 from circuit_serve.tracing.settings import AttributionSettings
 
@@ -75,6 +76,7 @@ def graph_to_proto(graph: AttributionGraph, pruned: PruneResult | None = None) -
             batch_size=s.batch_size,
             node_threshold=s.node_threshold,
             edge_threshold=s.edge_threshold,
+            head_loadings=s.head_loadings,
         ),
         scores=pb.GraphScores(replacement_score=replacement, completeness_score=completeness),
         timings=[pb.PhaseTiming(phase=k, seconds=v) for k, v in graph.timings.items()],
@@ -98,7 +100,30 @@ def graph_to_proto(graph: AttributionGraph, pruned: PruneResult | None = None) -
     msg.edges.targets.extend(rows[r].tolist())
     msg.edges.sources.extend(c.tolist())
     msg.edges.weights.extend(M[r, c].tolist())
+    if graph.head_loadings is not None:
+        _head_loadings(msg, graph, r.tolist(), c.tolist())
     return msg
+
+
+def _head_loadings(msg: pb.Graph, graph: AttributionGraph, rows: list[int], cols: list[int]) -> None:
+    """The listed edges' head loadings (those computed: the kept edges at the graph's thresholds)."""
+    hl = graph.head_loadings
+    where = hl.index()
+    H = int(hl.heads.shape[2])
+    out = msg.head_loadings
+    out.n_heads, out.threshold = H, HEAD_THRESHOLD
+    for e, (r, c) in enumerate(zip(rows, cols)):
+        i = where.get((r, c))
+        if i is None:
+            continue
+        direct, listed, rest = hl.parts(i)
+        out.edges.append(e)
+        out.direct.append(direct)
+        out.offsets.append(len(out.heads))
+        out.heads.extend(layer * H + head for layer, head, _ in listed)
+        out.weights.extend(w for _, _, w in listed)
+        out.rest.append(rest)
+    out.offsets.append(len(out.heads))
 
 
 def serialize_graph(graph: AttributionGraph, pruned: PruneResult | None) -> bytes:
@@ -141,6 +166,7 @@ def graph_from_proto(msg: pb.Graph) -> AttributionGraph:
             batch_size=s.batch_size,
             node_threshold=s.node_threshold,
             edge_threshold=s.edge_threshold,
+            head_loadings=s.head_loadings,
         ),
         model_id=msg.identity.model_id,
         transcoder_id=msg.identity.transcoder_id,

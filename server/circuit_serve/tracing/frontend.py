@@ -143,9 +143,16 @@ def frontend_json(
     weights = M[r_idx, c_idx].tolist()  # one gather, not one tensor index per edge
     targets = rows[r_idx].tolist()
     links = []
-    for t, s, wgt in zip(targets, c_idx.tolist(), weights):
+    hl = getattr(graph, "head_loadings", None)
+    where = hl.index() if hl is not None else {}
+    for r, t, s, wgt in zip(r_idx.tolist(), targets, c_idx.tolist(), weights):
         if s in nodes and t in nodes and wgt != 0.0:
-            links.append({"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": wgt})
+            link = {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": wgt}
+            i = where.get((r, s))
+            if i is not None:
+                direct, listed, rest = hl.parts(i)
+                link["head_loadings"] = {"direct": direct, "heads": [list(x) for x in listed], "rest": rest}
+            links.append(link)
     used = {x for link in links for x in (link["source"], link["target"])}
     node_list = [n for n in nodes.values() if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
     rep, comp = graph.scores()

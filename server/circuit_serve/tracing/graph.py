@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from circuit_serve.tracing.frontend import frontend_json
+from circuit_serve.tracing.heads import HeadLoadings
 from circuit_serve.tracing.prune import CompactLayout, PruneResult, graph_scores, prune_compact
 from circuit_serve.tracing.settings import AttributionSettings
 
@@ -38,13 +39,14 @@ class AttributionGraph:
     logit_contrast_ids: list[int | None]
     logit_labels: list[str]
     logit_probabilities: torch.Tensor  # (K,) float32
-    edges: torch.Tensor  # (F + K, n_active + L*P + P) float32, see module docstring
+    edges: torch.Tensor  # (F + K, n_active + L*P + P) or compact (F + K, F + L*P + P) float32
     settings: AttributionSettings
     model_id: str = ""
     transcoder_id: str = ""
     scan: str | None = None
     model_name: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    head_loadings: HeadLoadings | None = None  # kept edges split by attention head (opt-in)
 
     # -- sizes and offsets ----------------------------------------------------------------
     @property
@@ -86,8 +88,8 @@ class AttributionGraph:
     # -- matrices -------------------------------------------------------------------------
     def compact_adjacency(self) -> torch.Tensor:
         """(F + K, F + L*P + P): rows [features | logits], columns [features | errors | embeddings]."""
-        if self.n_selected == self.n_active:
-            return self.edges
+        if self.n_selected == self.n_active or self.edges.shape[1] == self.layout.n_cols:
+            return self.edges  # already compact (streamed rows, or every feature selected)
         rest = torch.arange(self.n_active, self.edges.shape[1], device=self.edges.device)
         cols = torch.cat([self.selected_features.to(self.edges.device), rest])
         return self.edges[:, cols]
@@ -102,11 +104,14 @@ class AttributionGraph:
         return A
 
     # -- pruning and scores ---------------------------------------------------------------
-    def prune(self, node_threshold: float | None = None, edge_threshold: float | None = None) -> PruneResult:
+    def prune(
+        self, node_threshold: float | None = None, edge_threshold: float | None = None, should_stop=None
+    ) -> PruneResult:
+        """`should_stop` is polled between pruning's steps (Cancelled when it says so)."""
         nt = self.settings.node_threshold if node_threshold is None else node_threshold
         et = self.settings.edge_threshold if edge_threshold is None else edge_threshold
         AttributionSettings(node_threshold=nt, edge_threshold=et).validate()
-        return prune_compact(self.compact_adjacency(), self.layout, self.logit_probabilities, nt, et)
+        return prune_compact(self.compact_adjacency(), self.layout, self.logit_probabilities, nt, et, should_stop)
 
     def scores(self) -> tuple[float, float]:
         """(replacement score, completeness score) of the unpruned graph."""
@@ -148,11 +153,14 @@ class AttributionGraph:
         node_threshold: float | None = None,
         edge_threshold: float | None = None,
         labels: dict[tuple[int, int], str] | None = None,
+        pruned: PruneResult | None = None,
     ) -> dict:
-        """The pruned graph as the attribution-graph frontends read it (see frontend.py)."""
+        """The pruned graph as the attribution-graph frontends read it (see frontend.py); `pruned`:
+        this graph's prune() at these thresholds, when already computed."""
         nt = self.settings.node_threshold if node_threshold is None else node_threshold
         et = self.settings.edge_threshold if edge_threshold is None else edge_threshold
-        return frontend_json(self, self.prune(nt, et), slug=slug, labels=labels or {}, thresholds=(nt, et))
+        pruned = pruned if pruned is not None else self.prune(nt, et)
+        return frontend_json(self, pruned, slug=slug, labels=labels or {}, thresholds=(nt, et))
 
     def save_frontend_json(self, path: str | Path, **kw) -> None:
         Path(path).write_text(json.dumps(self.to_frontend_json(**kw), indent=1))

@@ -31,6 +31,36 @@ from circuit_serve.domain.errors import Cancelled
 from circuit_serve.tracing.architecture import Architecture
 from circuit_serve.tracing.transcoders import TranscoderSet
 
+PATTERN_BLOCK = 512  # query positions per stored pattern block
+# Floating-point work between two polls of the stop flag in the transposed pass (about 0.1 s on
+# 2 CPU cores): a layer's dense work is done in slices of target rows of at most this much.
+POLL_FLOPS = 4e9
+MIN_SLICE_POSITIONS = 2048  # but no slice below this many (target, position) rows: small operations
+# cost far more than their flops on a loaded machine (measured: 2-row slices of a 128-token graph
+# took 3.6x the CPU time of whole layers)
+
+
+@dataclass
+class PatternBlock:
+    """Queries [q0, q1) of one layer's attention pattern, keys [0, q1) only (the rest is 0: causal)."""
+
+    q0: int
+    q1: int
+    weights: torch.Tensor  # (H, q1 - q0, q1)
+
+
+def pattern_blocks(pattern: torch.Tensor, block: int | None = None) -> list[PatternBlock]:
+    """(H, P, P) causal pattern -> query blocks holding about half of it (one block when P <= block,
+    PATTERN_BLOCK by default)."""
+    P = pattern.shape[-1]
+    block = block or PATTERN_BLOCK
+    if P <= block:
+        return [PatternBlock(0, P, pattern)]
+    return [
+        PatternBlock(q0, min(q0 + block, P), pattern[:, q0 : q0 + block, : min(q0 + block, P)].clone())
+        for q0 in range(0, P, block)
+    ]
+
 
 @dataclass
 class PromptRecord:
@@ -39,7 +69,7 @@ class PromptRecord:
     tokens: torch.Tensor  # (P,) long
     x0: torch.Tensor  # (P, d) residual stream entering layer 0 (scaled embeddings)
     r1: list[torch.Tensor]  # L x (P, 1) input-norm denominators
-    patterns: list[torch.Tensor]  # L x (H, P, P) attention patterns
+    patterns: list[list[PatternBlock]]  # L x query blocks of the (H, P, P) attention patterns (causal part)
     r_pa: list[torch.Tensor | None]  # L x (P, 1) Gemma-2 post-attention norm denominators
     r2: list[torch.Tensor]  # L x (P, 1) pre-MLP norm denominators
     r_pf: list[torch.Tensor | None]  # L x (P, 1) Gemma-2 post-feedforward norm denominators
@@ -95,7 +125,7 @@ def record(
             if key == "pat":
                 if o is None:
                     raise RuntimeError("attention weights were not returned; the model must use eager attention")
-                rec[key][li] = o[0].float()
+                rec[key][li] = pattern_blocks(o[0].float())
             else:
                 rec[key][li] = o[0].float()
             if key == "mlp_out":
@@ -207,11 +237,21 @@ def output_transform(arch: Architecture, tcs: TranscoderSet, layer: int, rec: Pr
 
 @dataclass
 class SourceGroup:
-    """Feature sources that write at one (output layer, position): their columns and a_s W_dec_s."""
+    """Feature sources that write at one (output layer, position): their columns and, to form
+    a_s W_dec_s when needed, their rows in the source layer's decoder table and activations."""
 
     pos: int
     cols: torch.Tensor  # (k,) long, columns among the active features
-    vecs: torch.Tensor  # (k, d) activation-scaled decoder vectors
+    table: torch.Tensor  # (n_u, d) decoder rows of the distinct features of the source layer (shared)
+    rows: torch.Tensor  # (k,) long rows of `table`
+    values: torch.Tensor  # (k,) activations
+    held: torch.Tensor | None = None  # (k, d) the vectors, when LocalReplacement holds them
+
+    def vecs(self) -> torch.Tensor:
+        """(k, d) activation-scaled decoder vectors: held where every active feature's fit
+        `hold_vectors_bytes`, else formed on use (held for every active feature of a long prompt
+        they would take n_active x d floats)."""
+        return self.held if self.held is not None else self.table[self.rows] * self.values[:, None]
 
 
 @dataclass
@@ -254,6 +294,7 @@ class LocalReplacement:
         rec: PromptRecord,
         acts: Activations,
         should_stop: StopCheck = None,
+        hold_vectors_bytes: int = 0,
     ):
         self.arch, self.tcs, self.rec, self.acts = arch, tcs, rec, acts
         L, P, d = arch.n_layers, rec.x0.shape[0], arch.d_model
@@ -271,33 +312,42 @@ class LocalReplacement:
             s = tcs.skip(li, rec.x_in[li])
             if s is not None:
                 recon[li] += s.float()
-        per_layer: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(L)]
+        per_layer: list[list[tuple]] = [[] for _ in range(L)]
         for li in range(L):
             check_stop(should_stop, f"decoder groups, layer {li}")
             lo, hi = acts.layer_offsets[li], acts.layer_offsets[li + 1]
             if hi == lo:
                 continue
             pos, feat = acts.indices[lo:hi, 1].to(dev), acts.indices[lo:hi, 2].to(dev)
-            dec = tcs.decoder_rows(li, feat).float() * acts.values[lo:hi, None, None]  # (n, T, d)
+            vals = acts.values[lo:hi].to(dev).float()
+            uniq, inv = torch.unique(feat, return_inverse=True)
+            table = tcs.decoder_rows(li, uniq).float()  # (n_u, T, d), T output layers
             cols = torch.arange(lo, hi, device=dev)
-            for k in range(dec.shape[1]):
-                recon[li + k].index_add_(0, pos, dec[:, k])
-                per_layer[li + k].append((pos, cols, dec[:, k]))
+            for k in range(table.shape[1]):
+                tk = table[:, k].contiguous()
+                for a in range(0, hi - lo, 65536):  # reconstruction in slices: never n x d at once
+                    sl = slice(a, a + 65536)
+                    recon[li + k].index_add_(0, pos[sl], tk[inv[sl]] * vals[sl, None])
+                per_layer[li + k].append((pos, cols, tk, inv, vals))
         self.groups: list[list[SourceGroup]] = []
+        n_vecs = sum(len(entry[0]) for entries in per_layer for entry in entries)
+        hold = n_vecs * d * 4 <= hold_vectors_bytes  # fewer, larger operations in every transposed pass
         for lo_ in range(L):
             check_stop(should_stop, f"source groups, layer {lo_}")
             groups = []
-            if per_layer[lo_]:
-                pos = torch.cat([g[0] for g in per_layer[lo_]])
-                cols = torch.cat([g[1] for g in per_layer[lo_]])
-                vecs = torch.cat([g[2] for g in per_layer[lo_]])
+            for pos, cols, table, inv, vals in per_layer[lo_]:
                 order = torch.argsort(pos, stable=True)
-                pos, cols, vecs = pos[order], cols[order], vecs[order]
-                uniq, counts = torch.unique_consecutive(pos, return_counts=True)
+                pos_s = pos[order]
+                held = (table[inv[order]] * vals[order, None]) if hold else None  # (n, d) by position
+                uniq, counts = torch.unique_consecutive(pos_s, return_counts=True)
                 start = 0
                 for p, c in zip(uniq.tolist(), counts.tolist()):
-                    groups.append(SourceGroup(p, cols[start : start + c], vecs[start : start + c].contiguous()))
+                    o = order[start : start + c]
+                    grp = SourceGroup(p, cols[o], table, inv[o], vals[o])
+                    grp.held = None if held is None else held[start : start + c]
+                    groups.append(grp)
                     start += c
+            groups.sort(key=lambda g: g.pos)
             self.groups.append(groups)
         self.errors = torch.stack([rec.y[li] - recon[li] for li in range(L)])  # (L, P, d)
         self.errors[:, 0] = 0
@@ -330,19 +380,75 @@ class LocalReplacement:
             return g @ W
         return (g.to(W.dtype) @ W).float()
 
-    def _attention_transpose(self, li: int, g: torch.Tensor) -> torch.Tensor:
-        """Transpose of x -> attention output (frozen pattern and norms): (k, P, d) -> (k, P, d)."""
+    def _attention_transpose(self, li: int, g: torch.Tensor, per_head: bool = False) -> torch.Tensor:
+        """Transpose of x -> attention output (frozen pattern and norms): (k, p, d) -> (k, p, d),
+        or with `per_head` each head's part, (k, H, p, d) (summing over heads gives the whole).
+        p <= P: the first p positions only (exact when the gradient beyond them is zero: keys never
+        follow their query)."""
         arch = self.arch
         part = arch.layers[li]
         k, P, _ = g.shape
         H, KV, dh = arch.n_heads, arch.n_kv_heads, arch.head_dim
         if self.pa_f[li] is not None:
-            g = g * self.pa_f[li]
+            g = g * self.pa_f[li][:P]
         go = self._mm(g, part.attn.o_proj.weight).view(k, P, H, dh)  # (k, Pq, H, dh)
-        gv = torch.einsum("hqs,bqhe->bshe", self.rec.patterns[li], go)  # (k, Pk, H, dh)
-        gv = gv.reshape(k, P, KV, H // KV, dh).sum(3).reshape(k, P, KV * dh)
-        gh = self._mm(gv, part.attn.v_proj.weight)  # (k, P, d)
-        return gh * self.norm1_f[li]
+        blocks = self.rec.patterns[li]
+        if len(blocks) == 1 and blocks[0].q1 == P:  # the whole pattern in one block
+            gv = torch.einsum("hqs,bqhe->bshe", blocks[0].weights, go)  # (k, Pk, H, dh)
+        else:
+            gv = torch.zeros(k, P, H, dh, device=g.device)  # (k, Pk, H, dh)
+            for blk in blocks:  # keys after a block's last query get nothing from it
+                if blk.q0 >= P:
+                    break
+                q1 = min(blk.q1, P)
+                gv[:, :q1] += torch.einsum("hqs,bqhe->bshe", blk.weights[:, : q1 - blk.q0, :q1], go[:, blk.q0 : q1])
+        W_v = part.attn.v_proj.weight  # (KV * dh, d)
+        if per_head:
+            rep = H // KV
+            heads = [self._mm(gv[:, :, h], W_v[(h // rep) * dh : (h // rep + 1) * dh]) for h in range(H)]
+            return torch.stack(heads, 1) * self.norm1_f[li][:P]  # (k, H, P, d)
+        gv = gv.reshape(k, P, KV * dh) if KV == H else gv.reshape(k, P, KV, H // KV, dh).sum(3).reshape(k, P, KV * dh)
+        gh = self._mm(gv, W_v)  # (k, P, d)
+        return gh * self.norm1_f[li][:P]
+
+    def _through_layer(
+        self,
+        li: int,
+        g: torch.Tensor,
+        gh: torch.Tensor | None,
+        a: int,
+        k_out: int,
+        positions: torch.Tensor,
+        vectors: torch.Tensor,
+        streams: int,
+    ) -> torch.Tensor:
+        """Rows [a, a + len(g)) of the batch from layer li's output down to its input: g (k, p, d)
+        the gradient at the residual stream above layer li at its first p positions (p: past the
+        rows' furthest target, zero beyond), gh (k_out, >= p, d) its part at the MLP output (the
+        skip path's source); rows >= k_out are targets reading at layer li (their encoder vector
+        injected at their position)."""
+        k, P, d = g.shape
+        b = a + k
+        gx = None  # gradient at the transcoder input x_in, (k, P, d)
+        if a < k_out and self.tcs.W_skip is not None:
+            gx = torch.zeros(k, P, d, device=self.device)
+            gx[: min(b, k_out) - a] = self._mm(gh[a : min(b, k_out), :P], self.tcs.W_skip[li])
+        if b > k_out:
+            if gx is None:
+                gx = torch.zeros(k, P, d, device=self.device)
+            s0 = max(a, k_out)
+            r = torch.arange(s0 - a, k, device=self.device)
+            gx[r, positions[s0:b]] += vectors[s0:b]
+        gm = g if gx is None else g + (gx if self.in_f[li] is None else gx * self.in_f[li][:P])
+        if streams == 1:
+            return gm + self._attention_transpose(li, gm)
+        J, H = streams, self.arch.n_heads
+        total = gm.view(k // J, J, P, d).sum(1)
+        gm = gm.clone()
+        gm.view(k // J, J, P, d)[:, 1 + li * H : 1 + (li + 1) * H] += self._attention_transpose(
+            li, total, per_head=True
+        )
+        return gm
 
     @torch.inference_mode()
     def rows(
@@ -352,12 +458,19 @@ class LocalReplacement:
         vectors: torch.Tensor,
         out: torch.Tensor,
         should_stop: StopCheck = None,
+        streams: int = 1,
     ) -> None:
         """Direct effects of every node on B targets, written into `out` (B, n_cols), zeroed.
 
         layers (B,): a target's layer (L = the logits, read after the final norm at the last
         position); positions (B,); vectors (B, d): encoder rows (features) or demeaned
         unembedding directions (logits). Targets must be sorted by layer, descending.
+
+        Head split (`streams` = 1 + L H): the batch holds each target `streams` times in a row
+        (its vector in the first copy, zeros in the others); copy 0 carries the paths that cross
+        no attention, copy 1 + layer * H + head those whose attention hop nearest the source is
+        that head: at each attention layer every copy keeps its residual part and the heads'
+        transposes of the copies' sum go to the heads' copies. The copies' rows sum to the row.
         """
         L, P, d = self.n_layers, self.n_pos, self.d
         B = len(layers)
@@ -375,29 +488,28 @@ class LocalReplacement:
             check_stop(should_stop, f"transposed pass, layer {li}")
             k_out = above  # rows alive at layer li's output (targets above layer li)
             k_in = above + int(counts[li])  # plus targets reading at layer li
+            gh = None
             if k_out:
                 gh = g[:k_out] if self.out_f[li] is None else g[:k_out] * self.out_f[li]  # (k, P, d)
                 o = out[:k_out]
                 for grp in self.groups[li]:
                     check_stop(should_stop, f"transposed pass, layer {li}, position {grp.pos}")
-                    o.index_add_(1, grp.cols, gh[:, grp.pos] @ grp.vecs.T)  # (k, n_grp)
+                    o.index_add_(1, grp.cols, gh[:, grp.pos] @ grp.vecs().T)  # (k, n_grp)
                 err_cols = slice(self.error_offset + li * P, self.error_offset + (li + 1) * P)
                 o[:, err_cols] += torch.einsum("bpd,pd->bp", gh, self.errors[li])
             if k_in == 0:
                 continue
-            check_stop(should_stop, f"transposed pass, layer {li}, attention")
-            gx = None  # gradient at the transcoder input x_in, (k_in, P, d)
-            if k_out and self.tcs.W_skip is not None:
-                gx = torch.zeros(k_in, P, d, device=self.device)
-                gx[:k_out] = self._mm(gh, self.tcs.W_skip[li])
-            if k_in > k_out:
-                if gx is None:
-                    gx = torch.zeros(k_in, P, d, device=self.device)
-                r = torch.arange(k_out, k_in, device=self.device)
-                gx[r, positions[k_out:k_in]] += vectors[k_out:k_in]
-            gm = g[:k_in]
-            if gx is not None:
-                gm = gm + (gx if self.in_f[li] is None else gx * self.in_f[li])
-            g[:k_in] = gm + self._attention_transpose(li, gm)
+            # Skip path, encoder injection and attention, in slices of rows [a, b): one poll each,
+            # over the positions up to the slice's furthest target (logits: P - 1); beyond it the
+            # gradient is zero (causal attention, position-wise norms and MLPs).
+            H, dh, J = self.arch.n_heads, self.arch.head_dim, streams
+            per_row = 2 * P * (3 * d * d + H * P * dh)  # flops of one row: skip, o/v projections, pattern
+            rows = max(int(POLL_FLOPS // per_row), -(-MIN_SLICE_POSITIONS // P))  # matmuls of >= 2048 rows
+            step = max(J, rows // J * J)
+            for a in range(0, k_in, step):
+                check_stop(should_stop, f"transposed pass, layer {li}, attention, rows {a}")
+                b = min(a + step, k_in)
+                p = int(positions[a:b].max()) + 1
+                g[a:b, :p] = self._through_layer(li, g[a:b, :p], gh, a, k_out, positions, vectors, J)
             above = k_in
         out[:, self.token_offset : self.token_offset + P] += torch.einsum("bpd,pd->bp", g, self.rec.x0)

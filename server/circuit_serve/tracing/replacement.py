@@ -32,7 +32,7 @@ from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.hub import resolve_model_dir
 from circuit_serve.tracing.identity import file_identity
 from circuit_serve.tracing.local_model import PromptRecord, compute_activations, record
-from circuit_serve.tracing.memory import estimate_bytes
+from circuit_serve.tracing.memory import estimate_bytes, largest_prompt
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec
 from circuit_serve.tracing.transcoders import TranscoderSet, load_transcoders
@@ -85,6 +85,9 @@ def _tensor_identity(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+RESIDENT_SLACK = 768 << 20  # process memory that is neither weights nor counted working tensors
+
+
 class ReplacementModel:
     def __init__(
         self,
@@ -96,6 +99,7 @@ class ReplacementModel:
         memory_budget_bytes: int | None = None,
         expected_l0: int = 256,
         max_prompt_tokens: int | None = None,
+        spill_dir: str | None = None,
     ):
         self.model = model.eval()
         for p in self.model.parameters():
@@ -111,6 +115,7 @@ class ReplacementModel:
         self.transcoder_id = transcoders.identity
         self.memory_budget_bytes = memory_budget_bytes
         self.expected_l0 = expected_l0
+        self.spill_dir = spill_dir  # where rows beyond row_memory_bytes go (None: the system's temp dir)
         self.max_prompt_tokens = max_prompt_tokens or self.arch.max_positions or None
         self._lock = threading.Lock()
 
@@ -221,23 +226,67 @@ class ReplacementModel:
         *,
         n_active: int | None = None,
         n_logits: int | None = None,
+        dense_rows: bool = False,
     ) -> int:
         """Estimated peak working memory in bytes of attributing `n_tokens` tokens."""
         s = settings or AttributionSettings()
         return estimate_bytes(
-            self.arch, self.transcoders, n_tokens, s, n_active=n_active, n_logits=n_logits, expected_l0=self.expected_l0
+            self.arch,
+            self.transcoders,
+            n_tokens,
+            s,
+            n_active=n_active,
+            n_logits=n_logits,
+            expected_l0=self.expected_l0,
+            work_bytes=self.work_bytes(),
+            dense_rows=dense_rows,
         )
 
-    def check_memory(self, n_tokens: int, settings: AttributionSettings, **kw) -> None:
+    def row_memory_bytes(self, n_tokens: int, settings: AttributionSettings, n_active: int, n_logits: int) -> int:
+        """How much of the row store stays in memory before rows are spilled to disk: what the
+        budget (4 GiB without one) leaves beyond the estimate of everything else, the model's and
+        transcoders' tensors and RESIDENT_SLACK (interpreter, allocator)."""
+        rest = self.estimate_memory(n_tokens, settings, n_active=n_active, n_logits=n_logits)
+        weights = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        held = weights + self.transcoders.resident_bytes() + RESIDENT_SLACK
+        return max(0, (self.memory_budget_bytes or 4 << 30) - rest - held)
+
+    def work_bytes(self, *_) -> int:
+        """Working memory for one transposed pass: an eighth of the budget (512 MiB without one),
+        and on a GPU at most half of what is free on it."""
+        work = (self.memory_budget_bytes or 4 << 30) // 8
+        dev = self.arch.embed.weight.device
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            work = min(work, free // 2)
+        return max(work, 1 << 20)
+
+    def check_memory(
+        self, n_tokens: int, settings: AttributionSettings, *, n_active: int | None = None, dense_rows=False, **kw
+    ) -> None:
+        """Refuse (InvalidRequest) when the estimate exceeds the budget, naming the largest prompt
+        that fits at this prompt's features per token (n_active: 0 before the forward pass, a lower
+        bound; the real count after it; None: the `expected_l0` bound)."""
         if self.memory_budget_bytes is None:
             return
-        need = self.estimate_memory(n_tokens, settings, **kw)
-        if need > self.memory_budget_bytes:
-            raise InvalidRequest(
-                f"this graph needs about {need / 2**20:.0f} MiB but the budget is "
-                f"{self.memory_budget_bytes / 2**20:.0f} MiB; lower max_feature_nodes or shorten the prompt",
-                field="max_feature_nodes",
+        need = self.estimate_memory(n_tokens, settings, n_active=n_active, dense_rows=dense_rows, **kw)
+        if need <= self.memory_budget_bytes:
+            return
+        rate = None if n_active is None else n_active / max(n_tokens - 1, 1)  # features per token
+
+        def fits(n: int) -> bool:
+            na = None if rate is None else int(rate * max(n - 1, 0))
+            return (
+                self.estimate_memory(n, settings, n_active=na, dense_rows=dense_rows, **kw) <= self.memory_budget_bytes
             )
+
+        best = largest_prompt(fits, n_tokens)
+        raise InvalidRequest(
+            f"this graph needs about {need / 2**20:.0f} MiB but the budget is "
+            f"{self.memory_budget_bytes / 2**20:.0f} MiB; the largest prompt that fits these settings is "
+            f"about {best} tokens: lower max_feature_nodes or shorten the prompt",
+            field="max_feature_nodes",
+        )
 
     # -- the work -------------------------------------------------------------------------
     def record(self, tokens: torch.Tensor, should_stop: Callable[[], bool] | None = None) -> PromptRecord:
@@ -257,8 +306,12 @@ class ReplacementModel:
         should_stop: Callable[[], bool] | None = None,
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
+        head_loadings: bool = False,
+        dense_rows: bool | None = None,
     ) -> AttributionGraph:
-        """Attribution graph of the next-token prediction after `tokens` (text or ids)."""
+        """Attribution graph of the next-token prediction after `tokens` (text or ids).
+        `dense_rows`: True/False force the dense or the streamed rows; None picks dense rows where
+        they fit the memory budget (see `run_attribution`)."""
         settings = AttributionSettings(
             max_n_logits=max_n_logits,
             desired_logit_prob=desired_logit_prob,
@@ -266,12 +319,23 @@ class ReplacementModel:
             batch_size=batch_size,
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
+            head_loadings=head_loadings,
         ).validate()
         ids, prompt = self.check_tokens(tokens)
-        # The memory check runs in phase 3 with the real number of active features (only the
-        # forward pass has run by then); an estimate from `expected_l0` would refuse too much.
+        # Checked twice: here, before the forward pass, the part of the estimate that does not
+        # depend on the features (recorded patterns and tensors, the forward pass, one backward
+        # batch: what grows fastest with the prompt), and in phase 3 with the real number of active
+        # features. A sparsity guess (`expected_l0`) would refuse graphs that fit.
+        self.check_memory(len(ids), settings, n_active=0, dense_rows=bool(dense_rows))  # None: streamed fits
         return run_attribution(
-            self, ids, settings, targets=targets, progress=progress, should_stop=should_stop, prompt=prompt
+            self,
+            ids,
+            settings,
+            targets=targets,
+            progress=progress,
+            should_stop=should_stop,
+            prompt=prompt,
+            dense_rows=dense_rows,
         )
 
     def feature_activations(self, tokens: str | Sequence[int] | torch.Tensor) -> FeatureActivations:

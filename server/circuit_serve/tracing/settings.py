@@ -15,6 +15,7 @@ class AttributionSettings:
     batch_size: int = 256  # targets per transposed (backward) pass
     node_threshold: float = 0.8  # pruning: cumulative node influence kept
     edge_threshold: float = 0.98  # pruning: cumulative edge influence kept
+    head_loadings: bool = False  # split each kept edge by attention head (tracing/heads.py)
 
     def validate(self) -> AttributionSettings:
         def unit(name: str, v: float) -> None:
@@ -32,6 +33,8 @@ class AttributionSettings:
         positive("batch_size", self.batch_size)
         unit("node_threshold", self.node_threshold)
         unit("edge_threshold", self.edge_threshold)
+        if not isinstance(self.head_loadings, bool):
+            raise InvalidRequest(f"must be true or false, got {self.head_loadings!r}", field="head_loadings")
         return self
 
     def as_dict(self) -> dict:
