@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.domain.input_checks import check_count
 
 
 @dataclass(frozen=True, order=True)
@@ -69,6 +70,15 @@ class Intervention:
         if self.op is Op.SCALE:
             return a * self.value
         return a + self.value
+
+
+def check_intervention_limits(interventions: Sequence[Intervention], *, max_count: int, max_positions: int) -> None:
+    """InvalidRequest naming the field when a request has more interventions, or an intervention
+    more listed positions, than the server allows (--max-interventions, --max-intervention-positions)."""
+    if len(interventions) > max_count:
+        raise InvalidRequest(f"has {len(interventions)} entries; the limit is {max_count}", field="interventions")
+    for i, iv in enumerate(interventions):
+        check_count(iv.positions, max_positions, field=f"interventions[{i}].positions", what="positions")
 
 
 def check_interventions(interventions: Sequence[Intervention], n_prompt: int, shape: TranscoderShape) -> None:

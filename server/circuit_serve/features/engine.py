@@ -17,7 +17,7 @@ from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.domain.chat import ChatMessage
 from circuit_serve.domain.errors import InvalidRequest
-from circuit_serve.domain.features import FeatureRef, TranscoderShape
+from circuit_serve.domain.features import FeatureRef, TranscoderShape, check_intervention_limits
 from circuit_serve.domain.generation_checks import MAX_TEMPERATURE
 from circuit_serve.domain.input_checks import check_count, check_text_bytes
 from circuit_serve.features import steering
@@ -151,14 +151,9 @@ class FeaturesEngine:
             )
         if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
             raise InvalidRequest(f"is {s.top_p}; allowed range is (0, 1]", field="top_p")
-        if len(query.interventions) > cfg.max_interventions:
-            raise InvalidRequest(
-                f"has {len(query.interventions)} entries; the limit is {cfg.max_interventions}", field="interventions"
-            )
-        for i, iv in enumerate(query.interventions):
-            check_count(
-                iv.positions, self.limits.max_positions, field=f"interventions[{i}].positions", what="positions"
-            )
+        check_intervention_limits(
+            query.interventions, max_count=cfg.max_interventions, max_positions=self.limits.max_positions
+        )
         ids = self.tokens(query.input, max_tokens=max_tokens)
         if len(ids) + s.max_new_tokens > max_tokens:
             raise InvalidRequest(

@@ -52,10 +52,10 @@ from circuit_serve.domain.features import (
     WatchedFeature,
     WatchedValues,
     WatchRequest,
+    check_intervention_limits,
     check_interventions,
 )
 from circuit_serve.domain.generation import FinishReason, GenerationChunk, GenerationRequest, Usage
-from circuit_serve.domain.input_checks import check_count
 from circuit_serve.domain.monitor import Decode
 from circuit_serve.monitoring.block_store import PRIVATE, BlockStore, Route
 from circuit_serve.monitoring.channel import RequestValues, ValueChannel
@@ -242,14 +242,9 @@ class EngineMonitor:
                 "steering inside vLLM needs a server started with --enforce-eager (its per-request code "
                 "is not captured by torch.compile / CUDA graphs yet)"
             )
-        if len(interventions) > self.max_interventions:
-            raise InvalidRequest(
-                f"has {len(interventions)} entries; the limit is {self.max_interventions}", field="interventions"
-            )
-        for i, iv in enumerate(interventions):
-            check_count(
-                iv.positions, self.max_intervention_positions, field=f"interventions[{i}].positions", what="positions"
-            )
+        check_intervention_limits(
+            interventions, max_count=self.max_interventions, max_positions=self.max_intervention_positions
+        )
         check_interventions(interventions, n_prompt, self.shape)
         features = [iv.feature for iv in interventions]
         rows, bias, thr = encoder_rows(self.transcoders, features)

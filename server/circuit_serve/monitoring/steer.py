@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
+from circuit_serve.domain.features import FeatureRef, Intervention, Op
 from circuit_serve.monitoring.logits import track_moves
 from circuit_serve.monitoring.taps import TapBank, subclass_in_place
 from circuit_serve.monitoring.wire import STEER_KEY, SteerArgs, SteerEntry
@@ -39,25 +40,15 @@ from circuit_serve.monitoring.wire import STEER_KEY, SteerArgs, SteerEntry
 
 @dataclass
 class _Op:
-    op: str
-    value: float
-    positions: torch.Tensor  # (p,) long: listed prompt positions
-    all_prompt: bool
-    generated: bool
+    iv: Intervention  # its `apply` is the replacement model's (the same semantics)
+    positions: torch.Tensor  # (p,) long: `iv.positions` on the device
 
     def mask(self, pos: torch.Tensor, n_prompt: int) -> torch.Tensor:
         """`(n,)` bool: which of positions `pos (n,)` it applies at."""
-        m = pos >= n_prompt if self.generated else torch.zeros_like(pos, dtype=torch.bool)
-        if self.all_prompt:
+        m = pos >= n_prompt if self.iv.generated else torch.zeros_like(pos, dtype=torch.bool)
+        if self.iv.all_prompt:
             return m | (pos < n_prompt)
         return m | torch.isin(pos, self.positions)
-
-    def apply(self, a: torch.Tensor) -> torch.Tensor:
-        if self.op == "set":
-            return torch.full_like(a, self.value)
-        if self.op == "scale":
-            return a * self.value
-        return a + self.value
 
 
 @dataclass
@@ -96,27 +87,22 @@ class SteerBank:
             f = features.get((e.layer, e.index))
             if f is None:
                 f = features[(e.layer, e.index)] = self._feature(e)
-            f.ops.append(
-                _Op(
-                    e.op,
-                    e.value,
-                    torch.tensor(e.positions, dtype=torch.long, device=self.device),
-                    e.all_prompt,
-                    e.generated,
-                )
+            iv = Intervention(
+                FeatureRef(e.layer, e.index), Op(e.op), e.value, tuple(e.positions), e.generated, e.all_prompt
             )
+            f.ops.append(_Op(iv, torch.tensor(e.positions, dtype=torch.long, device=self.device)))
         by_layer: dict[int, list[_Feature]] = defaultdict(list)
         for f in features.values():
             by_layer[f.layer].append(f)
         return _RequestSteer(args.n_prompt, dict(by_layer))
 
     def _feature(self, e: SteerEntry) -> _Feature:
-        row = None if e.row is None else self.taps.fold(e.layer, torch.tensor([e.row]))[0]
+        row = None  # TopK: the activation comes from the layer's full encoder row
+        if not self.taps.topk:
+            if e.row is None:
+                raise ValueError(f"intervention on ({e.layer}, {e.index}) has no encoder row")
+            row = self.taps.fold(e.layer, torch.tensor([e.row]))[0]
         decoder = torch.tensor(e.decoder, dtype=torch.float32, device=self.device)
-        if self.taps.topk:
-            row = None
-        elif row is None:
-            raise ValueError(f"intervention on ({e.layer}, {e.index}) has no encoder row")
         return _Feature(e.layer, e.index, row, e.bias, e.threshold, decoder, [])
 
     # ---- in the forward pass ----------------------------------------------------------------------
@@ -155,7 +141,7 @@ class SteerBank:
                     a = pre * (pre > f.threshold)
                 new = a
                 for op in f.ops:  # in request order, each on top of the previous
-                    new = torch.where(op.mask(pos, req.n_prompt), op.apply(new), new)
+                    new = torch.where(op.mask(pos, req.n_prompt), op.iv.apply(new), new)
                 delta = new - a  # (n,)
                 for k in range(f.decoder.shape[0]):  # row k is written to layer + k
                     add = delta[:, None] * f.decoder[k][None, :]  # (n, d)
