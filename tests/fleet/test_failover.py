@@ -1,5 +1,5 @@
-"""Three attribution-only replicas of the random demo model (slow graphs: batch size 1 over hundreds
-of features): a replica SIGKILLed while computing a graph has it finished by another, the caller on a
+"""Three attribution-only replicas of the random demo model (slow graphs: batch size 1 over up to
+1,500 features): a replica SIGKILLed while computing a graph has it finished by another, the caller on a
 surviving replica gets the same graph; a cancel sent to one replica stops the graph another computes."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from circuit_client.attribution import Accepted, AttributionClient, AttributionS
 from fleet.conftest import Fleet, metric
 
 PROMPT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat. The dog slept by the door."
-SLOW = AttributionSettings(batch_size=1, max_feature_nodes=600)
+SLOW = AttributionSettings(batch_size=1, max_feature_nodes=1500)
 
 
 @pytest.fixture(scope="module")
