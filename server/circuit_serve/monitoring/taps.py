@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from circuit_serve.monitoring.spec import MonitorSpec
+from circuit_serve.monitoring.topk_gate import TopKGate
 
 _BANK: TapBank | None = None  # this process's bank (one model per worker process)
 
@@ -50,10 +51,14 @@ class TapBank:
         self.b = torch.zeros(n_cols, device=device)
         self.threshold = torch.zeros(n_cols, device=device)
         self.index = torch.zeros(n_cols, dtype=torch.long, device=device)  # feature index (TopK gather)
+        self.in_use = torch.zeros(n_cols, dtype=torch.bool, device=device)  # server columns, lent slots
         self.enc: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.gate: TopKGate | None = None  # TopK on the CPU: most tokens skip the full row (topk_gate)
         if self.topk:
             for layer, (w, b) in enumerate(spec.full_encoders):
                 self.enc.append((self._fold(layer, w.to(device).float()), b.to(device).float()))
+            if torch.device(device).type == "cpu":
+                self.gate = TopKGate(plan.n_layers, self.enc[0][0].shape[0], self.k)
         for j, f in enumerate(plan.server):
             self.set_column(
                 plan.server_columns[j],
@@ -85,7 +90,10 @@ class TapBank:
     def set_column(self, column: int, layer: int, index: int, row, bias, threshold) -> None:
         """Point `column` at feature (`layer`, `index`) with its encoder row, bias and threshold."""
         self.index[column] = index
+        self.in_use[column] = True
         if self.topk:
+            if self.gate is not None:
+                self.gate.forget_columns(layer)
             return  # TopK columns read the layer's full row
         row = torch.as_tensor(row, dtype=torch.float32).to(self.W.device)
         self.W[column] = self._fold(layer, row)
@@ -102,7 +110,10 @@ class TapBank:
         n = x_mid.shape[0]
         x = self.normalized(layer, x_mid)
         pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
-        if self.topk:
+        if self.gate is not None:
+            w_full, b_full = self.enc[layer]
+            self.gate.tap(layer, x, w_full, b_full, self.index[lo:hi], self.in_use[lo:hi], pre, active)
+        elif self.topk:
             w_full, b_full = self.enc[layer]
             full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
             kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
