@@ -24,7 +24,7 @@ from circuit_serve.monitoring.taps import TapBank
 from circuit_serve.monitoring.topk_gate import WARMUP_TOKENS
 from circuit_serve.tracing import ReplacementModel
 
-CHUNKS = [256, 16, 16, 128, 16, 300, 16, 16]  # prefill chunks and decode-sized steps, repeated
+CHUNKS = [256, 16, 48, 128, 16, 300, 41, 16]  # prefill chunks and decode-sized steps, repeated
 
 
 @pytest.fixture(scope="module")
