@@ -29,6 +29,7 @@ from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.heads import head_loadings
 from circuit_serve.tracing.local_model import LocalReplacement, compute_activations
 from circuit_serve.tracing.local_model import check_stop as lm_check_stop
+from circuit_serve.tracing.qk import check_edges, qk_attribution
 from circuit_serve.tracing.rowstore import RowStore
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec, select_targets
@@ -106,7 +107,8 @@ def run_attribution(
     t = time.perf_counter()
     # Phase 1: record the prompt's forward pass --------------------------------------------
     report("1 record", 0.0)
-    rec = rm.record(tokens, should_stop)
+    qk_edges = check_edges(settings.qk_edges, rm.arch.n_layers, rm.arch.n_heads, len(tokens))
+    rec = rm.record(tokens, should_stop, keep_mid=[p for e in qk_edges for p in (e.query_pos, e.key_pos)])
     t = phase("1_record", t)
 
     # Phase 2: features, errors, decoder groups --------------------------------------------
@@ -169,7 +171,11 @@ def run_attribution(
         graph.head_loadings = head_loadings(
             lrm, graph.prune().edge_mask, selected, run.targets(selected), chunk, should_stop
         )
-        phase("7_head_loadings", t)
+        t = phase("7_head_loadings", t)
+    if qk_edges:
+        report("8 qk attribution", 0.0)
+        graph.qk = [qk_attribution(lrm, e) for e in qk_edges]
+        phase("8_qk", t)
     report("6 done", 1.0)
     return graph
 
