@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -177,3 +178,36 @@ def test_qk_edges_are_validated(case_dir):
             rm.attribute(tokens, max_feature_nodes=4, qk_edges=bad)
         assert err.value.field == "qk_edges"
     assert rm.attribute(tokens, max_feature_nodes=4).qk == []  # opt-in
+
+
+def test_qk_in_the_protobuf_graph_and_the_frontend_json(case_dir):
+    from circuit_proto.v1 import graph_pb2 as pb
+    from circuit_serve.rpc.convert_graph import graph_from_proto, graph_to_proto
+
+    rm, _, tokens = built_case("gemma2-clt-jumprelu", case_dir)
+    P = len(tokens)
+    edges = [(2, 1, P - 1, 0), (1, 3, 6, 4)]
+    g = rm.attribute(tokens, max_feature_nodes=8, qk_edges=edges)
+    msg = graph_to_proto(g, g.prune())
+    assert [(m.edge.layer, m.edge.head, m.edge.query_pos, m.edge.key_pos) for m in msg.qk] == edges
+    assert graph_from_proto(graph_to_proto(g)).settings.qk_edges == tuple(edges)
+    js = json.loads(json.dumps(g.to_frontend_json()))
+    assert [(x["layer"], x["head"], x["query_pos"], x["key_pos"]) for x in js["qk"]] == edges
+    for m, x, qa in zip(msg.qk, js["qk"], g.qk):
+        assert m.score == pytest.approx(qa.score) and x["score"] == qa.score
+        for side, jside, full in ((m.query, x["query"], qa.query), (m.key, x["key"], qa.key)):
+            listed = sum(c.contribution for c in side.components)
+            assert listed + side.rest + side.constant == pytest.approx(m.score, abs=TOL * max(1.0, abs(m.score)))
+            assert side.n_components == len(full) and 0 < len(side.components) <= len(full)
+            assert [c.node_id for c in side.components] == [c[0] for c in jside["components"]]
+            w = [abs(c.contribution) for c in side.components]
+            assert w == sorted(w, reverse=True)
+            kinds = {c.kind for c in side.components}
+            assert kinds <= set(range(1, 6)) and pb.QK_COMPONENT_KIND_UNSPECIFIED not in kinds
+        assert list(m.pair_weights) == pytest.approx(qa.pair_values.tolist())
+        for i, j in zip(m.pair_query, m.pair_key):  # pairs point at listed components
+            assert i < len(m.query.components) and j < len(m.key.components)
+        assert [p[:2] for p in x["pairs"]] == [
+            [m.query.components[i].node_id, m.key.components[j].node_id] for i, j in zip(m.pair_query, m.pair_key)
+        ]
+    assert "qk" not in rm.attribute(tokens, max_feature_nodes=8).to_frontend_json()

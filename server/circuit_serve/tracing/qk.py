@@ -29,6 +29,7 @@ local replacement model (norm denominators frozen, as everywhere in tracing/):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,12 +79,29 @@ class QKSide:
             return f"E_{idx}_{p}"
         return f"{('err', 'attn', 'skip')[kind - ERROR]}_{layer}_{p}"
 
-    def listed(self, threshold: float = QK_THRESHOLD) -> tuple[list[int], float]:
-        """(components with |value| >= threshold x sum |values|, strongest first; sum of the rest)."""
+    def listed(self, threshold: float = QK_THRESHOLD, also: Sequence[int] = ()) -> tuple[list[int], float]:
+        """(components with |value| >= threshold x sum |values| and those in `also`, strongest
+        first; the sum of the rest)."""
         scale = float(self.values.abs().sum())
-        keep = torch.nonzero(self.values.abs() >= threshold * scale).flatten()
-        keep = keep[torch.argsort(self.values[keep].abs(), descending=True)].tolist()
-        return keep, float(self.values.sum()) - float(self.values[keep].sum())
+        keep = set(torch.nonzero(self.values.abs() >= threshold * scale).flatten().tolist()) | set(also)
+        order = sorted(keep, key=lambda i: -abs(float(self.values[i])))
+        return order, float(self.values.sum()) - float(self.values[order].sum())
+
+    def compact(self, threshold: float, also: Sequence[int] = ()) -> dict:
+        """The listed components as plain values (what the exports write)."""
+        order, rest = self.listed(threshold, also)
+        comps = [
+            (int(self.kinds[i]), int(self.layers[i]), int(self.index[i]), float(self.values[i]), self.name(i))
+            for i in order
+        ]
+        return {
+            "position": self.position,
+            "components": comps,
+            "rest": rest,
+            "constant": self.constant,
+            "n_components": len(self),
+            "order": order,
+        }
 
 
 @dataclass
@@ -98,6 +116,27 @@ class QKAttribution:
     pair_cols: torch.Tensor  # (n_pairs,) long components of the key side
     pair_values: torch.Tensor  # (n_pairs,) float32: scale * Q(c_i) . K(c_j), strongest first
 
+    def compact(self, threshold: float = QK_THRESHOLD) -> dict:
+        """Plain values for the exports: each side's listed components (above `threshold` x the
+        side's sum of |contributions|, and those of the top pairs), strongest first, its rest and
+        constant; the pairs as indexes into the listed components."""
+        q = self.query.compact(threshold, self.pair_rows.tolist())
+        k = self.key.compact(threshold, self.pair_cols.tolist())
+        qi, ki = {c: i for i, c in enumerate(q.pop("order"))}, {c: i for i, c in enumerate(k.pop("order"))}
+        e = self.edge
+        return {
+            "edge": (e.layer, e.head, e.query_pos, e.key_pos),
+            "score": self.score,
+            "capped_score": self.capped,
+            "pattern": self.pattern,
+            "threshold": threshold,
+            "query": q,
+            "key": k,
+            "pairs": [
+                (qi[int(r)], ki[int(c)], float(w)) for r, c, w in zip(self.pair_rows, self.pair_cols, self.pair_values)
+            ],
+        }
+
 
 def check_edges(edges, n_layers: int, n_heads: int, n_pos: int) -> tuple[QKEdge, ...]:
     """Requested (layer, head, query_pos, key_pos) edges (their shape checked by
@@ -105,7 +144,7 @@ def check_edges(edges, n_layers: int, n_heads: int, n_pos: int) -> tuple[QKEdge,
     out = []
     for i, e in enumerate(edges):
         e = e if isinstance(e, QKEdge) else QKEdge(*e)
-        where = f"edge {i} {(e.layer, e.head, e.query_pos, e.key_pos)}"
+        where = f"edge {i} {(e.layer, e.head, e.query_pos, e.key_pos)}"  # the field prefixes "qk_edges: "
         if not 0 <= e.layer < n_layers:
             raise InvalidRequest(f"{where}: layer must be below {n_layers} (the model's layers)", field="qk_edges")
         if not 0 <= e.head < n_heads:
