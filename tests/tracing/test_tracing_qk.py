@@ -18,11 +18,18 @@ import pytest
 import torch
 
 from circuit_serve.domain.errors import InvalidRequest
+from circuit_serve.tracing import AttributionSettings
 from circuit_serve.tracing.qk import FEATURE
 from tests.tracing.tracing_helpers import built_case
 
 TOL = 1e-5
-QK_CASES = ["llama-plt-relu-skip", "gemma2-plt-jumprelu", "qwen3-plt-topk", "gemma2-clt-jumprelu"]
+QK_CASES = [
+    "llama-plt-relu-skip",
+    "gemma2-plt-jumprelu",
+    "qwen3-plt-topk",
+    "gemma2-clt-jumprelu",
+    "llama-clt-relu-skip",
+]
 
 
 def _edges(L: int, P: int) -> list[tuple[int, int, int, int]]:
@@ -178,6 +185,10 @@ def test_qk_edges_are_validated(case_dir):
             rm.attribute(tokens, max_feature_nodes=4, qk_edges=bad)
         assert err.value.field == "qk_edges"
     assert rm.attribute(tokens, max_feature_nodes=4).qk == []  # opt-in
+    # a fleet job's payload carries the settings as JSON: lists come back as the same tuples
+    s = AttributionSettings(qk_edges=[[1, 0, 5, 2], (0, 3, 4, 4)]).validate()
+    assert AttributionSettings(**json.loads(json.dumps(s.as_dict()))) == s
+    assert s.qk_edges == ((1, 0, 5, 2), (0, 3, 4, 4))
 
 
 def test_qk_in_the_protobuf_graph_and_the_frontend_json(case_dir):
