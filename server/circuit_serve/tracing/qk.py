@@ -11,7 +11,9 @@ local replacement model (norm denominators frozen, as everywhere in tracing/):
    layer m's attention output at p (with Gemma-2's frozen post-attention norm), a feature's
    decoder outputs to every layer below l are summed into one component (a cross-layer feature
    writes at several), and skip_m is the transcoder's linear skip. b_dec_m (and at BOS, where
-   features and errors are zero, the whole MLP output but its skip) is a constant.
+   features and errors are zero, the whole MLP output but its skip) is a constant. Attention
+   outputs and skips are components as they stand (what they carry from other positions and
+   layers is the graph's and the head loadings' business), not traced further back.
 2. Frozen Q and K maps. With the input-norm denominator r1[p] and (Qwen3) the per-head q_norm /
    k_norm denominators frozen at their values on the prompt, the query of head h is linear in
    the residual plus a constant (the projection bias, if the family has one):
@@ -40,9 +42,8 @@ from circuit_serve.tracing.local_model import LocalReplacement
 QK_THRESHOLD = 1e-3  # exports list a contribution above this share of the side's sum of |contributions|
 QK_TOP_PAIRS = 32  # exports list this many (query, key) component pairs, strongest first
 
-# component kinds, in the order the components of one position are listed
+# component kinds (listed: the embedding, per lower layer its attention, skip and error, then the features)
 EMBEDDING, FEATURE, ERROR, ATTENTION, SKIP = range(5)
-KIND_NAMES = ("embedding", "feature", "error", "attention", "skip")
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,8 @@ class QKSide:
 
     position: int
     kinds: torch.Tensor  # (n,) long: EMBEDDING, FEATURE, ERROR, ATTENTION, SKIP
-    layers: (
-        torch.Tensor
-    )  # (n,) long: features their layer, errors/attention/skips the layer that wrote them, embedding -1
+    # (n,) long: a feature's layer, the layer that wrote an error / attention output / skip; embedding -1
+    layers: torch.Tensor
     index: torch.Tensor  # (n,) long: features their feature index, the embedding its token id, else -1
     values: torch.Tensor  # (n,) float32 contributions
     constant: float  # the side's constant term: score = values.sum() + constant
@@ -169,7 +169,7 @@ def _components(lrm: LocalReplacement, layer: int, p: int, x_mid: torch.Tensor):
     for m in range(layer):
         meta.append((ATTENTION, m, -1))
         vecs.append(x_mid[m] - resid)
-        o = lrm.out_f[m][p] if lrm.out_f[m] is not None else torch.ones(d, device=dev)  # (d,) or (1,)
+        o = lrm.out_f[m][p] if lrm.out_f[m] is not None else torch.ones(d, device=dev)  # (d,)
         y = rec.y[m][p]  # MLP output at the transcoder's output hook
         resid = x_mid[m] + y * o
         skip = tcs.skip(m, rec.x_in[m][p : p + 1])
