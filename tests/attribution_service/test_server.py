@@ -504,6 +504,8 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
             "48",
             "--batch-size",
             "32",
+            "--qk-edge",
+            "1,0,5,2",
             "--out",
             str(out),
             "--target",
@@ -515,7 +517,10 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip().splitlines()[-1]
-    assert json.loads(out.read_text())["nodes"]
+    written = json.loads(out.read_text())
+    assert written["nodes"] and [(x["layer"], x["head"], x["query_pos"], x["key_pos"]) for x in written["qk"]] == [
+        (1, 0, 5, 2)
+    ]
     fetched = subprocess.run(
         [*cli, "graph", key, "--out", str(again), "--target", attr_server.target],
         capture_output=True,
