@@ -15,6 +15,9 @@ in the phases this module runs and times:
    `update_interval` batches.
 6. Package: rows in the order [selected features | logits]; the graph keeps
    selected-rows x all-columns weights, settings, identities and these timings.
+7. Head loadings (opt-in, heads.py): the kept edges split by attention head.
+8. QK attribution (opt-in, qk.py): each requested attention edge's score split by the residual
+   components at its query and key positions (the record keeps those positions' residuals).
 """
 
 from __future__ import annotations
