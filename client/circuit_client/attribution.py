@@ -62,7 +62,10 @@ _STATE = {
 @dataclass(frozen=True)
 class AttributionSettings:
     """Unset (None) fields take the server's defaults. A target is a token id or
-    a (token, versus) pair meaning "logit(token) - logit(versus)"."""
+    a (token, versus) pair meaning "logit(token) - logit(versus)". `head_loadings` splits kept
+    edges by attention head (Graph.head_loadings); `qk_edges` lists (layer, head, query_pos,
+    key_pos) attention edges whose score the graph splits by the residual components at the
+    query and key positions (Graph.qk, the frontend JSON's "qk"; at most 16)."""
 
     max_n_logits: int | None = None
     desired_logit_prob: float | None = None
@@ -71,6 +74,8 @@ class AttributionSettings:
     node_threshold: float | None = None
     edge_threshold: float | None = None
     targets: Sequence[int | tuple[int, int]] = ()
+    head_loadings: bool | None = None
+    qk_edges: Sequence[tuple[int, int, int, int]] = ()
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,7 @@ def _request(
         "batch_size",
         "node_threshold",
         "edge_threshold",
+        "head_loadings",
     ):
         value = getattr(s, name)
         if value is not None:
@@ -258,6 +264,8 @@ def _request(
             settings.targets.add(contrast=pb.ContrastTarget(token_id=target[0], versus_token_id=target[1]))
         else:
             settings.targets.add(token_id=target)
+    for layer, head, query_pos, key_pos in s.qk_edges:
+        settings.qk_edges.add(layer=layer, head=head, query_pos=query_pos, key_pos=key_pos)
     req = pb.AttributeRequest(
         prompt=prompt or "",
         prompt_token_ids=list(prompt_token_ids or ()),

@@ -95,6 +95,23 @@ def _settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--node-threshold", type=float)
     p.add_argument("--edge-threshold", type=float)
+    p.add_argument("--head-loadings", action="store_true", default=None, help="split kept edges by attention head")
+    p.add_argument(
+        "--qk-edge",
+        type=_qk_edge,
+        action="append",
+        default=[],
+        metavar="LAYER,HEAD,QUERY_POS,KEY_POS",
+        help="split this attention edge's score by the query's and the key's components (repeatable)",
+    )
+
+
+def _qk_edge(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(x.strip().isdigit() for x in parts):
+        raise argparse.ArgumentTypeError(f"expected LAYER,HEAD,QUERY_POS,KEY_POS (four integers), got {text!r}")
+    layer, head, query_pos, key_pos = (int(x) for x in parts)
+    return layer, head, query_pos, key_pos
 
 
 def _settings(args: argparse.Namespace, targets=()) -> AttributionSettings:
@@ -106,6 +123,8 @@ def _settings(args: argparse.Namespace, targets=()) -> AttributionSettings:
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
         targets=list(targets),
+        head_loadings=args.head_loadings,
+        qk_edges=list(args.qk_edge),
     )
 
 

@@ -132,6 +132,21 @@ def test_graph_over_grpc_equals_the_engine(graphs, random_model_dir, transcoder_
     assert len(result.graph.nodes) == len(local_graph.nodes)
 
 
+def test_qk_attribution_over_grpc(graphs):
+    """The requested attention edges come back split in the protobuf graph and the frontend JSON,
+    each side's listed contributions + rest + constant giving the score."""
+    edges = [(1, 1, 9, 2), (0, 0, 4, 0)]
+    result = graphs.attribute(PROMPT, unique(SMALL, qk_edges=edges))
+    msg, js = result.graph, result.frontend()
+    assert [(m.edge.layer, m.edge.head, m.edge.query_pos, m.edge.key_pos) for m in msg.qk] == edges
+    assert [(x["layer"], x["head"], x["query_pos"], x["key_pos"]) for x in js["qk"]] == edges
+    for m in msg.qk:
+        for side in (m.query, m.key):
+            total = sum(c.contribution for c in side.components) + side.rest + side.constant
+            assert total == pytest.approx(m.score, abs=1e-4 * max(1.0, abs(m.score)))
+    assert len(msg.settings.qk_edges) == 2
+
+
 def test_audit_token_of_a_served_completion(attr_server, graphs):
     with CircuitClient(attr_server.target) as client:
         gen = client.generate(PROMPT, Sampling(max_new_tokens=6, temperature=0))
@@ -398,6 +413,16 @@ BAD = [
         grpc.StatusCode.INVALID_ARGUMENT,
         "but the budget is 48 MiB",
     ),
+    (
+        dict(prompt="hi there", settings=AttributionSettings(qk_edges=[(0, 0, 1, 2)])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "qk_edges: edge 0: key_pos 2 is after query_pos 1",
+    ),
+    (  # checked against the model (2 layers) once the graph's job runs
+        dict(prompt="hi there", settings=AttributionSettings(qk_edges=[(2, 0, 1, 0)])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "qk_edges: edge 0 (2, 0, 1, 0): layer must be below 2",
+    ),
     (dict(request_id="no-such-request", token_index=0), grpc.StatusCode.NOT_FOUND, "'no-such-request'"),
     (dict(request_id="no-such-request"), grpc.StatusCode.INVALID_ARGUMENT, "request_id needs token_index"),
 ]
@@ -479,6 +504,8 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
             "48",
             "--batch-size",
             "32",
+            "--qk-edge",
+            "1,0,5,2",
             "--out",
             str(out),
             "--target",
@@ -490,7 +517,10 @@ def test_cli_attribute_and_graph(attr_server, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip().splitlines()[-1]
-    assert json.loads(out.read_text())["nodes"]
+    written = json.loads(out.read_text())
+    assert written["nodes"] and [(x["layer"], x["head"], x["query_pos"], x["key_pos"]) for x in written["qk"]] == [
+        (1, 0, 5, 2)
+    ]
     fetched = subprocess.run(
         [*cli, "graph", key, "--out", str(again), "--target", attr_server.target],
         capture_output=True,

@@ -26,19 +26,19 @@ from circuit_proto.v1 import chat_pb2 as circuit_dot_v1_dot_chat__pb2
 from circuit_proto.v1 import graph_pb2 as circuit_dot_v1_dot_graph__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ircuit/v1/attribution.proto\x12\ncircuit.v1\x1a\x15\x63ircuit/v1/chat.proto\x1a\x16\x63ircuit/v1/graph.proto\"\x1c\n\rGetJobRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\xce\x01\n\tJobStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.circuit.v1.JobState\x12\x10\n\x08position\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x10\n\x08\x66raction\x18\x05 \x01(\x01\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\'\n\tjob_class\x18\x08 \x01(\x0e\x32\x14.circuit.v1.JobClass\x12\x12\n\ndeliveries\x18\t \x01(\r\"]\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.circuit.v1.JobStatus\";\n\x0e\x43ontrastTarget\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x17\n\x0fversus_token_id\x18\x02 \x01(\r\"a\n\x11\x41ttributionTarget\x12\x12\n\x08token_id\x18\x01 \x01(\rH\x00\x12.\n\x08\x63ontrast\x18\x02 \x01(\x0b\x32\x1a.circuit.v1.ContrastTargetH\x00\x42\x08\n\x06target\"\x95\x03\n\x13\x41ttributionSettings\x12\x19\n\x0cmax_n_logits\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1f\n\x12\x64\x65sired_logit_prob\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11max_feature_nodes\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nbatch_size\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1b\n\x0enode_threshold\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1b\n\x0e\x65\x64ge_threshold\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12.\n\x07targets\x18\x07 \x03(\x0b\x32\x1d.circuit.v1.AttributionTarget\x12\x1a\n\rhead_loadings\x18\x14 \x01(\x08H\x06\x88\x01\x01\x42\x0f\n\r_max_n_logitsB\x15\n\x13_desired_logit_probB\x14\n\x12_max_feature_nodesB\r\n\x0b_batch_sizeB\x11\n\x0f_node_thresholdB\x11\n\x0f_edge_thresholdB\x10\n\x0e_head_loadings\"\xbe\x02\n\x10\x41ttributeRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x0btoken_index\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x08settings\x18\x05 \x01(\x0b\x32\x1f.circuit.v1.AttributionSettings\x12\'\n\x06output\x18\x06 \x01(\x0e\x32\x17.circuit.v1.GraphOutput\x12\x12\n\nbackground\x18\x07 \x01(\x08\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessage\x12\'\n\tjob_class\x18) \x01(\x0e\x32\x14.circuit.v1.JobClassB\x0e\n\x0c_token_index\"g\n\x11\x41ttributeAccepted\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1d\n\x10\x61udited_token_id\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x13\n\x11_audited_token_id\"#\n\x0f\x41ttributeQueued\x12\x10\n\x08position\x18\x01 \x01(\r\"3\n\x10\x41ttributeRunning\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\\\n\x11\x41ttributionResult\x12 \n\x05graph\x18\x01 \x01(\x0b\x32\x11.circuit.v1.Graph\x12\x15\n\rfrontend_json\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xd8\x02\n\x11\x41ttributeResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1d.circuit.v1.AttributeAcceptedH\x00\x12-\n\x06queued\x18\x03 \x01(\x0b\x32\x1b.circuit.v1.AttributeQueuedH\x00\x12/\n\x07running\x18\x04 \x01(\x0b\x32\x1c.circuit.v1.AttributeRunningH\x00\x12/\n\x06result\x18\x05 \x01(\x0b\x32\x1d.circuit.v1.AttributionResultH\x00\x12\x38\n\rresult_header\x18\x14 \x01(\x0b\x32\x1f.circuit.v1.ChunkedResultHeaderH\x00\x12/\n\x0cresult_chunk\x18\x15 \x01(\x0b\x32\x17.circuit.v1.ResultChunkH\x00\x42\x07\n\x05\x65vent\"d\n\x13\x43hunkedResultHeader\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\x12\x14\n\x0cmessage_type\x18\x04 \x01(\t\"*\n\x0bResultChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"G\n\x0fGetGraphRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0e\x32\x17.circuit.v1.GraphOutput\"A\n\x10GetGraphResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x1d.circuit.v1.AttributionResult*r\n\x08JobClass\x12\x19\n\x15JOB_CLASS_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_CLASS_INTERACTIVE\x10\x01\x12\x18\n\x14JOB_CLASS_BACKGROUND\x10\x02\x12\x16\n\x12JOB_CLASS_BACKFILL\x10\x03*\x95\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*q\n\x0bGraphOutput\x12\x1c\n\x18GRAPH_OUTPUT_UNSPECIFIED\x10\x00\x12\x16\n\x12GRAPH_OUTPUT_PROTO\x10\x01\x12\x15\n\x11GRAPH_OUTPUT_JSON\x10\x02\x12\x15\n\x11GRAPH_OUTPUT_BOTH\x10\x03\x32\xb3\x03\n\x0b\x41ttribution\x12J\n\tAttribute\x12\x1c.circuit.v1.AttributeRequest\x1a\x1d.circuit.v1.AttributeResponse0\x01\x12\x45\n\x08GetGraph\x12\x1b.circuit.v1.GetGraphRequest\x1a\x1c.circuit.v1.GetGraphResponse\x12N\n\x0eGetGraphStream\x12\x1b.circuit.v1.GetGraphRequest\x1a\x1d.circuit.v1.AttributeResponse0\x01\x12:\n\x06GetJob\x12\x19.circuit.v1.GetJobRequest\x1a\x15.circuit.v1.JobStatus\x12>\n\x08WatchJob\x12\x19.circuit.v1.GetJobRequest\x1a\x15.circuit.v1.JobStatus0\x01\x12\x45\n\tCancelJob\x12\x19.circuit.v1.GetJobRequest\x1a\x1d.circuit.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ircuit/v1/attribution.proto\x12\ncircuit.v1\x1a\x15\x63ircuit/v1/chat.proto\x1a\x16\x63ircuit/v1/graph.proto\"\x1c\n\rGetJobRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\xce\x01\n\tJobStatus\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.circuit.v1.JobState\x12\x10\n\x08position\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x10\n\x08\x66raction\x18\x05 \x01(\x01\x12\x0f\n\x07replica\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\'\n\tjob_class\x18\x08 \x01(\x0e\x32\x14.circuit.v1.JobClass\x12\x12\n\ndeliveries\x18\t \x01(\r\"]\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12%\n\x06status\x18\x03 \x01(\x0b\x32\x15.circuit.v1.JobStatus\";\n\x0e\x43ontrastTarget\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x17\n\x0fversus_token_id\x18\x02 \x01(\r\"a\n\x11\x41ttributionTarget\x12\x12\n\x08token_id\x18\x01 \x01(\rH\x00\x12.\n\x08\x63ontrast\x18\x02 \x01(\x0b\x32\x1a.circuit.v1.ContrastTargetH\x00\x42\x08\n\x06target\"\xc2\x03\n\x13\x41ttributionSettings\x12\x19\n\x0cmax_n_logits\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1f\n\x12\x64\x65sired_logit_prob\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11max_feature_nodes\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x17\n\nbatch_size\x18\x04 \x01(\rH\x03\x88\x01\x01\x12\x1b\n\x0enode_threshold\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x1b\n\x0e\x65\x64ge_threshold\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12.\n\x07targets\x18\x07 \x03(\x0b\x32\x1d.circuit.v1.AttributionTarget\x12\x1a\n\rhead_loadings\x18\x14 \x01(\x08H\x06\x88\x01\x01\x12+\n\x08qk_edges\x18\x15 \x03(\x0b\x32\x19.circuit.v1.AttentionEdgeB\x0f\n\r_max_n_logitsB\x15\n\x13_desired_logit_probB\x14\n\x12_max_feature_nodesB\r\n\x0b_batch_sizeB\x11\n\x0f_node_thresholdB\x11\n\x0f_edge_thresholdB\x10\n\x0e_head_loadings\"\xbe\x02\n\x10\x41ttributeRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x18\n\x0btoken_index\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x31\n\x08settings\x18\x05 \x01(\x0b\x32\x1f.circuit.v1.AttributionSettings\x12\'\n\x06output\x18\x06 \x01(\x0e\x32\x17.circuit.v1.GraphOutput\x12\x12\n\nbackground\x18\x07 \x01(\x08\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessage\x12\'\n\tjob_class\x18) \x01(\x0e\x32\x14.circuit.v1.JobClassB\x0e\n\x0c_token_index\"g\n\x11\x41ttributeAccepted\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x1d\n\x10\x61udited_token_id\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x13\n\x11_audited_token_id\"#\n\x0f\x41ttributeQueued\x12\x10\n\x08position\x18\x01 \x01(\r\"3\n\x10\x41ttributeRunning\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\\\n\x11\x41ttributionResult\x12 \n\x05graph\x18\x01 \x01(\x0b\x32\x11.circuit.v1.Graph\x12\x15\n\rfrontend_json\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\"\xd8\x02\n\x11\x41ttributeResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x1d.circuit.v1.AttributeAcceptedH\x00\x12-\n\x06queued\x18\x03 \x01(\x0b\x32\x1b.circuit.v1.AttributeQueuedH\x00\x12/\n\x07running\x18\x04 \x01(\x0b\x32\x1c.circuit.v1.AttributeRunningH\x00\x12/\n\x06result\x18\x05 \x01(\x0b\x32\x1d.circuit.v1.AttributionResultH\x00\x12\x38\n\rresult_header\x18\x14 \x01(\x0b\x32\x1f.circuit.v1.ChunkedResultHeaderH\x00\x12/\n\x0cresult_chunk\x18\x15 \x01(\x0b\x32\x17.circuit.v1.ResultChunkH\x00\x42\x07\n\x05\x65vent\"d\n\x13\x43hunkedResultHeader\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\x12\x14\n\x0cmessage_type\x18\x04 \x01(\t\"*\n\x0bResultChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"G\n\x0fGetGraphRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x06output\x18\x02 \x01(\x0e\x32\x17.circuit.v1.GraphOutput\"A\n\x10GetGraphResponse\x12-\n\x06result\x18\x01 \x01(\x0b\x32\x1d.circuit.v1.AttributionResult*r\n\x08JobClass\x12\x19\n\x15JOB_CLASS_UNSPECIFIED\x10\x00\x12\x19\n\x15JOB_CLASS_INTERACTIVE\x10\x01\x12\x18\n\x14JOB_CLASS_BACKGROUND\x10\x02\x12\x16\n\x12JOB_CLASS_BACKFILL\x10\x03*\x95\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05*q\n\x0bGraphOutput\x12\x1c\n\x18GRAPH_OUTPUT_UNSPECIFIED\x10\x00\x12\x16\n\x12GRAPH_OUTPUT_PROTO\x10\x01\x12\x15\n\x11GRAPH_OUTPUT_JSON\x10\x02\x12\x15\n\x11GRAPH_OUTPUT_BOTH\x10\x03\x32\xb3\x03\n\x0b\x41ttribution\x12J\n\tAttribute\x12\x1c.circuit.v1.AttributeRequest\x1a\x1d.circuit.v1.AttributeResponse0\x01\x12\x45\n\x08GetGraph\x12\x1b.circuit.v1.GetGraphRequest\x1a\x1c.circuit.v1.GetGraphResponse\x12N\n\x0eGetGraphStream\x12\x1b.circuit.v1.GetGraphRequest\x1a\x1d.circuit.v1.AttributeResponse0\x01\x12:\n\x06GetJob\x12\x19.circuit.v1.GetJobRequest\x1a\x15.circuit.v1.JobStatus\x12>\n\x08WatchJob\x12\x19.circuit.v1.GetJobRequest\x1a\x15.circuit.v1.JobStatus0\x01\x12\x45\n\tCancelJob\x12\x19.circuit.v1.GetJobRequest\x1a\x1d.circuit.v1.CancelJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'circuit.v1.attribution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBCLASS']._serialized_start=2236
-  _globals['_JOBCLASS']._serialized_end=2350
-  _globals['_JOBSTATE']._serialized_start=2353
-  _globals['_JOBSTATE']._serialized_end=2502
-  _globals['_GRAPHOUTPUT']._serialized_start=2504
-  _globals['_GRAPHOUTPUT']._serialized_end=2617
+  _globals['_JOBCLASS']._serialized_start=2281
+  _globals['_JOBCLASS']._serialized_end=2395
+  _globals['_JOBSTATE']._serialized_start=2398
+  _globals['_JOBSTATE']._serialized_end=2547
+  _globals['_GRAPHOUTPUT']._serialized_start=2549
+  _globals['_GRAPHOUTPUT']._serialized_end=2662
   _globals['_GETJOBREQUEST']._serialized_start=91
   _globals['_GETJOBREQUEST']._serialized_end=119
   _globals['_JOBSTATUS']._serialized_start=122
@@ -50,27 +50,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTRIBUTIONTARGET']._serialized_start=486
   _globals['_ATTRIBUTIONTARGET']._serialized_end=583
   _globals['_ATTRIBUTIONSETTINGS']._serialized_start=586
-  _globals['_ATTRIBUTIONSETTINGS']._serialized_end=991
-  _globals['_ATTRIBUTEREQUEST']._serialized_start=994
-  _globals['_ATTRIBUTEREQUEST']._serialized_end=1312
-  _globals['_ATTRIBUTEACCEPTED']._serialized_start=1314
-  _globals['_ATTRIBUTEACCEPTED']._serialized_end=1417
-  _globals['_ATTRIBUTEQUEUED']._serialized_start=1419
-  _globals['_ATTRIBUTEQUEUED']._serialized_end=1454
-  _globals['_ATTRIBUTERUNNING']._serialized_start=1456
-  _globals['_ATTRIBUTERUNNING']._serialized_end=1507
-  _globals['_ATTRIBUTIONRESULT']._serialized_start=1509
-  _globals['_ATTRIBUTIONRESULT']._serialized_end=1601
-  _globals['_ATTRIBUTERESPONSE']._serialized_start=1604
-  _globals['_ATTRIBUTERESPONSE']._serialized_end=1948
-  _globals['_CHUNKEDRESULTHEADER']._serialized_start=1950
-  _globals['_CHUNKEDRESULTHEADER']._serialized_end=2050
-  _globals['_RESULTCHUNK']._serialized_start=2052
-  _globals['_RESULTCHUNK']._serialized_end=2094
-  _globals['_GETGRAPHREQUEST']._serialized_start=2096
-  _globals['_GETGRAPHREQUEST']._serialized_end=2167
-  _globals['_GETGRAPHRESPONSE']._serialized_start=2169
-  _globals['_GETGRAPHRESPONSE']._serialized_end=2234
-  _globals['_ATTRIBUTION']._serialized_start=2620
-  _globals['_ATTRIBUTION']._serialized_end=3055
+  _globals['_ATTRIBUTIONSETTINGS']._serialized_end=1036
+  _globals['_ATTRIBUTEREQUEST']._serialized_start=1039
+  _globals['_ATTRIBUTEREQUEST']._serialized_end=1357
+  _globals['_ATTRIBUTEACCEPTED']._serialized_start=1359
+  _globals['_ATTRIBUTEACCEPTED']._serialized_end=1462
+  _globals['_ATTRIBUTEQUEUED']._serialized_start=1464
+  _globals['_ATTRIBUTEQUEUED']._serialized_end=1499
+  _globals['_ATTRIBUTERUNNING']._serialized_start=1501
+  _globals['_ATTRIBUTERUNNING']._serialized_end=1552
+  _globals['_ATTRIBUTIONRESULT']._serialized_start=1554
+  _globals['_ATTRIBUTIONRESULT']._serialized_end=1646
+  _globals['_ATTRIBUTERESPONSE']._serialized_start=1649
+  _globals['_ATTRIBUTERESPONSE']._serialized_end=1993
+  _globals['_CHUNKEDRESULTHEADER']._serialized_start=1995
+  _globals['_CHUNKEDRESULTHEADER']._serialized_end=2095
+  _globals['_RESULTCHUNK']._serialized_start=2097
+  _globals['_RESULTCHUNK']._serialized_end=2139
+  _globals['_GETGRAPHREQUEST']._serialized_start=2141
+  _globals['_GETGRAPHREQUEST']._serialized_end=2212
+  _globals['_GETGRAPHRESPONSE']._serialized_start=2214
+  _globals['_GETGRAPHRESPONSE']._serialized_end=2279
+  _globals['_ATTRIBUTION']._serialized_start=2665
+  _globals['_ATTRIBUTION']._serialized_end=3100
 # @@protoc_insertion_point(module_scope)

@@ -101,7 +101,7 @@ class AttributionTarget(_message.Message):
     def __init__(self, token_id: _Optional[int] = ..., contrast: _Optional[_Union[ContrastTarget, _Mapping]] = ...) -> None: ...
 
 class AttributionSettings(_message.Message):
-    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold", "targets", "head_loadings")
+    __slots__ = ("max_n_logits", "desired_logit_prob", "max_feature_nodes", "batch_size", "node_threshold", "edge_threshold", "targets", "head_loadings", "qk_edges")
     MAX_N_LOGITS_FIELD_NUMBER: _ClassVar[int]
     DESIRED_LOGIT_PROB_FIELD_NUMBER: _ClassVar[int]
     MAX_FEATURE_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class AttributionSettings(_message.Message):
     EDGE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     HEAD_LOADINGS_FIELD_NUMBER: _ClassVar[int]
+    QK_EDGES_FIELD_NUMBER: _ClassVar[int]
     max_n_logits: int
     desired_logit_prob: float
     max_feature_nodes: int
@@ -118,7 +119,8 @@ class AttributionSettings(_message.Message):
     edge_threshold: float
     targets: _containers.RepeatedCompositeFieldContainer[AttributionTarget]
     head_loadings: bool
-    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ..., head_loadings: _Optional[bool] = ...) -> None: ...
+    qk_edges: _containers.RepeatedCompositeFieldContainer[_graph_pb2.AttentionEdge]
+    def __init__(self, max_n_logits: _Optional[int] = ..., desired_logit_prob: _Optional[float] = ..., max_feature_nodes: _Optional[int] = ..., batch_size: _Optional[int] = ..., node_threshold: _Optional[float] = ..., edge_threshold: _Optional[float] = ..., targets: _Optional[_Iterable[_Union[AttributionTarget, _Mapping]]] = ..., head_loadings: _Optional[bool] = ..., qk_edges: _Optional[_Iterable[_Union[_graph_pb2.AttentionEdge, _Mapping]]] = ...) -> None: ...
 
 class AttributeRequest(_message.Message):
     __slots__ = ("prompt", "prompt_token_ids", "request_id", "token_index", "settings", "output", "background", "messages", "job_class")

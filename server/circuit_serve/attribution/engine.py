@@ -75,6 +75,7 @@ class TracingEngine:
             node_threshold=settings.node_threshold,
             edge_threshold=settings.edge_threshold,
             head_loadings=settings.head_loadings,
+            qk_edges=settings.qk_edges,
             targets=list(targets) if targets is not None else None,
             progress=progress,
             should_stop=should_stop,

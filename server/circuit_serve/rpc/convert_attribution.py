@@ -28,7 +28,7 @@ _STATES = {
 
 # Version of the cached sections (circuit.v1.Graph bytes + frontend JSON); part of every
 # graph key and checked on every cache read. Bump it when either serialization changes.
-GRAPH_FORMAT = 3  # 2: frontend nodes carry `node_influence`; 3: links may carry `head_loadings`
+GRAPH_FORMAT = 4  # 2: frontend nodes carry `node_influence`; 3: links may carry `head_loadings`; 4: `qk`
 
 
 def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
@@ -41,6 +41,7 @@ def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
         node_threshold=s.node_threshold if s.HasField("node_threshold") else _DEFAULTS.node_threshold,
         edge_threshold=s.edge_threshold if s.HasField("edge_threshold") else _DEFAULTS.edge_threshold,
         head_loadings=s.head_loadings if s.HasField("head_loadings") else _DEFAULTS.head_loadings,
+        qk_edges=tuple((e.layer, e.head, e.query_pos, e.key_pos) for e in s.qk_edges),
     )
     targets = tuple(_target(t) for t in s.targets) or None
     given = AttributionInput(

@@ -77,6 +77,7 @@ def graph_to_proto(graph: AttributionGraph, pruned: PruneResult | None = None) -
             node_threshold=s.node_threshold,
             edge_threshold=s.edge_threshold,
             head_loadings=s.head_loadings,
+            qk_edges=[_edge(e) for e in s.qk_edges],
         ),
         scores=pb.GraphScores(replacement_score=replacement, completeness_score=completeness),
         timings=[pb.PhaseTiming(phase=k, seconds=v) for k, v in graph.timings.items()],
@@ -102,7 +103,42 @@ def graph_to_proto(graph: AttributionGraph, pruned: PruneResult | None = None) -
     msg.edges.weights.extend(M[r, c].tolist())
     if graph.head_loadings is not None:
         _head_loadings(msg, graph, r.tolist(), c.tolist())
+    msg.qk.extend(_qk(a.compact()) for a in graph.qk)
     return msg
+
+
+def _edge(e) -> pb.AttentionEdge:
+    layer, head, query_pos, key_pos = e
+    return pb.AttentionEdge(layer=layer, head=head, query_pos=query_pos, key_pos=key_pos)
+
+
+def _qk_side(side: dict) -> pb.QKSide:
+    return pb.QKSide(
+        position=side["position"],
+        components=[
+            pb.QKComponent(kind=kind + 1, layer=layer, index=index, contribution=w, node_id=name)
+            for kind, layer, index, w, name in side["components"]
+        ],
+        rest=side["rest"],
+        constant=side["constant"],
+        n_components=side["n_components"],
+    )
+
+
+def _qk(c: dict) -> pb.QKAttribution:
+    """One edge's QK attribution (QKAttribution.compact(): listed components, rest, constant)."""
+    return pb.QKAttribution(
+        edge=_edge(c["edge"]),
+        score=c["score"],
+        capped_score=c["capped_score"],
+        pattern=c["pattern"],
+        query=_qk_side(c["query"]),
+        key=_qk_side(c["key"]),
+        pair_query=[i for i, _, _ in c["pairs"]],
+        pair_key=[j for _, j, _ in c["pairs"]],
+        pair_weights=[w for _, _, w in c["pairs"]],
+        threshold=c["threshold"],
+    )
 
 
 def _head_loadings(msg: pb.Graph, graph: AttributionGraph, rows: list[int], cols: list[int]) -> None:
@@ -167,6 +203,7 @@ def graph_from_proto(msg: pb.Graph) -> AttributionGraph:
             node_threshold=s.node_threshold,
             edge_threshold=s.edge_threshold,
             head_loadings=s.head_loadings,
+            qk_edges=tuple((e.layer, e.head, e.query_pos, e.key_pos) for e in s.qk_edges),
         ),
         model_id=msg.identity.model_id,
         transcoder_id=msg.identity.transcoder_id,

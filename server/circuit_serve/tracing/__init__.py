@@ -22,8 +22,11 @@ Public API (keep stable; other engines and the RPC layer build on it):
     rm.attribute(tokens_or_prompt, *, max_n_logits=10, desired_logit_prob=0.95,
                  max_feature_nodes=None, batch_size=256, targets=None,
                  progress=None, should_stop=None,
-                 node_threshold=0.8, edge_threshold=0.98) -> AttributionGraph
+                 node_threshold=0.8, edge_threshold=0.98, head_loadings=False,
+                 qk_edges=()) -> AttributionGraph
         targets: None (top tokens) | [token_id | Contrast(a, b) | (a, b), ...]
+        qk_edges: [(layer, head, query_pos, key_pos), ...] -> graph.qk, one QKAttribution each
+        (qk.py: the edge's pre-softmax score split by the residual components at both positions)
         progress(phase: str, fraction: float); should_stop() -> bool, checked at batch
         boundaries (raises circuit_serve.domain.errors.Cancelled)
     rm.feature_activations(tokens_or_prompt) -> FeatureActivations  # same values as graphs

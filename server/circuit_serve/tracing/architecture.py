@@ -45,6 +45,7 @@ class Architecture:
     d_model: int
     final_softcap: float | None
     max_positions: int
+    rotary: nn.Module  # the model's rotary embedding: rotary(x, position_ids) -> (cos, sin)
 
     @property
     def n_layers(self) -> int:
@@ -103,4 +104,5 @@ def describe(model: nn.Module) -> Architecture:
         d_model=cfg.hidden_size,
         final_softcap=getattr(cfg, "final_logit_softcapping", None),
         max_positions=int(getattr(cfg, "max_position_embeddings", 0) or 0),
+        rotary=inner.rotary_emb,
     )

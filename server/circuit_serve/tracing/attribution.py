@@ -15,6 +15,9 @@ in the phases this module runs and times:
    `update_interval` batches.
 6. Package: rows in the order [selected features | logits]; the graph keeps
    selected-rows x all-columns weights, settings, identities and these timings.
+7. Head loadings (opt-in, heads.py): the kept edges split by attention head.
+8. QK attribution (opt-in, qk.py): each requested attention edge's score split by the residual
+   components at its query and key positions (the record keeps those positions' residuals).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from circuit_serve.tracing.graph import AttributionGraph
 from circuit_serve.tracing.heads import head_loadings
 from circuit_serve.tracing.local_model import LocalReplacement, compute_activations
 from circuit_serve.tracing.local_model import check_stop as lm_check_stop
+from circuit_serve.tracing.qk import check_edges, qk_attribution
 from circuit_serve.tracing.rowstore import RowStore
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec, select_targets
@@ -106,7 +110,8 @@ def run_attribution(
     t = time.perf_counter()
     # Phase 1: record the prompt's forward pass --------------------------------------------
     report("1 record", 0.0)
-    rec = rm.record(tokens, should_stop)
+    qk_edges = check_edges(settings.qk_edges, rm.arch.n_layers, rm.arch.n_heads, len(tokens))
+    rec = rm.record(tokens, should_stop, keep_mid=[p for e in qk_edges for p in (e.query_pos, e.key_pos)])
     t = phase("1_record", t)
 
     # Phase 2: features, errors, decoder groups --------------------------------------------
@@ -169,7 +174,11 @@ def run_attribution(
         graph.head_loadings = head_loadings(
             lrm, graph.prune().edge_mask, selected, run.targets(selected), chunk, should_stop
         )
-        phase("7_head_loadings", t)
+        t = phase("7_head_loadings", t)
+    if qk_edges:
+        report("8 qk attribution", 0.0)
+        graph.qk = [qk_attribution(lrm, e) for e in qk_edges]
+        phase("8_qk", t)
     report("6 done", 1.0)
     return graph
 

@@ -156,7 +156,7 @@ def frontend_json(
     used = {x for link in links for x in (link["source"], link["target"])}
     node_list = [n for n in nodes.values() if n["node_id"] in used or n["feature_type"] in ("embedding", "logit")]
     rep, comp = graph.scores()
-    return {
+    out = {
         "metadata": {
             "slug": slug,
             "scan": graph.scan or "",
@@ -178,4 +178,32 @@ def frontend_json(
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": node_list,
         "links": links,
+    }
+    qk = getattr(graph, "qk", None)
+    if qk:
+        out["qk"] = [_qk_json(a.compact()) for a in qk]
+    return out
+
+
+def _qk_json(c: dict) -> dict:
+    """One QK attribution (tracing/qk.py): components as [id, contribution], strongest first."""
+
+    def side(s: dict) -> dict:
+        comps = [[name, w] for _, _, _, w, name in s["components"]]
+        return {"position": s["position"], "components": comps, "rest": s["rest"], "constant": s["constant"]}
+
+    q, k = side(c["query"]), side(c["key"])
+    layer, head, query_pos, key_pos = c["edge"]
+    return {
+        "layer": layer,
+        "head": head,
+        "query_pos": query_pos,
+        "key_pos": key_pos,
+        "score": c["score"],
+        "capped_score": c["capped_score"],
+        "pattern": c["pattern"],
+        "threshold": c["threshold"],
+        "query": q,
+        "key": k,
+        "pairs": [[q["components"][i][0], k["components"][j][0], w] for i, j, w in c["pairs"]],
     }

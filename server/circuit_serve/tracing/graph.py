@@ -23,6 +23,7 @@ import torch
 from circuit_serve.tracing.frontend import frontend_json
 from circuit_serve.tracing.heads import HeadLoadings
 from circuit_serve.tracing.prune import CompactLayout, PruneResult, graph_scores, prune_compact
+from circuit_serve.tracing.qk import QKAttribution
 from circuit_serve.tracing.settings import AttributionSettings
 
 
@@ -47,6 +48,7 @@ class AttributionGraph:
     model_name: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     head_loadings: HeadLoadings | None = None  # kept edges split by attention head (opt-in)
+    qk: list[QKAttribution] = field(default_factory=list)  # settings.qk_edges' scores split (opt-in)
 
     # -- sizes and offsets ----------------------------------------------------------------
     @property

@@ -22,8 +22,8 @@ Method (server/docs/design.md, "The attribution method"), with P prompt position
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -78,6 +78,9 @@ class PromptRecord:
     r_final: torch.Tensor  # (P, 1) final-norm denominators
     logits: torch.Tensor  # (V,) last-position logits as the model returns them (soft-capped)
     final_hidden: torch.Tensor  # (P, d) final-norm output (pre-unembedding)
+    x_mid: dict[int, torch.Tensor] = field(
+        default_factory=dict
+    )  # pos -> (L, d) residual after attention (kept positions)
 
 
 def _first_tensor(args, kwargs):
@@ -97,10 +100,16 @@ def check_stop(should_stop: StopCheck, where: str) -> None:
 
 @torch.inference_mode()
 def record(
-    model: torch.nn.Module, arch: Architecture, tcs: TranscoderSet, tokens: torch.Tensor, should_stop: StopCheck = None
+    model: torch.nn.Module,
+    arch: Architecture,
+    tcs: TranscoderSet,
+    tokens: torch.Tensor,
+    should_stop: StopCheck = None,
+    keep_mid: Sequence[int] = (),
 ) -> PromptRecord:
     """Run the real model once on `tokens` (P,) and keep what attribution needs
-    (`should_stop` is polled as each layer starts)."""
+    (`should_stop` is polled as each layer starts); `keep_mid`: positions whose residual after
+    each layer's attention is kept (QK attribution, tracing/qk.py)."""
     L = arch.n_layers
     rec: dict[str, list] = {
         k: [None] * L for k in ("r1", "pat", "r_pa", "r2", "xmid", "mlp_in", "mlp_out", "r_pf", "pf_out")
@@ -186,6 +195,7 @@ def record(
         r_final=top["r_final"],
         logits=out.logits[0, -1].float(),
         final_hidden=top["final_hidden"],
+        x_mid={p: torch.stack([rec["xmid"][li][p] for li in range(L)]) for p in sorted(set(keep_mid))},
     )
 
 

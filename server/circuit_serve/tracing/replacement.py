@@ -33,6 +33,7 @@ from circuit_serve.tracing.hub import resolve_model_dir
 from circuit_serve.tracing.identity import file_identity
 from circuit_serve.tracing.local_model import PromptRecord, compute_activations, record
 from circuit_serve.tracing.memory import estimate_bytes, largest_prompt
+from circuit_serve.tracing.qk import check_edges
 from circuit_serve.tracing.settings import AttributionSettings
 from circuit_serve.tracing.targets import TargetSpec
 from circuit_serve.tracing.transcoders import TranscoderSet, load_transcoders
@@ -289,9 +290,11 @@ class ReplacementModel:
         )
 
     # -- the work -------------------------------------------------------------------------
-    def record(self, tokens: torch.Tensor, should_stop: Callable[[], bool] | None = None) -> PromptRecord:
+    def record(
+        self, tokens: torch.Tensor, should_stop: Callable[[], bool] | None = None, keep_mid: Sequence[int] = ()
+    ) -> PromptRecord:
         with self._lock:
-            return record(self.model, self.arch, self.transcoders, tokens, should_stop=should_stop)
+            return record(self.model, self.arch, self.transcoders, tokens, should_stop=should_stop, keep_mid=keep_mid)
 
     def attribute(
         self,
@@ -307,6 +310,7 @@ class ReplacementModel:
         node_threshold: float = 0.8,
         edge_threshold: float = 0.98,
         head_loadings: bool = False,
+        qk_edges: Sequence[tuple[int, int, int, int]] = (),
         dense_rows: bool | None = None,
     ) -> AttributionGraph:
         """Attribution graph of the next-token prediction after `tokens` (text or ids).
@@ -320,8 +324,10 @@ class ReplacementModel:
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
             head_loadings=head_loadings,
+            qk_edges=tuple(qk_edges),
         ).validate()
         ids, prompt = self.check_tokens(tokens)
+        check_edges(settings.qk_edges, self.arch.n_layers, self.arch.n_heads, len(ids))
         # Checked twice: here, before the forward pass, the part of the estimate that does not
         # depend on the features (recorded patterns and tensors, the forward pass, one backward
         # batch: what grows fastest with the prompt), and in phase 3 with the real number of active

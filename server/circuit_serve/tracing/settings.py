@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 from circuit_serve.domain.errors import InvalidRequest
 
+MAX_QK_EDGES = 16  # attention edges one request may ask to explain (tracing/qk.py)
+
 
 @dataclass(frozen=True)
 class AttributionSettings:
@@ -16,6 +18,13 @@ class AttributionSettings:
     node_threshold: float = 0.8  # pruning: cumulative node influence kept
     edge_threshold: float = 0.98  # pruning: cumulative edge influence kept
     head_loadings: bool = False  # split each kept edge by attention head (tracing/heads.py)
+    # attention edges (layer, head, query_pos, key_pos) whose score to split (tracing/qk.py)
+    qk_edges: tuple[tuple[int, int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:  # lists (JSON, protobuf) -> tuples: hashable and equal
+        if isinstance(self.qk_edges, (list, tuple)):
+            edges = tuple(tuple(e) if isinstance(e, (list, tuple)) else e for e in self.qk_edges)
+            object.__setattr__(self, "qk_edges", edges)
 
     def validate(self) -> AttributionSettings:
         def unit(name: str, v: float) -> None:
@@ -35,7 +44,30 @@ class AttributionSettings:
         unit("edge_threshold", self.edge_threshold)
         if not isinstance(self.head_loadings, bool):
             raise InvalidRequest(f"must be true or false, got {self.head_loadings!r}", field="head_loadings")
+        self._validate_qk_edges()
         return self
+
+    def _validate_qk_edges(self) -> None:
+        """Shape and order only; layers, heads and positions are checked against the model and
+        the prompt by tracing/qk.py's check_edges."""
+        if not isinstance(self.qk_edges, tuple) or len(self.qk_edges) > MAX_QK_EDGES:
+            raise InvalidRequest(
+                f"give at most {MAX_QK_EDGES} (layer, head, query_pos, key_pos) edges", field="qk_edges"
+            )
+        for i, e in enumerate(self.qk_edges):
+            if (
+                not isinstance(e, tuple)
+                or len(e) != 4
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in e)
+            ):
+                raise InvalidRequest(
+                    f"edge {i} must be four integers >= 0 (layer, head, query_pos, key_pos), got {e!r}",
+                    field="qk_edges",
+                )
+            if e[3] > e[2]:
+                raise InvalidRequest(
+                    f"edge {i}: key_pos {e[3]} is after query_pos {e[2]} (attention is causal)", field="qk_edges"
+                )
 
     def as_dict(self) -> dict:
         return asdict(self)
