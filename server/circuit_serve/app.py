@@ -118,6 +118,7 @@ class Runtime:
             admission=steering,
             limits=config.limits,
             max_tokens=config.attribution.max_prompt_tokens,
+            generation=engine if config.attribution.role != "attribution" else None,  # Steer on vLLM
         )
 
         def tracing_engine() -> TracingEngine | None:  # by attribution.start(), after features.start() checked labels

@@ -3,18 +3,26 @@
 - Isolation: 16 concurrent GenerateStream calls, each with its own interventions, each get exactly
   the token ids it gets alone; unsteered requests sent among them get the token ids of the plain
   server (vLLM without the plugin, `server`), which the steered ones do not (not vacuous).
+- `Steer` is served by vLLM (its counter and vLLM's generated-token counter move; the replacement
+  path's does not) and answers what the replacement model's steering answers: prompt ids, steered
+  and default token ids and texts, for set / scale / add at positions, the prompt and generated
+  tokens, and stacked ops.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import grpc
 import pytest
+import torch
 
 from circuit_proto.v1 import features_pb2 as fpb
+from circuit_proto.v1 import features_pb2_grpc as fpb_grpc
 from circuit_proto.v1 import generation_pb2 as gpb
 from circuit_proto.v1 import generation_pb2_grpc as gpb_grpc
+from circuit_serve.rpc import convert_features
 from tests.features_server.conftest import N_NEW
 
 N_STREAMS = 16
@@ -91,3 +99,59 @@ def test_sixteen_concurrent_steered_streams_each_get_what_they_get_alone(generat
     changed = sum(ids != scenario.greedy for ids in alone)
     assert changed >= N_STREAMS // 2, changed  # the interventions change most completions
     assert len({tuple(ids) for ids in alone}) > 2  # and not all the same way
+
+
+@pytest.fixture(scope="module")
+def features(features_server):
+    channel = grpc.insecure_channel(features_server.target)
+    yield fpb_grpc.FeaturesStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def replacement(scenario):
+    """The replacement model's features engine on the server's model and transcoders (this process)."""
+    from circuit_serve.features.engine import FeaturesEngine
+    from circuit_serve.tracing import ReplacementModel
+
+    return FeaturesEngine(
+        ReplacementModel.from_pretrained(scenario.model_dir, scenario.transcoders, dtype=torch.float32)
+    )
+
+
+def settled(server, name: str) -> float:
+    """A vLLM counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
+    value = server.vllm(name)
+    for _ in range(20):
+        time.sleep(0.1)
+        value, last = server.vllm(name), value
+        if value == last:
+            return value
+    return value
+
+
+def test_steer_runs_on_vllm_and_equals_the_replacement_model(features, features_server, replacement, scenario):
+    sets = distinct_interventions(scenario)[:4]
+    sets.append([*sets[0], *sets[1], *sets[2]])  # stacked: three ops in request order
+    counts = {e: features_server.metric("circuit_steer_requests_total", engine=e) for e in ("vllm", "replacement")}
+    tokens = settled(features_server, "vllm:generation_tokens_total")
+    generated = 0
+    changed = 0
+    for ivs in sets:
+        req = fpb.SteerRequest(
+            prompt_token_ids=scenario.prompt_ids, max_new_tokens=N_NEW, include_default=True, interventions=ivs
+        )
+        got = features.Steer(req, timeout=120)
+        query = convert_features.steer_query(req)
+        want = replacement.steer(query, replacement.check_steer(query, 1 << 30))
+        assert list(got.prompt_token_ids) == list(want.prompt_token_ids)
+        assert list(got.steered.token_ids) == list(want.steered.token_ids), ivs
+        assert got.steered.text == want.steered.text
+        assert list(got.default.token_ids) == list(want.default.token_ids)
+        assert got.default.text == want.default.text
+        generated += len(got.steered.token_ids) + len(got.default.token_ids)
+        changed += list(want.steered.token_ids) != list(want.default.token_ids)
+    assert changed >= 3, changed  # the comparison is not vacuous
+    assert features_server.metric("circuit_steer_requests_total", engine="vllm") == counts["vllm"] + len(sets)
+    assert features_server.metric("circuit_steer_requests_total", engine="replacement") == counts["replacement"]
+    assert settled(features_server, "vllm:generation_tokens_total") - tokens == generated
