@@ -7,6 +7,8 @@
   path's does not) and answers what the replacement model's steering answers: prompt ids, steered
   and default token ids and texts, for set / scale / add at positions, the prompt and generated
   tokens, and stacked ops.
+- A steered completion audited by `request_id` is refused with FAILED_PRECONDITION naming its
+  interventions (README: graphs of steered runs are not computed); an unsteered one is audited.
 """
 
 from __future__ import annotations
@@ -155,3 +157,28 @@ def test_steer_runs_on_vllm_and_equals_the_replacement_model(features, features_
     assert features_server.metric("circuit_steer_requests_total", engine="vllm") == counts["vllm"] + len(sets)
     assert features_server.metric("circuit_steer_requests_total", engine="replacement") == counts["replacement"]
     assert settled(features_server, "vllm:generation_tokens_total") - tokens == generated
+
+
+def test_auditing_a_steered_completion_is_refused_naming_its_interventions(generation, features_server, scenario):
+    from circuit_client import CircuitRpcError
+    from circuit_client.attribution import AttributionClient, AttributionSettings
+
+    ivs = distinct_interventions(scenario)[1]
+    steered = generation.Generate(request(scenario.prompt_ids, ivs), timeout=120)
+    plain = generation.Generate(request(scenario.prompt_ids), timeout=120)
+    f = ivs[0].feature
+    with AttributionClient(features_server.target) as graphs:
+        with pytest.raises(CircuitRpcError) as info:
+            graphs.attribute(None, AttributionSettings(max_n_logits=2), request_id=steered.request_id, token_index=0)
+        events = []
+        graphs.attribute(  # the unsteered completion of the same prompt is audited
+            None,
+            AttributionSettings(max_n_logits=2, max_feature_nodes=16),
+            request_id=plain.request_id,
+            token_index=0,
+            on_event=events.append,
+        )
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "was a steered completion (1 intervention: add " + f"{f.layer}:{f.index})" in info.value.details
+    assert "graphs of steered runs are not computed" in info.value.details
+    assert events[0].audited_token_id == plain.token_ids[0]
