@@ -12,7 +12,7 @@ configured, also in Redis under `<prefix>completion:<request_id>` with the same
 TTL, so any replica can audit any replica's responses. Recording never fails a
 generation: a Redis error is counted and the in-memory copy remains. A record
 larger than `max_bytes` on its own is not kept. A steered completion's record also
-holds the interventions that were active (its graph is not computed: see `steered`).
+holds the interventions that were active (its graph is not computed: `check_auditable`).
 The Redis value is JSON (`{"v": 2, "tenant": "...", "prompt": [...], "completion": [...]}`,
 plus `"interventions": [{"layer", "index", "op", "value", "positions", "generated",
 "all_prompt"}, ...]` when steered).
@@ -56,12 +56,13 @@ class ServedCompletion:
     def check_auditable(self) -> None:
         """NotSupported for a steered completion: its graph would be the unsteered model's."""
         if self.interventions:
+            n = len(self.interventions)
             features = ", ".join(f"{iv.op.value} {iv.feature}" for iv in self.interventions)
             raise NotSupported(
-                f"request_id {self.request_id!r} was a steered completion ({len(self.interventions)} "
-                f"intervention{'s' if len(self.interventions) > 1 else ''}: {features}); graphs of steered runs are not computed (the replacement "
-                "model's graph would explain the unsteered model). Attribute its tokens as a prompt "
-                "(prompt_token_ids) to see the unsteered model's circuit for them"
+                f"request_id {self.request_id!r} was a steered completion ({n} intervention"
+                f"{'s' if n > 1 else ''}: {features}); graphs of steered runs are not computed (the "
+                "replacement model's graph would explain the unsteered model). Attribute its tokens as "
+                "a prompt (prompt_token_ids) to see the unsteered model's circuit for them"
             )
 
     def context_for(self, token_index: int) -> list[int]:
