@@ -99,7 +99,8 @@ class FeaturesCalls:
         messages: Messages | None = None,
         timeout: float | None = None,
     ) -> Answer[SteerResult]:
-        """Generate on the replacement model with the interventions (greedy unless temperature > 0)."""
+        """Generate with the interventions (greedy unless temperature > 0) and, with `include_default`,
+        without them; served inside vLLM where the server can, else on the replacement model."""
         return self._unary(
             STEER,
             prompt,

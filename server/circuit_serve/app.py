@@ -118,6 +118,7 @@ class Runtime:
             admission=steering,
             limits=config.limits,
             max_tokens=config.attribution.max_prompt_tokens,
+            generation=engine if config.attribution.role != "attribution" else None,  # Steer on vLLM
         )
 
         def tracing_engine() -> TracingEngine | None:  # by attribution.start(), after features.start() checked labels
@@ -139,15 +140,15 @@ class Runtime:
             engine_factory=tracing_engine,
         )
         if config.attribution.transcoders is not None:  # completions are kept for audits only when they can be audited
-            # Steered completions are not kept: their graph would be computed without the
-            # interventions (graphs of steered runs are not built), so auditing one answers NOT_FOUND.
+            # Steered completions are kept with their interventions; auditing one is refused
+            # (FAILED_PRECONDITION naming them): graphs of steered runs are not computed.
             engine.add_finish_listener(
-                lambda r: (
-                    None
-                    if r.interventions
-                    else attribution.on_completion(
-                        r.request_id, r.prompt_token_ids, r.token_ids, tenant=current_caller().name
-                    )
+                lambda r: attribution.on_completion(
+                    r.request_id,
+                    r.prompt_token_ids,
+                    r.token_ids,
+                    tenant=current_caller().name,
+                    interventions=r.interventions,
                 )
             )
         auth_metrics = AuthMetrics(registry)

@@ -8,7 +8,8 @@ import pytest
 
 from circuit_serve.cache import RedisLink
 from circuit_serve.completions import CompletionStore
-from circuit_serve.domain.errors import InvalidRequest, NotFound
+from circuit_serve.domain.errors import InvalidRequest, NotFound, NotSupported
+from circuit_serve.domain.features import FeatureRef, Intervention, Op
 
 
 def test_context_for_each_completion_token(metrics):
@@ -23,6 +24,37 @@ def test_context_for_each_completion_token(metrics):
                 item.context_for(bad)
         with pytest.raises(NotFound, match="'nope'"):
             await store.get("nope")
+
+    asyncio.run(go())
+
+
+STEERED = (
+    Intervention(FeatureRef(1, 7), Op.SET, 2.5, positions=(3, 4)),
+    Intervention(FeatureRef(0, 2), Op.ADD, -1.0, generated=True, all_prompt=True),
+)
+
+
+def test_a_steered_completion_is_kept_with_its_interventions_and_refused_for_audit(
+    redis_service, redis_prefix, metrics
+):
+    async def go():
+        a_link, b_link = RedisLink(redis_service, prefix=redis_prefix), RedisLink(redis_service, prefix=redis_prefix)
+        a = CompletionStore(ttl_s=60, max_entries=10, metrics=metrics, link=a_link)
+        b = CompletionStore(ttl_s=60, max_entries=10, metrics=metrics, link=b_link)
+        a.record_nowait("steered", [1, 2], [3, 4], interventions=STEERED)
+        a.record_nowait("plain", [1, 2], [3, 4])
+        await asyncio.sleep(0.05)  # the Redis copy is written in a task
+        for store in (a, b):  # in memory, and through Redis on another replica
+            got = await store.get("steered")
+            assert got.interventions == STEERED
+            with pytest.raises(
+                NotSupported, match=r"'steered' was a steered completion \(2 interventions: set 1:7, add 0:2\)"
+            ):
+                got.check_auditable()
+            (await store.get("plain")).check_auditable()  # unsteered: auditable
+            assert (await store.get("plain")).interventions == ()
+        await a_link.close()
+        await b_link.close()
 
     asyncio.run(go())
 

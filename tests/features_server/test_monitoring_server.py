@@ -192,7 +192,8 @@ def test_unmonitored_requests_match_vllm_without_the_plugin(generation, scenario
 
 def test_steered_generate_equals_steer_on_the_replacement_model(features_server, generation, scenario):
     """Generate / GenerateStream with interventions (applied inside vLLM) give the ids of `Steer`
-    (the replacement model), greedy float32; a bad position is INVALID_ARGUMENT naming the field."""
+    (served by vLLM too, and equal to the replacement model's steering: test_steering_server), greedy
+    float32; a bad position is INVALID_ARGUMENT naming the field."""
     from circuit_proto.v1 import features_pb2 as fpb
     from circuit_proto.v1 import features_pb2_grpc as fpb_grpc
 

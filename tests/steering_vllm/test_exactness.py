@@ -12,7 +12,10 @@ tests' models and transcoders, tests/monitoring/test_exactness.build), float32, 
 - the same requests at once, plus an unsteered one and a steered one that is also monitored,
   each give what they gave alone; the unsteered one gives the reference's unsteered ids;
 - every request's interventions move its reference log-probabilities by more than 0.1 (the
-  comparison is not vacuous; the check can fail).
+  comparison is not vacuous; the check can fail);
+- `Steer` through the features service with this engine (`FeaturesService.steer`, all calls at
+  once) runs on vLLM and answers the replacement path's steered and default ids; a call beyond
+  vLLM's max_model_len runs on the replacement model (its counter says which).
 """
 
 from __future__ import annotations
@@ -21,10 +24,15 @@ import asyncio
 
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
 
+from circuit_serve.attribution.loading import Replacement
+from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.domain.features import Action, FeatureRef, Intervention, Op, WatchedFeature, WatchRequest
 from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
 from circuit_serve.features import steering
+from circuit_serve.features.engine import SteerQuery, TokensInput
+from circuit_serve.features.service import FeaturesService
 from circuit_serve.features.target import ModelTarget
 from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.monitoring.monitor import EngineMonitor
@@ -119,8 +127,18 @@ def test_steered_generate_equals_replacement_model_steering(case, tmp_path, monk
     def request(prompt, ivs=(), watch=None):
         return GenerationRequest(prompt_token_ids=tuple(prompt), sampling=greedy, interventions=tuple(ivs), watch=watch)
 
+    service = FeaturesService(
+        FeaturesConfig(), CollectorRegistry(), replacement=Replacement(model=rm), generation=engine
+    )
+    queries = [
+        SteerQuery(TokensInput(token_ids=tuple(p)), ivs, steering.Sampling(max_new_tokens=N_NEW), with_default=True)
+        for p, ivs in zip(prompts, sets)
+    ]
+    beyond = SteerQuery(TokensInput(token_ids=tuple(prompts[0])), sets[0], steering.Sampling(max_new_tokens=64))
+
     async def run():
         await engine.start(monitor)
+        await service.start()
         alone = [await engine.generate(request(p, ivs)) for p, ivs in zip(prompts, sets)]
         watched = WatchRequest(server, n_server=1)
         together = await asyncio.gather(
@@ -129,10 +147,11 @@ def test_steered_generate_equals_replacement_model_steering(case, tmp_path, monk
             *(engine.generate(request(p, ivs)) for p, ivs in zip(prompts, sets)),
             *(engine.generate(request(p, ivs)) for p, ivs in zip(prompts, sets)),
         )
-        return alone, together
+        steered = await asyncio.gather(*(service.steer(q) for q in queries))  # on vLLM, all at once
+        return alone, together, steered, await service.steer(beyond)  # prompt + 64 > max_model_len 64
 
     try:
-        alone, together = asyncio.run(run())
+        alone, together, steered, fallback = asyncio.run(run())
     finally:
         engine.shutdown()
 
@@ -147,6 +166,16 @@ def test_steered_generate_equals_replacement_model_steering(case, tmp_path, monk
     for k, result in enumerate(rest):
         assert list(result.token_ids) == list(alone[k % len(sets)].token_ids), (case, k)
         worst = max(worst, check_logprobs(result, want[k % len(sets)][1], case))
+    for q, got in zip(queries, steered):  # Steer on vLLM answers the replacement path's steering
+        want_steer = service.engine.steer(q, list(q.input.token_ids))
+        assert got.steered.token_ids == want_steer.steered.token_ids, case
+        assert got.default.token_ids == want_steer.default.token_ids, case
+    assert fallback.steered.token_ids == service.engine.steer(beyond, prompts[0]).steered.token_ids
+    calls = {
+        e: service.registry.get_sample_value("circuit_steer_requests_total", {"engine": e})
+        for e in ("vllm", "replacement")
+    }
+    assert calls == {"vllm": len(queries), "replacement": 1}, calls
     # Not vacuous: every request's interventions move its reference distributions (the ids may
     # stay: the tiny Gemma-2 models keep their greedy token under every intervention tried).
     moved, changed = [], []

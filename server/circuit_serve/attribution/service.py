@@ -259,6 +259,7 @@ class AttributionService:
                 served.tenant,
                 given.token_index,
             )
+        served.check_auditable()  # a steered completion: refused, saying which interventions were active
         context = served.context_for(given.token_index)
         return engine.prepare(context), served.completion_token_ids[given.token_index], served.tenant
 
@@ -391,10 +392,15 @@ class AttributionService:
 
     # ------------------------------------------------------------------ served completions
 
-    def on_completion(self, request_id: str, prompt_token_ids, completion_token_ids, *, tenant: str = "") -> None:
-        """Finish listener of the generation engine (runs on the event loop); never raises."""
+    def on_completion(
+        self, request_id: str, prompt_token_ids, completion_token_ids, *, tenant: str = "", interventions=()
+    ) -> None:
+        """Finish listener of the generation engine (runs on the event loop); never raises.
+        `interventions`: those active in a steered completion (kept; auditing it is refused)."""
         try:
-            self.completions.record_nowait(request_id, prompt_token_ids, completion_token_ids, tenant=tenant)
+            self.completions.record_nowait(
+                request_id, prompt_token_ids, completion_token_ids, tenant=tenant, interventions=interventions
+            )
         except Exception:  # auditing must never break serving
             log.exception("could not record served completion %s", request_id)
 

@@ -11,8 +11,11 @@ Records live in a bounded in-process LRU (at most `max_entries` records and
 configured, also in Redis under `<prefix>completion:<request_id>` with the same
 TTL, so any replica can audit any replica's responses. Recording never fails a
 generation: a Redis error is counted and the in-memory copy remains. A record
-larger than `max_bytes` on its own is not kept.
-The Redis value is JSON (`{"v": 2, "tenant": "...", "prompt": [...], "completion": [...]}`).
+larger than `max_bytes` on its own is not kept. A steered completion's record also
+holds the interventions that were active (its graph is not computed: `check_auditable`).
+The Redis value is JSON (`{"v": 2, "tenant": "...", "prompt": [...], "completion": [...]}`,
+plus `"interventions": [{"layer", "index", "op", "value", "positions", "generated",
+"all_prompt"}, ...]` when steered).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from circuit_serve.cache.redis_link import RedisLink, RedisUnavailable
-from circuit_serve.domain.errors import InvalidRequest, NotFound
+from circuit_serve.domain.errors import InvalidRequest, NotFound, NotSupported
+from circuit_serve.domain.features import FeatureRef, Intervention, Op
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 _FORMAT = 2
@@ -47,6 +51,19 @@ class ServedCompletion:
     prompt_token_ids: tuple[int, ...]
     completion_token_ids: tuple[int, ...]
     tenant: str = ""  # who generated it ("" on a server without tokens)
+    interventions: tuple[Intervention, ...] = ()  # active while it was generated (steered)
+
+    def check_auditable(self) -> None:
+        """NotSupported for a steered completion: its graph would be the unsteered model's."""
+        if self.interventions:
+            n = len(self.interventions)
+            features = ", ".join(f"{iv.op.value} {iv.feature}" for iv in self.interventions)
+            raise NotSupported(
+                f"request_id {self.request_id!r} was a steered completion ({n} intervention"
+                f"{'s' if n > 1 else ''}: {features}); graphs of steered runs are not computed (the "
+                "replacement model's graph would explain the unsteered model). Attribute its tokens as "
+                "a prompt (prompt_token_ids) to see the unsteered model's circuit for them"
+            )
 
     def context_for(self, token_index: int) -> list[int]:
         """The token ids the model saw before emitting completion token `token_index`."""
@@ -67,6 +84,8 @@ class ServedCompletion:
             "prompt": list(self.prompt_token_ids),
             "completion": list(self.completion_token_ids),
         }
+        if self.interventions:
+            doc["interventions"] = [_intervention_json(iv) for iv in self.interventions]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -80,9 +99,33 @@ class ServedCompletion:
                 tuple(int(t) for t in doc["prompt"]),
                 tuple(int(t) for t in doc["completion"]),
                 doc["tenant"],
+                tuple(_intervention_from_json(d) for d in doc.get("interventions", ())),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def _intervention_json(iv: Intervention) -> dict:
+    return {
+        "layer": iv.feature.layer,
+        "index": iv.feature.index,
+        "op": iv.op.value,
+        "value": iv.value,
+        "positions": list(iv.positions),
+        "generated": iv.generated,
+        "all_prompt": iv.all_prompt,
+    }
+
+
+def _intervention_from_json(d: dict) -> Intervention:
+    return Intervention(
+        FeatureRef(int(d["layer"]), int(d["index"])),
+        Op(d["op"]),
+        float(d["value"]),
+        tuple(int(p) for p in d["positions"]),
+        bool(d["generated"]),
+        bool(d["all_prompt"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +136,14 @@ class _Packed:
     prompt: array
     completion: array
     expires_at: float
+    interventions: tuple[Intervention, ...] = ()
 
     @property
     def nbytes(self) -> int:
         return _RECORD_OVERHEAD + self.prompt.itemsize * (len(self.prompt) + len(self.completion)) + len(self.tenant)
 
     def unpack(self, request_id: str) -> ServedCompletion:
-        return ServedCompletion(request_id, tuple(self.prompt), tuple(self.completion), self.tenant)
+        return ServedCompletion(request_id, tuple(self.prompt), tuple(self.completion), self.tenant, self.interventions)
 
 
 class CompletionStore:
@@ -132,32 +176,57 @@ class CompletionStore:
         return self._bytes
 
     async def record(
-        self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int], *, tenant: str = ""
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        completion_token_ids: Sequence[int],
+        *,
+        tenant: str = "",
+        interventions: Sequence[Intervention] = (),
     ) -> None:
         """Remember a served generation; never raises for a Redis problem."""
-        item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant)
+        item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant, interventions)
         await self._put_redis(item)
 
     def record_nowait(
-        self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int], *, tenant: str = ""
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        completion_token_ids: Sequence[int],
+        *,
+        tenant: str = "",
+        interventions: Sequence[Intervention] = (),
     ) -> None:
         """`record` for synchronous callers on the event loop: the local copy is there at once,
         the Redis copy follows in a task."""
-        item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant)
+        item = self._keep(request_id, prompt_token_ids, completion_token_ids, tenant, interventions)
         if self.link is not None:
             task = asyncio.get_running_loop().create_task(self._put_redis(item))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
     def _keep(
-        self, request_id: str, prompt_token_ids: Sequence[int], completion_token_ids: Sequence[int], tenant: str
+        self,
+        request_id: str,
+        prompt_token_ids: Sequence[int],
+        completion_token_ids: Sequence[int],
+        tenant: str,
+        interventions: Sequence[Intervention],
     ) -> ServedCompletion:
         item = ServedCompletion(
-            request_id, tuple(int(t) for t in prompt_token_ids), tuple(int(t) for t in completion_token_ids), tenant
+            request_id,
+            tuple(int(t) for t in prompt_token_ids),
+            tuple(int(t) for t in completion_token_ids),
+            tenant,
+            tuple(interventions),
         )
         self._drop(request_id)
         packed = _Packed(
-            tenant, array("i", item.prompt_token_ids), array("i", item.completion_token_ids), self._clock() + self.ttl_s
+            tenant,
+            array("i", item.prompt_token_ids),
+            array("i", item.completion_token_ids),
+            self._clock() + self.ttl_s,
+            item.interventions,
         )
         if packed.nbytes > self.max_bytes:
             return item  # larger than the whole budget: Redis (when configured) may still keep it

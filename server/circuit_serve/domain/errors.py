@@ -31,6 +31,11 @@ class NotConfigured(CircuitError):
     """The server was started without what this call needs (FAILED_PRECONDITION)."""
 
 
+class NotSupported(CircuitError):
+    """The server does not do this for this input, by design (FAILED_PRECONDITION); the message
+    says why and what to do instead (e.g. auditing a steered completion)."""
+
+
 class BackendUnavailable(CircuitError):
     """The model is not loaded yet or is shutting down (UNAVAILABLE)."""
 

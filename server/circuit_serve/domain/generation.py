@@ -106,7 +106,7 @@ class CompletionRecord:
     text: str
     finish_reason: FinishReason
     sampling: SamplingOptions
-    interventions: tuple[Intervention, ...] = ()  # steered in the engine (not kept for audits: see app)
+    interventions: tuple[Intervention, ...] = ()  # steered in the engine (kept in the audit record; see app)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class RequestMonitor(Protocol):
     """The monitor the generation engine is started with."""
 
     max_request_watch: int  # most watched features one request may add
+    compiled: bool  # vLLM compiles the layers: steered requests are refused (set by `engine_args`)
 
     async def start(self) -> None: ...
 

@@ -1,7 +1,10 @@
 """FeaturesService: the async face of the features engine for the RPC layer and generation.
 
 - `feature_activations` runs off the event loop;
-- `steer` is admitted by its own worker pool (`--steer-workers`, `--steer-max-queued`);
+- `steer` runs on vLLM when the generation engine can steer inside its forward pass
+  (`vllm_steering`: the steered and the default completion in one batch); otherwise (no vLLM
+  here, vLLM compiles its layers, or the request is beyond vLLM's limits) on the replacement
+  model, admitted by its own worker pool (`--steer-workers`, `--steer-max-queued`);
 - `resolve` turns what a generation request asks of monitoring into a checked `WatchRequest`;
   the monitoring itself runs inside vLLM's forward pass (circuit_serve.monitoring), set up by
   `engine_monitor` before the generation engine starts.
@@ -22,13 +25,15 @@ from circuit_serve.config.features import FeaturesConfig
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.domain.errors import BackendUnavailable, InvalidRequest, NotConfigured
 from circuit_serve.domain.features import FeatureRef, MonitorAsk, TranscoderShape, WatchedFeature, WatchRequest
+from circuit_serve.features import vllm_steering
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
 from circuit_serve.features.steering import SteerResult
+from circuit_serve.features.vllm_steering import SteeringGenerator
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
 from circuit_serve.jobs.events import Computed, JobEvent, Work
-from circuit_serve.metrics.features import FeatureMetrics
+from circuit_serve.metrics.features import FeatureMetrics, SteerMetrics
 from circuit_serve.monitoring.monitor import EngineMonitor
 from circuit_serve.tracing.replacement import ReplacementModel
 
@@ -71,17 +76,21 @@ class FeaturesService:
         admission: Admission | None = None,
         limits: InputLimits | None = None,
         max_tokens: int | None = None,
+        generation: SteeringGenerator | None = None,
     ) -> None:
         """Reads the files' syntax now, so a malformed file stops the server before any model loads.
 
         `admission`: the steering pool (None: steered generations run at once, off the event loop);
-        `max_tokens`: prompt + new tokens of one steering request."""
+        `max_tokens`: prompt + new tokens of one steering request; `generation`: vLLM, which serves
+        Steer when it can (None: the replacement model serves every Steer call)."""
         self.config = config
         self.limits = limits or InputLimits()
         self.registry = registry
         self.replacement = replacement
         self.admission = admission
         self.max_tokens = max_tokens or 1 << 30
+        self.generation = generation
+        self.steer_metrics = SteerMetrics(registry)
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
         self.engine: FeaturesEngine | None = None
@@ -133,6 +142,18 @@ class FeaturesService:
     async def steer(self, query: SteerQuery) -> SteerResult:
         engine = self._engine()
         prompt_ids = await asyncio.to_thread(engine.check_steer, query, self.max_tokens)
+        s = query.sampling
+        if self.generation is not None and self.generation.steers(len(prompt_ids), s.max_new_tokens):
+            self.steer_metrics.calls.labels("vllm").inc()
+            return await vllm_steering.steer(
+                self.generation,
+                prompt_ids,
+                query.interventions,
+                s,
+                with_default=query.with_default,
+                decode=engine.target.decode,
+            )
+        self.steer_metrics.calls.labels("replacement").inc()
         if self.admission is None:
             return await asyncio.to_thread(engine.steer, query, prompt_ids)
         return await self.admission.run(

@@ -135,6 +135,17 @@ class GenerationEngine:
             self._monitor.shutdown()
         self._description = None
 
+    def steers(self, n_prompt: int, max_new_tokens: int) -> bool:
+        """Whether a steered request of this size runs inside vLLM here: the engine is up with the
+        monitoring plugin in eager mode, and the request fits max_model_len and --max-new-tokens-limit."""
+        if self._description is None or self._monitor is None or self._monitor.compiled:
+            return False
+        assert self._limits is not None
+        return (
+            n_prompt + max_new_tokens <= self._limits.max_model_len
+            and max_new_tokens <= self._limits.max_new_tokens_limit
+        )
+
     def add_finish_listener(self, listener: FinishListener) -> None:
         """Call `listener(record)` after every finished completion (auditing, monitoring)."""
         self._listeners.append(listener)

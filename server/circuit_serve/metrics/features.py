@@ -71,3 +71,20 @@ class FeatureMetrics:
                 self.fired.labels(w.name, w.label).inc()
                 if w.action is not Action.STOP or report.stopped_by == w.name:
                     self.actions.labels(w.name, w.label, w.action.value).inc()
+
+
+class SteerMetrics:
+    """`Steer` calls by the engine that served them: `vllm` (inside vLLM's forward pass) or
+    `replacement` (the replacement model, for what vLLM cannot serve)."""
+
+    ENGINES = ("vllm", "replacement")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "circuit_steer_requests",
+            "Steer calls served, by the engine that generated them (vllm or replacement).",
+            ["engine"],
+            registry=registry,
+        )
+        for engine in self.ENGINES:
+            self.calls.labels(engine)
