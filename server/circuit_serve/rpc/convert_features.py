@@ -42,14 +42,14 @@ def activations_to_pb(rows: list[PositionActivations]) -> pb.FeatureActivationsR
     )
 
 
-def interventions_from_pb(items: Sequence[pb.Intervention]) -> tuple[Intervention, ...]:
-    """Interventions of a Steer or Generate request (InvalidRequest naming the entry's field)."""
+def interventions_from_pb(items: Sequence[pb.Intervention], field: str = "interventions") -> tuple[Intervention, ...]:
+    """Interventions of a Steer or Generate request or a steer rule (InvalidRequest naming the entry's field)."""
     interventions = []
     for i, iv in enumerate(items):
         if iv.op not in _OPS:
-            raise InvalidRequest("must be SET, SCALE or ADD", field=f"interventions[{i}].op")
+            raise InvalidRequest("must be SET, SCALE or ADD", field=f"{field}[{i}].op")
         if not iv.HasField("feature"):
-            raise InvalidRequest("is missing", field=f"interventions[{i}].feature")
+            raise InvalidRequest("is missing", field=f"{field}[{i}].feature")
         interventions.append(
             Intervention(
                 FeatureRef(iv.feature.layer, iv.feature.index),
@@ -100,6 +100,7 @@ def monitor_report_to_pb(report: MonitorReport) -> mpb.MonitorReport:
                 completion_positions=r.completion_positions,
                 prompt_positions=r.prompt_positions,
                 fired=r.fired,
+                steered_from=r.steered_from,
             )
             for r in report.features
         ],

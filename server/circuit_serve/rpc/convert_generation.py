@@ -57,9 +57,10 @@ def monitor_ask(msg: pb.GenerateRequest) -> MonitorAsk:
             action = Action((r.action or "record").lower())
         except ValueError:
             raise InvalidRequest(
-                f"watch[{i}].action is {r.action!r}; use record, flag or stop", field="watch"
+                f"watch[{i}].action is {r.action!r}; use record, flag, stop or steer", field="watch"
             ) from None
-        rules.append(WatchedFeature(r.name, FeatureRef(r.layer, r.index), r.threshold, action))
+        steer = interventions_from_pb(r.steer, field=f"watch[{i}].steer")
+        rules.append(WatchedFeature(r.name, FeatureRef(r.layer, r.index), r.threshold, action, steer=steer))
     return MonitorAsk(monitor=msg.monitor, rules=tuple(rules), values=msg.monitor_values)
 
 
