@@ -44,20 +44,22 @@ class MonitorReport(_message.Message):
     def __init__(self, features: _Optional[_Iterable[_Union[WatchedFeatureReport, _Mapping]]] = ..., flagged: _Optional[bool] = ..., stopped_by: _Optional[str] = ...) -> None: ...
 
 class WatchRule(_message.Message):
-    __slots__ = ("name", "layer", "index", "threshold", "action", "steer")
+    __slots__ = ("name", "layer", "index", "threshold", "action", "steer", "steer_preset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     STEER_FIELD_NUMBER: _ClassVar[int]
+    STEER_PRESET_FIELD_NUMBER: _ClassVar[int]
     name: str
     layer: int
     index: int
     threshold: float
     action: str
     steer: _containers.RepeatedCompositeFieldContainer[_features_pb2.Intervention]
-    def __init__(self, name: _Optional[str] = ..., layer: _Optional[int] = ..., index: _Optional[int] = ..., threshold: _Optional[float] = ..., action: _Optional[str] = ..., steer: _Optional[_Iterable[_Union[_features_pb2.Intervention, _Mapping]]] = ...) -> None: ...
+    steer_preset: str
+    def __init__(self, name: _Optional[str] = ..., layer: _Optional[int] = ..., index: _Optional[int] = ..., threshold: _Optional[float] = ..., action: _Optional[str] = ..., steer: _Optional[_Iterable[_Union[_features_pb2.Intervention, _Mapping]]] = ..., steer_preset: _Optional[str] = ...) -> None: ...
 
 class WatchedValues(_message.Message):
     __slots__ = ("position", "values")

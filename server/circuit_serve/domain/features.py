@@ -118,6 +118,7 @@ class WatchedFeature:
     action: Action
     label: str = ""  # from the labels file, when it has one
     steer: tuple[Intervention, ...] = ()  # action steer: applied at positions after the first firing
+    steer_preset: str = ""  # action steer: a preset of the server's whose interventions come first
 
 
 def check_steer_rules(rules: Sequence[WatchedFeature], *, field: str = "watch") -> None:

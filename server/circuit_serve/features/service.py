@@ -25,6 +25,7 @@ from circuit_serve.domain.features import FeatureRef, MonitorAsk, TranscoderShap
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
+from circuit_serve.features.presets import SteeringPresets, check_presets, read_presets
 from circuit_serve.features.steering import SteerResult
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
 from circuit_serve.jobs.events import Computed, JobEvent, Work
@@ -84,6 +85,7 @@ class FeaturesService:
         self.max_tokens = max_tokens or 1 << 30
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
+        self.presets = _read_presets(config)  # steering presets: features checked by `start`
         self.engine: FeaturesEngine | None = None
         self.watched: tuple[WatchedFeature, ...] = ()  # checked against the transcoders by `start`
         self.metrics: FeatureMetrics | None = None
@@ -94,7 +96,11 @@ class FeaturesService:
         config = self.config
         rm = self.replacement.model
         if rm is None:
-            for flag, path in (("--labels", config.labels), ("--watchlist", config.watchlist)):
+            for flag, path in (
+                ("--labels", config.labels),
+                ("--watchlist", config.watchlist),
+                ("--steering", config.steering),
+            ):
                 if path is not None:
                     raise FeatureFileError(f"{flag} {path} needs --transcoders (features are read from them)")
             self._state = "disabled"
@@ -105,6 +111,8 @@ class FeaturesService:
         if config.watchlist:
             self.watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
             self.metrics = FeatureMetrics(self.registry, self.watched)
+        if config.steering:
+            check_presets(self.presets.presets, Path(config.steering), shape)
         self.engine = engine
         self._state = "ready"
 
@@ -189,3 +197,16 @@ class FeaturesService:
             names.add(w.name)
             rules.append(dataclasses.replace(w, label=engine.labels.get(w.feature)))
         return WatchRequest((*self.watched, *rules), n_server=len(self.watched), values=ask.values)
+
+
+def _read_presets(config: FeaturesConfig) -> SteeringPresets:
+    """The --steering file's presets and the --steering-default among them (FeatureFileError otherwise)."""
+    if config.steering is None:
+        return SteeringPresets()
+    presets = read_presets(Path(config.steering))
+    default = config.steering_default
+    if default is not None and default not in presets:
+        raise FeatureFileError(
+            f"--steering-default {default!r} is not a preset of {config.steering}; its presets: {', '.join(presets)}"
+        )
+    return SteeringPresets(presets, default)

@@ -63,6 +63,21 @@ def interventions_from_pb(items: Sequence[pb.Intervention], field: str = "interv
     return tuple(interventions)
 
 
+def interventions_to_pb(items: Sequence[Intervention]) -> list[pb.Intervention]:
+    ops = {op: code for code, op in _OPS.items()}
+    return [
+        pb.Intervention(
+            feature=pb.FeatureRef(layer=iv.feature.layer, index=iv.feature.index),
+            op=ops[iv.op],
+            value=iv.value,
+            positions=iv.positions,
+            generated_tokens=iv.generated,
+            all_prompt_positions=iv.all_prompt,
+        )
+        for iv in items
+    ]
+
+
 def steer_query(request: pb.SteerRequest) -> SteerQuery:
     interventions = interventions_from_pb(request.interventions)
     sampling = Sampling(
