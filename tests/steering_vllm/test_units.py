@@ -222,3 +222,49 @@ def test_a_watchlist_file_cannot_steer(tmp_path):
     path.write_text("watchlist:\n- {name: a, layer: 0, index: 1, threshold: 0.5, action: steer}\n")
     with pytest.raises(FeatureFileError, match="action"):
         read_watchlist(path)
+
+
+def test_client_steer_rules_presets_and_reports_convert():
+    from circuit_client import _convert
+    from circuit_client import monitor as client_monitor
+    from circuit_client.features import Intervention as ClientIntervention
+    from circuit_client.types import Sampling
+    from circuit_serve.domain.features import FeatureReport, MonitorReport
+    from circuit_serve.rpc.convert_features import monitor_report_to_pb
+    from circuit_serve.rpc.convert_generation import presets_to_pb
+
+    rule = client_monitor.WatchRule(
+        "t", 0, 2, 0.5, "steer", steer=(ClientIntervention.parse("1:3:add:2@gen"),), steer_preset="calm"
+    )
+    msg = _convert.generate_request(
+        None,
+        PROMPT,
+        Sampling(),
+        client_monitor.Monitoring(rules=(rule,)),
+        None,
+        (),
+        "loud",
+        True,
+    )
+    req = request_from_pb(msg)
+    assert (req.steering_preset, req.skip_default_steering) == ("loud", True)
+    (got,) = monitor_ask(msg).rules
+    assert (got.action, got.steer_preset) == (Action.STEER, "calm")
+    assert got.steer == (Intervention(FeatureRef(1, 3), Op.ADD, 2.0, generated=True),)
+
+    watched = WatchedFeature("t", FeatureRef(0, 2), 0.5, Action.STEER, steer=got.steer)
+    report = MonitorReport((FeatureReport(watched, 1.0, (), (3,), steered_from=14),))
+    back = client_monitor.from_pb(monitor_report_to_pb(report))
+    assert back.features[0].steered_from == 14 and not back.flagged
+    assert "steered from position 14" in back.summary()
+    unfired = FeatureReport(watched, 0.0, (), ())
+    assert client_monitor.from_pb(monitor_report_to_pb(MonitorReport((unfired,)))).features[0].steered_from is None
+
+    from circuit_serve.features.presets import SteeringPresets
+
+    info = gpb.ModelInfoResponse(model_name="m")
+    ivs = (Intervention(FeatureRef(1, 3), Op.SCALE, 0.5, positions=(1, 2)),)
+    presets_to_pb(SteeringPresets({"calm": ivs}, default="calm"), info)
+    client_info = _convert.model_info(info)
+    assert client_info.steering_default == "calm"
+    assert client_info.steering_presets == {"calm": (ClientIntervention(1, 3, "scale", 0.5, (1, 2)),)}
