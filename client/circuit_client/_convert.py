@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from circuit_client import monitor
 from circuit_client import monitor as monitor_types
-from circuit_client.interventions import Intervention, interventions_pb
+from circuit_client.interventions import Intervention, interventions_from_pb, interventions_pb
 from circuit_client.types import (
     ChatMessage,
     FinishReason,
@@ -64,6 +64,8 @@ def generate_request(
     monitor: bool | monitor.Monitoring = False,
     messages: Messages | None = None,
     interventions: Sequence[Intervention] = (),
+    steering_preset: str = "",
+    skip_default_steering: bool = False,
 ) -> pb.GenerateRequest:
     s = pb.SamplingParams(stop=list(sampling.stop), ignore_eos=sampling.ignore_eos)
     for name in ("max_new_tokens", "temperature", "top_p", "top_k", "seed"):
@@ -77,10 +79,20 @@ def generate_request(
         monitor=bool(monitor),
         messages=chat_messages(messages),
         interventions=interventions_pb(interventions),
+        steering_preset=steering_preset,
+        skip_default_steering=skip_default_steering,
     )
     if isinstance(monitor, monitor_types.Monitoring):
         req.watch.extend(
-            mpb.WatchRule(name=r.name, layer=r.layer, index=r.index, threshold=r.threshold, action=r.action)
+            mpb.WatchRule(
+                name=r.name,
+                layer=r.layer,
+                index=r.index,
+                threshold=r.threshold,
+                action=r.action,
+                steer=interventions_pb(r.steer),
+                steer_preset=r.steer_preset,
+            )
             for r in monitor.rules
         )
         req.monitor_values = monitor.values
@@ -180,4 +192,6 @@ def model_info(msg: pb.ModelInfoResponse) -> ModelInfo:
         if tc
         else None,
         limits={f.name: v for f, v in msg.limits.ListFields()} if msg.HasField("limits") else {},
+        steering_presets={p.name: interventions_from_pb(p.interventions) for p in msg.steering_presets},
+        steering_default=msg.steering_default or None,
     )

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME:LAYER:INDEX:THRESHOLD[:ACTION]",
         help="also watch this feature with this rule (record, flag or stop; default record); repeatable",
     )
+    g.add_argument("--steering-preset", default="", metavar="NAME", help="steer with this preset of the server")
+    g.add_argument(
+        "--skip-default-steering",
+        action="store_true",
+        help="not the server's default steering preset (needs the steer scope)",
+    )
 
     t = add("tokenize", "show how the served tokenizer splits a text")
     t.add_argument("text", nargs="?", default="")
@@ -116,7 +122,14 @@ def _generate(client: CircuitClient, args: argparse.Namespace) -> int:
         print("error: give a prompt or --message (not both)", file=sys.stderr)
         return 2
     monitor = Monitoring(rules=tuple(args.watch)) if args.watch else args.monitor
-    for chunk in client.stream(args.prompt, sampling, monitor=monitor, messages=args.message):
+    for chunk in client.stream(
+        args.prompt,
+        sampling,
+        monitor=monitor,
+        messages=args.message,
+        steering_preset=args.steering_preset,
+        skip_default_steering=args.skip_default_steering,
+    ):
         if chunk.text:
             sys.stdout.write(chunk.text)
             sys.stdout.flush()

@@ -62,9 +62,13 @@ class GenerationCalls:
         messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
         interventions: Sequence[Intervention] = (),
+        steering_preset: str = "",
+        skip_default_steering: bool = False,
         timeout: float | None = None,
     ) -> Answer[Generation]:
-        """The whole completion; `interventions` steer it inside the server's vLLM forward pass."""
+        """The whole completion; `interventions` (after those of the server preset `steering_preset`,
+        and of the server's default preset unless `skip_default_steering`, which needs the steer
+        scope) steer it inside the server's vLLM forward pass."""
         return self._unary(
             GENERATE,
             prompt,
@@ -73,6 +77,8 @@ class GenerationCalls:
             monitor,
             messages,
             interventions,
+            steering_preset,
+            skip_default_steering,
             timeout=timeout,
         )
 
@@ -85,6 +91,8 @@ class GenerationCalls:
         messages: _convert.Messages | None = None,
         monitor: bool | Monitoring = False,
         interventions: Sequence[Intervention] = (),
+        steering_preset: str = "",
+        skip_default_steering: bool = False,
         timeout: float | None = None,
     ) -> Items[StreamChunk]:
         """Chunks as they are generated; leaving early (break, close/aclose, cancel) cancels the call on the server."""
@@ -96,6 +104,8 @@ class GenerationCalls:
             monitor,
             messages,
             interventions,
+            steering_preset,
+            skip_default_steering,
             timeout=timeout,
         )
 

@@ -64,3 +64,20 @@ def interventions_pb(interventions: Sequence[Intervention]) -> list[pb.Intervent
         )
         for iv in interventions
     ]
+
+
+def interventions_from_pb(items) -> tuple[Intervention, ...]:
+    """circuit.v1.Intervention messages (a preset's, in ModelInfo) -> Intervention."""
+    ops = {code: name for name, code in _OPS.items()}
+    return tuple(
+        Intervention(
+            iv.feature.layer,
+            iv.feature.index,
+            ops[iv.op],  # type: ignore[arg-type]
+            iv.value,
+            tuple(iv.positions),
+            iv.generated_tokens,
+            iv.all_prompt_positions,
+        )
+        for iv in items
+    )

@@ -5,11 +5,16 @@ and what comes back (`Generation.monitor`, the last `StreamChunk.monitor`, `Stre
     client.stream(prompt, sampling, monitor=Monitoring(      # the watchlist, two rules of this request,
         rules=(WatchRule("cant-answer", layer=3, index=120, threshold=2.5, action="stop"),),
         values=True))                                        # and per-position values in the chunks
+    client.generate(prompt, sampling, monitor=Monitoring(    # boost a feature from the token after
+        rules=(WatchRule("unsure", layer=3, index=120, threshold=2.5, action="steer",   # it fires on
+                         steer=(Intervention.parse("3:120:add:4@gen"),)),)))
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from circuit_client.interventions import Intervention
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,9 @@ class WatchRule:
     layer: int
     index: int
     threshold: float  # fires where the activation is above this
-    action: str = "record"  # record | flag | stop
+    action: str = "record"  # record | flag | stop | steer
+    steer: tuple[Intervention, ...] = ()  # action steer: applied from the position after the first firing
+    steer_preset: str = ""  # action steer: a server preset whose interventions apply (before `steer`'s)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class WatchedFeature:
     completion_positions: tuple[int, ...]  # above threshold; 0 = first generated token
     prompt_positions: tuple[int, ...]
     fired: bool
+    steered_from: int | None = None  # steer rules: first position (prompt + completion) it steered
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class MonitorReport:
             lines.append(
                 f"  {'*' if f.fired else ' '} {f.name}{label} [{f.layer}:{f.index} {f.action} > "
                 f"{f.threshold:g}] max={f.max_activation:.3f} completion positions: {where}"
+                + (f"; steered from position {f.steered_from}" if f.steered_from is not None else "")
             )
         return "\n".join(lines)
 
@@ -86,6 +95,7 @@ def from_pb(msg) -> MonitorReport:
                 tuple(f.completion_positions),
                 tuple(f.prompt_positions),
                 f.fired,
+                f.steered_from if f.HasField("steered_from") else None,
             )
             for f in msg.features
         ),

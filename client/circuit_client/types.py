@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from circuit_client.interventions import Intervention
 from circuit_client.monitor import MonitorReport, WatchedValues
 
 
@@ -127,3 +128,5 @@ class ModelInfo:
     transcoders: TranscoderSet | None = None
     max_request_watch: int = 0  # most watch rules one request may send (0: no monitoring)
     limits: dict[str, float] = field(default_factory=dict)  # every input limit (circuit.v1.Limits field names)
+    steering_presets: dict[str, tuple[Intervention, ...]] = field(default_factory=dict)  # --steering, by name
+    steering_default: str | None = None  # the preset applied to every generation request (--steering-default)

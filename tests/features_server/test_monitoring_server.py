@@ -140,7 +140,7 @@ def test_bad_rules_are_invalid_argument(generation, scenario):
         (mpb.WatchRule(name="x", layer=L, index=0, threshold=1, action="stop"), f"layer {L} does not exist"),
         (mpb.WatchRule(name="x", layer=0, index=F, threshold=1, action="stop"), f"index {F} does not exist"),
         (mpb.WatchRule(name="stopper", layer=0, index=0, threshold=1, action="flag"), "already used"),
-        (mpb.WatchRule(name="x", layer=0, index=0, threshold=1, action="explode"), "use record, flag or stop"),
+        (mpb.WatchRule(name="x", layer=0, index=0, threshold=1, action="explode"), "use record, flag, stop or steer"),
     ]
     for rule, message in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -224,3 +224,56 @@ def test_steered_generate_equals_steer_on_the_replacement_model(features_server,
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "interventions[0].positions" in info.value.details()
     assert list(generation.Generate(request(scenario, monitor=False), timeout=60).token_ids) == scenario.greedy
+
+
+def test_steer_rule_switches_interventions_on_after_its_feature_fires(generation, scenario):
+    """A `steer` rule whose feature first fires at completion position j (chosen on the tracing
+    engine's activations, clear margins) applies its interventions from position P + j + 1 on: its
+    completion's tail equals a request on prompt + the first j + 1 tokens with the interventions
+    on every generated token (both monitored by the server watchlist, whose stop rule ends both
+    alike); the report gives `steered_from` = P + j + 1; a rule with no interventions is
+    INVALID_ARGUMENT naming `watch[0].steer`."""
+    from circuit_proto.v1 import features_pb2 as fpb
+
+    P = len(scenario.prompt_ids)
+    L, F = scenario.acts.shape[1:]
+    flat = scenario.acts.reshape(scenario.acts.shape[0], L * F)  # (T, L*F)
+    for j in range(3):  # the earliest completion position where some feature first fires clearly
+        before, at = flat[: P + j].max(0).values, flat[P + j]
+        margin = at - before
+        k = int(margin.argmax())
+        if float(margin[k]) > 1e-2:
+            break
+    else:
+        raise AssertionError("no feature fires first at completion positions 0..2")
+    top = int(scenario.acts[P - 1].reshape(-1).argmax())
+    iv = fpb.Intervention(
+        feature=fpb.FeatureRef(layer=top // F, index=top % F),
+        op=fpb.INTERVENTION_OP_ADD,
+        value=300.0,
+        generated_tokens=True,
+    )
+    rule = mpb.WatchRule(
+        name="steerer",
+        layer=k // F,
+        index=k % F,
+        threshold=float(before[k] + margin[k] / 2),
+        action="steer",
+        steer=[iv],
+    )
+    end = generation.Generate(request(scenario, rules=[rule]), timeout=120)
+    ids = list(end.token_ids)
+    report = {r.name: r for r in end.monitor.features}["steerer"]
+    assert report.completion_positions[0] == j and report.HasField("steered_from") and report.steered_from == P + j + 1
+    assert ids[: j + 2] == scenario.greedy[: j + 2] and ids != scenario.greedy[: len(ids)]
+    tail = request(scenario, max_new_tokens=N_NEW - j - 1)
+    tail.prompt_token_ids.extend(scenario.greedy[: j + 1])
+    tail.interventions.append(iv)
+    assert list(generation.Generate(tail, timeout=120).token_ids) == ids[j + 1 :]
+    ids_stream, _, end_stream = stream(generation, request(scenario, rules=[rule]))
+    assert ids_stream == ids and {r.name: r for r in end_stream.monitor.features}["steerer"].steered_from == P + j + 1
+
+    empty = mpb.WatchRule(name="steerer", layer=0, index=0, threshold=1, action="steer")
+    with pytest.raises(grpc.RpcError) as info:
+        generation.Generate(request(scenario, rules=[empty]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "watch[0].steer" in info.value.details()

@@ -43,17 +43,29 @@ def test_slot_pool_shares_a_feature_and_refuses_when_full():
 
 
 def test_wire_round_trip():
-    args = RequestWatchArgs("r1", [3, 0, 5], [1], [0.5], 2, True, [ColumnSet(5, 1, 7, [0.1, 0.2], 0.3, 0.0)])
+    args = RequestWatchArgs(
+        "r1",
+        [3, 0, 5],
+        [1],
+        [0.5],
+        2,
+        True,
+        [ColumnSet(5, 1, 7, [0.1, 0.2], 0.3, 0.0)],
+        steer=(2,),
+        steer_thresholds=(1.5,),
+    )
     assert RequestWatchArgs.from_extra(args.to_extra()) == args
     rng = np.random.default_rng(0)
     steps = [
         StepValues("a", 0, rng.standard_normal((4, 3)).astype(np.float32), rng.random((4, 3)) > 0.5, None),
-        StepValues("b", 9, rng.standard_normal((1, 5)).astype(np.float32), rng.random((1, 5)) > 0.5, (2, 9)),
+        StepValues(
+            "b", 9, rng.standard_normal((1, 5)).astype(np.float32), rng.random((1, 5)) > 0.5, (2, 9), ((4, 10),)
+        ),
     ]
-    header = [[v.rid, v.first_pos, *v.pre.shape, *(v.fired or (-1, -1))] for v in steps]
+    header = [[v.rid, v.first_pos, *v.pre.shape, *(v.fired or (-1, -1)), [list(s) for s in v.steered]] for v in steps]
     back = decode_step(encode_blocks(header, [v.pre for v in steps], [v.active for v in steps]))
     for want, got in zip(steps, back, strict=True):
-        assert (got.rid, got.first_pos, got.fired) == (want.rid, want.first_pos, want.fired)
+        assert (got.rid, got.first_pos, got.fired, got.steered) == (want.rid, want.first_pos, want.fired, want.steered)
         assert np.array_equal(got.pre, want.pre) and np.array_equal(got.active, want.active)
 
 

@@ -10,12 +10,13 @@ import torch
 
 from circuit_proto.v1 import features_pb2 as fpb
 from circuit_proto.v1 import generation_pb2 as gpb
+from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_serve.domain.errors import InvalidRequest, NotConfigured
 from circuit_serve.domain.features import Action, FeatureRef, Intervention, Op, WatchedFeature, WatchRequest
 from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
 from circuit_serve.monitoring.monitor import EngineMonitor, SteeredRequest
-from circuit_serve.monitoring.wire import EXTRA_KEY, STEER_KEY, SteerArgs
-from circuit_serve.rpc.convert_generation import request_from_pb
+from circuit_serve.monitoring.wire import EXTRA_KEY, STEER_KEY, RequestWatchArgs, SteerArgs
+from circuit_serve.rpc.convert_generation import monitor_ask, request_from_pb
 from tests.features.tiny import tiny_transcoders
 
 PROMPT = list(range(1, 11))
@@ -145,3 +146,125 @@ def test_client_interventions_reach_the_server_request():
         Intervention(FeatureRef(1, 3), Op.SCALE, 2.0, (4, 2)),
         Intervention(FeatureRef(0, 5), Op.SET, -1.0, generated=True),
     )
+
+
+# ---- steer rules (conditional steering) ---------------------------------------------------------
+
+
+def begin_with(monitor, rules, ivs=()):
+    watch = WatchRequest((*monitor.watched, *rules), n_server=len(monitor.watched))
+    request = GenerationRequest(
+        prompt_token_ids=tuple(PROMPT), sampling=SamplingOptions(max_new_tokens=4), watch=watch, interventions=ivs
+    )
+    return monitor.begin("r", request, prompt_ids=PROMPT, max_model_len=64, sentinel=0, decode=lambda ids: "")
+
+
+def test_watch_rules_carry_steer_interventions():
+    iv = fpb.Intervention(feature=fpb.FeatureRef(layer=1, index=3), op=fpb.INTERVENTION_OP_ADD, value=2.0)
+    iv.generated_tokens = True
+    msg = gpb.GenerateRequest(
+        prompt_token_ids=PROMPT,
+        watch=[mpb.WatchRule(name="t", layer=0, index=2, threshold=0.5, action="steer", steer=[iv])],
+    )
+    (rule,) = monitor_ask(msg).rules
+    assert rule.action is Action.STEER
+    assert rule.steer == (Intervention(FeatureRef(1, 3), Op.ADD, 2.0, generated=True),)
+    bad = gpb.GenerateRequest(watch=[mpb.WatchRule(name="t", action="steer", steer=[fpb.Intervention(op=9)])])
+    with pytest.raises(InvalidRequest) as err:
+        monitor_ask(bad)
+    assert err.value.field == "watch[0].steer[0].op"
+
+
+def test_steer_rules_are_checked_naming_the_field(monitor):
+    f, g = FeatureRef(0, 2), FeatureRef(1, 3)
+    iv = Intervention(g, Op.SET, 1.0, generated=True)
+
+    def field(rules, ivs=()):
+        with pytest.raises(InvalidRequest) as err:
+            begin_with(monitor, rules, ivs)
+        return err.value.field
+
+    assert field([WatchedFeature("t", f, 0.5, Action.STEER)]) == "watch[0].steer"  # nothing to apply
+    assert field([WatchedFeature("t", f, 0.5, Action.FLAG, steer=(iv,))]) == "watch[0].steer"  # not a steer rule
+    far = Intervention(g, Op.SET, 1.0, positions=(10,))
+    assert field(
+        [WatchedFeature("t", f, 0.5, Action.RECORD), WatchedFeature("u", f, 0.5, Action.STEER, steer=(far,))]
+    ) == ("watch[1].steer[0].positions")
+    nowhere = Intervention(g, Op.SET, 1.0)
+    assert field([WatchedFeature("t", f, 0.5, Action.STEER, steer=(nowhere,))]) == "watch[0].steer[0].positions"
+    # the limit (3 here) counts the request's own interventions and its rules'
+    assert field([WatchedFeature("t", f, 0.5, Action.STEER, steer=(iv, iv))], ivs=(iv, iv)) == "watch[0].steer"
+
+
+def test_steer_rule_interventions_wait_for_their_rule(monitor):
+    monitor.engine_ready(block_size=4, prefix_caching=True)
+    f, g = FeatureRef(0, 2), FeatureRef(1, 3)
+    always = Intervention(f, Op.SCALE, 0.0, all_prompt=True)
+    when = Intervention(g, Op.ADD, 1.0, generated=True)
+    rules = [WatchedFeature("t", f, 0.5, Action.RECORD), WatchedFeature("u", g, 0.25, Action.STEER, steer=(when,))]
+    watched = begin_with(monitor, rules, ivs=(always,))
+    try:
+        extra = watched.sampling_overrides(False)["extra_args"]
+        args = RequestWatchArgs.from_extra(extra[EXTRA_KEY])
+        assert args.steer == (2,) and args.steer_thresholds == (0.25,)  # the server's column, then t, then u
+        entries = SteerArgs.from_extra(extra[STEER_KEY]).entries
+        assert [(e.layer, e.index, e.rule) for e in entries] == [(0, 2, -1), (1, 3, 2)]
+        assert not watched.reuses_cache  # steer rules opt out of prefix reuse as steered requests do
+    finally:
+        watched.close()
+
+
+def test_a_watchlist_file_cannot_steer(tmp_path):
+    from circuit_serve.features.files import FeatureFileError
+    from circuit_serve.features.watchlist import read_watchlist
+
+    path = tmp_path / "watch.yaml"
+    path.write_text("watchlist:\n- {name: a, layer: 0, index: 1, threshold: 0.5, action: steer}\n")
+    with pytest.raises(FeatureFileError, match="action"):
+        read_watchlist(path)
+
+
+def test_client_steer_rules_presets_and_reports_convert():
+    from circuit_client import _convert
+    from circuit_client import monitor as client_monitor
+    from circuit_client.features import Intervention as ClientIntervention
+    from circuit_client.types import Sampling
+    from circuit_serve.domain.features import FeatureReport, MonitorReport
+    from circuit_serve.rpc.convert_features import monitor_report_to_pb
+    from circuit_serve.rpc.convert_generation import presets_to_pb
+
+    rule = client_monitor.WatchRule(
+        "t", 0, 2, 0.5, "steer", steer=(ClientIntervention.parse("1:3:add:2@gen"),), steer_preset="calm"
+    )
+    msg = _convert.generate_request(
+        None,
+        PROMPT,
+        Sampling(),
+        client_monitor.Monitoring(rules=(rule,)),
+        None,
+        (),
+        "loud",
+        True,
+    )
+    req = request_from_pb(msg)
+    assert (req.steering_preset, req.skip_default_steering) == ("loud", True)
+    (got,) = monitor_ask(msg).rules
+    assert (got.action, got.steer_preset) == (Action.STEER, "calm")
+    assert got.steer == (Intervention(FeatureRef(1, 3), Op.ADD, 2.0, generated=True),)
+
+    watched = WatchedFeature("t", FeatureRef(0, 2), 0.5, Action.STEER, steer=got.steer)
+    report = MonitorReport((FeatureReport(watched, 1.0, (), (3,), steered_from=14),))
+    back = client_monitor.from_pb(monitor_report_to_pb(report))
+    assert back.features[0].steered_from == 14 and not back.flagged
+    assert "steered from position 14" in back.summary()
+    unfired = FeatureReport(watched, 0.0, (), ())
+    assert client_monitor.from_pb(monitor_report_to_pb(MonitorReport((unfired,)))).features[0].steered_from is None
+
+    from circuit_serve.features.presets import SteeringPresets
+
+    info = gpb.ModelInfoResponse(model_name="m")
+    ivs = (Intervention(FeatureRef(1, 3), Op.SCALE, 0.5, positions=(1, 2)),)
+    presets_to_pb(SteeringPresets({"calm": ivs}, default="calm"), info)
+    client_info = _convert.model_info(info)
+    assert client_info.steering_default == "calm"
+    assert client_info.steering_presets == {"calm": (ClientIntervention(1, 3, "scale", 0.5, (1, 2)),)}

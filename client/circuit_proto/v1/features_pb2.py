@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from circuit_proto.v1 import chat_pb2 as circuit_dot_v1_dot_chat__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ircuit/v1/features.proto\x12\ncircuit.v1\x1a\x15\x63ircuit/v1/chat.proto\"*\n\nFeatureRef\x12\r\n\x05layer\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\"\xa9\x01\n\x19\x46\x65\x61tureActivationsRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12(\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x16.circuit.v1.FeatureRef\x12\r\n\x05top_k\x18\x04 \x01(\r\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessage\"O\n\x0c\x46\x65\x61tureValue\x12\r\n\x05layer\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x12\n\nactivation\x18\x03 \x01(\x02\x12\r\n\x05label\x18\x04 \x01(\t\"t\n\x13PositionActivations\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\t\x12*\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x18.circuit.v1.FeatureValue\"P\n\x1a\x46\x65\x61tureActivationsResponse\x12\x32\n\tpositions\x18\x01 \x03(\x0b\x32\x1f.circuit.v1.PositionActivations\"\xb9\x01\n\x0cIntervention\x12\'\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x16.circuit.v1.FeatureRef\x12&\n\x02op\x18\x02 \x01(\x0e\x32\x1a.circuit.v1.InterventionOp\x12\r\n\x05value\x18\x03 \x01(\x02\x12\x11\n\tpositions\x18\x04 \x03(\r\x12\x18\n\x10generated_tokens\x18\x05 \x01(\x08\x12\x1c\n\x14\x61ll_prompt_positions\x18\x06 \x01(\x08\"\xac\x02\n\x0cSteerRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12/\n\rinterventions\x18\x03 \x03(\x0b\x32\x18.circuit.v1.Intervention\x12\x1b\n\x0emax_new_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x17\n\x0finclude_default\x18\x08 \x01(\x08\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessageB\x11\n\x0f_max_new_tokensB\x08\n\x06_top_pB\x07\n\x05_seed\"-\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"{\n\rSteerResponse\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\'\n\x07steered\x18\x02 \x01(\x0b\x32\x16.circuit.v1.Completion\x12\'\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x0b\x32\x16.circuit.v1.Completion*~\n\x0eInterventionOp\x12\x1f\n\x1bINTERVENTION_OP_UNSPECIFIED\x10\x00\x12\x17\n\x13INTERVENTION_OP_SET\x10\x01\x12\x19\n\x15INTERVENTION_OP_SCALE\x10\x02\x12\x17\n\x13INTERVENTION_OP_ADD\x10\x03\x32\xad\x01\n\x08\x46\x65\x61tures\x12\x63\n\x12\x46\x65\x61tureActivations\x12%.circuit.v1.FeatureActivationsRequest\x1a&.circuit.v1.FeatureActivationsResponse\x12<\n\x05Steer\x12\x18.circuit.v1.SteerRequest\x1a\x19.circuit.v1.SteerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63ircuit/v1/features.proto\x12\ncircuit.v1\x1a\x15\x63ircuit/v1/chat.proto\"*\n\nFeatureRef\x12\r\n\x05layer\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\"\xa9\x01\n\x19\x46\x65\x61tureActivationsRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12(\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x16.circuit.v1.FeatureRef\x12\r\n\x05top_k\x18\x04 \x01(\r\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessage\"O\n\x0c\x46\x65\x61tureValue\x12\r\n\x05layer\x18\x01 \x01(\r\x12\r\n\x05index\x18\x02 \x01(\r\x12\x12\n\nactivation\x18\x03 \x01(\x02\x12\r\n\x05label\x18\x04 \x01(\t\"t\n\x13PositionActivations\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x10\n\x08token_id\x18\x02 \x01(\r\x12\r\n\x05token\x18\x03 \x01(\t\x12*\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x18.circuit.v1.FeatureValue\"P\n\x1a\x46\x65\x61tureActivationsResponse\x12\x32\n\tpositions\x18\x01 \x03(\x0b\x32\x1f.circuit.v1.PositionActivations\"\xb9\x01\n\x0cIntervention\x12\'\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0b\x32\x16.circuit.v1.FeatureRef\x12&\n\x02op\x18\x02 \x01(\x0e\x32\x1a.circuit.v1.InterventionOp\x12\r\n\x05value\x18\x03 \x01(\x02\x12\x11\n\tpositions\x18\x04 \x03(\r\x12\x18\n\x10generated_tokens\x18\x05 \x01(\x08\x12\x1c\n\x14\x61ll_prompt_positions\x18\x06 \x01(\x08\"O\n\x0eSteeringPreset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\rinterventions\x18\x02 \x03(\x0b\x32\x18.circuit.v1.Intervention\"\xac\x02\n\x0cSteerRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x02 \x03(\r\x12/\n\rinterventions\x18\x03 \x03(\x0b\x32\x18.circuit.v1.Intervention\x12\x1b\n\x0emax_new_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0btemperature\x18\x05 \x01(\x02\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x17\n\x0finclude_default\x18\x08 \x01(\x08\x12)\n\x08messages\x18( \x03(\x0b\x32\x17.circuit.v1.ChatMessageB\x11\n\x0f_max_new_tokensB\x08\n\x06_top_pB\x07\n\x05_seed\"-\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\"{\n\rSteerResponse\x12\x18\n\x10prompt_token_ids\x18\x01 \x03(\r\x12\'\n\x07steered\x18\x02 \x01(\x0b\x32\x16.circuit.v1.Completion\x12\'\n\x07\x64\x65\x66\x61ult\x18\x03 \x01(\x0b\x32\x16.circuit.v1.Completion*~\n\x0eInterventionOp\x12\x1f\n\x1bINTERVENTION_OP_UNSPECIFIED\x10\x00\x12\x17\n\x13INTERVENTION_OP_SET\x10\x01\x12\x19\n\x15INTERVENTION_OP_SCALE\x10\x02\x12\x17\n\x13INTERVENTION_OP_ADD\x10\x03\x32\xad\x01\n\x08\x46\x65\x61tures\x12\x63\n\x12\x46\x65\x61tureActivations\x12%.circuit.v1.FeatureActivationsRequest\x1a&.circuit.v1.FeatureActivationsResponse\x12<\n\x05Steer\x12\x18.circuit.v1.SteerRequest\x1a\x19.circuit.v1.SteerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'circuit.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTERVENTIONOP']._serialized_start=1224
-  _globals['_INTERVENTIONOP']._serialized_end=1350
+  _globals['_INTERVENTIONOP']._serialized_start=1305
+  _globals['_INTERVENTIONOP']._serialized_end=1431
   _globals['_FEATUREREF']._serialized_start=64
   _globals['_FEATUREREF']._serialized_end=106
   _globals['_FEATUREACTIVATIONSREQUEST']._serialized_start=109
@@ -46,12 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREACTIVATIONSRESPONSE']._serialized_end=559
   _globals['_INTERVENTION']._serialized_start=562
   _globals['_INTERVENTION']._serialized_end=747
-  _globals['_STEERREQUEST']._serialized_start=750
-  _globals['_STEERREQUEST']._serialized_end=1050
-  _globals['_COMPLETION']._serialized_start=1052
-  _globals['_COMPLETION']._serialized_end=1097
-  _globals['_STEERRESPONSE']._serialized_start=1099
-  _globals['_STEERRESPONSE']._serialized_end=1222
-  _globals['_FEATURES']._serialized_start=1353
-  _globals['_FEATURES']._serialized_end=1526
+  _globals['_STEERINGPRESET']._serialized_start=749
+  _globals['_STEERINGPRESET']._serialized_end=828
+  _globals['_STEERREQUEST']._serialized_start=831
+  _globals['_STEERREQUEST']._serialized_end=1131
+  _globals['_COMPLETION']._serialized_start=1133
+  _globals['_COMPLETION']._serialized_end=1178
+  _globals['_STEERRESPONSE']._serialized_start=1180
+  _globals['_STEERRESPONSE']._serialized_end=1303
+  _globals['_FEATURES']._serialized_start=1434
+  _globals['_FEATURES']._serialized_end=1607
 # @@protoc_insertion_point(module_scope)

@@ -87,6 +87,14 @@ class Intervention(_message.Message):
     all_prompt_positions: bool
     def __init__(self, feature: _Optional[_Union[FeatureRef, _Mapping]] = ..., op: _Optional[_Union[InterventionOp, str]] = ..., value: _Optional[float] = ..., positions: _Optional[_Iterable[int]] = ..., generated_tokens: _Optional[bool] = ..., all_prompt_positions: _Optional[bool] = ...) -> None: ...
 
+class SteeringPreset(_message.Message):
+    __slots__ = ("name", "interventions")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    interventions: _containers.RepeatedCompositeFieldContainer[Intervention]
+    def __init__(self, name: _Optional[str] = ..., interventions: _Optional[_Iterable[_Union[Intervention, _Mapping]]] = ...) -> None: ...
+
 class SteerRequest(_message.Message):
     __slots__ = ("prompt", "prompt_token_ids", "interventions", "max_new_tokens", "temperature", "top_p", "seed", "include_default", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]

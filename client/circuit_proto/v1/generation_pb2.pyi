@@ -24,7 +24,7 @@ FINISH_REASON_ABORT: FinishReason
 FINISH_REASON_FEATURE_RULE: FinishReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "prompt_token_ids", "sampling", "top_logprobs", "monitor", "watch", "monitor_values", "interventions", "messages")
+    __slots__ = ("prompt", "prompt_token_ids", "sampling", "top_logprobs", "monitor", "watch", "monitor_values", "interventions", "steering_preset", "skip_default_steering", "messages")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,8 @@ class GenerateRequest(_message.Message):
     WATCH_FIELD_NUMBER: _ClassVar[int]
     MONITOR_VALUES_FIELD_NUMBER: _ClassVar[int]
     INTERVENTIONS_FIELD_NUMBER: _ClassVar[int]
+    STEERING_PRESET_FIELD_NUMBER: _ClassVar[int]
+    SKIP_DEFAULT_STEERING_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -42,8 +44,10 @@ class GenerateRequest(_message.Message):
     watch: _containers.RepeatedCompositeFieldContainer[_monitor_pb2.WatchRule]
     monitor_values: bool
     interventions: _containers.RepeatedCompositeFieldContainer[_features_pb2.Intervention]
+    steering_preset: str
+    skip_default_steering: bool
     messages: _containers.RepeatedCompositeFieldContainer[_chat_pb2.ChatMessage]
-    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_logprobs: _Optional[int] = ..., monitor: _Optional[bool] = ..., watch: _Optional[_Iterable[_Union[_monitor_pb2.WatchRule, _Mapping]]] = ..., monitor_values: _Optional[bool] = ..., interventions: _Optional[_Iterable[_Union[_features_pb2.Intervention, _Mapping]]] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., top_logprobs: _Optional[int] = ..., monitor: _Optional[bool] = ..., watch: _Optional[_Iterable[_Union[_monitor_pb2.WatchRule, _Mapping]]] = ..., monitor_values: _Optional[bool] = ..., interventions: _Optional[_Iterable[_Union[_features_pb2.Intervention, _Mapping]]] = ..., steering_preset: _Optional[str] = ..., skip_default_steering: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[_chat_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
@@ -202,7 +206,7 @@ class TranscoderSetInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., kind: _Optional[str] = ..., num_layers: _Optional[int] = ..., features_per_layer: _Optional[int] = ..., revision: _Optional[str] = ..., feature_input_hook: _Optional[str] = ..., feature_output_hook: _Optional[str] = ..., activation: _Optional[str] = ..., top_k: _Optional[int] = ..., dtype: _Optional[str] = ..., lazy_decoder: _Optional[bool] = ..., skip_connection: _Optional[bool] = ..., d_model: _Optional[int] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "vocab_size", "dtype", "transcoders", "server_version", "max_new_tokens_limit", "max_top_logprobs", "max_request_watch", "limits")
+    __slots__ = ("model_name", "model_path", "architecture", "max_model_len", "vocab_size", "dtype", "transcoders", "server_version", "max_new_tokens_limit", "max_top_logprobs", "max_request_watch", "limits", "steering_presets", "steering_default")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +219,8 @@ class ModelInfoResponse(_message.Message):
     MAX_TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_WATCH_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    STEERING_PRESETS_FIELD_NUMBER: _ClassVar[int]
+    STEERING_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     architecture: str
@@ -227,7 +233,9 @@ class ModelInfoResponse(_message.Message):
     max_top_logprobs: int
     max_request_watch: int
     limits: Limits
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., transcoders: _Optional[_Union[TranscoderSetInfo, _Mapping]] = ..., server_version: _Optional[str] = ..., max_new_tokens_limit: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., max_request_watch: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    steering_presets: _containers.RepeatedCompositeFieldContainer[_features_pb2.SteeringPreset]
+    steering_default: str
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., architecture: _Optional[str] = ..., max_model_len: _Optional[int] = ..., vocab_size: _Optional[int] = ..., dtype: _Optional[str] = ..., transcoders: _Optional[_Union[TranscoderSetInfo, _Mapping]] = ..., server_version: _Optional[str] = ..., max_new_tokens_limit: _Optional[int] = ..., max_top_logprobs: _Optional[int] = ..., max_request_watch: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., steering_presets: _Optional[_Iterable[_Union[_features_pb2.SteeringPreset, _Mapping]]] = ..., steering_default: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_request_bytes", "max_prompt_bytes", "max_concurrent_rpcs", "executor_threads", "max_executor_queue", "generation_max_prompt_tokens", "generation_max_new_tokens", "generation_max_top_logprobs", "generation_max_temperature", "generation_max_top_k", "generation_max_stop_strings", "generation_max_stop_chars", "attribution_max_prompt_tokens", "attribution_max_feature_nodes", "attribution_max_batch_size", "attribution_max_targets", "attribution_memory_budget_bytes", "attribution_max_queued", "max_request_id_bytes", "features_max_prompt_tokens", "features_max_top_k", "features_max_listed", "steer_max_tokens", "steer_max_new_tokens", "steer_max_interventions", "steer_max_positions", "steer_max_temperature")

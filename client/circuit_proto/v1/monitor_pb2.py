@@ -22,21 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from circuit_proto.v1 import features_pb2 as circuit_dot_v1_dot_features__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ircuit/v1/monitor.proto\x12\ncircuit.v1\"\xd3\x01\n\x14WatchedFeatureReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x16\n\x0emax_activation\x18\x07 \x01(\x02\x12\x1c\n\x14\x63ompletion_positions\x18\x08 \x03(\r\x12\x18\n\x10prompt_positions\x18\t \x03(\r\x12\r\n\x05\x66ired\x18\n \x01(\x08\"h\n\rMonitorReport\x12\x32\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32 .circuit.v1.WatchedFeatureReport\x12\x0f\n\x07\x66lagged\x18\x02 \x01(\x08\x12\x12\n\nstopped_by\x18\x03 \x01(\t\"Z\n\tWatchRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\"1\n\rWatchedValues\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63ircuit/v1/monitor.proto\x12\ncircuit.v1\x1a\x19\x63ircuit/v1/features.proto\"\xff\x01\n\x14WatchedFeatureReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05label\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x16\n\x0emax_activation\x18\x07 \x01(\x02\x12\x1c\n\x14\x63ompletion_positions\x18\x08 \x03(\r\x12\x18\n\x10prompt_positions\x18\t \x03(\r\x12\r\n\x05\x66ired\x18\n \x01(\x08\x12\x19\n\x0csteered_from\x18\x0b \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_steered_from\"h\n\rMonitorReport\x12\x32\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32 .circuit.v1.WatchedFeatureReport\x12\x0f\n\x07\x66lagged\x18\x02 \x01(\x08\x12\x12\n\nstopped_by\x18\x03 \x01(\t\"\x99\x01\n\tWatchRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\r\x12\r\n\x05index\x18\x03 \x01(\r\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\'\n\x05steer\x18\x06 \x03(\x0b\x32\x18.circuit.v1.Intervention\x12\x14\n\x0csteer_preset\x18\x07 \x01(\t\"1\n\rWatchedValues\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'circuit.v1.monitor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHEDFEATUREREPORT']._serialized_start=41
-  _globals['_WATCHEDFEATUREREPORT']._serialized_end=252
-  _globals['_MONITORREPORT']._serialized_start=254
-  _globals['_MONITORREPORT']._serialized_end=358
-  _globals['_WATCHRULE']._serialized_start=360
-  _globals['_WATCHRULE']._serialized_end=450
-  _globals['_WATCHEDVALUES']._serialized_start=452
-  _globals['_WATCHEDVALUES']._serialized_end=501
+  _globals['_WATCHEDFEATUREREPORT']._serialized_start=68
+  _globals['_WATCHEDFEATUREREPORT']._serialized_end=323
+  _globals['_MONITORREPORT']._serialized_start=325
+  _globals['_MONITORREPORT']._serialized_end=429
+  _globals['_WATCHRULE']._serialized_start=432
+  _globals['_WATCHRULE']._serialized_end=585
+  _globals['_WATCHEDVALUES']._serialized_start=587
+  _globals['_WATCHEDVALUES']._serialized_end=636
 # @@protoc_insertion_point(module_scope)

@@ -26,6 +26,18 @@ class FeaturesConfig(Options):
         type=Path,
         help="watched features file (JSON or YAML: name, layer, index, threshold, action)",
     )
+    steering: Path | None = option(
+        None,
+        flag="--steering",
+        type=Path,
+        help="steering presets file (YAML or JSON: name, interventions): requests name them (steering_preset)",
+    )
+    steering_default: str | None = option(
+        None,
+        flag="--steering-default",
+        type=str,
+        help="preset of --steering applied to every generation request (skipping it needs the steer scope)",
+    )
     monitor_all: bool = option(
         False,
         flag="--monitor-all",
@@ -85,3 +97,5 @@ class FeaturesConfig(Options):
     def check(self) -> None:
         if self.monitor_all and self.watchlist is None:
             raise OptionError("--monitor-all", "needs --watchlist")
+        if self.steering_default is not None and self.steering is None:
+            raise OptionError("--steering-default", "needs --steering (the presets file it names a preset of)")

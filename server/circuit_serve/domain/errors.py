@@ -27,6 +27,10 @@ class CapacityExceeded(CircuitError):
     """The server is full right now; try again later (RESOURCE_EXHAUSTED)."""
 
 
+class PermissionDenied(CircuitError):
+    """The caller lacks the scope a part of its request needs (PERMISSION_DENIED)."""
+
+
 class NotConfigured(CircuitError):
     """The server was started without what this call needs (FAILED_PRECONDITION)."""
 

@@ -42,6 +42,7 @@ class Action(enum.StrEnum):
     RECORD = "record"  # metrics and the report only
     FLAG = "flag"  # also mark the response as flagged
     STOP = "stop"  # also end the generation at the firing token
+    STEER = "steer"  # also apply the rule's interventions from the next computed position on (a request's rule)
 
 
 class Op(enum.StrEnum):
@@ -72,21 +73,25 @@ class Intervention:
         return a + self.value
 
 
-def check_intervention_limits(interventions: Sequence[Intervention], *, max_count: int, max_positions: int) -> None:
+def check_intervention_limits(
+    interventions: Sequence[Intervention], *, max_count: int, max_positions: int, field: str = "interventions"
+) -> None:
     """InvalidRequest naming the field when a request has more interventions, or an intervention
     more listed positions, than the server allows (--max-interventions, --max-intervention-positions)."""
     if len(interventions) > max_count:
-        raise InvalidRequest(f"has {len(interventions)} entries; the limit is {max_count}", field="interventions")
+        raise InvalidRequest(f"has {len(interventions)} entries; the limit is {max_count}", field=field)
     for i, iv in enumerate(interventions):
-        check_count(iv.positions, max_positions, field=f"interventions[{i}].positions", what="positions")
+        check_count(iv.positions, max_positions, field=f"{field}[{i}].positions", what="positions")
 
 
-def check_interventions(interventions: Sequence[Intervention], n_prompt: int, shape: TranscoderShape) -> None:
-    """InvalidRequest naming the intervention and field for anything that cannot be applied."""
+def check_interventions(
+    interventions: Sequence[Intervention], n_prompt: int, shape: TranscoderShape, *, field: str = "interventions"
+) -> None:
+    """InvalidRequest naming the intervention and field (`field[i]...`) for anything that cannot be applied."""
     if not interventions:
-        raise InvalidRequest("give at least one intervention", field="interventions")
+        raise InvalidRequest("give at least one intervention", field=field)
     for i, iv in enumerate(interventions):
-        where = f"interventions[{i}]"
+        where = f"{field}[{i}]"
         if (problem := shape.check(iv.feature, where=f"{where}.feature")) is not None:
             raise InvalidRequest(problem)
         if not math.isfinite(iv.value):
@@ -112,6 +117,24 @@ class WatchedFeature:
     threshold: float  # fires where activation > threshold
     action: Action
     label: str = ""  # from the labels file, when it has one
+    steer: tuple[Intervention, ...] = ()  # action steer: applied at positions after the first firing
+    steer_preset: str = ""  # action steer: a preset of the server's whose interventions come first
+
+
+def check_steer_rules(rules: Sequence[WatchedFeature], *, field: str = "watch") -> None:
+    """InvalidRequest naming `field[i].steer` when a `steer` rule has no interventions or another
+    rule has some (the interventions themselves are checked with the request's, see the monitor)."""
+    for i, w in enumerate(rules):
+        if w.action is Action.STEER and not w.steer:
+            raise InvalidRequest(
+                "a rule with action steer needs at least one intervention to apply when it fires",
+                field=f"{field}[{i}].steer",
+            )
+        if w.action is not Action.STEER and w.steer:
+            raise InvalidRequest(
+                f"only rules with action steer apply interventions; this rule's action is {w.action.value}",
+                field=f"{field}[{i}].steer",
+            )
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,7 @@ class FeatureReport:
     max_activation: float  # over prompt and completion positions
     prompt_positions: tuple[int, ...]  # prompt positions above threshold
     completion_positions: tuple[int, ...]  # completion positions (0 = first generated token) above threshold
+    steered_from: int | None = None  # steer rules: first position (prompt + completion) its interventions applied at
 
     @property
     def fired(self) -> bool:
@@ -136,7 +160,7 @@ class MonitorReport:
     @property
     def flagged(self) -> bool:
         """A `flag` or `stop` feature fired."""
-        return any(r.fired and r.watched.action is not Action.RECORD for r in self.features)
+        return any(r.fired and r.watched.action in (Action.FLAG, Action.STOP) for r in self.features)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ class GenerationRequest:
     watch: WatchRequest | None = None  # monitored inside the engine (see circuit_serve.monitoring)
     messages: tuple[ChatMessage, ...] | None = None  # rendered with the model's chat template
     interventions: tuple[Intervention, ...] = ()  # steered inside the engine (see circuit_serve.monitoring.steer)
+    steering_preset: str = ""  # a preset of the server's (--steering), applied before `interventions`
+    skip_default_steering: bool = False  # not the server's default preset (needs the steer scope)
 
 
 @dataclass(frozen=True)

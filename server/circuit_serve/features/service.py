@@ -29,6 +29,7 @@ from circuit_serve.features import vllm_steering
 from circuit_serve.features.engine import FeaturesEngine, PositionActivations, SteerQuery, TokensInput
 from circuit_serve.features.files import FeatureFileError
 from circuit_serve.features.labels import Labels, check_labels, read_labels
+from circuit_serve.features.presets import SteeringPresets, check_presets, read_presets
 from circuit_serve.features.steering import SteerResult
 from circuit_serve.features.vllm_steering import SteeringGenerator
 from circuit_serve.features.watchlist import check_watchlist, read_watchlist
@@ -93,6 +94,7 @@ class FeaturesService:
         self.steer_metrics = SteerMetrics(registry)
         self._labels = read_labels(Path(config.labels)) if config.labels else Labels()
         self._watched = read_watchlist(Path(config.watchlist)) if config.watchlist else ()
+        self.presets = _read_presets(config)  # steering presets: features checked by `start`
         self.engine: FeaturesEngine | None = None
         self.watched: tuple[WatchedFeature, ...] = ()  # checked against the transcoders by `start`
         self.metrics: FeatureMetrics | None = None
@@ -103,7 +105,11 @@ class FeaturesService:
         config = self.config
         rm = self.replacement.model
         if rm is None:
-            for flag, path in (("--labels", config.labels), ("--watchlist", config.watchlist)):
+            for flag, path in (
+                ("--labels", config.labels),
+                ("--watchlist", config.watchlist),
+                ("--steering", config.steering),
+            ):
                 if path is not None:
                     raise FeatureFileError(f"{flag} {path} needs --transcoders (features are read from them)")
             self._state = "disabled"
@@ -114,6 +120,8 @@ class FeaturesService:
         if config.watchlist:
             self.watched = check_watchlist(self._watched, Path(config.watchlist), shape, labels)
             self.metrics = FeatureMetrics(self.registry, self.watched)
+        if config.steering:
+            check_presets(self.presets.presets, Path(config.steering), shape)
         self.engine = engine
         self._state = "ready"
 
@@ -210,3 +218,16 @@ class FeaturesService:
             names.add(w.name)
             rules.append(dataclasses.replace(w, label=engine.labels.get(w.feature)))
         return WatchRequest((*self.watched, *rules), n_server=len(self.watched), values=ask.values)
+
+
+def _read_presets(config: FeaturesConfig) -> SteeringPresets:
+    """The --steering file's presets and the --steering-default among them (FeatureFileError otherwise)."""
+    if config.steering is None:
+        return SteeringPresets()
+    presets = read_presets(Path(config.steering))
+    default = config.steering_default
+    if default is not None and default not in presets:
+        raise FeatureFileError(
+            f"--steering-default {default!r} is not a preset of {config.steering}; its presets: {', '.join(presets)}"
+        )
+    return SteeringPresets(presets, default)

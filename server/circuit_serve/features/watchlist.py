@@ -34,7 +34,9 @@ def read_watchlist(path: Path) -> tuple[WatchedFeature, ...]:
         try:
             action = Action(raw_action)
         except ValueError:
-            raise r.error("action", f"is {raw_action!r}; must be one of record, flag, stop") from None
+            action = None
+        if action is None or action is Action.STEER:  # steer rules are a request's own (GenerateRequest.watch)
+            raise r.error("action", f"is {raw_action!r}; must be one of record, flag, stop")
         names.add(name)
         watched.append(WatchedFeature(name, feature, threshold, action))
     if not watched:

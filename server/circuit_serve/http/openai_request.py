@@ -124,6 +124,11 @@ def _ask(body: dict) -> MonitorAsk:
             action = Action(r.action.lower())
         except ValueError:
             raise bad_field("circuit.watch", f"[{i}].action is {r.action!r}; use record, flag or stop") from None
+        if action is Action.STEER:  # its interventions travel only on gRPC
+            raise bad_field(
+                "circuit.watch",
+                f"[{i}].action steer is served on gRPC Generate only (its interventions); use record, flag or stop",
+            )
         rules.append(WatchedFeature(r.name, FeatureRef(r.layer, r.index), r.threshold, action))
     return MonitorAsk(monitor=ext.monitor, rules=tuple(rules), values=ext.monitor_values)
 

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from circuit_serve.auth.bearer import MALFORMED, UNKNOWN, bearer_principal, scope_refusal
-from circuit_serve.auth.principal import Scope, calling_as
+from circuit_serve.auth.principal import Scope, calling_as, current_caller
 from circuit_serve.auth.tokens import TokenTable
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.security import SecurityConfig
@@ -223,6 +223,7 @@ class HttpFrontDoor:
             req = call.request
             if self._features is not None:
                 req = dataclasses.replace(req, watch=self._features.resolve(call.ask))
+                req = self._features.presets.apply(req, current_caller())  # the default preset, if any
             if not call.stream:
                 result = await self._engine.generate(req)
                 return web.Response(body=shaper.result(result), content_type="application/json")

@@ -34,6 +34,7 @@ _MAP: dict[type[errors.CircuitError], tuple[int, str, str, int | None]] = {
     errors.InvalidRequest: (400, "invalid_request_error", "invalid_request", None),
     errors.NotConfigured: (400, "invalid_request_error", "not_configured", None),
     errors.NotSupported: (400, "invalid_request_error", "not_supported", None),
+    errors.PermissionDenied: (403, "permission_error", "missing_scope", None),
     errors.NotFound: (404, "not_found_error", "not_found", None),
     errors.CapacityExceeded: (429, "rate_limit_error", "capacity_exceeded", 1),
     errors.BackendUnavailable: (503, "service_unavailable_error", "unavailable", 1),

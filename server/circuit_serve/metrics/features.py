@@ -57,7 +57,7 @@ class FeatureMetrics:
         for w in watched:
             self.activation.labels(w.name, w.label)
             self.fired.labels(w.name, w.label)
-            for action in Action:
+            for action in (Action.RECORD, Action.FLAG, Action.STOP):  # a watchlist cannot steer
                 self.actions.labels(w.name, w.label, action.value)
 
     def observe(self, report: MonitorReport, overhead_s: float) -> None:

@@ -35,6 +35,7 @@ class RequestValues:
         self._active = np.zeros((0, n_columns), dtype=bool)
         self.covered = 0  # positions 0..covered-1 have values
         self.fired: tuple[int, int] | None = None  # (column index, position) of the first stop firing
+        self.steered: dict[int, int] = {}  # column index of a steer rule -> first position it steered
         self.engine_from: int | None = None  # first position the engine computed (vLLM's cached tokens)
         self._changed = asyncio.Event()
 
@@ -51,6 +52,8 @@ class RequestValues:
             self.covered = max(self.covered, step.first_pos + step.pre.shape[0])
         if step.fired is not None and self.fired is None:
             self.fired = step.fired
+        for column, start in step.steered:
+            self.steered.setdefault(column, start)
         self._changed.set()
 
     def _assemble(self) -> None:

@@ -13,13 +13,17 @@ same order as the forward pass's requests). For each monitored request (its watc
    token sampled in this step, the one after the firing token, ends the request and is never
    shown (the server drops it). Rows of ignore_eos requests with stop rules never sample the
    sentinel otherwise;
-4. push every monitored request's values (and a new firing) to the server in one message.
+4. `steer` rules: the first step in which a steer column is above its threshold switches the
+   rule's interventions on in the steering bank (`steer`) from the first position the engine
+   computes for the request after this step, `first_pos + n` (on decode: the firing position + 1;
+   in a prefill chunk: the position after the chunk, the chunk's layers being computed already);
+5. push every monitored request's values (and a new firing) to the server in one message.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +42,8 @@ class _Rules:
     columns: np.ndarray  # (k,) global table columns
     stop: np.ndarray  # (s,) indices into columns
     stop_thresholds: np.ndarray  # (s,) float32
+    steer: np.ndarray  # (t,) indices into columns
+    steer_thresholds: np.ndarray  # (t,) float32
 
 
 @dataclass
@@ -47,6 +53,7 @@ class _Watch:
     sentinel: int
     ban_sentinel: bool
     fired: tuple[int, int] | None = None  # (column index, position) of the first stop firing
+    steered: set[int] = field(default_factory=set)  # column indices of steer rules switched on
 
 
 class MonitorLogitsProcessor(LogitsProcessor):
@@ -80,7 +87,13 @@ class MonitorLogitsProcessor(LogitsProcessor):
                 self._rows.pop(index, None)
                 continue
             args = RequestWatchArgs.from_extra(extra)
-            key = (tuple(args.columns), tuple(args.stop), tuple(args.stop_thresholds))
+            key = (
+                tuple(args.columns),
+                tuple(args.stop),
+                tuple(args.stop_thresholds),
+                args.steer,
+                args.steer_thresholds,
+            )
             rules = self._rules.get(key)
             if rules is None:
                 if len(self._rules) > 4096:  # bounded: rules of finished requests are dropped wholesale
@@ -89,6 +102,8 @@ class MonitorLogitsProcessor(LogitsProcessor):
                     np.asarray(args.columns, dtype=np.int64),
                     np.asarray(args.stop, dtype=np.int64),
                     np.asarray(args.stop_thresholds, dtype=np.float32),
+                    np.asarray(args.steer, dtype=np.int64),
+                    np.asarray(args.steer_thresholds, dtype=np.float32),
                 )
             self._rows[index] = _Watch(args.rid, rules, args.sentinel, args.ban_sentinel, args.fired)
             bank = taps.current_bank()
@@ -124,6 +139,12 @@ class MonitorLogitsProcessor(LogitsProcessor):
                 row_hit = hits.any(axis=1)  # (R,)
                 if not row_hit.any():
                     row_hit = None
+            steer_hit = None
+            if rules.steer.size:
+                value = np.where(block_act[:, rules.steer], block_pre[:, rules.steer], np.float32(0))  # (R, t)
+                steer_hit = value > rules.steer_thresholds  # (R, t)
+                if not steer_hit.any():
+                    steer_hit = None
             first = pos.take(starts).tolist()
             at = 0
             for j, i in enumerate(members):
@@ -133,7 +154,15 @@ class MonitorLogitsProcessor(LogitsProcessor):
                     r = int(row_hit[at : at + n].nonzero()[0][0])
                     column = int(rules.stop[int(hits[at + r].nonzero()[0][0])])
                     w.fired = fired = (column, first[j] + r)
-                header.append([w.rid, first[j], n, len(rules.columns), *fired])
+                switched: list[list[int]] = []
+                if steer_hit is not None:
+                    for t in steer_hit[at : at + n].any(axis=0).nonzero()[0].tolist():
+                        column = int(rules.steer[t])
+                        if column not in w.steered:  # its first firing: on from the next computed position
+                            w.steered.add(column)
+                            switched.append([column, first[j] + n])
+                            bank.steer.switch_on(i, column, first[j] + n)
+                header.append([w.rid, first[j], n, len(rules.columns), *fired, switched])
                 at += n
             pre_blocks.append(block_pre)
             act_blocks.append(block_act)

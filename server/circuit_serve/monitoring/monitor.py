@@ -7,10 +7,12 @@ block store (see `block_store`) to vLLM's KV block. For one monitored generation
 
 1. `begin`: resolve the request's watch (None: it has none); lend columns to the request's own
    features (shared pool, see `columns`); route it through vLLM's prefix cache (`block_store`:
-   shared, the monitored namespace, or a private `cache_salt` when it adds features of its own),
+   shared, the monitored namespace, or a private `cache_salt` when it adds features of its own
+   or is steered, by its interventions or its `steer` rules),
    taking the stored values of its leading cached prompt blocks and checking its stop rules on
-   them; build the watch that travels in its `SamplingParams.extra_args` (columns, stop rules
-   and their thresholds, the sentinel token, a stop already fired on a stored position), one
+   them; build the watch that travels in its `SamplingParams.extra_args` (columns, stop and
+   steer rules and their thresholds, the sentinel token, a stop already fired on a stored
+   position; the interventions, its steer rules' marked with the rule), one
    more token than asked for (so the last kept token is run through the model too), and for
    ignore_eos requests with stop rules the sentinel as a stop token;
 2. while vLLM streams, `step` hands out the positions computed so far with each chunk;
@@ -54,6 +56,7 @@ from circuit_serve.domain.features import (
     WatchRequest,
     check_intervention_limits,
     check_interventions,
+    check_steer_rules,
 )
 from circuit_serve.domain.generation import FinishReason, GenerationChunk, GenerationRequest, Usage
 from circuit_serve.domain.monitor import Decode
@@ -169,7 +172,12 @@ class EngineMonitor:
         text at a rule. A steered request never shares vLLM's cached blocks (a private
         `cache_salt`: no unsteered KV is reused at a steered position) nor stores values."""
         watch, sampling = request.watch, request.sampling
-        steer = self.steer_args(request.interventions, len(prompt_ids)) if request.interventions else None
+        rules = [] if watch is None else [i for i, w in enumerate(watch.features) if w.action is Action.STEER]
+        if watch is not None:
+            check_steer_rules(watch.features[watch.n_server :])
+        conditional = [(i, f"watch[{i - watch.n_server}].steer", watch.features[i].steer) for i in rules]
+        steered = bool(request.interventions or conditional)
+        steer = self.steer_args(request.interventions, len(prompt_ids), conditional=conditional) if steered else None
         private = f"circuit-monitor-{request_id}"
         if watch is None:
             return None if steer is None else SteeredRequest(steer, private)
@@ -209,6 +217,8 @@ class EngineMonitor:
             ban_sentinel=has_stop and sampling.ignore_eos,
             sets=sets,
             fired=fired,
+            steer=tuple(rules),
+            steer_thresholds=tuple(watch.features[i].threshold for i in rules),
         )
         n_prompt = len(prompt_ids)
         extend = n_prompt + sampling.max_new_tokens + 1 <= max_model_len
@@ -231,8 +241,16 @@ class EngineMonitor:
             steer=steer,
         )
 
-    def steer_args(self, interventions: Sequence[Intervention], n_prompt: int) -> SteerArgs:
-        """What the worker needs to apply `interventions` (checked: InvalidRequest names the field).
+    def steer_args(
+        self,
+        interventions: Sequence[Intervention],
+        n_prompt: int,
+        *,
+        conditional: Sequence[tuple[int, str, Sequence[Intervention]]] = (),
+    ) -> SteerArgs:
+        """What the worker needs to apply `interventions` and the `conditional` ones of steer rules
+        ((watch column index, field, interventions): off until that rule fires), checked:
+        InvalidRequest names the field; the limit on interventions counts all of them.
 
         Refused (NotConfigured) when vLLM compiles the layers: the steering code in them is
         per-request Python that torch.compile would trace once (with no steered request) and
@@ -242,14 +260,25 @@ class EngineMonitor:
                 "steering inside vLLM needs a server started with --enforce-eager (its per-request code "
                 "is not captured by torch.compile / CUDA graphs yet)"
             )
-        check_intervention_limits(
-            interventions, max_count=self.max_interventions, max_positions=self.max_intervention_positions
-        )
-        check_interventions(interventions, n_prompt, self.shape)
-        features = [iv.feature for iv in interventions]
+        groups = [(-1, "interventions", interventions)] if interventions else []
+        groups += [(rule, field, tuple(ivs)) for rule, field, ivs in conditional]
+        total = sum(len(ivs) for _, _, ivs in groups)
+        if total > self.max_interventions:
+            raise InvalidRequest(
+                f"the request has {total} interventions (its own and its steer rules'); the limit is "
+                f"{self.max_interventions}",
+                field=groups[-1][1],
+            )
+        for _rule, field, ivs in groups:
+            check_intervention_limits(
+                ivs, max_count=self.max_interventions, max_positions=self.max_intervention_positions, field=field
+            )
+            check_interventions(ivs, n_prompt, self.shape, field=field)
+        flat = [(rule, iv) for rule, _field, ivs in groups for iv in ivs]
+        features = [iv.feature for _, iv in flat]
         rows, bias, thr = encoder_rows(self.transcoders, features)
         entries = []
-        for j, iv in enumerate(interventions):
+        for j, (rule, iv) in enumerate(flat):
             f = iv.feature
             decoder = self.transcoders.decoder_rows(f.layer, torch.tensor([f.index], device=self.transcoders.device))
             entries.append(
@@ -265,6 +294,7 @@ class EngineMonitor:
                     bias=float(bias[j]),
                     threshold=float(thr[j]),
                     decoder=decoder[0].detach().float().cpu().tolist(),  # (n_out, d)
+                    rule=rule,
                 )
             )
         return SteerArgs(n_prompt, entries)
@@ -407,6 +437,7 @@ class MonitoredRequest:
                     max_activation=float(maxima[i]),
                     prompt_positions=tuple(p for p in positions if p < self.n_prompt),
                     completion_positions=tuple(p - self.n_prompt for p in positions if p >= self.n_prompt),
+                    steered_from=self.values.steered.get(i) if positions else None,  # it fired inside the kept span
                 )
             )
         return MonitorReport(tuple(reports), stopped_by=stopped_by)

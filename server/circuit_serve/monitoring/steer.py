@@ -18,6 +18,11 @@ positions: a prompt position p when listed (or every prompt position with all_pr
 position >= n_prompt (a generated token fed back) with generated. Other rows of the batch are
 not touched: a step without steered requests runs the model alone.
 
+An intervention of a `steer` watch rule (`SteerEntry.rule >= 0`) is off until the monitor's
+logits processor sees the rule fire and calls `switch_on(row, rule, start)`; from then on its
+mask is also `pos >= start` (`start`: the first position the engine computes after the firing
+step). A feature none of whose interventions is on is not computed.
+
 `SteerLogitsProcessor` is a V1 logits processor used for its `update_state` only (called before
 each forward pass with the persistent batch's changes): it keeps which batch row holds which
 request's interventions. It changes no logits.
@@ -42,13 +47,14 @@ from circuit_serve.monitoring.wire import STEER_KEY, SteerArgs, SteerEntry
 class _Op:
     iv: Intervention  # its `apply` is the replacement model's (the same semantics)
     positions: torch.Tensor  # (p,) long: `iv.positions` on the device
+    rule: int = -1  # the steer rule (watch column index) that switches it on; -1: on from the start
+    start: int | None = 0  # first position it applies at (None: its rule has not fired)
 
     def mask(self, pos: torch.Tensor, n_prompt: int) -> torch.Tensor:
         """`(n,)` bool: which of positions `pos (n,)` it applies at."""
         m = pos >= n_prompt if self.iv.generated else torch.zeros_like(pos, dtype=torch.bool)
-        if self.iv.all_prompt:
-            return m | (pos < n_prompt)
-        return m | torch.isin(pos, self.positions)
+        m = m | (pos < n_prompt) if self.iv.all_prompt else m | torch.isin(pos, self.positions)
+        return m & (pos >= self.start) if self.start else m
 
 
 @dataclass
@@ -68,6 +74,14 @@ class _Feature:
 class _RequestSteer:
     n_prompt: int
     by_layer: dict[int, list[_Feature]]
+
+    def switch_on(self, rule: int, start: int) -> None:
+        """Interventions of steer rule `rule` apply from position `start` on."""
+        for features in self.by_layer.values():
+            for f in features:
+                for op in f.ops:
+                    if op.rule == rule and op.start is None:
+                        op.start = start
 
 
 class SteerBank:
@@ -90,7 +104,8 @@ class SteerBank:
             iv = Intervention(
                 FeatureRef(e.layer, e.index), Op(e.op), e.value, tuple(e.positions), e.generated, e.all_prompt
             )
-            f.ops.append(_Op(iv, torch.tensor(e.positions, dtype=torch.long, device=self.device)))
+            positions = torch.tensor(e.positions, dtype=torch.long, device=self.device)
+            f.ops.append(_Op(iv, positions, e.rule, 0 if e.rule < 0 else None))
         by_layer: dict[int, list[_Feature]] = defaultdict(list)
         for f in features.values():
             by_layer[f.layer].append(f)
@@ -104,6 +119,12 @@ class SteerBank:
             row = self.taps.fold(e.layer, torch.tensor([e.row]))[0]
         decoder = torch.tensor(e.decoder, dtype=torch.float32, device=self.device)
         return _Feature(e.layer, e.index, row, e.bias, e.threshold, decoder, [])
+
+    def switch_on(self, row: int, rule: int, start: int) -> None:
+        """Batch row `row`'s steer rule `rule` fired: its interventions apply from position `start` on."""
+        req = self.rows.get(row)
+        if req is not None:
+            req.switch_on(rule, start)
 
     # ---- in the forward pass ----------------------------------------------------------------------
 
@@ -121,7 +142,9 @@ class SteerBank:
             return
         qs, positions = self._layout
         for i, req in self.rows.items():
-            features = req.by_layer.get(layer)
+            features = [
+                (f, on) for f in req.by_layer.get(layer, ()) if (on := [op for op in f.ops if op.start is not None])
+            ]
             if not features or i + 1 >= len(qs) or qs[i + 1] <= qs[i]:
                 continue
             s, e = qs[i], qs[i + 1]
@@ -132,7 +155,7 @@ class SteerBank:
                 w_full, b_full = self.taps.enc[layer]
                 full = torch.addmm(b_full, x, w_full.T)  # (n, d_tc)
                 kth = full.topk(self.taps.k, dim=-1).values[:, -1]  # (n,)
-            for f in features:
+            for f, ops in features:
                 if full is not None:
                     pre = full[:, f.index]  # (n,)
                     a = torch.where(pre >= kth, pre.clamp(min=0), torch.zeros_like(pre))
@@ -140,7 +163,7 @@ class SteerBank:
                     pre = x @ f.row + f.bias  # (n,)
                     a = pre * (pre > f.threshold)
                 new = a
-                for op in f.ops:  # in request order, each on top of the previous
+                for op in ops:  # in request order, each on top of the previous
                     new = torch.where(op.mask(pos, req.n_prompt), op.iv.apply(new), new)
                 delta = new - a  # (n,)
                 for k in range(f.decoder.shape[0]):  # row k is written to layer + k

@@ -2,17 +2,20 @@
 
 1. Server -> worker, with the request (`SamplingParams.extra_args[EXTRA_KEY]`, msgpack-safe):
    `RequestWatchArgs`: the request's id, its columns (server watchlist columns, then columns
-   lent to its own features, whose rows it carries), which of them are `stop` rules, the
-   token the worker forces when a rule fires, and a firing the server already found on the
-   request's cached prompt positions (the worker then forces the stop token in its first step).
+   lent to its own features, whose rows it carries), which of them are `stop` rules and which
+   `steer` rules, the token the worker forces when a rule fires, and a firing the server already
+   found on the request's cached prompt positions (the worker then forces the stop token in its
+   first step).
 2. Worker -> server, once per engine step over a zmq PUSH socket: for every monitored request in
    the step, its positions `first_pos .. first_pos + n - 1`, the `(n, n_cols)` pre-activations
-   (float32) and active mask (uint8) of its columns, and the first firing of a `stop` rule
-   (column index in the request's list and position) when this step found it.
+   (float32) and active mask (uint8) of its columns, the first firing of a `stop` rule
+   (column index in the request's list and position) when this step found it, and the `steer`
+   rules this step switched on (column index, first steered position).
    Frames: [header (JSON), pre-activations (float32 bytes), active mask (uint8 bytes)]; each
    request's block follows the previous one's in both byte frames.
 3. Server -> worker, with a steered request (`SamplingParams.extra_args[STEER_KEY]`): `SteerArgs`,
-   its interventions with the rows the worker needs (encoder row, bias, threshold, decoder rows).
+   its interventions with the rows the worker needs (encoder row, bias, threshold, decoder rows);
+   an intervention of a `steer` rule names the rule (its column index) and waits for its firing.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class RequestWatchArgs:
     ban_sentinel: bool  # ignore_eos requests: the sentinel is never sampled otherwise
     sets: list[ColumnSet]
     fired: tuple[int, int] | None = None  # a stop rule that fired on a cached prompt position (server-side)
+    steer: tuple[int, ...] = ()  # indices into `columns` of `steer` rules
+    steer_thresholds: tuple[float, ...] = ()  # a steer rule fires where its activation is above this
 
     def to_extra(self) -> dict:
         return {
@@ -59,6 +64,8 @@ class RequestWatchArgs:
             "ban": self.ban_sentinel,
             "set": [[s.column, s.layer, s.index, s.row, s.bias, s.threshold] for s in self.sets],
             "fired": list(self.fired) if self.fired is not None else None,
+            "steer": list(self.steer),
+            "steer_thr": list(self.steer_thresholds),
         }
 
     @classmethod
@@ -74,6 +81,8 @@ class RequestWatchArgs:
                 ColumnSet(int(c), int(layer), int(i), row, float(b), float(t)) for c, layer, i, row, b, t in data["set"]
             ],
             fired=None if data.get("fired") is None else (int(data["fired"][0]), int(data["fired"][1])),
+            steer=tuple(int(c) for c in data.get("steer", ())),
+            steer_thresholds=tuple(float(t) for t in data.get("steer_thr", ())),
         )
 
 
@@ -92,6 +101,7 @@ class SteerEntry:
     bias: float
     threshold: float  # JumpReLU threshold (0 otherwise)
     decoder: list[list[float]]  # (n_out, d): rows written to layers layer, layer + 1, ... (1 row for a PLT)
+    rule: int = -1  # index into the request's watch columns of the steer rule that switches it on (-1: always on)
 
     def to_wire(self) -> list:
         return [
@@ -106,11 +116,12 @@ class SteerEntry:
             self.bias,
             self.threshold,
             self.decoder,
+            self.rule,
         ]
 
     @classmethod
     def from_wire(cls, data: list) -> SteerEntry:
-        layer, index, op, value, positions, all_prompt, generated, row, bias, threshold, decoder = data
+        layer, index, op, value, positions, all_prompt, generated, row, bias, threshold, decoder, rule = data
         if op not in ("set", "scale", "add"):
             raise ValueError(f"unknown intervention op {op!r}")
         return cls(
@@ -125,6 +136,7 @@ class SteerEntry:
             float(bias),
             float(threshold),
             decoder,
+            int(rule),
         )
 
 
@@ -152,11 +164,12 @@ class StepValues:
     pre: np.ndarray  # (n, n_cols) float32
     active: np.ndarray  # (n, n_cols) bool
     fired: tuple[int, int] | None  # (index into the request's columns, position) of a first stop firing
+    steered: tuple[tuple[int, int], ...] = ()  # (index into the request's columns, first steered position)
 
 
 def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> list[bytes]:
     """The frames of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
-    position) and blocks holding those requests' rows in header order (several requests per block)."""
+    position, [[steer column, first steered position], ...]) and blocks holding those requests' rows in header order (several requests per block)."""
     return [
         json.dumps(header).encode(),
         b"".join(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
@@ -169,7 +182,7 @@ def decode_step(frames: list[bytes]) -> list[StepValues]:
     pre = np.frombuffer(frames[1], dtype=np.float32)
     active = np.frombuffer(frames[2], dtype=np.bool_)  # written as 0/1 bytes
     out, at = [], 0
-    for rid, first_pos, n, n_cols, fired_col, fired_pos in header:
+    for rid, first_pos, n, n_cols, fired_col, fired_pos, steered in header:
         size = n * n_cols
         out.append(
             StepValues(
@@ -178,6 +191,7 @@ def decode_step(frames: list[bytes]) -> list[StepValues]:
                 pre=pre[at : at + size].reshape(n, n_cols),
                 active=active[at : at + size].reshape(n, n_cols),
                 fired=None if fired_col < 0 else (fired_col, fired_pos),
+                steered=tuple((int(c), int(p)) for c, p in steered),
             )
         )
         at += size

@@ -42,14 +42,14 @@ def activations_to_pb(rows: list[PositionActivations]) -> pb.FeatureActivationsR
     )
 
 
-def interventions_from_pb(items: Sequence[pb.Intervention]) -> tuple[Intervention, ...]:
-    """Interventions of a Steer or Generate request (InvalidRequest naming the entry's field)."""
+def interventions_from_pb(items: Sequence[pb.Intervention], field: str = "interventions") -> tuple[Intervention, ...]:
+    """Interventions of a Steer or Generate request or a steer rule (InvalidRequest naming the entry's field)."""
     interventions = []
     for i, iv in enumerate(items):
         if iv.op not in _OPS:
-            raise InvalidRequest("must be SET, SCALE or ADD", field=f"interventions[{i}].op")
+            raise InvalidRequest("must be SET, SCALE or ADD", field=f"{field}[{i}].op")
         if not iv.HasField("feature"):
-            raise InvalidRequest("is missing", field=f"interventions[{i}].feature")
+            raise InvalidRequest("is missing", field=f"{field}[{i}].feature")
         interventions.append(
             Intervention(
                 FeatureRef(iv.feature.layer, iv.feature.index),
@@ -61,6 +61,21 @@ def interventions_from_pb(items: Sequence[pb.Intervention]) -> tuple[Interventio
             )
         )
     return tuple(interventions)
+
+
+def interventions_to_pb(items: Sequence[Intervention]) -> list[pb.Intervention]:
+    ops = {op: code for code, op in _OPS.items()}
+    return [
+        pb.Intervention(
+            feature=pb.FeatureRef(layer=iv.feature.layer, index=iv.feature.index),
+            op=ops[iv.op],
+            value=iv.value,
+            positions=iv.positions,
+            generated_tokens=iv.generated,
+            all_prompt_positions=iv.all_prompt,
+        )
+        for iv in items
+    ]
 
 
 def steer_query(request: pb.SteerRequest) -> SteerQuery:
@@ -100,6 +115,7 @@ def monitor_report_to_pb(report: MonitorReport) -> mpb.MonitorReport:
                 completion_positions=r.completion_positions,
                 prompt_positions=r.prompt_positions,
                 fired=r.fired,
+                steered_from=r.steered_from,
             )
             for r in report.features
         ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from circuit_proto.v1 import features_pb2 as fpb
 from circuit_proto.v1 import generation_pb2 as pb
 from circuit_proto.v1 import monitor_pb2 as mpb
 from circuit_serve.domain.errors import InvalidRequest
@@ -16,8 +17,9 @@ from circuit_serve.domain.generation import (
     TokenLogprobs,
     Usage,
 )
+from circuit_serve.features.presets import SteeringPresets
 from circuit_serve.rpc.convert_chat import messages_from_pb
-from circuit_serve.rpc.convert_features import interventions_from_pb, monitor_report_to_pb
+from circuit_serve.rpc.convert_features import interventions_from_pb, interventions_to_pb, monitor_report_to_pb
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -46,6 +48,8 @@ def request_from_pb(msg: pb.GenerateRequest) -> GenerationRequest:
         sampling=sampling,
         messages=messages_from_pb(msg.messages),
         interventions=interventions_from_pb(msg.interventions),
+        steering_preset=msg.steering_preset,
+        skip_default_steering=msg.skip_default_steering,
     )
 
 
@@ -57,9 +61,14 @@ def monitor_ask(msg: pb.GenerateRequest) -> MonitorAsk:
             action = Action((r.action or "record").lower())
         except ValueError:
             raise InvalidRequest(
-                f"watch[{i}].action is {r.action!r}; use record, flag or stop", field="watch"
+                f"watch[{i}].action is {r.action!r}; use record, flag, stop or steer", field="watch"
             ) from None
-        rules.append(WatchedFeature(r.name, FeatureRef(r.layer, r.index), r.threshold, action))
+        steer = interventions_from_pb(r.steer, field=f"watch[{i}].steer")
+        rules.append(
+            WatchedFeature(
+                r.name, FeatureRef(r.layer, r.index), r.threshold, action, steer=steer, steer_preset=r.steer_preset
+            )
+        )
     return MonitorAsk(monitor=msg.monitor, rules=tuple(rules), values=msg.monitor_values)
 
 
@@ -160,6 +169,13 @@ def transcoders_to_pb(t: dict) -> pb.TranscoderSetInfo:
         skip_connection=t["skip"],
         d_model=t["d_model"],
     )
+
+
+def presets_to_pb(presets: SteeringPresets, info: pb.ModelInfoResponse) -> None:
+    """The server's steering presets and default, into `info`."""
+    for name, ivs in presets.presets.items():
+        info.steering_presets.append(fpb.SteeringPreset(name=name, interventions=interventions_to_pb(ivs)))
+    info.steering_default = presets.default or ""
 
 
 def model_info_to_pb(

@@ -10,8 +10,10 @@ import grpc
 from circuit_proto.v1 import generation_pb2 as pb
 from circuit_proto.v1 import generation_pb2_grpc as pb_grpc
 from circuit_serve import __version__
+from circuit_serve.auth.principal import current_caller
 from circuit_serve.domain.errors import NotConfigured
 from circuit_serve.domain.generation import GenerationRequest
+from circuit_serve.features.presets import SteeringPresets
 from circuit_serve.features.service import FeaturesService
 from circuit_serve.generation.engine import GenerationEngine
 from circuit_serve.rpc import convert_generation as convert
@@ -36,10 +38,11 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         req = convert.request_from_pb(request)
         ask = convert.monitor_ask(request)
         if self._features is not None:
-            return dataclasses.replace(req, watch=self._features.resolve(ask))
+            req = dataclasses.replace(req, watch=self._features.resolve(ask))
+            return self._features.presets.apply(req, current_caller())
         if ask.any:
             raise NotConfigured("monitoring is not enabled on this server")
-        return req
+        return SteeringPresets().apply(req, current_caller())  # a named preset: INVALID_ARGUMENT
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext) -> pb.GenerateResponse:
         result = await self._engine.generate(self._request(request))
@@ -67,6 +70,8 @@ class GenerationServicer(pb_grpc.GenerationServicer):
         )
         if self._limits is not None:
             info.limits.CopyFrom(pb.Limits(**self._limits()))
+        if self._features is not None:
+            convert.presets_to_pb(self._features.presets, info)
         return info
 
 

@@ -12,6 +12,7 @@ _CODES: dict[type[errors.CircuitError], grpc.StatusCode] = {
     errors.CapacityExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.NotConfigured: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotSupported: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.BackendUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
