@@ -141,6 +141,10 @@ def test_seeded_sampling_is_reproducible(target):
         (Intervention(FeatureRef(0, 48), Op.SET, 0.0, positions=(1,)), "index 48 does not exist"),
         (Intervention(FeatureRef(0, 1), Op.SET, 0.0), "set positions"),
         (Intervention(FeatureRef(0, 1), Op.SET, float("nan"), positions=(1,)), "finite"),
+        (
+            Intervention(FeatureRef(0, 1), Op.ADD, 3e38, positions=(1,)),
+            "finite number within",
+        ),  # overflows the residual
     ],
 )
 def test_bad_interventions(target, iv, message):

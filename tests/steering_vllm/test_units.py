@@ -76,6 +76,7 @@ def test_limits_and_checks_name_the_field(monitor):
     assert field_of(monitor, [Intervention(f, Op.ADD, 1.0, positions=(10,))]) == "interventions[0].positions"
     assert field_of(monitor, [Intervention(f, Op.ADD, 1.0)]) == "interventions[0].positions"  # applies nowhere
     assert field_of(monitor, [Intervention(f, Op.ADD, math.nan, generated=True)]) == "interventions[0].value"
+    assert field_of(monitor, [Intervention(f, Op.SCALE, -3e38, generated=True)]) == "interventions[0].value"
     with pytest.raises(InvalidRequest, match=r"interventions\[0\]\.feature"):
         monitor.steer_args([Intervention(FeatureRef(9, 0), Op.ADD, 1.0, generated=True)], len(PROMPT))
 

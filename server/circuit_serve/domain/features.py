@@ -73,6 +73,10 @@ class Intervention:
         return a + self.value
 
 
+# Far beyond any feature activation; larger values overflow float32 in the residual stream (NaN logits).
+MAX_INTERVENTION_VALUE = 1e4
+
+
 def check_intervention_limits(
     interventions: Sequence[Intervention], *, max_count: int, max_positions: int, field: str = "interventions"
 ) -> None:
@@ -94,8 +98,10 @@ def check_interventions(
         where = f"{field}[{i}]"
         if (problem := shape.check(iv.feature, where=f"{where}.feature")) is not None:
             raise InvalidRequest(problem)
-        if not math.isfinite(iv.value):
-            raise InvalidRequest(f"is {iv.value}; must be a finite number", field=f"{where}.value")
+        if not math.isfinite(iv.value) or abs(iv.value) > MAX_INTERVENTION_VALUE:
+            raise InvalidRequest(
+                f"is {iv.value}; must be a finite number within +-{MAX_INTERVENTION_VALUE:g}", field=f"{where}.value"
+            )
         if not iv.positions and not iv.generated and not iv.all_prompt:
             raise InvalidRequest(
                 "set positions (prompt positions), all_prompt_positions and/or generated (every generated token)",
