@@ -280,12 +280,8 @@ without transcoders: vLLM without the plugin.
     return text
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
-    ap.add_argument(
-        "--workloads", nargs="+", default=["fresh-8", "fresh-500", "shared-500"], help="fresh-N or shared-500"
-    )
+def add_load_args(ap: argparse.ArgumentParser) -> None:
+    """The workload and server placement options this benchmark shares with bench/steering.py."""
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
@@ -294,7 +290,10 @@ def main() -> int:
         default="0",
         help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers (default %(default)s; '' leaves vLLM's choice)",
     )
-    args = ap.parse_args()
+
+
+def server_environment(args) -> None:
+    """The servers' environment: vLLM's engine core in its own process, its worker pinned."""
     args.worker_core = args.worker_core or None
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"  # the demo model was trained on 512 positions
@@ -305,16 +304,31 @@ def main() -> int:
     # worker keeps one core and everything else the other(s), for every server alike.
     if args.worker_core is not None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.worker_core
+
+
+def build_model(name: str, work: Path) -> tuple[Path, Path]:
+    """The model directory and transcoders of `name` (demo: the trained demo model; wide: see build_wide)."""
+    if name == "demo":
+        from circuit_serve.demo import build_demo_model
+
+        model = build_demo_model(work / "demo")
+        return model, model / "transcoders"
+    return build_wide(work)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
+    ap.add_argument(
+        "--workloads", nargs="+", default=["fresh-8", "fresh-500", "shared-500"], help="fresh-N or shared-500"
+    )
+    add_load_args(ap)
+    args = ap.parse_args()
+    server_environment(args)
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     rows = []
     for name in args.models:
-        if name == "demo":
-            from circuit_serve.demo import build_demo_model
-
-            model = build_demo_model(work / "demo")
-            transcoders = model / "transcoders"
-        else:
-            model, transcoders = build_wide(work)
+        model, transcoders = build_model(name, work)
         rows += run_model(name, model, transcoders, work, args)
     print(write_results(args, rows, os.getloadavg()))
     return 0

@@ -47,7 +47,15 @@ from circuit_serve.launch import start_server
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "steering.md"
 sys.path.insert(0, str(ROOT / "bench"))
-from monitoring import MAX_MODEL_LEN, build_wide, cpu_seconds, prompts, ratio  # noqa: E402
+from monitoring import (  # noqa: E402
+    MAX_MODEL_LEN,
+    add_load_args,
+    build_model,
+    cpu_seconds,
+    prompts,
+    ratio,
+    server_environment,
+)
 
 
 def interventions(n_layers: int, d_transcoder: int):
@@ -237,35 +245,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     ap.add_argument("--workloads", nargs="+", default=["fresh-8", "fresh-500"], help="fresh-N")
-    ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5)
+    add_load_args(ap)
     ap.add_argument("--steer-calls", type=int, default=8)
     ap.add_argument("--steer-tokens", type=int, default=32)
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default %(default)s)")
-    ap.add_argument(
-        "--worker-core",
-        default="0",
-        help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers (default %(default)s; '' leaves vLLM's choice)",
-    )
     args = ap.parse_args()
-    args.worker_core = args.worker_core or None
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"  # the demo model was trained on 512 positions
-    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # production default: the core in its own process
-    if args.worker_core is not None:  # as bench/monitoring.py: the worker keeps one core, the rest the others
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.worker_core
+    server_environment(args)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="bench-steering-"))
     rows = []
     for name in args.models:
-        if name == "demo":
-            from circuit_serve.demo import build_demo_model
-
-            model = build_demo_model(work / "demo")
-            transcoders = model / "transcoders"
-        else:
-            model, transcoders = build_wide(work)
+        model, transcoders = build_model(name, work)
         rows.append(run_model(name, model, transcoders, args))
     print(write_results(args, rows, os.getloadavg(), time.monotonic() - started))
     return 0
