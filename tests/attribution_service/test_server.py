@@ -561,3 +561,16 @@ def test_async_client(attr_server):
 
     first, again = asyncio.run(go())
     assert again.frontend_json == first.frontend_json and again.graph is None
+
+
+def test_an_unknown_job_class_number_is_invalid_argument(graphs, attr_server):
+    """proto3 enums are open: a number outside JobClass parses, and must be refused by name."""
+    from circuit_proto.v1 import attribution_pb2, attribution_pb2_grpc
+
+    with grpc.insecure_channel(attr_server.target) as channel:
+        stub = attribution_pb2_grpc.AttributionStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Attribute(attribution_pb2.AttributeRequest(prompt=PROMPT, job_class=356567500), timeout=60))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "job_class: 356567500 is not a job class; use one of JOB_CLASS_UNSPECIFIED" in info.value.details()
+    assert graphs.attribute(PROMPT, SMALL).frontend()["nodes"]

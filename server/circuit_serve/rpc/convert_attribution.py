@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from circuit_proto.v1 import attribution_pb2 as pb
 from circuit_serve.attribution.types import Accepted, AttributeRequest, AttributionInput
+from circuit_serve.domain.errors import InvalidRequest
 from circuit_serve.jobs.events import Queued, Running
 from circuit_serve.jobs.status import CancelOutcome, JobStatus
 from circuit_serve.rpc.convert_chat import messages_from_pb
@@ -51,7 +52,11 @@ def request_from_pb(msg: pb.AttributeRequest) -> AttributeRequest:
         token_index=msg.token_index if msg.HasField("token_index") else None,
         messages=messages_from_pb(msg.messages),
     )
-    return AttributeRequest(given, settings, targets, background=msg.background, job_class=_CLASSES[msg.job_class])
+    job_class = _CLASSES.get(msg.job_class)
+    if job_class is None:  # proto3 enums are open: any number parses
+        known = ", ".join(pb.JobClass.Name(n) for n in _CLASSES)
+        raise InvalidRequest(f"{msg.job_class} is not a job class; use one of {known}", field="job_class")
+    return AttributeRequest(given, settings, targets, background=msg.background, job_class=job_class)
 
 
 def _target(msg: pb.AttributionTarget) -> int | Contrast:

@@ -70,4 +70,5 @@ class AttributionSettings:
                 )
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings as JSON values (edges as lists), as they read back from the frontend JSON and job payloads."""
+        return {**asdict(self), "qk_edges": [list(e) for e in self.qk_edges]}
