@@ -12,39 +12,45 @@ operations, whatever the number of steered requests, features and interventions:
    (S,)` (TopK) and decoder rows `decoder (S, n_out, d)` (row `k` is written to layer `l + k`;
    `n_out` = 1 for a per-layer transcoder).
 1. Before the forward pass (`begin_pass`, Python over requests and features, never tokens):
-   every (request, feature) group of layer `l` whose feature has an intervention on becomes `n`
-   pairs (token row, slot), the steered tokens `U` of the layer are listed once:
+   every (request, feature) group of layer `l` with an intervention on becomes `n` pairs
+   (token row, slot), and the layer's steered rows are listed once (`_Plan`; all layers in one
+   table, kept while the steered rows' layout and their interventions stay the same, as they do
+   from one decode step to the next; a steer rule switching on rebuilds it):
 
        tok    (P,)    long     # the pair's row in the batch (s .. e-1 of its request)
        slot   (P,)    long     # its feature's slot in the layer's pool
-       utok   (U,)    long     # the layer's steered rows; pair p reads row uidx[p] of them
-       mask   (P, M)  bool     # intervention m applies at the pair's position (M: most per feature)
-       kind   (P, M)  int      # set / scale / add (0: padding, never applies)
-       value  (P, M)  float32
+       utok   (U,)    long     # the layer's steered rows (a slice of the batch where it is one)
+       uidx   (P,)    long     # the pair's row in utok
+       kind   (P, M)  long     # intervention m of the feature: set / scale / add (0: padding)
+       value  (P, M)  float32  # (M: the most interventions on one feature)
 
-   with `pos = positions[tok]`, `n_prompt`, `start` per pair and intervention:
+   and, every step, for all layers at once, from `pos = positions[tok]` and the pair's
+   `n_prompt`, `start` and intervention flags:
 
        mask = generated & (pos >= n_prompt)
             | (pos < n_prompt            if all_prompt
-               else isin(id * KEY + pos, listed keys id * KEY + position))
-       mask &= pos >= start  &  kind != 0   # start: 0, or a steer rule's first position once it fired
+               else isin(id * KEY + pos, keys id * KEY + position))    # listed positions
+       mask &= (pos >= start) & (kind != 0)    (P, M)   # start: 0, or a steer rule's first position
 
 2. At layer `l`'s tapped pre-MLP norm (`on_input`, transcoder input `x_mid (T, d)`):
 
-       xu   = bank.normalized(l, x_mid[utok])      (U, d) float32    # as the taps
-       pre  = rowsum(xu[uidx] * rows[slot]) + bias[slot]           (P,)
-       a    = pre * (pre > threshold[slot])                        (P,)  # ReLU (thr 0) / JumpReLU
-            = pre.clamp(min=0) where pre >= kth(full)[uidx] else 0        # TopK:
-              full = xu @ W_l.T + b_l (U, d_tc), pre = full[uidx, index[slot]]
-       a'   = a;  for m < M: a' = where(mask[:, m], op_m(a'), a')  (P,)   # request order
-       delta = a' - a                                              (P,)
-       pending[l + k].index_add_(0, tok, delta[:, None] * decoder[slot, k])   (T, d), k < n_out
+       xu    = bank.normalized(l, x_mid[utok])                    (U, d) float32   # as the taps
+       pre   = (xu @ rows.T)[uidx, slot] + bias[slot]            (P,)
+       a     = pre * (pre > threshold[slot])                      (P,)  # ReLU (thr 0) / JumpReLU
+             = pre.clamp(min=0) where pre >= kth[uidx] else 0           # TopK, with
+               full = xu @ W_l.T + b_l (U, d_tc), kth = kth largest of full, pre = full[uidx, index[slot]]
+       a'    = a;  for m < M: a' = where(mask[:, m], op_m(a'), a')    (P,)  # in request order
+       D     = zeros(U, S);  D[uidx, slot] = a' - a               (U, S)  # one pair per (row, slot)
+       add_k = D @ decoder[:, k]                                  (U, d)  for k < n_out
 
-   where `op_m` is `Intervention.apply`: set -> value, scale -> a' * value, add -> a' + value.
-3. The MLP output of layer `l` (Gemma-2 with hook_mlp_out: the post-feedforward norm's output,
-   where the transcoder's output is read) gains `pending[l]` (`on_output`, one add). Rows of
-   unsteered requests get zeros, i.e. are not changed; layers without steered features compute
-   nothing, and a step without steered rows runs the model alone.
+   where `op_m` is `Intervention.apply`: set -> value, scale -> a' * value, add -> a' + value;
+   `add_k` is what the MLP output of layer `l + k` gains at rows `utok` (with one feature per
+   row it is `(a' - a) * decoder[slot, k]` exactly: the other products are zeros).
+3. The MLP output `(T, d)` of layer `l` (Gemma-2 with hook_mlp_out: the post-feedforward norm's
+   output, where the transcoder's output is read) gains the `add` of every layer that writes to
+   it (`on_output`: one `index_add_`, or a slice add; a CLT's several are summed in float32
+   first). Other rows are not touched; layers without steered features compute nothing, and a
+   step without steered rows runs the model alone.
 
 Masks use absolute positions: a prompt position p when listed (or every prompt position with
 all_prompt), every position >= n_prompt (a generated token fed back) with generated. An
