@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from circuit_serve.domain.features import FeatureRef, Intervention, Op
+from circuit_serve.monitoring import topk_gate
 from circuit_serve.monitoring.spec import MonitorSpec
 from circuit_serve.monitoring.steer import SteerBank
 from circuit_serve.monitoring.taps import TapBank
@@ -116,14 +117,20 @@ def run_bank(bank: SteerBank, x_mid, mlp_out) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "clt"])
-def test_bank_equals_per_request_steering(kind):
-    tcs = transcoders(kind)
+@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "topk-gated", "clt"])
+def test_bank_equals_per_request_steering(kind, monkeypatch):
+    tcs = transcoders(kind.removesuffix("-gated"))
     spec = MonitorSpec.from_transcoders(tcs, [], request_slots=1, endpoint="inproc://unused")
     g = torch.Generator().manual_seed(5)
     L, d, T = tcs.n_layers, tcs.d_model, QUERY_START[-1]
     gains = [1.0 + 0.2 * torch.randn(d, generator=g) for _ in range(L)]
     taps = TapBank(spec, gains=gains, eps=[1e-6] * L, device=torch.device("cpu"), max_tokens=64)
+    if kind == "topk-gated":  # the CPU's sentinel gate (topk_gate), past its warm-up, on every step
+        monkeypatch.setattr(topk_gate, "MIN_TOKENS", 1)
+        for layer in range(L):
+            taps.gate.sentinels[layer] = torch.arange(0, tcs.d_transcoder, 4)[: taps.gate.s]
+    else:
+        taps.gate = None
     bank = SteerBank(taps)
     for row, specs in REQUESTS.items():
         bank.rows[row] = bank.request(entries(tcs, specs))

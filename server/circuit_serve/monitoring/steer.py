@@ -43,7 +43,11 @@ operations, whatever the number of steered requests, features and interventions:
        D     = zeros(U, S);  D[uidx, slot] = a' - a               (U, S)  # one pair per (row, slot)
        add_k = D @ decoder[:, k]                                  (U, d)  for k < n_out
 
-   where `op_m` is `Intervention.apply`: set -> value, scale -> a' * value, add -> a' + value;
+   On the CPU the TopK row goes through the taps' sentinel gate (`topk_gate`; once warmed up, in
+   steps of at least `MIN_TOKENS` rows): `xu @ W[sentinels + pool].T` (U, s + S) bounds the row's
+   k-th largest from below, and only the rows where a pair's `pre` may reach it compute `full`
+   (the other pairs' `a` is 0, exactly as the full row would give).
+   `op_m` is `Intervention.apply`: set -> value, scale -> a' * value, add -> a' + value;
    `add_k` is what the MLP output of layer `l + k` gains at rows `utok` (with one feature per
    row it is `(a' - a) * decoder[slot, k]` exactly: the other products are zeros).
 3. The MLP output `(T, d)` of layer `l` (Gemma-2 with hook_mlp_out: the post-feedforward norm's
@@ -76,6 +80,7 @@ from torch import nn
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 
 from circuit_serve.domain.features import Op
+from circuit_serve.monitoring import topk_gate
 from circuit_serve.monitoring.logits import track_moves
 from circuit_serve.monitoring.taps import TapBank, subclass_in_place
 from circuit_serve.monitoring.wire import STEER_KEY, SteerArgs, SteerEntry
@@ -132,6 +137,7 @@ class _Pool:
         self.bias = torch.zeros(0, device=device)  # (S,)
         self.threshold = torch.zeros(0, device=device)  # (S,)
         self.decoder = torch.zeros(0, n_out, d, device=device)  # (S, n_out, d)
+        self.gated: tuple[torch.Tensor, torch.Tensor] | None = None  # TopK gate's rows (SteerBank._topk)
 
     def slot(self, e: SteerEntry, row: torch.Tensor | None, live: Callable[[], set[int]]) -> int:
         """The slot of feature `e.index` (its rows written on first use); `live()`: the feature
@@ -158,6 +164,7 @@ class _Pool:
         self.bias[s] = float(e.bias)
         self.threshold[s] = float(e.threshold)
         self.decoder[s] = torch.tensor(e.decoder, dtype=torch.float32)
+        self.gated = None
         return s
 
 
@@ -353,11 +360,7 @@ class SteerBank:
         pool = self.pools[layer]
         xu = self.taps.normalized(layer, x_mid[p.utok if p.rows is None else p.rows])  # (U, d)
         if self.taps.topk:
-            w_full, b_full = self.taps.enc[layer]
-            full = torch.addmm(b_full, xu, w_full.T)  # (U, d_tc)
-            kth = full.topk(self.taps.k, dim=-1).values[:, -1]  # (U,)
-            pre = full[p.uidx, pool.index[p.slot]]  # (P,)
-            a = torch.where(pre >= kth[p.uidx], pre.clamp(min=0), torch.zeros_like(pre))
+            a = self._topk(layer, pool, p, xu)
         else:
             pre = (xu @ pool.rows.T)[p.uidx, p.slot] + pool.bias[p.slot]  # (U, S) -> (P,)
             a = pre * (pre > pool.threshold[p.slot])
@@ -372,6 +375,45 @@ class SteerBank:
         delta[p.uidx, p.slot] = new - a
         for k in range(pool.decoder.shape[1]):  # row k is written to layer + k
             self._pending.setdefault(layer + k, []).append((p, delta @ pool.decoder[:, k]))  # (U, S) @ (S, d)
+
+    def _topk(self, layer: int, pool: _Pool, p: _Pairs, xu: torch.Tensor) -> torch.Tensor:
+        """TopK activations `(P,)` of the pairs from the steered rows' inputs `xu (U, d)`: the full
+        row, or on the CPU (`topk_gate`, once its sentinels are known and the step is long enough)
+        only for the rows where a steered feature may be in the top k (the others' are 0, exactly)."""
+        gate = self.taps.gate
+        S = gate.sentinels[layer] if gate is not None else None
+        if S is None or xu.shape[0] < topk_gate.MIN_TOKENS:
+            return self._topk_rows(layer, pool, p.uidx, p.slot, xu, learn=gate is not None and S is None)
+        w_full, b_full = self.taps.enc[layer]
+        s = S.numel()
+        sub = pool.gated
+        if sub is None:  # the sentinels' rows and the pool's features' rows, (d, s + S)
+            cols = torch.cat([S, pool.index])
+            sub = pool.gated = (w_full.index_select(0, cols).T.contiguous(), b_full.index_select(0, cols))
+        # 1.-3. of topk_gate: the sentinels' k-th largest bounds the row's; rows where no pair passes it are out
+        both = torch.addmm(sub[1], xu, sub[0])  # (U, s + S)
+        kth_s = both[:, :s].topk(self.taps.k, dim=-1).values[:, -1]  # (U,)
+        pre = both[:, s:][p.uidx, p.slot]  # (P,)
+        tol = topk_gate.TOL * (kth_s.abs() + 1.0)  # (U,)
+        maybe = (pre >= (kth_s - tol)[p.uidx]) & (pre > -tol[p.uidx])  # (P,)
+        rows = torch.zeros(xu.shape[0], dtype=torch.bool, device=xu.device)
+        rows[p.uidx[maybe]] = True  # (U,)
+        a = torch.zeros_like(pre)
+        if maybe.any():  # 4. the whole row for those rows only
+            keep = rows[p.uidx]  # (P,) the pairs of those rows
+            at = (rows.cumsum(0) - 1)[p.uidx[keep]]  # their row among the kept ones
+            a[keep] = self._topk_rows(layer, pool, at, p.slot[keep], xu[rows], learn=False)
+        return a
+
+    def _topk_rows(self, layer, pool, uidx, slot, xu, *, learn: bool) -> torch.Tensor:
+        """`(P,)`: `pre.clamp(min=0)` where `pre >= kth` of the full row `xu @ W_l.T + b_l`, else 0."""
+        w_full, b_full = self.taps.enc[layer]
+        full = torch.addmm(b_full, xu, w_full.T)  # (U, d_tc)
+        top = full.topk(self.taps.k, dim=-1)
+        if learn:  # the gate's warm-up, as the taps' (any sentinels are exact, frequent ones spare more)
+            self.taps.gate.learn(layer, top.indices)
+        pre = full[uidx, pool.index[slot]]  # (P,)
+        return torch.where(pre >= top.values[uidx, -1], pre.clamp(min=0), torch.zeros_like(pre))
 
     def on_output(self, layer: int, out: torch.Tensor) -> torch.Tensor:
         """Phase 3: the MLP output `(T, d)` of `layer` with its steered rows' deltas added."""
