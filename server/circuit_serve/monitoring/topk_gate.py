@@ -36,7 +36,7 @@ import torch
 SENTINELS = 64  # features per layer in S
 WARMUP_TOKENS = 1024  # tokens per layer computed whole before S is chosen
 MIN_TOKENS = 40  # fewer tokens in a step (decode): the whole row, cheaper than the gate's ~15 small ops
-_TOL = 1e-5  # relative: the gate's products and the full row's may round differently
+TOL = 1e-5  # relative: the gate's products and the full row's may round differently
 
 
 class TopKGate:
@@ -82,7 +82,7 @@ class TopKGate:
         kth_s = both[:, :s].topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
         pre.copy_(both[:, s:])
         # 3. tokens where a watched feature may be in the row's top k
-        tol = _TOL * (kth_s.abs() + 1.0)
+        tol = TOL * (kth_s.abs() + 1.0)
         maybe = ((pre >= kth_s - tol) & (pre > -tol) & in_use).any(dim=1).nonzero().squeeze(1)  # (m,)
         active.zero_()
         self.tokens += x.shape[0]
@@ -100,9 +100,9 @@ class TopKGate:
         # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
         torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
         if learn:
-            self._learn(layer, top.indices)
+            self.learn(layer, top.indices)
 
-    def _learn(self, layer: int, top: torch.Tensor) -> None:
+    def learn(self, layer: int, top: torch.Tensor) -> None:
         """Count the warm-up's top-k features; once `warmup` tokens are seen, keep the `s` most frequent."""
         counts = self.counts[layer]
         counts += torch.bincount(top.flatten().cpu(), minlength=counts.numel())
