@@ -239,8 +239,9 @@ def write_results(args, rows: list[tuple], load: tuple[float, float, float]) -> 
     )
     text = f"""# Generation throughput with in-engine monitoring on every request
 
-Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run). Other work
-shared the machine's cores during the run (load average below): read the ranges, not only the medians.
+Written by `bench/monitoring.py` on {datetime.now(UTC):%Y-%m-%d %H:%M UTC} (one run). The load average
+below counts the benchmark's own servers and clients, and any other work on the machine: read the
+ranges, not only the medians.
 
 | | |
 |---|---|
