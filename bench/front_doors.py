@@ -227,8 +227,8 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
         "",
         f"Load average before: {load[0]}; after: {load[1]}; 1-minute load after each timed round "
         f"{min(LOADS or [0]):.1f}-{max(LOADS or [0]):.1f} (median {statistics.median(LOADS or [0]):.1f}). "
-        "Other work shared the 2 cores",
-        "during this run (other engineers' tests); rerun on a quiet machine for figures to quote.",
+        "The load counts this benchmark's own servers and clients (four to six busy processes on 2 cores)",
+        "and any other work on the machine.",
         "",
         "| model | workload | path | tokens/s (min-max) | ratio | per round | TTFT p50 | TTFT p90 "
         "| ITL p50 | ITL p90 | ITL p99 | tok/msg |",
