@@ -11,6 +11,7 @@ uses) from the greedy completion of PROMPT, so the tests know where each one fir
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +188,14 @@ def features_server(launch_server, scenario: Scenario):
         str(scenario.watchlist),
         env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
     )
+
+
+def settled(server, name: str) -> float:
+    """A vLLM counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
+    value = server.vllm(name)
+    for _ in range(20):
+        time.sleep(0.1)
+        value, last = server.vllm(name), value
+        if value == last:
+            return value
+    return value

@@ -7,7 +7,6 @@ position of PROMPT + its greedy completion; the server computes them inside vLLM
 from __future__ import annotations
 
 import concurrent.futures
-import time
 
 import grpc
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from circuit_proto.v1 import generation_pb2 as gpb
 from circuit_proto.v1 import generation_pb2_grpc as gpb_grpc
 from circuit_proto.v1 import monitor_pb2 as mpb
-from tests.features_server.conftest import N_NEW, STOP_AT
+from tests.features_server.conftest import N_NEW, STOP_AT, settled
 
 TOL = 1e-4  # x max |activation|: in-engine vs tracing engine, float32
 
@@ -42,17 +41,6 @@ def stream(generation, req):
     ids = [t for m in messages if m.HasField("delta") for t in m.delta.token_ids]
     values = [v for m in messages for v in (m.delta.activations if m.HasField("delta") else m.end.activations)]
     return ids, values, messages[-1].end
-
-
-def settled(server, name: str) -> float:
-    """A vLLM counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
-    value = server.vllm(name)
-    for _ in range(20):
-        time.sleep(0.1)
-        value, last = server.vllm(name), value
-        if value == last:
-            return value
-    return value
 
 
 def test_stop_runs_no_engine_step_after_the_firing_token(generation, scenario, features_server):

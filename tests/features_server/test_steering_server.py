@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
 
 import grpc
 import pytest
@@ -25,7 +24,7 @@ from circuit_proto.v1 import features_pb2_grpc as fpb_grpc
 from circuit_proto.v1 import generation_pb2 as gpb
 from circuit_proto.v1 import generation_pb2_grpc as gpb_grpc
 from circuit_serve.rpc import convert_features
-from tests.features_server.conftest import N_NEW
+from tests.features_server.conftest import N_NEW, settled
 
 N_STREAMS = 16
 
@@ -119,17 +118,6 @@ def replacement(scenario):
     return FeaturesEngine(
         ReplacementModel.from_pretrained(scenario.model_dir, scenario.transcoders, dtype=torch.float32)
     )
-
-
-def settled(server, name: str) -> float:
-    """A vLLM counter once it stops moving (vLLM's step stats reach the server with its outputs)."""
-    value = server.vllm(name)
-    for _ in range(20):
-        time.sleep(0.1)
-        value, last = server.vllm(name), value
-        if value == last:
-            return value
-    return value
 
 
 def test_steer_runs_on_vllm_and_equals_the_replacement_model(features, features_server, replacement, scenario):
