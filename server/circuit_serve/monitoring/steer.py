@@ -381,24 +381,17 @@ class SteerBank:
         row, or on the CPU (`topk_gate`, once its sentinels are known and the step is long enough)
         only for the rows where a steered feature may be in the top k (the others' are 0, exactly)."""
         gate = self.taps.gate
-        S = gate.sentinels[layer] if gate is not None else None
-        if S is None or xu.shape[0] < topk_gate.MIN_TOKENS:
-            return self._topk_rows(layer, pool, p.uidx, p.slot, xu, learn=gate is not None and S is None)
-        w_full, b_full = self.taps.enc[layer]
-        s = S.numel()
-        sub = pool.gated
-        if sub is None:  # the sentinels' rows and the pool's features' rows, (d, s + S)
-            cols = torch.cat([S, pool.index])
-            sub = pool.gated = (w_full.index_select(0, cols).T.contiguous(), b_full.index_select(0, cols))
+        if gate is None or not gate.ready(layer, xu.shape[0]):
+            learn = gate is not None and gate.sentinels[layer] is None
+            return self._topk_rows(layer, pool, p.uidx, p.slot, xu, learn=learn)
+        if pool.gated is None:  # the sentinels' rows and the pool's features' rows
+            pool.gated = gate.gather(layer, *self.taps.enc[layer], pool.index)
         # 1.-3. of topk_gate: the sentinels' k-th largest bounds the row's; rows where no pair passes it are out
-        both = torch.addmm(sub[1], xu, sub[0])  # (U, s + S)
-        kth_s = both[:, :s].topk(self.taps.k, dim=-1).values[:, -1]  # (U,)
-        pre = both[:, s:][p.uidx, p.slot]  # (P,)
-        tol = topk_gate.TOL * (kth_s.abs() + 1.0)  # (U,)
-        maybe = (pre >= (kth_s - tol)[p.uidx]) & (pre > -tol[p.uidx])  # (P,)
+        both, kth_s, tol = gate.bound(layer, xu, pool.gated)  # (U, S), (U, 1), (U, 1)
+        maybe = topk_gate.may_pass(both[p.uidx, p.slot], kth_s[p.uidx, 0], tol[p.uidx, 0])  # (P,)
         rows = torch.zeros(xu.shape[0], dtype=torch.bool, device=xu.device)
         rows[p.uidx[maybe]] = True  # (U,)
-        a = torch.zeros_like(pre)
+        a = torch.zeros(p.uidx.shape[0], device=xu.device)
         if maybe.any():  # 4. the whole row for those rows only
             keep = rows[p.uidx]  # (P,) the pairs of those rows
             at = (rows.cumsum(0) - 1)[p.uidx[keep]]  # their row among the kept ones
@@ -422,22 +415,22 @@ class SteerBank:
             return out
         out = out.clone()
         if len(adds) == 1:  # a per-layer transcoder: the deltas of this layer's features
-            (p, add), acc = adds[0], None
+            p, add = adds[0]
+            _add_rows(out, p, add.to(out.dtype))
         else:  # a CLT: summed in float32 over the layers that write here, then added once
-            p, acc = None, out.new_zeros(out.shape, dtype=torch.float32)
+            acc = out.new_zeros(out.shape, dtype=torch.float32)
             for q, add_q in adds:
-                if q.rows is None:
-                    acc.index_add_(0, q.utok, add_q)
-                else:
-                    acc[q.rows] += add_q
-            add = acc
-        if acc is not None:
+                _add_rows(acc, q, add_q)
             out += acc.to(out.dtype)
-        elif p.rows is None:
-            out.index_add_(0, p.utok, add.to(out.dtype))
-        else:
-            out[p.rows] += add.to(out.dtype)
         return out
+
+
+def _add_rows(out: torch.Tensor, p: _Pairs, add: torch.Tensor) -> None:
+    """`out (T, d)` += `add (U, d)` at the steered rows `p.utok` (a slice add where they are contiguous)."""
+    if p.rows is None:
+        out.index_add_(0, p.utok, add)
+    else:
+        out[p.rows] += add
 
 
 _STEERED_CLASSES: dict[type, type] = {}

@@ -36,7 +36,7 @@ import torch
 SENTINELS = 64  # features per layer in S
 WARMUP_TOKENS = 1024  # tokens per layer computed whole before S is chosen
 MIN_TOKENS = 40  # fewer tokens in a step (decode): the whole row, cheaper than the gate's ~15 small ops
-TOL = 1e-5  # relative: the gate's products and the full row's may round differently
+_TOL = 1e-5  # relative: the gate's products and the full row's may round differently
 
 
 class TopKGate:
@@ -68,22 +68,16 @@ class TopKGate:
         its (normalized) input `x (T, d)`; `w_full (d_tc, d)`, `b_full (d_tc,)`: the layer's encoder;
         `in_use (C,)`: the columns someone watches (a request slot never lent holds feature 0 and
         decides nothing)."""
-        S = self.sentinels[layer]
-        if S is None or x.shape[0] < MIN_TOKENS:
-            self._whole(layer, x, w_full, b_full, index, pre, active, learn=S is None)
+        if not self.ready(layer, x.shape[0]):
+            self._whole(layer, x, w_full, b_full, index, pre, active, learn=self.sentinels[layer] is None)
             return
-        s = S.numel()
         sub = self._sub.get(layer)
         if sub is None:
-            cols = torch.cat([S, index])
-            sub = self._sub[layer] = (w_full.index_select(0, cols).T.contiguous(), b_full.index_select(0, cols))
-        # 1.-2. the sentinels' and watched columns' pre-activations; the sentinels' k-th largest
-        both = torch.addmm(sub[1], x, sub[0])  # (T, s + C)
-        kth_s = both[:, :s].topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
-        pre.copy_(both[:, s:])
+            sub = self._sub[layer] = self.gather(layer, w_full, b_full, index)
+        both, kth_s, tol = self.bound(layer, x, sub)
+        pre.copy_(both)
         # 3. tokens where a watched feature may be in the row's top k
-        tol = TOL * (kth_s.abs() + 1.0)
-        maybe = ((pre >= kth_s - tol) & (pre > -tol) & in_use).any(dim=1).nonzero().squeeze(1)  # (m,)
+        maybe = (may_pass(pre, kth_s, tol) & in_use).any(dim=1).nonzero().squeeze(1)  # (m,)
         active.zero_()
         self.tokens += x.shape[0]
         self.whole += maybe.numel()
@@ -91,6 +85,29 @@ class TopKGate:
             p, a = pre[maybe], active[maybe]
             self._whole(layer, x[maybe], w_full, b_full, index, p, a, learn=False)
             pre[maybe], active[maybe] = p, a
+
+    def ready(self, layer: int, n_tokens: int) -> bool:
+        """Whether a step of `n_tokens` at `layer` goes through the gate (its sentinels are known
+        and the step is long enough); else the whole row."""
+        return self.sentinels[layer] is not None and n_tokens >= MIN_TOKENS
+
+    def gather(
+        self, layer: int, w_full: torch.Tensor, b_full: torch.Tensor, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 1's operands for features `index (C,)`: the sentinels' and their encoder rows,
+        transposed `(d, s + C)`, and biases `(s + C,)` (the caller keeps them while `index` holds)."""
+        cols = torch.cat([self.sentinels[layer], index])
+        return w_full.index_select(0, cols).T.contiguous(), b_full.index_select(0, cols)
+
+    def bound(
+        self, layer: int, x: torch.Tensor, sub: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Steps 1.-2. on `x (T, d)` with `sub` from `gather`: the features' pre-activations `(T, C)`,
+        the sentinels' k-th largest `kth_s (T, 1)` and its rounding tolerance `tol (T, 1)`."""
+        s = self.sentinels[layer].numel()
+        both = torch.addmm(sub[1], x, sub[0])  # (T, s + C)
+        kth_s = both[:, :s].topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
+        return both[:, s:], kth_s, _TOL * (kth_s.abs() + 1.0)
 
     def _whole(self, layer, x, w_full, b_full, index, pre, active, *, learn: bool) -> None:
         full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
@@ -109,3 +126,9 @@ class TopKGate:
         self.seen[layer] += top.shape[0]
         if self.seen[layer] >= self.warmup:
             self.sentinels[layer] = counts.topk(self.s).indices.sort().values.to(top.device)
+
+
+def may_pass(pre: torch.Tensor, kth_s: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:
+    """Step 3, elementwise (broadcast): a pre-activation that may be in its row's top k and positive.
+    False is exact: the feature is inactive; True needs the whole row."""
+    return (pre >= kth_s - tol) & (pre > -tol)
