@@ -65,6 +65,10 @@ def test_presets_file_reads_each_preset(tmp_path):
             r"interventions\[0\]: field 'value': must be a finite number",
         ),
         (
+            "- {name: a, interventions: [{layer: 1, index: 2, op: add, value: 3.0e+38, generated: true}]}",
+            r"interventions\[0\]: field 'value': is 3e\+38; must be within \+-10000",
+        ),
+        (
             "- {name: a, interventions: [{layer: 1, index: 2, op: set, value: 1}]}",
             r"interventions\[0\]: field 'positions': the intervention applies nowhere",
         ),

@@ -18,13 +18,19 @@ its own. Errors in the file name the file, the preset and the field; the server 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from circuit_serve.auth.principal import Principal, Scope
 from circuit_serve.domain.errors import InvalidRequest, PermissionDenied
-from circuit_serve.domain.features import FeatureRef, Intervention, Op, TranscoderShape, WatchRequest
+from circuit_serve.domain.features import (
+    MAX_INTERVENTION_VALUE,
+    FeatureRef,
+    Intervention,
+    Op,
+    TranscoderShape,
+    WatchRequest,
+)
 from circuit_serve.domain.generation import GenerationRequest
 from circuit_serve.features.files import EntryReader, FeatureFileError, read_entries
 
@@ -61,9 +67,9 @@ def _intervention(path: Path, i: int, where: str, j: int, item: object) -> Inter
         op = Op(raw_op)
     except ValueError:
         raise r.error("op", f"is {raw_op!r}; must be one of set, scale, add") from None
-    value = item.get("value")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise r.error("value", f"must be a finite number, got {value!r}")
+    value = r.float("value")
+    if abs(value) > MAX_INTERVENTION_VALUE:  # what a request would be refused for, said at start
+        raise r.error("value", f"is {value:g}; must be within +-{MAX_INTERVENTION_VALUE:g}")
     positions = item.get("positions", [])
     if not isinstance(positions, list) or any(
         isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in positions
@@ -77,7 +83,7 @@ def _intervention(path: Path, i: int, where: str, j: int, item: object) -> Inter
     if not positions and not flags["all_prompt"] and not flags["generated"]:
         raise r.error("positions", "the intervention applies nowhere: set positions, all_prompt and/or generated")
     feature = FeatureRef(r.int("layer"), r.int("index"))
-    return Intervention(feature, op, float(value), tuple(positions), flags["generated"], flags["all_prompt"])
+    return Intervention(feature, op, value, tuple(positions), flags["generated"], flags["all_prompt"])
 
 
 def check_presets(presets: Presets, path: Path, shape: TranscoderShape) -> None:
