@@ -132,19 +132,9 @@ class MonitorLogitsProcessor(LogitsProcessor):
             block_pre = pre_np.take(rows, 0).take(rules.columns, 1)  # (R, k)
             block_act = act_np.take(rows, 0).take(rules.columns, 1)  # (R, k)
             block_act &= (pos.take(rows) != 0)[:, None]  # BOS: no features
-            row_hit = None
-            if rules.stop.size:
-                value = np.where(block_act[:, rules.stop], block_pre[:, rules.stop], np.float32(0))  # (R, s)
-                hits = value > rules.stop_thresholds  # (R, s)
-                row_hit = hits.any(axis=1)  # (R,)
-                if not row_hit.any():
-                    row_hit = None
-            steer_hit = None
-            if rules.steer.size:
-                value = np.where(block_act[:, rules.steer], block_pre[:, rules.steer], np.float32(0))  # (R, t)
-                steer_hit = value > rules.steer_thresholds  # (R, t)
-                if not steer_hit.any():
-                    steer_hit = None
+            hits = _above(block_pre, block_act, rules.stop, rules.stop_thresholds)  # (R, s)
+            row_hit = None if hits is None else hits.any(axis=1)  # (R,)
+            steer_hit = _above(block_pre, block_act, rules.steer, rules.steer_thresholds)  # (R, t)
             first = pos.take(starts).tolist()
             at = 0
             for j, i in enumerate(members):
@@ -196,6 +186,15 @@ class MonitorLogitsProcessor(LogitsProcessor):
             self._socket.setsockopt(zmq.LINGER, 1000)
             self._socket.connect(endpoint)
         self._socket.send_multipart(frames, copy=False)
+
+
+def _above(pre: np.ndarray, active: np.ndarray, cols: np.ndarray, thresholds: np.ndarray) -> np.ndarray | None:
+    """`(R, c)`: where the activations of columns `cols` of a block (`pre`, `active` `(R, k)`) are
+    above their rules' `thresholds`; None when they are nowhere (or there are no such rules)."""
+    if not cols.size:
+        return None
+    hits = np.where(active[:, cols], pre[:, cols], np.float32(0)) > thresholds
+    return hits if hits.any() else None
 
 
 def track_moves(rows: dict, moved) -> None:
