@@ -50,14 +50,22 @@ def test_method_scopes_are_the_descriptor_table_by_call_name():
 
 
 class _Context:
-    """Just enough of a servicer context: `abort` raises, as grpc.aio's does."""
+    """Just enough of a servicer context: `abort` raises, as grpc.aio's does; `write` keeps the
+    responses (and waits for `writable` when given: a caller that stopped reading)."""
 
-    def __init__(self) -> None:
+    def __init__(self, writable: asyncio.Event | None = None) -> None:
         self.aborted: tuple[grpc.StatusCode, str] | None = None
+        self.written: list = []
+        self.writable = writable
 
     async def abort(self, code: grpc.StatusCode, message: str) -> None:
         self.aborted = (code, message)
         raise grpc.aio.AbortError()
+
+    async def write(self, response) -> None:
+        if self.writable is not None:
+            await self.writable.wait()
+        self.written.append(response)
 
 
 async def _unary(request, context):
@@ -79,22 +87,30 @@ _KINDS = {
 
 async def _call(handler: grpc.RpcMethodHandler, kind: str, context: _Context):
     behavior = getattr(handler, kind)
-    if kind.endswith("_stream"):
-        return [r async for r in behavior("req", context)]
+    if kind.endswith("_stream"):  # grpc's reader/writer form: the responses go to context.write
+        assert await behavior("req", context) is None
+        return context.written
     return await behavior("req", context)
+
+
+def _layer(events: list, name: str = ""):
+    @contextlib.asynccontextmanager
+    async def layer(request, context):
+        events.append((f"enter{name}", request))
+        try:
+            yield
+        except BaseException as exc:
+            events.append((f"exit{name}", type(exc).__name__))
+            raise
+        events.append(f"exit{name}")
+
+    return layer
 
 
 @pytest.mark.parametrize("kind", list(_KINDS))
 def test_wrapped_keeps_the_kind_and_runs_the_call_inside_the_layer(kind):
     events = []
-
-    @contextlib.asynccontextmanager
-    async def layer(request, context):
-        events.append(("enter", request))
-        yield
-        events.append("exit")
-
-    handler = wrapped(_KINDS[kind], layer)
+    handler = wrapped(_KINDS[kind], _layer(events))
     assert [k for k in _KINDS if getattr(handler, k)] == [kind]
     assert (handler.request_streaming, handler.response_streaming) == (
         _KINDS[kind].request_streaming,
@@ -117,3 +133,37 @@ def test_refusal_answers_its_code_without_running_the_servicer(kind):
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(_call(refusal(original, grpc.StatusCode.UNAVAILABLE, "closed"), kind, context))
     assert context.aborted == (grpc.StatusCode.UNAVAILABLE, "closed") and not ran
+
+
+@pytest.mark.parametrize("kind", ["unary_stream", "stream_stream"])
+def test_layers_stack_and_a_cancelled_stream_closes_both_layers_and_the_servicer_at_once(kind):
+    """grpc cancels the call's task while it waits to write; the servicer's stream and every layer
+    see it then (not when the garbage collector finds an abandoned generator)."""
+    events: list = []
+
+    async def servicer(request, context):
+        try:
+            for i in range(1_000):
+                yield i
+        finally:
+            events.append("servicer closed")
+
+    handler = _KINDS[kind]._replace(**{kind: servicer})
+    handler = wrapped(wrapped(handler, _layer(events, "-inner")), _layer(events, "-outer"))
+
+    async def cancel_while_writing() -> None:
+        context = _Context(writable=asyncio.Event())  # the caller never reads
+        call = asyncio.ensure_future(getattr(handler, kind)("req", context))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(cancel_while_writing())
+    assert events == [
+        ("enter-outer", "req"),
+        ("enter-inner", "req"),
+        "servicer closed",
+        ("exit-inner", "CancelledError"),
+        ("exit-outer", "CancelledError"),
+    ]

@@ -155,6 +155,7 @@ def test_cancelled_stream_stops_generating(server, client):
     cancelled_before = server.metric(
         "circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED"
     )
+    generated_before = server.vllm("vllm:generation_tokens_total")
     stream = client.stream(PROMPTS[0], Sampling(max_new_tokens=256, ignore_eos=True))
     next(stream)
     next(stream)
@@ -166,6 +167,7 @@ def test_cancelled_stream_stops_generating(server, client):
     generated = server.vllm("vllm:generation_tokens_total")
     time.sleep(1.0)
     assert server.vllm("vllm:generation_tokens_total") == generated  # nothing generates for nobody
+    assert generated - generated_before < 256  # aborted, not run out to max_new_tokens
     assert _wait_for(
         lambda: (
             server.metric("circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="CANCELLED")

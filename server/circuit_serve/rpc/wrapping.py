@@ -11,7 +11,8 @@ one it raises before its `yield` means the servicer never runs. For a call:
 2. the subclass returns the handler untouched, `wrapped(handler, layer)`, or
    `refusal(handler, code, message)`;
 3. `wrapped` keeps the handler's kind and (de)serializers: a unary response is awaited inside
-   the layer; a response stream is relayed inside it and closed with it (`aclosing`).
+   the layer; a response stream is written inside it (`context.write`) and closed with it
+   (`aclosing`), also when the caller cancels.
 
 Health checks and reflection are answered whatever else holds (`ALWAYS_ANSWERED`).
 """
@@ -19,6 +20,7 @@ Health checks and reflection are answered whatever else holds (`ALWAYS_ANSWERED`
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -65,11 +67,18 @@ def wrapped(
 
         return run
 
-    def stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def stream(behavior: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+        # A coroutine that writes (grpc's reader/writer form), not an async generator: when the
+        # caller cancels, grpc cancels the task inside this frame, so the layer and the servicer's
+        # stream are closed at once. An async generator would be left open by grpc's own
+        # `async for` and closed only when the garbage collector reached it.
+        if inspect.iscoroutinefunction(behavior):  # it writes already (a layer wrapped it)
+            return unary(behavior)
+
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> None:
             async with layer(request, context), contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
-                    yield response
+                    await context.write(response)
 
         return run
 
