@@ -7,7 +7,15 @@ import pytest
 
 from circuit_serve.domain.features import FeatureRef
 from circuit_serve.monitoring.columns import ColumnPlan, SlotPool
-from circuit_serve.monitoring.wire import ColumnSet, RequestWatchArgs, StepValues, decode_step, encode_blocks
+from circuit_serve.monitoring.wire import (
+    LENGTH_BYTES,
+    ColumnSet,
+    RequestWatchArgs,
+    StepValues,
+    decode_step,
+    encode_step,
+    message_length,
+)
 
 SERVER = (FeatureRef(1, 5), FeatureRef(0, 2), FeatureRef(1, 9))
 
@@ -45,6 +53,7 @@ def test_slot_pool_shares_a_feature_and_refuses_when_full():
 def test_wire_round_trip():
     args = RequestWatchArgs(
         "r1",
+        7,
         [3, 0, 5],
         [1],
         [0.5],
@@ -57,16 +66,24 @@ def test_wire_round_trip():
     assert RequestWatchArgs.from_extra(args.to_extra()) == args
     rng = np.random.default_rng(0)
     steps = [
-        StepValues("a", 0, rng.standard_normal((4, 3)).astype(np.float32), rng.random((4, 3)) > 0.5, None),
+        StepValues(3, 0, rng.standard_normal((4, 3)).astype(np.float32), rng.random((4, 3)) > 0.5, None),
         StepValues(
-            "b", 9, rng.standard_normal((1, 5)).astype(np.float32), rng.random((1, 5)) > 0.5, (2, 9), ((4, 10),)
+            11, 9, rng.standard_normal((1, 5)).astype(np.float32), rng.random((1, 5)) > 0.5, (2, 9), ((4, 10), (1, 10))
         ),
+        StepValues(5, 2, rng.standard_normal((2, 5)).astype(np.float32), rng.random((2, 5)) > 0.5, None),
     ]
-    header = [[v.rid, v.first_pos, *v.pre.shape, *(v.fired or (-1, -1)), [list(s) for s in v.steered]] for v in steps]
-    back = decode_step(encode_blocks(header, [v.pre for v in steps], [v.active for v in steps]))
+    header = np.asarray([[v.key, v.first_pos, *v.pre.shape, *(v.fired or (-1, -1))] for v in steps])
+    switched = [[row, *s] for row, v in enumerate(steps) for s in v.steered]
+    # blocks as the logits processor groups them: the last two requests share one block
+    pre = [steps[0].pre, np.concatenate([steps[1].pre, steps[2].pre])]
+    active = [steps[0].active, np.concatenate([steps[1].active, steps[2].active])]
+    message = encode_step(header, switched, pre, active)
+    assert message_length(message[:LENGTH_BYTES]) == len(message) - LENGTH_BYTES
+    back = decode_step(message[LENGTH_BYTES:])
     for want, got in zip(steps, back, strict=True):
-        assert (got.rid, got.first_pos, got.fired, got.steered) == (want.rid, want.first_pos, want.fired, want.steered)
+        assert (got.key, got.first_pos, got.fired, got.steered) == (want.key, want.first_pos, want.fired, want.steered)
         assert np.array_equal(got.pre, want.pre) and np.array_equal(got.active, want.active)
+    assert decode_step(encode_step(np.zeros((0, 6), np.int64), [], [], [])[LENGTH_BYTES:]) == []
 
 
 def test_block_store_routes_by_stored_and_pending_blocks():
