@@ -89,6 +89,8 @@ class TapBank:
         blocks = [(plan.offset(layer), plan.offset(layer + 1)) for layer in range(plan.n_layers)]
         self.pre = [self.table_pre[:, lo:hi] for lo, hi in blocks]
         self.active = [self.table_active[:, lo:hi] for lo, hi in blocks]
+        self._outputs: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in blocks]  # by token count
+        self._row_shape = [d]
         self.Wt = self.W.T  # (d, C): each layer's columns are a contiguous slice of it
         # Each layer's slices of the rows, taken once (views: set_column's writes show through).
         self.views = [
@@ -130,9 +132,8 @@ class TapBank:
         view = self.views[layer]
         if view is None or not self.enabled:
             return
-        n = x_mid.shape[0]
         x = self.normalized(layer, x_mid)
-        pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
+        pre, active = self.outputs(layer, x_mid.shape[0])  # (T, C_l)
         if self.gate is not None:
             w_full, b_full = self.enc[layer]
             self.gate.tap(layer, x, w_full, b_full, view.index, view.in_use, pre, active)
@@ -150,10 +151,24 @@ class TapBank:
     def normalized(self, layer: int, x_mid: torch.Tensor) -> torch.Tensor:
         """`(T, d)` float32 `x_mid`, times the norm's scale `r` unless the read point is hook_resid_mid
         (the folded rows then give the transcoder's pre-activations, see the module docstring)."""
-        x = x_mid.float()
+        x = x_mid if x_mid.dtype == torch.float32 else x_mid.float()
         if self.normalize:  # x * rsqrt(mean(x^2) + eps), one fused op
-            x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.eps[layer])
+            x = torch.rms_norm(x, self._row_shape, None, self.eps[layer])
         return x
+
+    def outputs(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s `(n, C_l)` block of the table (pre-activations, active mask). Eager steps
+        reuse the views made for the same token count (a decode batch keeps its size for many
+        steps): per layer and step, the taps then call only the ops that compute."""
+        if torch.compiler.is_compiling():
+            return self.pre[layer][:n], self.active[layer][:n]
+        cache = self._outputs[layer]
+        out = cache.get(n)
+        if out is None:
+            if len(cache) >= 64:
+                cache.clear()
+            out = cache[n] = (self.pre[layer][:n], self.active[layer][:n])
+        return out
 
     def fold(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """Encoder rows `(n, d)` of `layer` with the norm's gain folded in where the read point needs it."""
