@@ -108,3 +108,47 @@ def test_block_store_routes_by_stored_and_pending_blocks():
     for i in range(6):  # eviction (oldest quarter) starts a new namespace too
         store.put([100 + i] * 4, values[:4], values[:4] > 5)
     assert len(store) <= 8 and store.renewals == 2
+
+
+def test_value_channel_routes_steps_from_a_worker_socket_by_key(tmp_path):
+    """The server's end of the value channel over a real unix socket: a prefill-sized message (MBs)
+    and decode-sized ones arrive whole and in order; a closed request's late values are dropped."""
+    import asyncio
+    import os
+    import socket
+
+    from circuit_serve.monitoring.channel import ValueChannel
+
+    rng = np.random.default_rng(1)
+    n_cols = 40
+    prefill = rng.standard_normal((8_000, n_cols)).astype(np.float32)  # ~1.6 MB of values
+
+    def step(key: int, first: int, pre: np.ndarray) -> bytes:
+        header = np.asarray([[key, first, len(pre), n_cols, -1, -1]])
+        return encode_step(header, [], [pre], [pre > 0])
+
+    async def run():
+        channel = ValueChannel(tmp_path)
+        await channel.start()
+        try:
+            a, b = channel.open("a", n_cols), channel.open("b", n_cols)
+            gone = channel.open("gone", n_cols)
+            channel.close("gone")
+            worker = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # as the logits processor writes
+            worker.connect(channel.endpoint)
+            worker.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(worker, step(a.key, 0, prefill))
+            for t in range(5):
+                await loop.sock_sendall(worker, step(b.key, t, prefill[t : t + 1]) + step(gone.key, t, prefill[:1]))
+            assert await a.wait_for(len(prefill), 10) and await b.wait_for(5, 10)
+            worker.close()
+            return a, b, gone, channel.endpoint
+        finally:
+            channel.shutdown()
+
+    a, b, gone, endpoint = asyncio.run(run())
+    assert not os.path.exists(endpoint)  # the socket file goes with the server
+    assert np.array_equal(a.pre, prefill) and np.array_equal(a.active, prefill > 0)
+    assert np.array_equal(b.pre, prefill[:5]) and b.covered == 5
+    assert gone.covered == 0

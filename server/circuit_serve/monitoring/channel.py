@@ -102,6 +102,9 @@ class RequestValues:
         return True
 
 
+_READ_BUFFER = 16 << 20
+
+
 class ValueChannel:
     def __init__(self, directory: Path | None = None) -> None:
         directory = directory or Path(tempfile.gettempdir())
@@ -112,7 +115,9 @@ class ValueChannel:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._read, path=self.endpoint)
+        # A prefill step's message is megabytes: buffer whole messages rather than pausing the
+        # socket every 64 KiB (asyncio's default limit).
+        self._server = await asyncio.start_unix_server(self._read, path=self.endpoint, limit=_READ_BUFFER)
 
     def open(self, rid: str, n_columns: int) -> RequestValues:
         key, self._next_key = self._next_key, self._next_key + 1
