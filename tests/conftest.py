@@ -7,6 +7,10 @@
     def test_y(launch_server, demo_model_dir):   # a server with other flags
         srv = launch_server("--max-new-tokens-limit", "8")
 
+A server started by `launch_server` lives as long as what started it: one started by a test (or a
+function fixture) stops when the test ends, by a module fixture when the module ends, by a
+session fixture when the session ends, so that servers do not pile up in memory over the suite.
+
 Servers run the real CLI (`python -m circuit_serve.cli serve`) with real vLLM on
 127.0.0.1, float32, max_model_len 512, eager mode and a 1 GiB KV cache.
 """
@@ -192,26 +196,67 @@ def start_server(
             time.sleep(0.5)
 
 
+# The scope of each fixture being set up, innermost last (empty while a test itself runs): a server
+# launched then belongs to that scope (see the module docstring).
+_SETTING_UP: list[str] = []
+_LAUNCHED: dict[str, list[ServerProcess]] = {"session": [], "module": [], "function": []}
+_OWNER = {"session": "session", "package": "session", "module": "module", "class": "module", "function": "function"}
+
+
+class _FixtureScopes:
+    """Notes the scope of each fixture while it is set up. A plugin, not a conftest hook: pytest
+    calls a conftest's hooks only for nodes under its directory, and session fixtures are set up
+    on the session node, above tests/."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        _SETTING_UP.append(fixturedef.scope)
+        try:
+            yield
+        finally:
+            _SETTING_UP.pop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(_FixtureScopes(), "circuit-fixture-scopes")
+
+
+def _stop_all(servers: list[ServerProcess]) -> None:
+    while servers:
+        servers.pop().stop()
+
+
+@pytest.fixture(autouse=True)
+def _stop_this_tests_servers() -> Iterator[None]:
+    yield
+    _stop_all(_LAUNCHED["function"])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_this_modules_servers() -> Iterator[None]:
+    yield
+    _stop_all(_LAUNCHED["module"])
+
+
 @pytest.fixture(scope="session")
 def launch_server(
     demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: `launch_server(*extra_cli_args, model_dir=None, env=None, credentials=None)`; every server
-    is stopped at session end. `env` overrides TEST_ENV (e.g. {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}: vLLM's
-    engine core in its own process, as in production)."""
-    started: list[ServerProcess] = []
+    """Factory: `launch_server(*extra_cli_args, model_dir=None, env=None, credentials=None)`; the server
+    stops when the test or fixture that launched it ends (its scope). `env` overrides TEST_ENV (e.g.
+    {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}: vLLM's engine core in its own process, as in production)."""
 
     def launch(
         *extra_args: str, model_dir: Path | None = None, env: dict[str, str] | None = None, credentials=None
     ) -> ServerProcess:
         log_path = tmp_path_factory.mktemp("server") / "server.log"
         server = start_server(model_dir or demo_model_dir, log_path, *extra_args, env=env, credentials=credentials)
-        started.append(server)
+        _LAUNCHED[_OWNER[_SETTING_UP[-1]] if _SETTING_UP else "function"].append(server)
         return server
 
     yield launch
-    for server in started:
-        server.stop()
+    for servers in _LAUNCHED.values():
+        _stop_all(servers)
 
 
 @pytest.fixture(scope="session")
