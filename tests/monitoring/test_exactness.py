@@ -98,7 +98,7 @@ def test_in_engine_values_equal_the_tracing_engine(case, tmp_path, monkeypatch):
     )
     seen: dict[str, object] = {}
     close = monitor.channel.close
-    monitor.channel.close = lambda rid: (seen.__setitem__(rid, monitor.channel.get(rid)), close(rid))[1]
+    monitor.channel.close = lambda rid: (seen.__setitem__(rid, monitor.channel._requests.get(rid)), close(rid))[1]
 
     engine = GenerationEngine(engine_config(model_dir))
 

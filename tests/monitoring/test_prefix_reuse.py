@@ -89,7 +89,7 @@ def test_monitored_requests_reuse_cached_blocks_exactly(case, tmp_path, monkeypa
     begun, values = {}, {}
     begin, close = monitor.begin, monitor.channel.close
     monitor.begin = lambda rid, *a, **k: begun.setdefault(rid, begin(rid, *a, **k))
-    monitor.channel.close = lambda rid: (values.__setitem__(rid, monitor.channel.get(rid)), close(rid))[1]
+    monitor.channel.close = lambda rid: (values.__setitem__(rid, monitor.channel._requests.get(rid)), close(rid))[1]
     config = EngineConfig(
         model=model_dir,
         dtype="float32",

@@ -1,13 +1,9 @@
 """The server's end of the worker -> server side channel (see `wire`): values by request.
 
-A unix stream socket the server listens on before vLLM starts; each worker process connects
-once and writes one length-prefixed message per engine step (`wire`: binary, no text to parse).
-The connection's reader task routes each request's `StepValues` to its `RequestValues` by the
-integer key `open` gave the request. A request's values arrive in position order (the engine
-computes a request's positions in order) and before vLLM's output of the same step, which travels
-on vLLM's own socket; `RequestValues.wait_for` covers the rare reordering. Nothing is dropped: a
-worker whose messages the server has not read yet waits in its send once the socket's buffer
-is full.
+One zmq PULL socket, bound by the server on an ipc path before vLLM starts; one reader task
+routes each request's `StepValues` to its `RequestValues`. A request's values arrive in position
+order (the engine computes a request's positions in order) and before vLLM's output of the same
+step, which travels on vLLM's own socket; `RequestValues.wait_for` covers the rare reordering.
 """
 
 from __future__ import annotations
@@ -21,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuit_serve.monitoring.wire import LENGTH_BYTES, StepValues, decode_step, message_length
+from circuit_serve.monitoring.wire import StepValues, decode_step
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +28,8 @@ class RequestValues:
     Steps are kept as the views the decoder made of each message (no copy per step); the
     `(positions, k)` arrays are assembled when read."""
 
-    def __init__(self, n_columns: int, key: int = 0) -> None:
+    def __init__(self, n_columns: int) -> None:
         self.n_columns = n_columns
-        self.key = key  # the request's key in step messages (RequestWatchArgs.key)
         self._steps: list[StepValues] = []
         self._pre = np.zeros((0, n_columns), dtype=np.float32)  # assembled (covered, k)
         self._active = np.zeros((0, n_columns), dtype=bool)
@@ -102,62 +97,51 @@ class RequestValues:
         return True
 
 
-_READ_BUFFER = 16 << 20
-
-
 class ValueChannel:
     def __init__(self, directory: Path | None = None) -> None:
         directory = directory or Path(tempfile.gettempdir())
-        self.endpoint = str(directory / f"circuit-monitor-{uuid.uuid4().hex[:12]}.sock")  # unix socket path
-        self._requests: dict[int, RequestValues] = {}  # by key
-        self._keys: dict[str, int] = {}  # request id -> key
-        self._next_key = 0
-        self._server: asyncio.AbstractServer | None = None
+        self.endpoint = f"ipc://{directory}/circuit-monitor-{uuid.uuid4().hex[:12]}.sock"
+        self._requests: dict[str, RequestValues] = {}
+        self._socket = None
+        self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        # A prefill step's message is megabytes: buffer whole messages rather than pausing the
-        # socket every 64 KiB (asyncio's default limit).
-        self._server = await asyncio.start_unix_server(self._read, path=self.endpoint, limit=_READ_BUFFER)
+        import zmq
+        import zmq.asyncio
+
+        self._socket = zmq.asyncio.Context.instance().socket(zmq.PULL)
+        self._socket.setsockopt(zmq.RCVHWM, 0)
+        self._socket.bind(self.endpoint)
+        self._task = asyncio.create_task(self._read(), name="circuit-monitor-values")
 
     def open(self, rid: str, n_columns: int) -> RequestValues:
-        key, self._next_key = self._next_key, self._next_key + 1
-        values = RequestValues(n_columns, key)
-        self._requests[key] = values
-        self._keys[rid] = key
+        values = RequestValues(n_columns)
+        self._requests[rid] = values
         return values
 
-    def get(self, rid: str) -> RequestValues | None:
-        """The values of an open request."""
-        key = self._keys.get(rid)
-        return None if key is None else self._requests.get(key)
-
     def close(self, rid: str) -> None:
-        key = self._keys.pop(rid, None)
-        if key is not None:
-            self._requests.pop(key, None)
+        self._requests.pop(rid, None)
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One worker's messages, until it closes its end."""
-        try:
-            while True:
-                body = await reader.readexactly(message_length(await reader.readexactly(LENGTH_BYTES)))
-                try:
-                    steps = decode_step(body)
-                except Exception:  # a malformed message must not stop the reader
-                    log.exception("malformed monitor message from the engine")
-                    continue
-                for step in steps:
-                    values = self._requests.get(step.key)
-                    if values is not None:  # finished or aborted requests' late values are dropped
-                        values.add(step)
-        except (asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass  # the worker exited, or the server is stopping
-        finally:
-            writer.close()
+    async def _read(self) -> None:
+        assert self._socket is not None
+        while True:
+            frames = await self._socket.recv_multipart()
+            try:
+                steps = decode_step(frames)
+            except Exception:  # a malformed message must not stop the reader
+                log.exception("malformed monitor message from the engine")
+                continue
+            for step in steps:
+                values = self._requests.get(step.rid)
+                if values is not None:  # finished or aborted requests' late values are dropped
+                    values.add(step)
 
     def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._task is not None:
+            self._task.cancel()
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        path = self.endpoint.removeprefix("ipc://")
         with contextlib.suppress(OSError):
-            Path(self.endpoint).unlink()
+            Path(path).unlink()

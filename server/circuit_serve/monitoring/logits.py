@@ -23,7 +23,6 @@ same order as the forward pass's requests). For each monitored request (its watc
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from circuit_serve.monitoring import taps
-from circuit_serve.monitoring.wire import EXTRA_KEY, RequestWatchArgs, encode_step
+from circuit_serve.monitoring.wire import EXTRA_KEY, RequestWatchArgs, encode_blocks
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class _Rules:
 
 @dataclass
 class _Watch:
-    key: int  # the request's key in the value channel
+    rid: str
     rules: _Rules
     sentinel: int
     ban_sentinel: bool
@@ -61,10 +60,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self._rows: dict[int, _Watch] = {}
         self._rules: dict[tuple, _Rules] = {}  # interned, so requests with the same rules are batched
-        self._socket: socket.socket | None = None
-        # (batch rows, fired rows' (row, sentinel), banned rows' (2, b) index): None when the
-        # batch or a firing changed it since the last step
-        self._forced: tuple[int, list[tuple[int, int]], torch.Tensor | None] | None = None
+        self._socket = None
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
@@ -83,7 +79,6 @@ class MonitorLogitsProcessor(LogitsProcessor):
             bank.enabled = bool(self._rows)  # the taps run only while someone is monitored
 
     def _update(self, batch_update: BatchUpdate) -> None:
-        self._forced = None
         for index in batch_update.removed:
             self._rows.pop(index, None)
         for index, params, _prompt, _output in batch_update.added:
@@ -110,7 +105,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
                     np.asarray(args.steer, dtype=np.int64),
                     np.asarray(args.steer_thresholds, dtype=np.float32),
                 )
-            self._rows[index] = _Watch(args.key, rules, args.sentinel, args.ban_sentinel, args.fired)
+            self._rows[index] = _Watch(args.rid, rules, args.sentinel, args.ban_sentinel, args.fired)
             bank = taps.current_bank()
             for s in args.sets:  # columns lent to the request's own features, before its first forward pass
                 bank.set_column(s.column, s.layer, s.index, s.row, s.bias, s.threshold)
@@ -120,100 +115,77 @@ class MonitorLogitsProcessor(LogitsProcessor):
         bank = taps.current_bank()
         if bank is None or not self._rows or bank.num_tokens == 0:
             return logits
-        pos, pre, act = bank.read()  # (T,), (T, C), (T, C)
+        positions, pre, active = bank.read()
+        pos, pre_np, act_np = positions.numpy(), pre.numpy(), active.numpy()
         qs = bank.query_start
         groups: dict[int, list[int]] = {}  # requests with the same rules, read in one gather
         for i, w in self._rows.items():
             if i + 1 < len(qs) and qs[i + 1] > qs[i]:
                 groups.setdefault(id(w.rules), []).append(i)
-        headers: list[np.ndarray] = []
-        switched: list[list[int]] = []  # (header row, column, first steered position)
+        header: list[list] = []
         pre_blocks, act_blocks = [], []
-        first_row = 0  # the group's first row in the step's header
         for members in groups.values():
             rules = self._rows[members[0]].rules
+            counts = [qs[i + 1] - qs[i] for i in members]
             starts = np.fromiter((qs[i] for i in members), dtype=np.int64, count=len(members))
-            counts = np.fromiter((qs[i + 1] for i in members), dtype=np.int64, count=len(members)) - starts
-            single = bool((counts == 1).all())  # decode steps: one row per request
-            rows = starts if single else np.concatenate([np.arange(qs[i], qs[i + 1]) for i in members])
-            block_pre = pre.take(rows, 0).take(rules.columns, 1)  # (R, k)
-            block_act = act.take(rows, 0).take(rules.columns, 1)  # (R, k)
+            rows = starts if max(counts) == 1 else np.concatenate([np.arange(qs[i], qs[i + 1]) for i in members])
+            block_pre = pre_np.take(rows, 0).take(rules.columns, 1)  # (R, k)
+            block_act = act_np.take(rows, 0).take(rules.columns, 1)  # (R, k)
             block_act &= (pos.take(rows) != 0)[:, None]  # BOS: no features
-            header = np.empty((len(members), 6), dtype=np.int64)
-            header[:, 0] = [self._rows[i].key for i in members]
-            header[:, 1] = pos.take(starts)
-            header[:, 2] = counts
-            header[:, 3] = len(rules.columns)
-            header[:, 4:] = -1
             hits = _above(block_pre, block_act, rules.stop, rules.stop_thresholds)  # (R, s)
+            row_hit = None if hits is None else hits.any(axis=1)  # (R,)
             steer_hit = _above(block_pre, block_act, rules.steer, rules.steer_thresholds)  # (R, t)
-            if hits is not None or steer_hit is not None:  # a rule fired somewhere in the group
-                self._fire(members, header, hits, steer_hit, rules, bank, switched, first_row)
-            first_row += len(members)
-            headers.append(header)
+            first = pos.take(starts).tolist()
+            at = 0
+            for j, i in enumerate(members):
+                w, n = self._rows[i], counts[j]
+                fired = (-1, -1)
+                if row_hit is not None and w.fired is None and row_hit[at : at + n].any():
+                    r = int(row_hit[at : at + n].nonzero()[0][0])
+                    column = int(rules.stop[int(hits[at + r].nonzero()[0][0])])
+                    w.fired = fired = (column, first[j] + r)
+                switched: list[list[int]] = []
+                if steer_hit is not None:
+                    for t in steer_hit[at : at + n].any(axis=0).nonzero()[0].tolist():
+                        column = int(rules.steer[t])
+                        if column not in w.steered:  # its first firing: on from the next computed position
+                            w.steered.add(column)
+                            switched.append([column, first[j] + n])
+                            bank.steer.switch_on(i, column, first[j] + n)
+                header.append([w.rid, first[j], n, len(rules.columns), *fired, switched])
+                at += n
             pre_blocks.append(block_pre)
             act_blocks.append(block_act)
         self._rules_on_logits(logits)
-        if headers:
-            self._send(bank.spec.endpoint, encode_step(np.concatenate(headers), switched, pre_blocks, act_blocks))
+        if header:
+            self._send(bank.spec.endpoint, encode_blocks(header, pre_blocks, act_blocks))
         return logits
-
-    def _fire(
-        self,
-        members: list[int],
-        header: np.ndarray,
-        hits: np.ndarray | None,
-        steer_hit: np.ndarray | None,
-        rules: _Rules,
-        bank,
-        switched: list[list[int]],
-        first_row: int,
-    ) -> None:
-        """Note the group's firings (step 3 and 4 of the module docstring) in its `header` rows and
-        `switched`, and switch steer rules on in the steering bank."""
-        row_hit = None if hits is None else hits.any(axis=1)  # (R,)
-        at = 0
-        for j, (i, (first, n)) in enumerate(zip(members, header[:, 1:3].tolist(), strict=True)):
-            w = self._rows[i]
-            if row_hit is not None and w.fired is None and row_hit[at : at + n].any():
-                r = int(row_hit[at : at + n].nonzero()[0][0])
-                column = int(rules.stop[int(hits[at + r].nonzero()[0][0])])
-                w.fired = (column, first + r)
-                header[j, 4:] = w.fired
-                self._forced = None
-            if steer_hit is not None:
-                for t in steer_hit[at : at + n].any(axis=0).nonzero()[0].tolist():
-                    column = int(rules.steer[t])
-                    if column not in w.steered:  # its first firing: on from the next computed position
-                        w.steered.add(column)
-                        switched.append([first_row + j, column, first + n])
-                        bank.steer.switch_on(i, column, first + n)
-            at += n
 
     def _rules_on_logits(self, logits: torch.Tensor) -> None:
         """Fired rows sample only their sentinel (this step's token ends them); ignore_eos rows with
-        stop rules never sample it otherwise (one indexed write for all of them). Which rows are
-        which changes only with the batch or a firing, so it is worked out then, not every step."""
-        n = logits.shape[0]
-        if self._forced is None or self._forced[0] != n:
-            fired = [(i, w.sentinel) for i, w in self._rows.items() if i < n and w.fired is not None]
-            banned = [(i, w.sentinel) for i, w in self._rows.items() if i < n and w.fired is None and w.ban_sentinel]
-            ban = torch.tensor(banned, dtype=torch.long, device=logits.device).T if banned else None  # (2, b)
-            self._forced = (n, fired, ban)
-        _, fired, ban = self._forced
-        for i, sentinel in fired:
-            logits[i] = float("-inf")
-            logits[i, sentinel] = 0.0
-        if ban is not None:
-            logits[ban[0], ban[1]] = float("-inf")
+        stop rules never sample it otherwise (one indexed write for all of them)."""
+        n, ban_rows, ban_cols = logits.shape[0], [], []
+        for i, w in self._rows.items():
+            if i >= n:
+                continue
+            if w.fired is not None:
+                logits[i] = float("-inf")
+                logits[i, w.sentinel] = 0.0
+            elif w.ban_sentinel:
+                ban_rows.append(i)
+                ban_cols.append(w.sentinel)
+        if ban_rows:
+            logits[ban_rows, ban_cols] = float("-inf")
 
-    def _send(self, endpoint: str, message: bytes) -> None:
+    def _send(self, endpoint: str, frames: list[bytes]) -> None:
         if self._socket is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # steps queue here while the server reads
-            sock.connect(endpoint)
-            self._socket = sock
-        self._socket.sendall(message)  # never drops a step's values: waits while the buffer is full
+            import zmq
+
+            self._socket = zmq.Context.instance().socket(zmq.PUSH)
+            self._socket.setsockopt(zmq.SNDHWM, 0)  # never drop a step's values
+            self._socket.setsockopt(zmq.LINGER, 1000)
+            self._socket.connect(endpoint)
+        self._socket.send_multipart(frames, copy=False)
 
 
 def _above(pre: np.ndarray, active: np.ndarray, cols: np.ndarray, thresholds: np.ndarray) -> np.ndarray | None:

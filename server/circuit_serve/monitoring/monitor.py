@@ -208,10 +208,8 @@ class EngineMonitor:
         else:
             route = self.store.route(prompt_ids, private_salt=private)
         fired = _first_stop(route, watch, stop)
-        values = self.channel.open(request_id, len(columns))
         args = RequestWatchArgs(
             rid=request_id,
-            key=values.key,
             columns=columns,
             stop=stop,
             stop_thresholds=[watch.features[i].threshold for i in stop],
@@ -224,6 +222,7 @@ class EngineMonitor:
         )
         n_prompt = len(prompt_ids)
         extend = n_prompt + sampling.max_new_tokens + 1 <= max_model_len
+        values = self.channel.open(request_id, len(columns))
         if route is not None and len(route.pre):
             values.preset(route.pre, route.active)
         values.fired = fired

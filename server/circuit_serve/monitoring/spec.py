@@ -40,7 +40,7 @@ class MonitorSpec:
     top_k: int | None
     d_model: int
     d_transcoder: int
-    endpoint: str  # unix socket path the worker writes values to (monitoring.channel)
+    endpoint: str  # zmq address the worker pushes values to
     server_rows: torch.Tensor  # (n_server, d) float32
     server_bias: torch.Tensor  # (n_server,)
     server_threshold: torch.Tensor  # (n_server,); 0 for ReLU

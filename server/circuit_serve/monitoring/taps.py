@@ -21,9 +21,6 @@ preallocated table). Reading the table and applying rules is the logits processo
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,16 +32,6 @@ _BANK: TapBank | None = None  # this process's bank (one model per worker proces
 
 def current_bank() -> TapBank | None:
     return _BANK
-
-
-class _LayerView(NamedTuple):
-    """One layer's columns of the bank's rows: `b`, `threshold`, `index`, `in_use` `(C_l,)`, `wt` `(d, C_l)`."""
-
-    b: torch.Tensor
-    wt: torch.Tensor
-    threshold: torch.Tensor
-    index: torch.Tensor
-    in_use: torch.Tensor
 
 
 class TapBank:
@@ -81,24 +68,12 @@ class TapBank:
                 spec.server_bias[j],
                 spec.server_threshold[j],
             )
-        # The step's output table (rows beyond the step's token count are stale): pre-activations
-        # (T_max, C) float32 and active masks (T_max, C); each layer writes its block of columns
-        # through a view (T_max, C_l), so the whole step is read in one slice.
-        self.table_pre = torch.zeros(max_tokens, n_cols, device=device)
-        self.table_active = torch.zeros(max_tokens, n_cols, dtype=torch.bool, device=device)
-        blocks = [(plan.offset(layer), plan.offset(layer + 1)) for layer in range(plan.n_layers)]
-        self.pre = [self.table_pre[:, lo:hi] for lo, hi in blocks]
-        self.active = [self.table_active[:, lo:hi] for lo, hi in blocks]
-        self._outputs: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in blocks]  # by token count
-        self._row_shape = [d]
+        # The step's output table, one contiguous block per layer (rows beyond the step's token
+        # count are stale): pre-activations (T_max, C_l) float32 and active masks (T_max, C_l).
+        caps = [plan.capacity(layer) for layer in range(plan.n_layers)]
+        self.pre = [torch.zeros(max_tokens, c, device=device) for c in caps]
+        self.active = [torch.zeros(max_tokens, c, dtype=torch.bool, device=device) for c in caps]
         self.Wt = self.W.T  # (d, C): each layer's columns are a contiguous slice of it
-        # Each layer's slices of the rows, taken once (views: set_column's writes show through).
-        self.views = [
-            _LayerView(self.b[lo:hi], self.Wt[:, lo:hi], self.threshold[lo:hi], self.index[lo:hi], self.in_use[lo:hi])
-            if hi > lo
-            else None
-            for lo, hi in blocks
-        ]
         # Off while no monitored request is in the batch (set by the logits processor before each
         # forward pass): unmonitored traffic then runs the model alone.
         self.enabled = False
@@ -129,46 +104,33 @@ class TapBank:
 
     def tap(self, layer: int, x_mid: torch.Tensor) -> None:
         """Fill layer `layer`'s columns of the table from its residual `x_mid (T, d)`."""
-        view = self.views[layer]
-        if view is None or not self.enabled:
+        lo, hi = self.plan.offset(layer), self.plan.offset(layer + 1)
+        if hi == lo or not self.enabled:
             return
+        n = x_mid.shape[0]
         x = self.normalized(layer, x_mid)
-        pre, active = self.outputs(layer, x_mid.shape[0])  # (T, C_l)
+        pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
         if self.gate is not None:
             w_full, b_full = self.enc[layer]
-            self.gate.tap(layer, x, w_full, b_full, view.index, view.in_use, pre, active)
+            self.gate.tap(layer, x, w_full, b_full, self.index[lo:hi], self.in_use[lo:hi], pre, active)
         elif self.topk:
             w_full, b_full = self.enc[layer]
             full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
             kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
-            torch.index_select(full, 1, view.index, out=pre)
+            torch.index_select(full, 1, self.index[lo:hi], out=pre)
             # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
             torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
         else:
-            torch.addmm(view.b, x, view.wt, out=pre)  # (T, C_l)
-            torch.gt(pre, view.threshold, out=active)
+            torch.addmm(self.b[lo:hi], x, self.Wt[:, lo:hi], out=pre)  # (T, C_l)
+            torch.gt(pre, self.threshold[lo:hi], out=active)
 
     def normalized(self, layer: int, x_mid: torch.Tensor) -> torch.Tensor:
         """`(T, d)` float32 `x_mid`, times the norm's scale `r` unless the read point is hook_resid_mid
         (the folded rows then give the transcoder's pre-activations, see the module docstring)."""
-        x = x_mid if x_mid.dtype == torch.float32 else x_mid.float()
+        x = x_mid.float()
         if self.normalize:  # x * rsqrt(mean(x^2) + eps), one fused op
-            x = torch.rms_norm(x, self._row_shape, None, self.eps[layer])
+            x = torch.nn.functional.rms_norm(x, (x.shape[-1],), eps=self.eps[layer])
         return x
-
-    def outputs(self, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s `(n, C_l)` block of the table (pre-activations, active mask). Eager steps
-        reuse the views made for the same token count (a decode batch keeps its size for many
-        steps): per layer and step, the taps then call only the ops that compute."""
-        if torch.compiler.is_compiling():
-            return self.pre[layer][:n], self.active[layer][:n]
-        cache = self._outputs[layer]
-        out = cache.get(n)
-        if out is None:
-            if len(cache) >= 64:
-                cache.clear()
-            out = cache[n] = (self.pre[layer][:n], self.active[layer][:n])
-        return out
 
     def fold(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """Encoder rows `(n, d)` of `layer` with the norm's gain folded in where the read point needs it."""
@@ -184,13 +146,13 @@ class TapBank:
         self.positions = positions[: self.num_tokens].to("cpu", copy=True)
         self.query_start = query_start
 
-    def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The last step's `(T,)` positions, `(T, C)` pre-activations and `(T, C)` active mask (numpy;
-        on the CPU views of the table, valid until the next forward pass)."""
+    def read(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last step's `(T,)` positions, `(T, C)` pre-activations and `(T, C)` active mask on the CPU."""
         n = self.num_tokens
         assert self.positions is not None
-        pre, active = self.table_pre[:n].cpu().numpy(), self.table_active[:n].cpu().numpy()  # views on the CPU
-        return self.positions.numpy(), pre, active
+        pre = torch.cat([p[:n] for p in self.pre], 1)  # (T, C)
+        active = torch.cat([a[:n] for a in self.active], 1)
+        return self.positions, pre.cpu(), active.cpu()
 
 
 _TAPPED_CLASSES: dict[type, type] = {}

@@ -6,21 +6,13 @@
    `steer` rules, the token the worker forces when a rule fires, and a firing the server already
    found on the request's cached prompt positions (the worker then forces the stop token in its
    first step).
-2. Worker -> server, once per engine step over a unix stream socket: for every monitored request
-   in the step, its positions `first_pos .. first_pos + n - 1`, the `(n, n_cols)` pre-activations
+2. Worker -> server, once per engine step over a zmq PUSH socket: for every monitored request in
+   the step, its positions `first_pos .. first_pos + n - 1`, the `(n, n_cols)` pre-activations
    (float32) and active mask (uint8) of its columns, the first firing of a `stop` rule
    (column index in the request's list and position) when this step found it, and the `steer`
-   rules this step switched on (column index, first steered position). One message, all in
-   native byte order, after its length (uint64):
-
-       counts   int64 (2,)      R requests, S steer switches
-       header   int64 (R, 6)    key, first_pos, n, n_cols, fired column, fired position (-1: none)
-       steered  int64 (S, 3)    header row, column index, first steered position
-       pre      float32 (sum n * n_cols,)   each request's (n, n_cols) block after the previous one's
-       active   uint8 (sum n * n_cols,)     the same layout
-
-   `key` is the integer the server gave the request (`RequestWatchArgs.key`), so that a step
-   is decoded without parsing text.
+   rules this step switched on (column index, first steered position).
+   Frames: [header (JSON), pre-activations (float32 bytes), active mask (uint8 bytes)]; each
+   request's block follows the previous one's in both byte frames.
 3. Server -> worker, with a steered request (`SamplingParams.extra_args[STEER_KEY]`): `SteerArgs`,
    its interventions with the rows the worker needs (encoder row, bias, threshold, decoder rows);
    an intervention of a `steer` rule names the rule (its column index) and waits for its firing.
@@ -28,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +44,6 @@ class ColumnSet:
 @dataclass(frozen=True)
 class RequestWatchArgs:
     rid: str
-    key: int  # the request's key in the value channel (names its blocks in step messages)
     columns: list[int]  # global table columns, in the request's report order
     stop: list[int]  # indices into `columns` of `stop` rules
     stop_thresholds: list[float]  # a stop rule fires where its activation is above this
@@ -65,7 +57,6 @@ class RequestWatchArgs:
     def to_extra(self) -> dict:
         return {
             "rid": self.rid,
-            "key": self.key,
             "cols": self.columns,
             "stop": self.stop,
             "stop_thr": self.stop_thresholds,
@@ -81,7 +72,6 @@ class RequestWatchArgs:
     def from_extra(cls, data: dict) -> RequestWatchArgs:
         return cls(
             rid=str(data["rid"]),
-            key=int(data["key"]),
             columns=[int(c) for c in data["cols"]],
             stop=[int(s) for s in data["stop"]],
             stop_thresholds=[float(t) for t in data["stop_thr"]],
@@ -169,7 +159,7 @@ class SteerArgs:
 class StepValues:
     """One request's values from one engine step."""
 
-    key: int  # RequestWatchArgs.key
+    rid: str
     first_pos: int
     pre: np.ndarray  # (n, n_cols) float32
     active: np.ndarray  # (n, n_cols) bool
@@ -177,55 +167,32 @@ class StepValues:
     steered: tuple[tuple[int, int], ...] = ()  # (index into the request's columns, first steered position)
 
 
-LENGTH_BYTES = 8  # the uint64 before each message
-
-
-def encode_step(header: np.ndarray, steered: list[list[int]], pre: list[np.ndarray], active: list[np.ndarray]) -> bytes:
-    """One step's message, its length first (see the module docstring): `header` `(R, 6)` int64,
-    `steered` rows (header row, column index, first position), and blocks holding the requests'
-    rows in header order (several requests per block)."""
-    parts = [
-        np.asarray([len(header), len(steered)], dtype=np.int64).tobytes(),
-        np.ascontiguousarray(header, dtype=np.int64).tobytes(),
-        np.asarray(steered, dtype=np.int64).reshape(-1, 3).tobytes(),
-        *(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
-        *(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active),
+def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> list[bytes]:
+    """The frames of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
+    position, [[steer column, first steered position], ...]) and blocks holding those requests' rows in header order (several requests per block)."""
+    return [
+        json.dumps(header).encode(),
+        b"".join(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
+        b"".join(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active),
     ]
-    size = sum(len(p) for p in parts)
-    return b"".join([size.to_bytes(LENGTH_BYTES, "little"), *parts])
 
 
-def message_length(prefix: bytes) -> int:
-    return int.from_bytes(prefix, "little")
-
-
-def decode_step(body: bytes) -> list[StepValues]:
-    """The requests' values of one message (without its length)."""
-    n_requests, n_steered = np.frombuffer(body, dtype=np.int64, count=2).tolist()
-    at = 16
-    header = np.frombuffer(body, dtype=np.int64, count=6 * n_requests, offset=at).reshape(n_requests, 6)
-    at += header.nbytes
-    switches = np.frombuffer(body, dtype=np.int64, count=3 * n_steered, offset=at).reshape(n_steered, 3).tolist()
-    at += 24 * n_steered
-    sizes = header[:, 2] * header[:, 3]
-    total = int(sizes.sum())
-    pre = np.frombuffer(body, dtype=np.float32, count=total, offset=at)
-    active = np.frombuffer(body, dtype=np.bool_, count=total, offset=at + 4 * total)  # written as 0/1 bytes
-    steered: dict[int, list[tuple[int, int]]] = {}
-    for row, column, first in switches:
-        steered.setdefault(row, []).append((column, first))
-    out, start = [], 0
-    for row, (key, first_pos, n, n_cols, fired_col, fired_pos) in enumerate(header.tolist()):
-        end = start + n * n_cols
+def decode_step(frames: list[bytes]) -> list[StepValues]:
+    header = json.loads(frames[0])
+    pre = np.frombuffer(frames[1], dtype=np.float32)
+    active = np.frombuffer(frames[2], dtype=np.bool_)  # written as 0/1 bytes
+    out, at = [], 0
+    for rid, first_pos, n, n_cols, fired_col, fired_pos, steered in header:
+        size = n * n_cols
         out.append(
             StepValues(
-                key=key,
+                rid=rid,
                 first_pos=first_pos,
-                pre=pre[start:end].reshape(n, n_cols),
-                active=active[start:end].reshape(n, n_cols),
+                pre=pre[at : at + size].reshape(n, n_cols),
+                active=active[at : at + size].reshape(n, n_cols),
                 fired=None if fired_col < 0 else (fired_col, fired_pos),
-                steered=tuple(steered.get(row, ())),
+                steered=tuple((int(c), int(p)) for c, p in steered),
             )
         )
-        start = end
+        at += size
     return out
