@@ -158,9 +158,9 @@ def test_cancelled_stream_stops_generating(server, client):
     generated_before = server.vllm("vllm:generation_tokens_total")
     stream = client.stream(PROMPTS[0], Sampling(max_new_tokens=256, ignore_eos=True))
     next(stream)
-    next(stream)
-    assert server.vllm("vllm:num_requests_running") == 1
-    stream.close()  # cancels the call
+    # cancel at once: the demo model is fast enough that a metrics scrape between reading and closing
+    # once let all 256 tokens finish first
+    stream.close()
 
     assert _wait_for(lambda: server.vllm("vllm:num_requests_running") == 0)
     assert server.vllm("vllm:num_requests_waiting") == 0
