@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from circuit_serve.launch import LaunchedServer, start_server
+from circuit_serve.launch import LaunchedServer, start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -303,6 +303,7 @@ def large_table(r: dict) -> list[str]:
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cache.md")
     ap.add_argument("--computed-graphs", type=int, default=3)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from circuit_client.attribution import AttributionClient, AttributionSettings
 from circuit_serve.demo import build_demo_model
-from circuit_serve.launch import start_server
+from circuit_serve.launch import start_server, stop_on_sigterm
 from circuit_serve.testing.redis_server import RedisServer
 
 SETTINGS = AttributionSettings(max_feature_nodes=64, max_n_logits=4, batch_size=64)
@@ -89,6 +89,7 @@ def run(model: Path, redis_url: str, replicas: int, graphs: int, clients: int, l
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--graphs", type=int, default=60)
     ap.add_argument("--clients", type=int, default=12)

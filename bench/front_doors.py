@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import free_port, start_server
+from circuit_serve.launch import free_port, start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "front_doors.md"
@@ -115,16 +115,17 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
     from circuit_serve.config.serve import ServeConfig
 
     http_port = free_port()
-    ours = start_server(
-        model, [*ENGINE, "--kv-cache-gib", "1", "--http-port", str(http_port), "--log-level", "WARNING"], env=ENV
-    )
-    vllm_proc, vllm_port = start_vllm_server(model)
     parser = argparse.ArgumentParser()
     ServeConfig.add_arguments(parser)
     config = ServeConfig.from_args(parser.parse_args(["--model", str(model), *ENGINE, "--kv-cache-gib", "1"]))
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
     rows = []
+    ours = vllm_proc = engine = None  # each started inside the try, so a failed start stops the others
     try:
+        ours = start_server(
+            model, [*ENGINE, "--kv-cache-gib", "1", "--http-port", str(http_port), "--log-level", "WARNING"], env=ENV
+        )
+        vllm_proc, vllm_port = start_vllm_server(model)
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
         for streams, tokens in args.workloads:
             texts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(streams)]
             ids = [engine.get_tokenizer().encode(t) for t in texts]
@@ -198,10 +199,13 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                 spread = ratios[base] if base else None
                 rows.append((name, f"{streams}x{tokens}", k, st, ratio, spread))
     finally:
-        engine.shutdown()
-        ours.stop()
-        vllm_proc.terminate()
-        vllm_proc.wait(60)
+        if engine is not None:
+            engine.shutdown()
+        if ours is not None:
+            ours.stop()
+        if vllm_proc is not None:
+            vllm_proc.terminate()
+            vllm_proc.wait(60)
     return rows
 
 
@@ -257,6 +261,7 @@ def workload(text: str) -> tuple[int, int]:
 
 
 def main() -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     parser.add_argument("--workloads", nargs="+", type=workload, default=[(16, 128), (64, 32)])

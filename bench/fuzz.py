@@ -24,7 +24,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import start_server
+from circuit_serve.launch import start_server, stop_on_sigterm
 from circuit_serve.process_memory import status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,6 +120,7 @@ Answers by status: {", ".join(f"{c} {n}" for c, n in by_code.most_common())}.
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import LaunchedServer, start_server
+from circuit_serve.launch import LaunchedServer, start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "generation.md"
@@ -83,9 +83,13 @@ async def measure(args: argparse.Namespace, interval: int) -> tuple[PathStats, P
     config = ServeConfig.from_args(parser.parse_args(["--model", str(args.model), *engine_flags(args, interval)]))
 
     server = start_grpc_server(args, interval)
-    # vLLM's defaults, as a server built on it would run: per-step stats on (the gRPC
-    # server needs them for its metrics; vLLM's own loggers consume them here).
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
+    try:
+        # vLLM's defaults, as a server built on it would run: per-step stats on (the gRPC
+        # server needs them for its metrics; vLLM's own loggers consume them here).
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
+    except BaseException:
+        server.stop()
+        raise
     total = args.streams * args.tokens
     texts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(args.streams)]
     tokenizer = engine.get_tokenizer()
@@ -213,6 +217,7 @@ def _has_cuda() -> bool:
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: build the demo model)")
     ap.add_argument("--streams", type=int, default=16)

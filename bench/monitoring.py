@@ -40,7 +40,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import start_server
+from circuit_serve.launch import start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "monitoring.md"
@@ -318,6 +318,7 @@ def build_model(name: str, work: Path) -> tuple[Path, Path]:
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     ap.add_argument(

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "server"))
 sys.path.insert(0, str(ROOT / "client"))
 
-from circuit_serve.launch import start_server  # noqa: E402
+from circuit_serve.launch import start_server, stop_on_sigterm  # noqa: E402
 from circuit_serve.process_memory import tree_status_kib  # noqa: E402
 
 SHAPE = dict(layers=16, d=2048, heads=32, kv_heads=8, head_dim=64, d_mlp=8192, vocab=128256, n_tc=8192, l0=64)
@@ -266,6 +266,7 @@ def reference(args, model_dir: Path, tc_dir: Path, tokens: list[int]) -> dict | 
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "circuit-serve-real-shape")
     ap.add_argument("--ref-python", default="/work/refvenv/bin/python")

@@ -26,7 +26,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import start_server
+from circuit_serve.launch import start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "security.md"
@@ -54,6 +54,7 @@ def measure(target: str, credentials, *, calls: int, fresh: int) -> dict[str, li
 
 
 def main() -> int:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model directory (default: the demo model)")
     parser.add_argument("--rounds", type=int, default=9, help="rounds; each measures every configuration once")

@@ -34,7 +34,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import start_server
+from circuit_serve.launch import start_server, stop_on_sigterm
 from circuit_serve.process_memory import tree_status_kib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +253,7 @@ Failed valid requests: {failures}
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--warmup-fraction", type=float, default=0.2, help="share of the run counted as warm-up")

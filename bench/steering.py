@@ -42,7 +42,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from circuit_serve.launch import start_server
+from circuit_serve.launch import start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "steering.md"
@@ -242,6 +242,7 @@ one after the other, token by token, in the steering pool.
 
 
 def main() -> int:
+    stop_on_sigterm()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["demo", "wide"], choices=["demo", "wide"])
     ap.add_argument("--workloads", nargs="+", default=["fresh-8", "fresh-500"], help="fresh-N")

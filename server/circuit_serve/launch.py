@@ -10,8 +10,9 @@ Used by `circuit-serve demo` and the benchmarks (bench/). Steps of `start_server
 2. start `python -m circuit_serve.cli serve --model M --host 127.0.0.1 --port P ... FLAGS` in its
    own session (so a SIGKILL of the group also ends vLLM's engine-core child), output to `log_path`;
 3. ask the health service every 0.5 s until it says SERVING; if the process exits first raise
-   `ServerExited`, if `timeout_s` passes first kill the group and raise `TimeoutError` (both with the
-   log's tail).
+   `ServerExited`, if `timeout_s` passes first raise `TimeoutError` (both with the log's tail); on
+   any of these, or an interruption while waiting (SIGTERM under `stop_on_sigterm`, Ctrl-C), the
+   process group is killed first.
 
 `stop` sends SIGTERM, waits `grace_s`, then SIGKILLs the process group.
 """
@@ -33,6 +34,13 @@ from circuit_client import CircuitClient, CircuitRpcError, Credentials
 
 HOST = "127.0.0.1"
 LOG_TAIL_CHARS = 3000
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit here (in the main thread), so the `finally` blocks that stop the
+    servers this process launched run. Each server runs in its own session: a `timeout` or a job
+    runner's SIGTERM to this process alone would otherwise leave it, and its vLLM engine, running."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def free_port() -> int:
@@ -132,6 +140,21 @@ def start_server(
             start_new_session=True,
         )
     server = LaunchedServer(process, port, metrics_port, log_path)
+    try:
+        _wait_until_serving(server, timeout_s, credentials, on_status)
+    except BaseException:  # timed out, or interrupted (SIGTERM, Ctrl-C) while waiting: not left running
+        server.stop(grace_s=0)
+        raise
+    return server
+
+
+def _wait_until_serving(
+    server: LaunchedServer,
+    timeout_s: float | None,
+    credentials: Credentials | None,
+    on_status: Callable[[CircuitClient, str | None], None] | None,
+) -> None:
+    process, log_path = server.process, server.log_path
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with CircuitClient(server.target, timeout=2, retries=0, credentials=credentials) as probe:  # 3.
         while True:
@@ -144,8 +167,7 @@ def start_server(
             if on_status is not None:
                 on_status(probe, status)
             if status == "SERVING":
-                return server
+                return
             if deadline is not None and time.monotonic() > deadline:
-                server.stop(grace_s=0)
                 raise TimeoutError(f"server not SERVING after {timeout_s:.0f} s (log {log_path}):\n{server.log_tail()}")
             time.sleep(0.5)
