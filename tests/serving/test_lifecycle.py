@@ -124,3 +124,40 @@ def test_gemma2_variant_fits_vllm_cpu_constraints(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ids = AutoTokenizer.from_pretrained(path)("The capital of France is", return_tensors="pt").input_ids
     assert model(ids).logits.shape == (1, ids.shape[1], config["vocab_size"])
+
+
+def test_start_server_interrupted_while_waiting_leaves_nothing_running(demo_model_dir):
+    # A benchmark killed (SIGTERM under stop_on_sigterm, Ctrl-C) while its server loads must not
+    # leave the server and vLLM's engine behind: they run in their own session.
+    import os
+    import uuid
+
+    from circuit_serve.launch import start_server
+
+    mark = f"launch-test-{uuid.uuid4().hex}"
+
+    class Interrupted(Exception):
+        pass
+
+    def marked() -> list[str]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and mark.encode() in (entry / "environ").read_bytes():
+                    pids.append(entry.name)
+            except OSError:
+                continue
+        return pids
+
+    def interrupt_once_loading(probe, status):
+        if marked():  # the server process is up (it answers or not): interrupt the wait now
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        start_server(
+            demo_model_dir, ["--dtype", "float32"], env={"CIRCUIT_LAUNCH_MARK": mark}, on_status=interrupt_once_loading
+        )
+    deadline = time.monotonic() + 15
+    while marked() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not marked(), f"processes of the interrupted server still run: {marked()} (this test's pid {os.getpid()})"
