@@ -108,12 +108,17 @@ class _Hooks:
     def on_input(self, layer: int, x: torch.Tensor) -> None:
         if threading.get_ident() != self.owner:
             return
-        acts = self.target.encode(layer, x)  # (1, T, d_tc)
         by_feature: dict[FeatureRef, list[Intervention]] = defaultdict(list)
         for iv in self.by_layer[layer]:
             by_feature[iv.feature].append(iv)
+        # An add changes a feature by its value whatever the activation is: a layer whose
+        # interventions are all adds takes a = 0 (a' - a is then the value exactly) and encodes nothing.
+        reads_a = any(iv.op is not Op.ADD for iv in self.by_layer[layer])
+        acts = self.target.encode(layer, x) if reads_a else None  # (1, T, d_tc)
         for feature, ivs in by_feature.items():
-            old = acts[0, :, feature.index]  # (T,)
+            old = (
+                acts[0, :, feature.index] if acts is not None else x.new_zeros(x.shape[1], dtype=torch.float32)
+            )  # (T,)
             new = old.clone()
             for iv in ivs:  # in request order, each on top of the previous
                 m = self.mask(iv, old.shape[0], old.device)

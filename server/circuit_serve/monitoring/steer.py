@@ -40,6 +40,8 @@ operations, whatever the number of steered requests, features and interventions:
              = pre.clamp(min=0) where pre >= kth[uidx] else 0           # TopK, with
                full = xu @ W_l.T + b_l (U, d_tc), kth = kth largest of full, pre = full[uidx, index[slot]]
        a'    = a;  for m < M: a' = where(mask[:, m], op_m(a'), a')    (P,)  # in request order
+             (a layer whose interventions are all `add` skips xu, pre and a: a = 0, so a' - a is
+             the values added, exactly, as the replacement model's steering computes it too)
        D     = zeros(U, S);  D[uidx, slot] = a' - a               (U, S)  # one pair per (row, slot)
        add_k = D @ decoder[:, k]                                  (U, d)  for k < n_out
 
@@ -179,6 +181,7 @@ class _Pairs:
     kind: torch.Tensor  # (P, M) long
     value: torch.Tensor  # (P, M) float32
     rows: slice | None  # utok as a slice of the batch when it is one (no gather, no scatter)
+    reads_a: bool  # some pair sets or scales (adds alone need no activation: phase 2)
     mask: torch.Tensor | None = None  # (P, M) bool, this step's
 
 
@@ -247,7 +250,10 @@ class _Plan:
             q0_n += len(first[layer])
             joined = all(a[1] == b[0] for a, b in zip(rows, rows[1:], strict=False))
             whole = slice(rows[0][0], rows[-1][1]) if joined else None  # utok[q0:q1] == arange(whole)
-            pairs = _Pairs(self.tok[p0:p1], t[p0:p1, 0], utok[q0:q1], uidx[p0:p1], kind[p0:p1], value[p0:p1], whole)
+            reads_a = any(op.kind != _KIND[Op.ADD] for g in groups if g[0] == layer for op in g[5])
+            pairs = _Pairs(
+                self.tok[p0:p1], t[p0:p1, 0], utok[q0:q1], uidx[p0:p1], kind[p0:p1], value[p0:p1], whole, reads_a
+            )
             self.layers[layer] = (p0, p1, pairs)
             p0, q0 = p1, q1
         self.kind = kind
@@ -358,12 +364,15 @@ class SteerBank:
         if p is None:
             return
         pool = self.pools[layer]
-        xu = self.taps.normalized(layer, x_mid[p.utok if p.rows is None else p.rows])  # (U, d)
-        if self.taps.topk:
-            a = self._topk(layer, pool, p, xu)
+        if not p.reads_a:  # adds only: a' - a is the sum of the values on, whatever a is (no encoding)
+            a = torch.zeros(p.uidx.shape[0], dtype=torch.float32, device=x_mid.device)
         else:
-            pre = (xu @ pool.rows.T)[p.uidx, p.slot] + pool.bias[p.slot]  # (U, S) -> (P,)
-            a = pre * (pre > pool.threshold[p.slot])
+            xu = self.taps.normalized(layer, x_mid[p.utok if p.rows is None else p.rows])  # (U, d)
+            if self.taps.topk:
+                a = self._topk(layer, pool, p, xu)
+            else:
+                pre = (xu @ pool.rows.T)[p.uidx, p.slot] + pool.bias[p.slot]  # (U, S) -> (P,)
+                a = pre * (pre > pool.threshold[p.slot])
         new = a
         for m in range(p.kind.shape[1]):  # in request order, each on top of the previous
             kind, value = p.kind[:, m], p.value[:, m]
@@ -371,7 +380,7 @@ class SteerBank:
                 kind == _KIND[Op.SET], value, torch.where(kind == _KIND[Op.SCALE], new * value, new + value)
             )
             new = torch.where(p.mask[:, m], op, new)
-        delta = xu.new_zeros(xu.shape[0], pool.index.numel())  # (U, S): one (token, feature) per pair
+        delta = a.new_zeros(p.utok.shape[0], pool.index.numel())  # (U, S): one (token, feature) per pair
         delta[p.uidx, p.slot] = new - a
         for k in range(pool.decoder.shape[1]):  # row k is written to layer + k
             self._pending.setdefault(layer + k, []).append((p, delta @ pool.decoder[:, k]))  # (U, S) @ (S, d)
