@@ -99,6 +99,24 @@ def test_steer_args_carry_the_features_own_rows(monitor):
         assert len(e.decoder) == (tcs.n_layers - e.layer if tcs.is_clt else 1)
 
 
+def test_decoder_rows_are_read_once_and_kept_within_their_bound(monitor, monkeypatch):
+    from circuit_serve.monitoring import monitor as monitor_module
+
+    tcs = monitor.transcoders
+    reads: list[int] = []
+    real = tcs.decoder_rows
+    monkeypatch.setattr(tcs, "decoder_rows", lambda layer, features: reads.append(layer) or real(layer, features))
+    iv = [Intervention(FeatureRef(0, 2), Op.ADD, 1.0, generated=True)]
+    first = SteerArgs.from_extra(monitor.steer_args(iv, len(PROMPT)).to_extra()).entries[0].decoder
+    again = SteerArgs.from_extra(monitor.steer_args(iv, len(PROMPT)).to_extra()).entries[0].decoder
+    assert first == again and len(reads) == 1  # the second request reuses the rows read for the first
+    one_row = torch.tensor(first).numel() * 4
+    monkeypatch.setattr(monitor_module, "STEER_ROWS_CACHE_BYTES", 2 * one_row)  # room for two features' rows
+    for index in (3, 4, 5):
+        monitor.steer_args([Intervention(FeatureRef(0, index), Op.ADD, 1.0, generated=True)], len(PROMPT))
+    assert list(monitor._decoders) == [(0, 4), (0, 5)] and monitor._decoder_bytes == 2 * one_row  # oldest out
+
+
 def test_steered_requests_opt_out_of_prefix_reuse(monitor):
     monitor.engine_ready(block_size=4, prefix_caching=True)
     ivs = (Intervention(FeatureRef(0, 2), Op.SET, 1.0, generated=True),)

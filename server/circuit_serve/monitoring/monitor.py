@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 
 ReportSink = Callable[[MonitorReport, float], None]  # (server-watchlist part of a report, wait seconds)
 _VALUES_TIMEOUT_S = 30.0
+STEER_ROWS_CACHE_BYTES = 64 << 20  # steered features' decoder rows kept in the server (Monitor._decoder_rows)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,10 @@ class EngineMonitor:
         self.max_intervention_positions = max_intervention_positions or InputLimits().max_positions
         self.shape = TranscoderShape(transcoders.n_layers, transcoders.d_transcoder)
         self.compiled = False  # vLLM compiles the layers (engine_args): steering is refused
+        # Steered features' decoder rows (n_out, d) float32, newest last: read once, not per request
+        # (a lazily loaded decoder opens its file for every read), at most STEER_ROWS_CACHE_BYTES.
+        self._decoders: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self._decoder_bytes = 0
 
     def engine_ready(self, *, block_size: int, prefix_caching: bool) -> None:
         """vLLM runs with KV blocks of `block_size` tokens (and prefix caching on or off)."""
@@ -280,7 +286,7 @@ class EngineMonitor:
         entries = []
         for j, (rule, iv) in enumerate(flat):
             f = iv.feature
-            decoder = self.transcoders.decoder_rows(f.layer, torch.tensor([f.index], device=self.transcoders.device))
+            decoder = self._decoder_rows(f.layer, f.index)
             entries.append(
                 SteerEntry(
                     layer=f.layer,
@@ -293,11 +299,26 @@ class EngineMonitor:
                     row=None if self.spec.activation == "topk" else rows[j].tolist(),
                     bias=float(bias[j]),
                     threshold=float(thr[j]),
-                    decoder=decoder[0].detach().float().cpu().tolist(),  # (n_out, d)
+                    decoder=decoder.tolist(),  # (n_out, d)
                     rule=rule,
                 )
             )
         return SteerArgs(n_prompt, entries)
+
+    def _decoder_rows(self, layer: int, index: int) -> torch.Tensor:
+        """`(n_out, d)` float32 on the CPU: the decoder rows of feature `index` of `layer`."""
+        key = (layer, index)
+        rows = self._decoders.get(key)
+        if rows is not None:
+            self._decoders.move_to_end(key)
+            return rows
+        device = self.transcoders.device
+        rows = self.transcoders.decoder_rows(layer, torch.tensor([index], device=device))[0].detach().float().cpu()
+        self._decoders[key] = rows
+        self._decoder_bytes += rows.numel() * 4
+        while self._decoder_bytes > STEER_ROWS_CACHE_BYTES and len(self._decoders) > 1:
+            self._decoder_bytes -= self._decoders.popitem(last=False)[1].numel() * 4
+        return rows
 
     def _release(self, request: MonitoredRequest) -> None:
         self.channel.close(request.args.rid)
