@@ -224,9 +224,14 @@ def test_redis_down_is_a_counted_miss_and_recovers_by_itself(private_redis, metr
         private_redis.stop()
         t0 = time.perf_counter()
         assert await cache.get(k) is None  # fails: counted, a miss
+        left = link.first_pause_left()
+        assert left is not None and 0 < left <= 0.2  # one failure after answering: a moment, worth waiting out
         assert not await cache.put(k, SECTIONS)
         assert await cache.get(k) is None  # breaker open: fails fast without touching the network
         assert time.perf_counter() - t0 < 2.0
+        await asyncio.sleep(left + 0.05)
+        assert await cache.get(k) is None  # fails again after the pause: an outage
+        assert link.first_pause_left() is None
         private_redis.start()
         deadline = time.monotonic() + 5
         while not await cache.put(k, SECTIONS):  # reconnects by itself once the pause ends

@@ -74,6 +74,7 @@ class RedisLink:
         self._max_retry_after_s = max_retry_after_s
         self._pause_s = retry_after_s
         self._down_until = 0.0
+        self._failures = 0  # failed calls since the last success
         self._clock = clock
         self._client: Any = aioredis.Redis.from_url(
             url,
@@ -105,9 +106,18 @@ class RedisLink:
         if self._pause_s != self._retry_after_s:
             log.info("redis at %s is answering again", redact_url(self.url))
         self._pause_s = self._retry_after_s
+        self._failures = 0
         return result
 
+    def first_pause_left(self) -> float | None:
+        """Seconds left of the breaker's pause when one call failed after the link was answering (a
+        loaded moment, worth waiting out); None when the breaker is closed or calls keep failing."""
+        if self.available or self._failures != 1:
+            return None
+        return max(0.0, self._down_until - self._clock())
+
     def _trip(self, op: str, exc: BaseException) -> None:
+        self._failures += 1
         was_ok = self._pause_s == self._retry_after_s
         self._down_until = self._clock() + self._pause_s
         if was_ok:

@@ -42,6 +42,10 @@ from circuit_serve.domain.errors import CapacityExceeded
 from circuit_serve.jobs.status import CLASSES, CancelOutcome, JobSpec, JobStatus
 
 GROUP = "workers"
+# How long a fleet job's relay (jobs/runner.py) or the hand-over of its computed graph
+# (jobs/fleet_worker.py) waits out failing Redis calls: under load one slow command opens the
+# link's breaker and every call fails fast for its pause; that is a moment, not an outage.
+REDIS_PATIENCE_S = 5.0
 T = TypeVar("T")
 
 _UNCOUNT = """

@@ -14,6 +14,8 @@ Each worker slot loops:
    replica has reclaimed it, this one looked dead, so it stops and leaves the job to that one);
 5. store the result in the cache, then mark the job done and acknowledge it (XACK + XDEL); a
    failure marks it failed (the engine's reason) and acknowledges it too: it is not retried.
+   Redis calls that fail here are tried again for up to `REDIS_PATIENCE_S` (a loaded moment
+   opens the link's breaker for a pause): a computed graph is not dropped for a moment's pause.
 
 `drain(grace_s)` (SIGTERM) stops step 1 at once and gives running graphs `grace_s`; a graph still
 running then is stopped and left unacknowledged, so another replica reclaims it (step 2).
@@ -33,7 +35,7 @@ from circuit_serve.cache.graph_cache import GraphCache
 from circuit_serve.cache.redis_link import RedisUnavailable
 from circuit_serve.domain.errors import Cancelled, CircuitError, InvalidRequest
 from circuit_serve.jobs.events import JobEvent, Running, Work
-from circuit_serve.jobs.fleet_queue import FleetQueue
+from circuit_serve.jobs.fleet_queue import REDIS_PATIENCE_S, FleetQueue
 from circuit_serve.jobs.pool import WorkerPool
 from circuit_serve.jobs.stats_export import export_stats
 from circuit_serve.jobs.status import CLASSES, JobSpec
@@ -202,17 +204,37 @@ class FleetWorkers:
             self.metrics.computations.inc()
             if computed.stats is not None:
                 export_stats(self.metrics, computed.stats)
-            if await self.cache.put(spec.key, computed.sections):
-                await self._end(job, "done")
-            else:
-                await self._end(job, "failed", NOT_CACHED, "error")
+            await self._hand_over(job, computed.sections)
         finally:
             job.finished = True  # the keeper ends after its current sleep
             self._running.pop(spec.key, None)
 
+    async def _hand_over(self, job: _Job, sections) -> None:
+        """Step 5 for a computed graph: store it, then end its job `done`. A put that failed while the
+        link pauses after a failed call is tried again for up to REDIS_PATIENCE_S (the graph took a
+        worker's time; given up, its entry would be reclaimed and computed again); a put refused
+        with the link up (larger than --graph-cache-max-entry-mib) fails the job at once."""
+        deadline = time.monotonic() + REDIS_PATIENCE_S
+        while not await self.cache.put(job.spec.key, sections):
+            if self.queue.link.available or time.monotonic() >= deadline:
+                await self._end(job, "failed", NOT_CACHED, "error")
+                return
+            await asyncio.sleep(self.poll_s)
+        await self._end(job, "done")
+
     async def _end(self, job: _Job, state: str, reason: str = "", error: str = "") -> None:
+        """Write the job's final state and acknowledge its entry, waiting out failing Redis calls for up
+        to REDIS_PATIENCE_S; then `RedisUnavailable` (the entry is reclaimed later)."""
         self.metrics.fleet_jobs.labels(state).inc()
-        await self.queue.finish(job.spec, job.entry_id, state, replica=self.replica, reason=reason, error=error)
+        deadline = time.monotonic() + REDIS_PATIENCE_S
+        while True:
+            try:
+                await self.queue.finish(job.spec, job.entry_id, state, replica=self.replica, reason=reason, error=error)
+                return
+            except RedisUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(self.poll_s)
 
     async def _keep(self, job: _Job) -> None:
         """Step 4: progress out, cancel in, heartbeat, until `_compute` marks the job finished."""

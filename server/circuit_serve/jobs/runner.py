@@ -29,7 +29,7 @@ from circuit_serve.cache.graph_cache import GraphCache
 from circuit_serve.cache.redis_link import RedisUnavailable
 from circuit_serve.domain.errors import Cancelled, InvalidRequest, JobFailed
 from circuit_serve.jobs.events import Finished, JobEvent, Queued, Running, Work
-from circuit_serve.jobs.fleet_queue import FleetQueue
+from circuit_serve.jobs.fleet_queue import REDIS_PATIENCE_S, FleetQueue
 from circuit_serve.jobs.inflight import Emit, InFlight
 from circuit_serve.jobs.pool import WorkerPool
 from circuit_serve.jobs.replica_lock import HeldLock, NoLock, ReplicaLocks
@@ -38,9 +38,6 @@ from circuit_serve.jobs.status import CancelOutcome, JobSpec, JobStatus
 from circuit_serve.metrics.attribution import AttributionMetrics
 
 log = logging.getLogger(__name__)
-
-# Relaying a fleet job: Redis may fail this long (a loaded moment) before the graph is computed here.
-_REDIS_PATIENCE_S = 5.0
 
 
 class GraphJobs:
@@ -148,7 +145,7 @@ class GraphJobs:
     async def _produce_fleet(self, spec: JobSpec, work: Work, emit: Emit, stop: threading.Event) -> Finished:
         assert self.fleet is not None
         try:
-            await self.fleet.submit(spec)
+            await self._submit(spec)
         except RedisUnavailable as exc:
             log.warning("fleet queue unavailable (%s); computing graph %s on this replica", exc, spec.key)
             return await self._produce(spec.key, work, emit, stop, spec.tenant)
@@ -164,7 +161,7 @@ class GraphJobs:
                     failing_since = None
                 except RedisUnavailable:
                     failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since < _REDIS_PATIENCE_S:  # a slow moment, not an outage
+                    if time.monotonic() - failing_since < REDIS_PATIENCE_S:  # a slow moment, not an outage
                         await asyncio.sleep(self.poll_s)
                         continue
                     status = None
@@ -201,6 +198,20 @@ class GraphJobs:
                 self._count_waiting(-1)
             with contextlib.suppress(RedisUnavailable, asyncio.CancelledError):
                 await asyncio.shield(self.fleet.leave(spec.key))
+
+    async def _submit(self, spec: JobSpec) -> None:
+        """Queue `spec` on the fleet; refused during the link's first pause after one failed call (a
+        loaded moment, not an outage), it is tried once more when that pause ends, so that a slow
+        Redis command does not send the graph around the fleet's queue and deduplication."""
+        assert self.fleet is not None
+        try:
+            await self.fleet.submit(spec)
+        except RedisUnavailable:
+            wait = self.fleet.link.first_pause_left()
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+            await self.fleet.submit(spec)
 
     def _count_waiting(self, change: int) -> None:
         self._fleet_waiting += change
