@@ -260,7 +260,7 @@ def test_two_replicas_sharing_redis_compute_a_graph_once(
     in_phase_5 = lambda: any(isinstance(e, Running) and e.phase.startswith("5") for e in first)  # noqa: E731
     _wait_for(lambda: in_phase_5() or not thread.is_alive(), 120)
     assert in_phase_5(), f"the first caller never saw phase 5; its events: {first}\n" + "\n".join(
-        f"--- {s.log_path}:\n{_tail(s.log_path)}" for s in (attr_server, other)
+        f"--- {s.log_path}:\n{s.log()[-4000:]}" for s in (attr_server, other)
     )
     with AttributionClient(other.target, timeout=300) as client:  # joins the fleet job the first computes
         waiting: list = []
@@ -273,10 +273,6 @@ def test_two_replicas_sharing_redis_compute_a_graph_once(
     after = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
     assert sum(after) == sum(before) + 1
     other.stop()
-
-
-def _tail(path, lines: int = 40) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _background_stream(graphs, prompt, settings, seen: list, stop: threading.Event):
