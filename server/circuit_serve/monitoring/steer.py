@@ -238,7 +238,10 @@ class _Plan:
         uidx = _ranges(u0, counts, device)  # (P,)
         utok = _ranges(u_starts, u_counts, device)  # (U,) all layers' steered rows
         self.n_prompt = t[:, 1:2]  # (P, 1)
-        kind, self.start, self.generated, self.all_prompt, self.op_id = t[:, 2:].view(-1, M, 5).unbind(-1)  # (P, M)
+        kind, self.start, generated, all_prompt, self.op_id = t[:, 2:].view(-1, M, 5).unbind(-1)  # (P, M)
+        # What does not change from step to step, once: the flags as masks, and `start` where padding never applies.
+        self.generated, self.all_prompt = generated != 0, all_prompt != 0
+        self.start = torch.where(kind != 0, self.start, torch.iinfo(torch.long).max)
         self.keys = torch.tensor(keys, dtype=torch.long, device=device) if keys else None
         # Each layer's slices of the tables.
         self.layers: dict[int, tuple[int, int, _Pairs]] = {}
@@ -256,17 +259,17 @@ class _Plan:
             )
             self.layers[layer] = (p0, p1, pairs)
             p0, q0 = p1, q1
-        self.kind = kind
 
     def masks(self, positions: torch.Tensor) -> dict[int, _Pairs]:
         """The step's masks (module docstring, phase 1) from its positions `(T,)`, for every layer at once."""
         pos = positions[self.tok][:, None]  # (P, 1)
         prompt = pos < self.n_prompt  # (P, 1)
-        listed = torch.zeros_like(self.kind, dtype=torch.bool)
         if self.keys is not None:
-            listed = torch.isin(self.op_id * _KEY + pos, self.keys)
-        mask = ((self.generated != 0) & ~prompt) | torch.where(self.all_prompt != 0, prompt, listed)
-        mask &= (pos >= self.start) & (self.kind != 0)  # (P, M)
+            on_prompt = torch.where(self.all_prompt, prompt, torch.isin(self.op_id * _KEY + pos, self.keys))
+        else:
+            on_prompt = self.all_prompt & prompt
+        mask = (self.generated & ~prompt) | on_prompt
+        mask &= pos >= self.start  # (P, M); padding's start is past every position
         out = {}
         for layer, (p0, p1, pairs) in self.layers.items():
             pairs.mask = mask[p0:p1]
@@ -364,8 +367,10 @@ class SteerBank:
         if p is None:
             return
         pool = self.pools[layer]
-        if not p.reads_a:  # adds only: a' - a is the sum of the values on, whatever a is (no encoding)
-            a = torch.zeros(p.uidx.shape[0], dtype=torch.float32, device=x_mid.device)
+        if not p.reads_a:  # adds only: a' - a is the values on, added in order to 0 (no encoding)
+            added = torch.where(p.mask[:, 0], p.value[:, 0], 0.0)  # (P,)
+            for m in range(1, p.kind.shape[1]):
+                added = torch.where(p.mask[:, m], added + p.value[:, m], added)
         else:
             xu = self.taps.normalized(layer, x_mid[p.utok if p.rows is None else p.rows])  # (U, d)
             if self.taps.topk:
@@ -373,15 +378,16 @@ class SteerBank:
             else:
                 pre = (xu @ pool.rows.T)[p.uidx, p.slot] + pool.bias[p.slot]  # (U, S) -> (P,)
                 a = pre * (pre > pool.threshold[p.slot])
-        new = a
-        for m in range(p.kind.shape[1]):  # in request order, each on top of the previous
-            kind, value = p.kind[:, m], p.value[:, m]
-            op = torch.where(
-                kind == _KIND[Op.SET], value, torch.where(kind == _KIND[Op.SCALE], new * value, new + value)
-            )
-            new = torch.where(p.mask[:, m], op, new)
-        delta = a.new_zeros(p.utok.shape[0], pool.index.numel())  # (U, S): one (token, feature) per pair
-        delta[p.uidx, p.slot] = new - a
+            new = a
+            for m in range(p.kind.shape[1]):  # in request order, each on top of the previous
+                kind, value = p.kind[:, m], p.value[:, m]
+                op = torch.where(
+                    kind == _KIND[Op.SET], value, torch.where(kind == _KIND[Op.SCALE], new * value, new + value)
+                )
+                new = torch.where(p.mask[:, m], op, new)
+            added = new - a
+        delta = added.new_zeros(p.utok.shape[0], pool.index.numel())  # (U, S): one (token, feature) per pair
+        delta[p.uidx, p.slot] = added
         for k in range(pool.decoder.shape[1]):  # row k is written to layer + k
             self._pending.setdefault(layer + k, []).append((p, delta @ pool.decoder[:, k]))  # (U, S) @ (S, d)
 
