@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.option import OptionError
 from circuit_serve.config.security import SecurityConfig
 from circuit_serve.config.serve import EngineConfig, ServeConfig
+
+NO_CPU = max(os.sched_getaffinity(0)) + 1  # a CPU this process may not run on
 
 
 def serve_config(*argv: str) -> ServeConfig:
@@ -59,7 +62,10 @@ def test_units_negations_and_lists():
         "b=x",
         "--reflection",
         "off",
+        "--engine-core-cpus",
+        f"0-{NO_CPU - 1}",
     )
+    assert config.engine.engine_core_cpus == frozenset(range(NO_CPU))
     assert config.attribution.memory_budget_bytes == 1 << 29
     assert config.attribution.result_chunk_bytes == 100 << 10
     assert config.attribution.cache_max_entry_bytes == 2 << 20
@@ -122,6 +128,16 @@ def test_direct_construction_is_checked_by_the_same_declarations():
         (
             ["serve", "--model", "/m", "--tls-key", "/k"],
             "circuit-serve serve: error: argument --tls-key: needs --tls-cert: give --tls-cert and --tls-key together",
+        ),
+        (
+            ["serve", "--model", "/m", "--engine-core-cpus", "0-x"],
+            "circuit-serve serve: error: argument --engine-core-cpus: expected CPU numbers and ranges such as 0 or "
+            "0-3,8, got '0-x'",
+        ),
+        (
+            ["serve", "--model", "/m", "--engine-core-cpus", f"0,{NO_CPU}"],
+            f"circuit-serve serve: error: argument --engine-core-cpus: CPUs [{NO_CPU}] are not among this "
+            f"process's CPUs {sorted(os.sched_getaffinity(0))}",
         ),
         (
             ["serve", "--model", "/m", "--engine-arg", "nokey"],

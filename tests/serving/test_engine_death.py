@@ -3,11 +3,13 @@ killed under a running TLS server.
 
 One server for the module, as in production: vLLM's engine core in its own process
 (VLLM_ENABLE_V1_MULTIPROCESSING=1), TLS on the main port and `--health-port` serving grpc.health.v1
-alone in plaintext (what the kubelet's probes use); its `--transcoders` has a corrupt layer file.
+alone in plaintext (what the kubelet's probes use); its `--transcoders` has a corrupt layer file;
+`--engine-core-cpus` places the engine core on one CPU.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -20,10 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from circuit_client import CircuitClient, CircuitRpcError, Credentials, Sampling
 from circuit_client.attribution import AttributionClient
 from circuit_serve.demo.random_transcoders import write_random_transcoders
+from circuit_serve.generation.placement import place_engine_core, process_cpus
 from circuit_serve.launch import free_port
 from circuit_serve.testing.certs import make_pki
 
 EXIT_S = 6.0  # --engine-dead-exit-s
+ENGINE_CORE_CPU = max(os.sched_getaffinity(0))  # --engine-core-cpus
 GENERATION = "circuit.v1.Generation"
 
 
@@ -47,6 +51,8 @@ def tls_server(launch_server, demo_model_dir, tmp_path_factory):
         str(EXIT_S),
         "--max-new-tokens-limit",
         "480",
+        "--engine-core-cpus",
+        str(ENGINE_CORE_CPU),
         env={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
         credentials=creds,
     )
@@ -84,6 +90,16 @@ def engine_core(pid: int) -> psutil.Process:
     found = [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::EngineCor")]
     assert len(found) == 1, [p.name() for p in psutil.Process(pid).children(recursive=True)]
     return found[0]
+
+
+def test_the_engine_core_runs_on_the_cpus_given_and_its_worker_where_vllm_put_it(tls_server):
+    server, _, _ = tls_server
+    core = engine_core(server.process.pid)
+    assert process_cpus(core.pid) == {ENGINE_CORE_CPU}  # every thread of it
+    workers = [p for p in core.children() if p.name().startswith("VLLM::Worker")]
+    # vLLM's own binding (auto: the worker's cores leave the last for the engine core) is not ours
+    assert len(workers) == 1 and process_cpus(workers[0].pid) != {ENGINE_CORE_CPU}
+    assert f"placed on CPUs [{ENGINE_CORE_CPU}]" in server.log()
 
 
 def test_health_port_answers_in_plaintext_while_the_main_port_needs_tls(tls_server):
@@ -138,3 +154,11 @@ def test_killed_engine_core_turns_health_not_serving_and_the_process_exits(tls_s
     assert status != 0
     assert exited_after <= EXIT_S + 2.0, exited_after
     assert "vLLM's engine died" in server.log()
+
+
+def test_engine_core_cpus_with_the_engine_core_in_this_process_is_refused():
+    class InProcess:  # what AsyncLLM has with VLLM_ENABLE_V1_MULTIPROCESSING=0: no engine process
+        engine_core = object()
+
+    with pytest.raises(RuntimeError, match="engine core in this process: --engine-core-cpus has nothing to place"):
+        place_engine_core(InProcess(), frozenset({0}))

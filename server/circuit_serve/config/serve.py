@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +34,25 @@ def engine_arg(item: str) -> tuple[str, Any]:
         return key.replace("-", "_"), json.loads(raw)
     except json.JSONDecodeError:
         return key.replace("-", "_"), raw
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """`"0"`, `"0-3,8"` -> the CPUs, each one this process may run on (argparse type)."""
+    if not hasattr(os, "sched_getaffinity"):
+        raise argparse.ArgumentTypeError("placing processes on CPUs needs Linux")
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers and ranges such as 0 or 0-3,8, got {text!r}") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise argparse.ArgumentTypeError(
+            f"CPUs {sorted(cpus - allowed) or text!r} are not among this process's CPUs {sorted(allowed)}"
+        )
+    return frozenset(cpus)
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,14 @@ class EngineConfig(Options):
         ge=0,
         limits=("generation_max_top_logprobs",),
         help="largest top_logprobs a request may ask for",
+    )
+    engine_core_cpus: frozenset[int] | None = option(  # None: where the OS puts it
+        None,
+        flag="--engine-core-cpus",
+        type=cpu_list,
+        metavar="CPUS",
+        help="CPUs (e.g. 0 or 0-3,8) for vLLM's engine-core process; on vLLM's CPU build, its worker's "
+        "(VLLM_CPU_OMP_THREADS_BIND) leave the other cores to the server (server/docs/benchmarks.md)",
     )
     extra: dict[str, Any] = option(  # any other AsyncEngineArgs field
         default_factory=dict,

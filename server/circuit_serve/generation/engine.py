@@ -38,6 +38,7 @@ from circuit_serve.domain.generation import (
 from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
 from circuit_serve.domain.input_checks import check_text_bytes
 from circuit_serve.domain.monitor import RequestMonitor, WatchedRequest
+from circuit_serve.generation.placement import place_engine_core
 from circuit_serve.generation.stats import stat_loggers
 from circuit_serve.generation.vllm_version import check_vllm_version
 
@@ -88,6 +89,8 @@ class GenerationEngine:
             self._monitor = monitor
         args = AsyncEngineArgs(**kwargs, disable_log_stats=True)  # vLLM's metrics stay on (stats.py)
         self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args, stat_loggers=stat_loggers())
+        if self.config.engine_core_cpus:
+            place_engine_core(self._llm, self.config.engine_core_cpus)
         self._tokenizer = self._llm.get_tokenizer()
         if monitor is not None:
             cache = self._llm.vllm_config.cache_config
