@@ -107,12 +107,15 @@ def start_vllm_server(model: Path) -> tuple[subprocess.Popen, int]:
 
 async def run_model(name: str, model: Path, args) -> list[tuple]:
     import openai
+    import psutil
+    from monitoring import placement
     from vllm import AsyncEngineArgs, SamplingParams
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from circuit_client import AsyncCircuitClient, Sampling
     from circuit_serve.config.serve import ServeConfig
+    from circuit_serve.generation.placement import place_engine_core, place_process
 
     http_port = free_port()
     parser = argparse.ArgumentParser()
@@ -122,10 +125,18 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
     ours = vllm_proc = engine = None  # each started inside the try, so a failed start stops the others
     try:
         ours = start_server(
-            model, [*ENGINE, "--kv-cache-gib", "1", "--http-port", str(http_port), "--log-level", "WARNING"], env=ENV
+            model,
+            [*ENGINE, "--kv-cache-gib", "1", "--http-port", str(http_port), "--log-level", "WARNING", *placement(args)],
+            env=ENV,
         )
         vllm_proc, vllm_port = start_vllm_server(model)
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
+        if args.worker_core:  # vLLM's server's engine core and the raw one where ours is (--engine-core-cpus)
+            cpus = frozenset(int(c) for c in args.worker_core.split(","))
+            place_engine_core(engine, cpus)
+            for child in psutil.Process(vllm_proc.pid).children(recursive=True):
+                if child.name().startswith("VLLM::EngineCor"):
+                    place_process(child.pid, cpus)
         for streams, tokens in args.workloads:
             texts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(streams)]
             ids = [engine.get_tokenizer().encode(t) for t in texts]
@@ -232,7 +243,14 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
         f"Load average before: {load[0]}; after: {load[1]}; 1-minute load after each timed round "
         f"{min(LOADS or [0]):.1f}-{max(LOADS or [0]):.1f} (median {statistics.median(LOADS or [0]):.1f}). "
         "The load counts this benchmark's own servers and clients (four to six busy processes on 2 cores)",
-        "and any other work on the machine.",
+        "and any other work on the machine. "
+        + (
+            f"Every engine's worker is bound to core(s) `{args.worker_core}` (`VLLM_CPU_OMP_THREADS_BIND`) and its "
+            "engine core placed there too (ours: `--engine-core-cpus`; vLLM's server and the raw engine: the same "
+            "call on their engine-core process), leaving the other core(s) to the servers and clients."
+            if args.worker_core
+            else "Workers and engine cores where vLLM and the OS put them."
+        ),
         "",
         "| model | workload | path | tokens/s (min-max) | ratio | per round | TTFT p50 | TTFT p90 "
         "| ITL p50 | ITL p90 | ITL p99 | tok/msg |",
@@ -267,10 +285,13 @@ def main() -> int:
     parser.add_argument("--workloads", nargs="+", type=workload, default=[(16, 128), (64, 32)])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--round-timeout", type=float, default=180.0, help="seconds one path's round may take")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from monitoring import add_load_args, build_wide_model, server_environment
+
+    add_load_args(parser, workload=False)  # --worker-core: every engine's worker and engine core alike
     args = parser.parse_args()
     os.environ.update(ENV)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from monitoring import build_wide_model
+    server_environment(args)
 
     from circuit_serve.demo import build_demo_model
 

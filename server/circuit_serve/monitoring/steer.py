@@ -183,6 +183,8 @@ class _Pairs:
     rows: slice | None  # utok as a slice of the batch when it is one (no gather, no scatter)
     reads_a: bool  # some pair sets or scales (adds alone need no activation: phase 2)
     mask: torch.Tensor | None = None  # (P, M) bool, this step's
+    steady: bool = False  # this step's mask is the plan's steady one (every pair past its prompt and starts)
+    steady_adds: list[torch.Tensor] | None = None  # adds alone: phase 2's `add_k` under the steady mask
 
 
 def _ranges(starts: list[int], counts: list[int], device: torch.device) -> torch.Tensor:
@@ -242,6 +244,11 @@ class _Plan:
         # What does not change from step to step, once: the flags as masks, and `start` where padding never applies.
         self.generated, self.all_prompt = generated != 0, all_prompt != 0
         self.start = torch.where(kind != 0, self.start, torch.iinfo(torch.long).max)
+        # From this position on a pair's mask stays `generated & start <= pos`, the same every step
+        # (decode steps): past its prompt and the start of each of its interventions on generated tokens.
+        gen_start = torch.where(self.generated, self.start, 0).amax(1)  # (P,)
+        self.steady_from = torch.maximum(self.n_prompt[:, 0], gen_start)  # (P,)
+        self.steady_mask: torch.Tensor | None = None  # (P, M), once a step is steady
         self.keys = torch.tensor(keys, dtype=torch.long, device=device) if keys else None
         # Each layer's slices of the tables.
         self.layers: dict[int, tuple[int, int, _Pairs]] = {}
@@ -262,17 +269,24 @@ class _Plan:
 
     def masks(self, positions: torch.Tensor) -> dict[int, _Pairs]:
         """The step's masks (module docstring, phase 1) from its positions `(T,)`, for every layer at once."""
-        pos = positions[self.tok][:, None]  # (P, 1)
-        prompt = pos < self.n_prompt  # (P, 1)
-        if self.keys is not None:
-            on_prompt = torch.where(self.all_prompt, prompt, torch.isin(self.op_id * _KEY + pos, self.keys))
+        pos = positions[self.tok]  # (P,)
+        steady = bool((pos >= self.steady_from).all())
+        if steady and self.steady_mask is not None:
+            mask = self.steady_mask
         else:
-            on_prompt = self.all_prompt & prompt
-        mask = (self.generated & ~prompt) | on_prompt
-        mask &= pos >= self.start  # (P, M); padding's start is past every position
+            pos = pos[:, None]  # (P, 1)
+            prompt = pos < self.n_prompt  # (P, 1)
+            if self.keys is not None:
+                on_prompt = torch.where(self.all_prompt, prompt, torch.isin(self.op_id * _KEY + pos, self.keys))
+            else:
+                on_prompt = self.all_prompt & prompt
+            mask = (self.generated & ~prompt) | on_prompt
+            mask &= pos >= self.start  # (P, M); padding's start is past every position
+            if steady:
+                self.steady_mask = mask
         out = {}
         for layer, (p0, p1, pairs) in self.layers.items():
-            pairs.mask = mask[p0:p1]
+            pairs.mask, pairs.steady = mask[p0:p1], steady
             out[layer] = pairs
         return out
 
@@ -367,6 +381,10 @@ class SteerBank:
         if p is None:
             return
         pool = self.pools[layer]
+        if p.steady and p.steady_adds is not None:  # adds alone, as in the previous steady step
+            for k, add in enumerate(p.steady_adds):
+                self._pending.setdefault(layer + k, []).append((p, add))
+            return
         if not p.reads_a:  # adds only: a' - a is the values on, added in order to 0 (no encoding)
             added = torch.where(p.mask[:, 0], p.value[:, 0], 0.0)  # (P,)
             for m in range(1, p.kind.shape[1]):
@@ -388,8 +406,11 @@ class SteerBank:
             added = new - a
         delta = added.new_zeros(p.utok.shape[0], pool.index.numel())  # (U, S): one (token, feature) per pair
         delta[p.uidx, p.slot] = added
-        for k in range(pool.decoder.shape[1]):  # row k is written to layer + k
-            self._pending.setdefault(layer + k, []).append((p, delta @ pool.decoder[:, k]))  # (U, S) @ (S, d)
+        adds = [delta @ pool.decoder[:, k] for k in range(pool.decoder.shape[1])]  # (U, S) @ (S, d) for layer + k
+        for k, add in enumerate(adds):
+            self._pending.setdefault(layer + k, []).append((p, add))
+        if p.steady and not p.reads_a:  # the same every steady step of this plan (its slots stay put)
+            p.steady_adds = adds
 
     def _topk(self, layer: int, pool: _Pool, p: _Pairs, xu: torch.Tensor) -> torch.Tensor:
         """TopK activations `(P,)` of the pairs from the steered rows' inputs `xu (U, d)`: the full
@@ -428,7 +449,7 @@ class SteerBank:
         adds = self._pending.pop(layer, None)
         if adds is None:
             return out
-        out = out.clone()
+        # In place: the output is a new tensor of this forward pass, which vLLM itself adds into in place next.
         if len(adds) == 1:  # a per-layer transcoder: the deltas of this layer's features
             p, add = adds[0]
             _add_rows(out, p, add.to(out.dtype))
