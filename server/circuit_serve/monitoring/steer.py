@@ -32,6 +32,10 @@ operations, whatever the number of steered requests, features and interventions:
                else isin(id * KEY + pos, keys id * KEY + position))    # listed positions
        mask &= (pos >= start) & (kind != 0)    (P, M)   # start: 0, or a steer rule's first position
 
+   Once every pair is past its prompt and the starts of its interventions on generated tokens
+   (`steady_from`, as decode steps are), the mask is `generated & on` at every step: the plan keeps
+   it, and a layer of adds alone keeps its phase 2 result (`steady_adds`) until the plan changes.
+
 2. At layer `l`'s tapped pre-MLP norm (`on_input`, transcoder input `x_mid (T, d)`):
 
        xu    = bank.normalized(l, x_mid[utok])                    (U, d) float32   # as the taps
@@ -54,8 +58,8 @@ operations, whatever the number of steered requests, features and interventions:
    row it is `(a' - a) * decoder[slot, k]` exactly: the other products are zeros).
 3. The MLP output `(T, d)` of layer `l` (Gemma-2 with hook_mlp_out: the post-feedforward norm's
    output, where the transcoder's output is read) gains the `add` of every layer that writes to
-   it (`on_output`: one `index_add_`, or a slice add; a CLT's several are summed in float32
-   first). Other rows are not touched; layers without steered features compute nothing, and a
+   it (`on_output`, in place: one `index_add_`, or a slice add; a CLT's several are summed in
+   float32 first). Other rows are not touched; layers without steered features compute nothing, and a
    step without steered rows runs the model alone.
 
 Masks use absolute positions: a prompt position p when listed (or every prompt position with
@@ -249,6 +253,7 @@ class _Plan:
         gen_start = torch.where(self.generated, self.start, 0).amax(1)  # (P,)
         self.steady_from = torch.maximum(self.n_prompt[:, 0], gen_start)  # (P,)
         self.steady_mask: torch.Tensor | None = None  # (P, M), once a step is steady
+        self.steady_set = False  # the pairs' masks are views of steady_mask
         self.keys = torch.tensor(keys, dtype=torch.long, device=device) if keys else None
         # Each layer's slices of the tables.
         self.layers: dict[int, tuple[int, int, _Pairs]] = {}
@@ -266,29 +271,34 @@ class _Plan:
             )
             self.layers[layer] = (p0, p1, pairs)
             p0, q0 = p1, q1
+        self.pairs = {layer: pairs for layer, (_, _, pairs) in self.layers.items()}  # what `masks` returns
 
     def masks(self, positions: torch.Tensor) -> dict[int, _Pairs]:
         """The step's masks (module docstring, phase 1) from its positions `(T,)`, for every layer at once."""
         pos = positions[self.tok]  # (P,)
         steady = bool((pos >= self.steady_from).all())
         if steady and self.steady_mask is not None:
-            mask = self.steady_mask
+            if not self.steady_set:  # the pairs hold the steady mask's views from the previous step on
+                self._set(self.steady_mask, True)
+            return self.pairs
+        pos = pos[:, None]  # (P, 1)
+        prompt = pos < self.n_prompt  # (P, 1)
+        if self.keys is not None:
+            on_prompt = torch.where(self.all_prompt, prompt, torch.isin(self.op_id * _KEY + pos, self.keys))
         else:
-            pos = pos[:, None]  # (P, 1)
-            prompt = pos < self.n_prompt  # (P, 1)
-            if self.keys is not None:
-                on_prompt = torch.where(self.all_prompt, prompt, torch.isin(self.op_id * _KEY + pos, self.keys))
-            else:
-                on_prompt = self.all_prompt & prompt
-            mask = (self.generated & ~prompt) | on_prompt
-            mask &= pos >= self.start  # (P, M); padding's start is past every position
-            if steady:
-                self.steady_mask = mask
-        out = {}
-        for layer, (p0, p1, pairs) in self.layers.items():
+            on_prompt = self.all_prompt & prompt
+        mask = (self.generated & ~prompt) | on_prompt
+        mask &= pos >= self.start  # (P, M); padding's start is past every position
+        if steady:
+            self.steady_mask = mask
+        self._set(mask, steady)
+        return self.pairs
+
+    def _set(self, mask: torch.Tensor, steady: bool) -> None:
+        """Each layer's pairs get their rows of `mask (P, M)`."""
+        for p0, p1, pairs in self.layers.values():
             pairs.mask, pairs.steady = mask[p0:p1], steady
-            out[layer] = pairs
-        return out
+        self.steady_set = steady
 
 
 class SteerBank:
@@ -369,7 +379,7 @@ class SteerBank:
             ]
             self._plan = (layout, _Plan(groups, self.device) if groups else None)
         plan = self._plan[1]
-        self._pairs = plan.masks(positions[: qs[-1] if qs else 0]) if plan is not None else {}
+        self._pairs = plan.masks(positions) if plan is not None else {}  # the plan's rows are all < qs[-1]
 
     def end_pass(self) -> None:
         self._pairs = None
@@ -466,7 +476,7 @@ def _add_rows(out: torch.Tensor, p: _Pairs, add: torch.Tensor) -> None:
     if p.rows is None:
         out.index_add_(0, p.utok, add)
     else:
-        out[p.rows] += add
+        out[p.rows].add_(add)
 
 
 _STEERED_CLASSES: dict[type, type] = {}
