@@ -108,7 +108,7 @@ def start_vllm_server(model: Path) -> tuple[subprocess.Popen, int]:
 async def run_model(name: str, model: Path, args) -> list[tuple]:
     import openai
     import psutil
-    from monitoring import placement
+    from monitoring import ENGINE_IDLE_S, placement
     from vllm import AsyncEngineArgs, SamplingParams
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -187,6 +187,7 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     got = {}
                     for k in order:
                         run += 1
+                        await asyncio.sleep(ENGINE_IDLE_S)  # the previous path's engine stops spinning first
                         try:
                             got[k] = await asyncio.wait_for(timed(streams, tokens, paths[k]), args.round_timeout)
                         except Exception as exc:  # noqa: BLE001 - a stuck or failed path is reported, not fatal

@@ -45,6 +45,10 @@ from circuit_serve.launch import start_server, stop_on_sigterm
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "monitoring.md"
 MAX_MODEL_LEN = 1024
+# vLLM's CPU worker and engine core busy-wait for 1 s after their last step (SpinCondition); the
+# paths of a round wait this long first, so the previous path's engine (another server's, on the
+# same core with --worker-core) has gone idle and does not take the core from this one.
+ENGINE_IDLE_S = 1.5
 
 
 def write_watchlist(path: Path, n_layers: int, d_transcoder: int) -> Path:
@@ -169,6 +173,7 @@ async def measure(
             paths = [("unmonitored", client, False), ("monitored", client, True), ("plain", plain, False)]
             for k, (path, c, monitor) in enumerate(paths[run % 3 :] + paths[: run % 3]):  # each path in each slot
                 batch = prompts(model, workload, args.streams, seed=100 * run + k + 1)  # new every round
+                await asyncio.sleep(ENGINE_IDLE_S)  # the other server's engine stops spinning first
                 cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
                 counts = await asyncio.gather(*(one(c, ids, monitor) for ids in batch))
                 elapsed, used = time.perf_counter() - start, cpu_seconds(pids[path]) - cpu0
