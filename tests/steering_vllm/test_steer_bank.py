@@ -221,3 +221,17 @@ def test_decode_steps_reuse_the_steady_adds_and_stay_exact(kind, monkeypatch):
         kept.append((plan, [id(p.steady_adds[0]) if p.steady_adds else None for p in adds_alone]))
     # steps 1-2 share a plan, and 3-5 another (the rule's firing rebuilt it): the adds were computed once in each
     assert kept[1] == kept[2] and kept[3] == kept[4] == kept[5] and kept[2][0] is not kept[3][0], kept
+    assert bank._plan[1].steady_pending is None  # row 1 scales: its layer's deltas read the activations
+
+    # Row 0 alone adds alone on every layer: from its second steady step on, a pass repeats the adds.
+    bank.rows.pop(1)
+    for pos in range(N_PROMPT + 5, N_PROMPT + 9):
+        monkeypatch.setattr(sys.modules[__name__], "POSITIONS", [pos, pos])
+        x_mid = [torch.randn(2, d, generator=g) for _ in range(L)]
+        mlp_out = [torch.randn(2, d, generator=g) for _ in range(L)]
+        got = run_bank(bank, x_mid, mlp_out, [pos, pos], query_start)
+        want = reference(taps, tcs, {0: requests[0]}, {}, x_mid, mlp_out)
+        for layer in range(L):
+            torch.testing.assert_close(got[layer], want[layer], rtol=1e-5, atol=1e-5)
+            assert torch.equal(got[layer][1], mlp_out[layer][1])  # row 1 is not steered any more
+    assert bank._plan[1].steady_pending is not None

@@ -254,6 +254,7 @@ class _Plan:
         self.steady_from = torch.maximum(self.n_prompt[:, 0], gen_start)  # (P,)
         self.steady_mask: torch.Tensor | None = None  # (P, M), once a step is steady
         self.steady_set = False  # the pairs' masks are views of steady_mask
+        self.steady_pending: dict | None = None  # a steady pass's adds (SteerBank._pending), every layer adds alone
         self.keys = torch.tensor(keys, dtype=torch.long, device=device) if keys else None
         # Each layer's slices of the tables.
         self.layers: dict[int, tuple[int, int, _Pairs]] = {}
@@ -312,6 +313,9 @@ class SteerBank:
         self._plan: tuple[tuple, _Plan | None] | None = None  # (steered rows' layout, its tables)
         self._pairs: dict[int, _Pairs] | None = None  # layer -> phase 1 (None: no pass in flight)
         self._pending: dict[int, list[tuple[_Pairs, torch.Tensor]]] = {}  # out layer -> (U, d) float32 deltas
+        self._switches = 0  # steer rules switched on so far (a plan's layout holds its requests' versions)
+        self._last: tuple | None = None  # the previous pass's batch layout, rows and switches
+        self._repeat = False  # this pass repeats a steady pass of adds alone: phase 2 has nothing to do
 
     def request(self, args: SteerArgs) -> _RequestSteer:
         """The worker's form of a request's interventions (phase 0: its features' slots)."""
@@ -357,13 +361,20 @@ class SteerBank:
         req = self.rows.get(row)
         if req is not None:
             req.switch_on(rule, start)
+            self._switches += 1
 
     # ---- in the forward pass ----------------------------------------------------------------------
 
     def begin_pass(self, positions: torch.Tensor, query_start: list[int]) -> None:
         """Phase 1: the pairs of every layer with steered features in this batch."""
         qs = query_start
-        self._pending.clear()
+        last, self._last = self._last, (tuple(qs), tuple(self.rows.items()), self._switches)
+        plan = self._plan[1] if self._plan is not None else None
+        if self._last == last and plan is not None and plan.steady_pending is not None:
+            # The same rows as a steady pass of adds alone (positions only grow within a plan): its adds again.
+            self._pairs, self._pending, self._repeat = plan.pairs, plan.steady_pending, True
+            return
+        self._pending, self._repeat = {}, False
         layout = tuple(
             (req, qs[i], qs[i + 1] - qs[i], req.version)
             for i, req in self.rows.items()
@@ -382,12 +393,15 @@ class SteerBank:
         self._pairs = plan.masks(positions) if plan is not None else {}  # the plan's rows are all < qs[-1]
 
     def end_pass(self) -> None:
-        self._pairs = None
-        self._pending.clear()
+        plan = self._plan[1] if self._plan is not None else None
+        if not self._repeat and plan is not None and plan.steady_set and plan.steady_pending is None:
+            if all(p.steady_adds is not None for p in plan.pairs.values()):  # every layer adds alone
+                plan.steady_pending = self._pending  # what this steady pass added, for the next ones
+        self._pairs, self._pending, self._repeat = None, {}, False
 
     def on_input(self, layer: int, x_mid: torch.Tensor) -> None:
         """Phase 2 at layer `layer`, transcoder input `x_mid (T, d)`: its steered features' deltas."""
-        p = self._pairs.get(layer) if self._pairs is not None else None
+        p = self._pairs.get(layer) if self._pairs is not None and not self._repeat else None
         if p is None:
             return
         pool = self.pools[layer]
@@ -456,13 +470,13 @@ class SteerBank:
 
     def on_output(self, layer: int, out: torch.Tensor) -> torch.Tensor:
         """Phase 3: the MLP output `(T, d)` of `layer` with its steered rows' deltas added."""
-        adds = self._pending.pop(layer, None)
+        adds = self._pending.get(layer)
         if adds is None:
             return out
         # In place: the output is a new tensor of this forward pass, which vLLM itself adds into in place next.
         if len(adds) == 1:  # a per-layer transcoder: the deltas of this layer's features
             p, add = adds[0]
-            _add_rows(out, p, add.to(out.dtype))
+            _add_rows(out, p, add if add.dtype == out.dtype else add.to(out.dtype))
         else:  # a CLT: summed in float32 over the layers that write here, then added once
             acc = out.new_zeros(out.shape, dtype=torch.float32)
             for q, add_q in adds:
