@@ -114,7 +114,7 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from circuit_client import AsyncCircuitClient, Sampling
-    from circuit_serve.config.serve import ServeConfig
+    from circuit_serve.config.serve import ServeConfig, cpu_list
     from circuit_serve.generation.placement import place_engine_core, place_process
 
     http_port = free_port()
@@ -132,7 +132,7 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
         vllm_proc, vllm_port = start_vllm_server(model)
         engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs()))
         if args.worker_core:  # vLLM's server's engine core and the raw one where ours is (--engine-core-cpus)
-            cpus = frozenset(int(c) for c in args.worker_core.split(","))
+            cpus = cpu_list(args.worker_core)
             place_engine_core(engine, cpus)
             for child in psutil.Process(vllm_proc.pid).children(recursive=True):
                 if child.name().startswith("VLLM::EngineCor"):

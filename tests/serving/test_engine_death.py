@@ -9,6 +9,7 @@ alone in plaintext (what the kubelet's probes use); its `--transcoders` has a co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -22,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from circuit_client import CircuitClient, CircuitRpcError, Credentials, Sampling
 from circuit_client.attribution import AttributionClient
 from circuit_serve.demo.random_transcoders import write_random_transcoders
-from circuit_serve.generation.placement import place_engine_core, process_cpus
+from circuit_serve.generation.placement import place_engine_core
 from circuit_serve.launch import free_port
 from circuit_serve.testing.certs import make_pki
 
@@ -90,6 +91,15 @@ def engine_core(pid: int) -> psutil.Process:
     found = [p for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("VLLM::EngineCor")]
     assert len(found) == 1, [p.name() for p in psutil.Process(pid).children(recursive=True)]
     return found[0]
+
+
+def process_cpus(pid: int) -> set[int]:
+    """The union of the CPUs the threads of process `pid` may run on."""
+    out: set[int] = set()
+    for thread in psutil.Process(pid).threads():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            out |= os.sched_getaffinity(thread.id)
+    return out
 
 
 def test_the_engine_core_runs_on_the_cpus_given_and_its_worker_where_vllm_put_it(tls_server):

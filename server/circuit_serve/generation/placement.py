@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def place_engine_core(llm: Any, cpus: frozenset[int]) -> list[int]:
+def place_engine_core(llm: Any, cpus: frozenset[int]) -> None:
     """Put every thread of `llm`'s (a vLLM AsyncLLM) engine-core process(es) on `cpus` (threads they
-    start later inherit it); returns their pids. The worker processes keep vLLM's placement."""
+    start later inherit it). The worker processes keep vLLM's placement."""
     manager = getattr(getattr(llm.engine_core, "resources", None), "engine_manager", None)
     pids = [p.pid for p in getattr(manager, "processes", ()) if p.pid is not None]
     if not pids:
@@ -30,7 +29,6 @@ def place_engine_core(llm: Any, cpus: frozenset[int]) -> list[int]:
     for pid in pids:
         place_process(pid, cpus)
     log.info("vLLM engine core (pid %s) placed on CPUs %s", ", ".join(map(str, pids)), sorted(cpus))
-    return pids
 
 
 def place_process(pid: int, cpus: frozenset[int]) -> None:
@@ -40,14 +38,3 @@ def place_process(pid: int, cpus: frozenset[int]) -> None:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:  # a thread that ended meanwhile
             pass
-
-
-def process_cpus(pid: int) -> set[int]:
-    """The union of the CPUs the threads of process `pid` may run on."""
-    out: set[int] = set()
-    for tid in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out |= os.sched_getaffinity(int(tid.name))
-        except ProcessLookupError:
-            pass
-    return out
