@@ -135,7 +135,10 @@ def test_killed_engine_core_turns_health_not_serving_and_the_process_exits(tls_s
         with CircuitClient(server.target, credentials=creds, timeout=30) as client:
             try:
                 for _ in client.stream("the old river", Sampling(max_new_tokens=480, ignore_eos=True)):
-                    first_chunk.set()
+                    if not first_chunk.is_set():  # killed from here, at once: the stream is surely in flight
+                        core.send_signal(signal.SIGKILL)
+                        ended["killed"] = time.monotonic()
+                        first_chunk.set()
                 ended["result"] = "finished"
             except CircuitRpcError as err:
                 ended["result"] = err.code.name
@@ -143,9 +146,8 @@ def test_killed_engine_core_turns_health_not_serving_and_the_process_exits(tls_s
 
     reader = threading.Thread(target=stream)
     reader.start()
-    assert first_chunk.wait(60)
-    core.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
+    assert first_chunk.wait(60) and "killed" in ended, ended
+    killed = ended["killed"]
 
     reader.join(30)
     assert ended["result"] == "UNAVAILABLE"  # the stream in flight ended, retryable
