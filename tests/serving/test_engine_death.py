@@ -129,28 +129,35 @@ def test_killed_engine_core_turns_health_not_serving_and_the_process_exits(tls_s
     server, health_port, creds = tls_server
     core = engine_core(server.process.pid)
     ended: dict[str, object] = {}
-    first_chunk = threading.Event()
+    killed = 0.0
 
     def stream() -> None:
-        with CircuitClient(server.target, credentials=creds, timeout=30) as client:
+        # retries=0: the status the server gives, not the client's retry of it
+        with CircuitClient(server.target, credentials=creds, timeout=30, retries=0) as client:
             try:
                 for _ in client.stream("the old river", Sampling(max_new_tokens=480, ignore_eos=True)):
-                    if not first_chunk.is_set():  # killed from here, at once: the stream is surely in flight
-                        core.send_signal(signal.SIGKILL)
-                        ended["killed"] = time.monotonic()
-                        first_chunk.set()
+                    pass
                 ended["result"] = "finished"
             except CircuitRpcError as err:
                 ended["result"] = err.code.name
-            first_chunk.set()
+            ended["after"] = time.monotonic() - killed
 
+    # The engine core is stopped before the stream starts, so the stream cannot finish before the kill
+    # (killed on its first chunk, a placed engine core had sometimes finished all 480 tokens by then).
+    core.send_signal(signal.SIGSTOP)
     reader = threading.Thread(target=stream)
     reader.start()
-    assert first_chunk.wait(60) and "killed" in ended, ended
-    killed = ended["killed"]
+    deadline = time.monotonic() + 30
+    while server.metric("circuit_rpc_in_flight", method="circuit.v1.Generation/GenerateStream") < 1:
+        assert time.monotonic() < deadline, "the stream never reached the server"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the request on its way into the (stopped) engine
+    killed = time.monotonic()
+    core.send_signal(signal.SIGKILL)
 
     reader.join(30)
-    assert ended["result"] == "UNAVAILABLE"  # the stream in flight ended, retryable
+    assert ended.get("result") == "UNAVAILABLE", ended  # the stream in flight ended, retryable
+    assert ended["after"] < 2.0, ended  # at the engine's death, not when the server's shutdown ends it
 
     statuses = {}
     while time.monotonic() - killed < 5.0 and len(statuses) < 2:

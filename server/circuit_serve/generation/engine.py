@@ -92,6 +92,10 @@ class GenerationEngine:
         if self.config.engine_core_cpus:
             place_engine_core(self._llm, self.config.engine_core_cpus)
         self._tokenizer = self._llm.get_tokenizer()
+        # vLLM asks the engine core for its tasks on the first request and keeps the answer; asked
+        # now, no request waits on that question (an engine core that died first never answers it:
+        # that request waited until the server shut down, not failing at once with the others).
+        await self._llm.get_supported_tasks()
         if monitor is not None:
             cache = self._llm.vllm_config.cache_config
             monitor.engine_ready(block_size=int(cache.block_size), prefix_caching=bool(cache.enable_prefix_caching))
