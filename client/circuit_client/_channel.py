@@ -1,18 +1,23 @@
 """The channel (round robin, retries on UNAVAILABLE only) and the two drivers of the described calls.
 
-Retries use gRPC's own retry policy (service config), so they apply to every method
-of every service, and a stream is retried only before its first message arrives. Calls
-are balanced round robin over the target's addresses (`dns:///` or `ipv4:a,b` targets).
-`ServiceClient` (blocking) and `AsyncServiceClient` (asyncio) are the bases of every
-client; they make the calls that `_calls.py` describes, the one path of deadlines and
+Unary calls are retried by gRPC's own retry policy (service config). Streams are retried
+here, before their first message arrives, with the same policy (`RETRY`): grpcio 1.85's retry
+of a server-streaming call whose server shut down before its first message never ends, deadline
+or not. Calls are balanced round robin over the target's addresses (`dns:///` or `ipv4:a,b`
+targets). `ServiceClient` (blocking) and `AsyncServiceClient` (asyncio) are the bases of every
+client; they make the calls that `_calls.py` describes, the one path of deadlines, retries and
 error translation for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, closing
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import grpc
@@ -24,30 +29,88 @@ from circuit_client.errors import CircuitRpcError
 DEFAULT_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of UNAVAILABLE: gRPC's service-config policy for unary calls, the drivers' for streams."""
+
+    max_attempts: int = 5  # gRPC caps attempts at 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    multiplier: float = 2.0
+
+    def attempts(self, retries: int) -> int:
+        return min(retries + 1, self.max_attempts)
+
+    def pause(self, retry: int) -> float:
+        """The wait before retry number `retry` (1, 2, ...): uniform up to the backoff, as gRPC's."""
+        return random.uniform(0, min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (retry - 1)))
+
+    def service_config(self, retries: int) -> dict[str, object]:
+        return {
+            "name": [{}],  # every method; the streaming ones are listed again without it (see _stream)
+            "retryPolicy": {
+                "maxAttempts": self.attempts(retries),
+                "initialBackoff": f"{self.initial_backoff_s}s",
+                "maxBackoff": f"{self.max_backoff_s}s",
+                "backoffMultiplier": self.multiplier,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+
+
+RETRY = RetryPolicy()
+
+
+def streaming_methods() -> list[dict[str, str]]:
+    """Every server-streaming method of circuit.v1, as service-config names."""
+    from circuit_proto.v1 import attribution_pb2, features_pb2, generation_pb2
+
+    return [
+        {"service": service.full_name, "method": method.name}
+        for module in (attribution_pb2, features_pb2, generation_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+        if method.server_streaming
+    ]
+
+
 def channel_options(retries: int) -> list[tuple[str, object]]:
     """Message size limits and the service config: round robin over every address the target
     resolves to (`dns:///host:port` gives one per A record, e.g. a Kubernetes headless Service;
-    `ipv4:10.0.0.1:50051,10.0.0.2:50051` lists them), and retries of UNAVAILABLE when `retries` > 0."""
+    `ipv4:10.0.0.1:50051,10.0.0.2:50051` lists them), and retries of UNAVAILABLE when `retries` > 0
+    (by gRPC for unary calls; streams are retried by the drivers)."""
     options: list[tuple[str, object]] = [
         ("grpc.max_receive_message_length", 64 << 20),
         ("grpc.max_send_message_length", 64 << 20),
     ]
     config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
     if retries > 0:
-        config["methodConfig"] = [
-            {
-                "name": [{}],  # every method
-                "retryPolicy": {
-                    "maxAttempts": min(retries + 1, 5),  # gRPC caps attempts at 5
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "5s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
+        config["methodConfig"] = [RETRY.service_config(retries), {"name": streaming_methods()}]
     options += [("grpc.enable_retries", 1 if retries > 0 else 0), ("grpc.service_config", json.dumps(config))]
     return options
+
+
+class _StreamAttempts:
+    """A stream's attempts: each gets what is left of the call's deadline; UNAVAILABLE before the
+    first message is retried after a pause (`RETRY`) while attempts and time are left."""
+
+    def __init__(self, retries: int, deadline_s: float | None) -> None:
+        self._left = RETRY.attempts(retries) - 1
+        self._retry = 0
+        self._end = None if deadline_s is None else time.monotonic() + deadline_s
+
+    def timeout(self) -> float | None:
+        return None if self._end is None else max(0.0, self._end - time.monotonic())
+
+    def pause(self, err: grpc.RpcError, received: bool) -> float | None:
+        """The wait before the next attempt, or None: `err` ends the call."""
+        if received or self._left <= 0 or err.code() != grpc.StatusCode.UNAVAILABLE:
+            return None
+        self._left -= 1
+        self._retry += 1
+        wait = RETRY.pause(self._retry)
+        timeout = self.timeout()
+        return None if timeout is not None and wait >= timeout else wait
 
 
 def health_messages():
@@ -83,6 +146,9 @@ class _Client:
         else:
             self.channel = getattr(target, "channel", target)
         self.timeout = timeout
+        # Streams are retried as the channel's opener said: this client, the client whose channel
+        # this is, or none (a grpc channel given: its own service config says what gRPC retries).
+        self.retries = retries if self._own_channel else getattr(target, "retries", 0)
         self._stubs: dict[Callable[[Any], Any], Any] = {}
 
     def _deadline(self, timeout: float | None) -> float | None:
@@ -99,8 +165,9 @@ class _Client:
 class ServiceClient(_Client):
     """Base of the blocking clients and their driver: it makes the described calls (`_calls.py`).
 
-    1. The deadline is the call's `timeout`, else the client's.
-    2. Every grpc.RpcError becomes a CircuitRpcError (UNAVAILABLE was retried by the channel).
+    1. The deadline is the call's `timeout`, else the client's (a stream's attempts share it).
+    2. Every grpc.RpcError becomes a CircuitRpcError (UNAVAILABLE was retried: a unary call by the
+       channel, a stream here before its first message).
     3. A stream's messages go through its reader; leaving the stream early cancels the call.
     """
 
@@ -128,23 +195,28 @@ class ServiceClient(_Client):
 
     def _stream(self, rpc: Stream[T], *args: Any, timeout: float | None = None, **kwargs: Any) -> Iterator[T]:
         request = rpc.request(*args, **kwargs)
-        deadline = self._deadline(timeout)
-        call = self._method(rpc)(request, timeout=deadline)
-        reader = rpc.reader(request)
-        try:
-            for msg in call:
-                item = reader.feed(msg)
-                if item is not None:
-                    yield item
-            reader.done()
-        except grpc.RpcError as err:
-            if not rpc.falls_back(err):
-                raise CircuitRpcError.from_rpc_error(err) from None
-        else:
-            return
-        finally:
-            call.cancel()
-        yield self._ask(rpc.fallback, request, deadline)
+        attempts = _StreamAttempts(self.retries, self._deadline(timeout))
+        while True:
+            call = self._method(rpc)(request, timeout=attempts.timeout())
+            reader, received = rpc.reader(request), False
+            try:
+                for msg in call:
+                    received = True
+                    item = reader.feed(msg)
+                    if item is not None:
+                        yield item
+                reader.done()
+                return
+            except grpc.RpcError as err:
+                if rpc.falls_back(err):
+                    break
+                pause = attempts.pause(err, received)
+                if pause is None:
+                    raise CircuitRpcError.from_rpc_error(err) from None
+            finally:
+                call.cancel()
+            time.sleep(pause)
+        yield self._ask(rpc.fallback, request, attempts.timeout())
 
     def _first(
         self,
@@ -194,23 +266,28 @@ class AsyncServiceClient(_Client):
         self, rpc: Stream[T], *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> AsyncIterator[T]:
         request = rpc.request(*args, **kwargs)
-        deadline = self._deadline(timeout)
-        call = self._method(rpc)(request, timeout=deadline)
-        reader = rpc.reader(request)
-        try:
-            async for msg in call:
-                item = reader.feed(msg)
-                if item is not None:
-                    yield item
-            reader.done()
-        except grpc.RpcError as err:
-            if not rpc.falls_back(err):
-                raise CircuitRpcError.from_rpc_error(err) from None
-        else:
-            return
-        finally:
-            call.cancel()
-        yield await self._ask(rpc.fallback, request, deadline)
+        attempts = _StreamAttempts(self.retries, self._deadline(timeout))
+        while True:
+            call = self._method(rpc)(request, timeout=attempts.timeout())
+            reader, received = rpc.reader(request), False
+            try:
+                async for msg in call:
+                    received = True
+                    item = reader.feed(msg)
+                    if item is not None:
+                        yield item
+                reader.done()
+                return
+            except grpc.RpcError as err:
+                if rpc.falls_back(err):
+                    break
+                pause = attempts.pause(err, received)
+                if pause is None:
+                    raise CircuitRpcError.from_rpc_error(err) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(pause)
+        yield await self._ask(rpc.fallback, request, attempts.timeout())
 
     async def _first(
         self,
