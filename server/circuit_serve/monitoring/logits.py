@@ -61,6 +61,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
         self._rows: dict[int, _Watch] = {}
         self._rules: dict[tuple, _Rules] = {}  # interned, so requests with the same rules are batched
         self._socket = None
+        self._logit_rules: _LogitRules | None = None  # what _rules_on_logits writes; None: to be planned
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
@@ -79,6 +80,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
             bank.enabled = bool(self._rows)  # the taps run only while someone is monitored
 
     def _update(self, batch_update: BatchUpdate) -> None:
+        self._logit_rules = None
         for index in batch_update.removed:
             self._rows.pop(index, None)
         for index, params, _prompt, _output in batch_update.added:
@@ -144,6 +146,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
                     r = int(row_hit[at : at + n].nonzero()[0][0])
                     column = int(rules.stop[int(hits[at + r].nonzero()[0][0])])
                     w.fired = fired = (column, first[j] + r)
+                    self._logit_rules = None
                 switched: list[list[int]] = []
                 if steer_hit is not None:
                     for t in steer_hit[at : at + n].any(axis=0).nonzero()[0].tolist():
@@ -163,19 +166,16 @@ class MonitorLogitsProcessor(LogitsProcessor):
 
     def _rules_on_logits(self, logits: torch.Tensor) -> None:
         """Fired rows sample only their sentinel (this step's token ends them); ignore_eos rows with
-        stop rules never sample it otherwise (one indexed write for all of them)."""
-        n, ban_rows, ban_cols = logits.shape[0], [], []
-        for i, w in self._rows.items():
-            if i >= n:
-                continue
-            if w.fired is not None:
-                logits[i] = float("-inf")
-                logits[i, w.sentinel] = 0.0
-            elif w.ban_sentinel:
-                ban_rows.append(i)
-                ban_cols.append(w.sentinel)
-        if ban_rows:
-            logits[ban_rows, ban_cols] = float("-inf")
+        stop rules never sample it otherwise (one indexed write for all of them, planned once per
+        batch change or firing, not every step)."""
+        plan = self._logit_rules
+        if plan is None or plan.n_rows != logits.shape[0]:
+            plan = self._logit_rules = _LogitRules.of(self._rows, logits.shape[0], logits.device)
+        for i, sentinel in plan.fired:
+            logits[i] = float("-inf")
+            logits[i, sentinel] = 0.0
+        if plan.ban is not None:
+            logits.index_put_(plan.ban[:2], plan.ban[2])
 
     def _send(self, endpoint: str, frames: list[bytes]) -> None:
         if self._socket is None:
@@ -186,6 +186,29 @@ class MonitorLogitsProcessor(LogitsProcessor):
             self._socket.setsockopt(zmq.LINGER, 1000)
             self._socket.connect(endpoint)
         self._socket.send_multipart(frames, copy=False)
+
+
+@dataclass(frozen=True)
+class _LogitRules:
+    """The logits writes of a batch: fired rows `(row, sentinel)`, and the (rows, sentinels, -inf)
+    index_put_ operands of the ignore_eos rows whose sentinel is banned (None: none)."""
+
+    n_rows: int
+    fired: list[tuple[int, int]]
+    ban: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+
+    @classmethod
+    def of(cls, rows: dict[int, _Watch], n_rows: int, device: torch.device) -> _LogitRules:
+        fired = [(i, w.sentinel) for i, w in rows.items() if i < n_rows and w.fired is not None]
+        banned = [(i, w.sentinel) for i, w in rows.items() if i < n_rows and w.fired is None and w.ban_sentinel]
+        ban = None
+        if banned:
+            ban = (
+                torch.tensor([i for i, _ in banned], device=device),
+                torch.tensor([c for _, c in banned], device=device),
+                torch.tensor(float("-inf"), device=device),
+            )
+        return cls(n_rows, fired, ban)
 
 
 def _above(pre: np.ndarray, active: np.ndarray, cols: np.ndarray, thresholds: np.ndarray) -> np.ndarray | None:
