@@ -102,15 +102,20 @@ class _StreamAttempts:
     def timeout(self) -> float | None:
         return None if self._end is None else max(0.0, self._end - time.monotonic())
 
-    def pause(self, err: grpc.RpcError, received: bool) -> float | None:
-        """The wait before the next attempt, or None: `err` ends the call."""
-        if received or self._left <= 0 or err.code() != grpc.StatusCode.UNAVAILABLE:
+    def after(self, rpc: Stream[Any], err: grpc.RpcError, received: bool) -> float | None:
+        """What follows `err` on an attempt (`received`: it had a message): the wait before the next
+        attempt, None to ask the stream's fallback instead, or the call's CircuitRpcError (raised)."""
+        if rpc.falls_back(err):
             return None
+        if received or self._left <= 0 or err.code() != grpc.StatusCode.UNAVAILABLE:
+            raise CircuitRpcError.from_rpc_error(err) from None
         self._left -= 1
         self._retry += 1
         wait = RETRY.pause(self._retry)
         timeout = self.timeout()
-        return None if timeout is not None and wait >= timeout else wait
+        if timeout is not None and wait >= timeout:
+            raise CircuitRpcError.from_rpc_error(err) from None
+        return wait
 
 
 def health_messages():
@@ -208,11 +213,9 @@ class ServiceClient(_Client):
                 reader.done()
                 return
             except grpc.RpcError as err:
-                if rpc.falls_back(err):
-                    break
-                pause = attempts.pause(err, received)
+                pause = attempts.after(rpc, err, received)
                 if pause is None:
-                    raise CircuitRpcError.from_rpc_error(err) from None
+                    break
             finally:
                 call.cancel()
             time.sleep(pause)
@@ -279,11 +282,9 @@ class AsyncServiceClient(_Client):
                 reader.done()
                 return
             except grpc.RpcError as err:
-                if rpc.falls_back(err):
-                    break
-                pause = attempts.pause(err, received)
+                pause = attempts.after(rpc, err, received)
                 if pause is None:
-                    raise CircuitRpcError.from_rpc_error(err) from None
+                    break
             finally:
                 call.cancel()
             await asyncio.sleep(pause)
