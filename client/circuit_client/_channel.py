@@ -95,8 +95,8 @@ class _StreamAttempts:
     first message is retried after a pause (`RETRY`) while attempts and time are left."""
 
     def __init__(self, retries: int, deadline_s: float | None) -> None:
-        self._left = RETRY.attempts(retries) - 1
-        self._retry = 0
+        self._retries = RETRY.attempts(retries) - 1  # at most
+        self._retry = 0  # retries made
         self._end = None if deadline_s is None else time.monotonic() + deadline_s
 
     def timeout(self) -> float | None:
@@ -107,9 +107,8 @@ class _StreamAttempts:
         attempt, None to ask the stream's fallback instead, or the call's CircuitRpcError (raised)."""
         if rpc.falls_back(err):
             return None
-        if received or self._left <= 0 or err.code() != grpc.StatusCode.UNAVAILABLE:
+        if received or self._retry >= self._retries or err.code() != grpc.StatusCode.UNAVAILABLE:
             raise CircuitRpcError.from_rpc_error(err) from None
-        self._left -= 1
         self._retry += 1
         wait = RETRY.pause(self._retry)
         timeout = self.timeout()
