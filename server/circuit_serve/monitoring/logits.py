@@ -175,7 +175,7 @@ class MonitorLogitsProcessor(LogitsProcessor):
             logits[i] = float("-inf")
             logits[i, sentinel] = 0.0
         if plan.ban is not None:
-            logits.index_put_(plan.ban[:2], plan.ban[2])
+            logits.index_put_(plan.ban, plan.neg_inf)
 
     def _send(self, endpoint: str, frames: list[bytes]) -> None:
         if self._socket is None:
@@ -190,12 +190,13 @@ class MonitorLogitsProcessor(LogitsProcessor):
 
 @dataclass(frozen=True)
 class _LogitRules:
-    """The logits writes of a batch: fired rows `(row, sentinel)`, and the (rows, sentinels, -inf)
-    index_put_ operands of the ignore_eos rows whose sentinel is banned (None: none)."""
+    """The logits writes of a batch: fired rows `(row, sentinel)`, and the (rows, sentinels) index
+    of the ignore_eos rows whose sentinel is banned (None: none), written `neg_inf`."""
 
     n_rows: int
     fired: list[tuple[int, int]]
-    ban: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    ban: tuple[torch.Tensor, torch.Tensor] | None
+    neg_inf: torch.Tensor
 
     @classmethod
     def of(cls, rows: dict[int, _Watch], n_rows: int, device: torch.device) -> _LogitRules:
@@ -206,9 +207,8 @@ class _LogitRules:
             ban = (
                 torch.tensor([i for i, _ in banned], device=device),
                 torch.tensor([c for _, c in banned], device=device),
-                torch.tensor(float("-inf"), device=device),
             )
-        return cls(n_rows, fired, ban)
+        return cls(n_rows, fired, ban, torch.tensor(float("-inf"), device=device))
 
 
 def _above(pre: np.ndarray, active: np.ndarray, cols: np.ndarray, thresholds: np.ndarray) -> np.ndarray | None:
