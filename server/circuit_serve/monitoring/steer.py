@@ -445,7 +445,7 @@ class SteerBank:
             learn = gate is not None and gate.sentinels[layer] is None
             return self._topk_rows(layer, pool, p.uidx, p.slot, xu, learn=learn)
         if pool.gated is None:  # the sentinels' rows and the pool's features' rows
-            pool.gated = gate.gather(layer, *self.taps.enc[layer], pool.index)
+            pool.gated = gate.gather(layer, *self.taps.enc_t[layer], pool.index)
         # 1.-3. of topk_gate: the sentinels' k-th largest bounds the row's; rows where no pair passes it are out
         both, kth_s, tol = gate.bound(layer, xu, pool.gated)  # (U, S), (U, 1), (U, 1)
         maybe = topk_gate.may_pass(both[p.uidx, p.slot], kth_s[p.uidx, 0], tol[p.uidx, 0])  # (P,)
@@ -460,8 +460,8 @@ class SteerBank:
 
     def _topk_rows(self, layer, pool, uidx, slot, xu, *, learn: bool) -> torch.Tensor:
         """`(P,)`: `pre.clamp(min=0)` where `pre >= kth` of the full row `xu @ W_l.T + b_l`, else 0."""
-        w_full, b_full = self.taps.enc[layer]
-        full = torch.addmm(b_full, xu, w_full.T)  # (U, d_tc)
+        w_t, b_full = self.taps.enc_t[layer]
+        full = torch.addmm(b_full, xu, w_t)  # (U, d_tc)
         top = full.topk(self.taps.k, dim=-1)
         if learn:  # the gate's warm-up, as the taps' (any sentinels are exact, frequent ones spare more)
             self.taps.gate.learn(layer, top.indices)

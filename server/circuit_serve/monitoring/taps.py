@@ -52,13 +52,16 @@ class TapBank:
         self.threshold = torch.zeros(n_cols, device=device)
         self.index = torch.zeros(n_cols, dtype=torch.long, device=device)  # feature index (TopK gather)
         self.in_use = torch.zeros(n_cols, dtype=torch.bool, device=device)  # server columns, lent slots
-        self.enc: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # TopK: each layer's whole encoder, transposed `(d, d_tc)` and contiguous (a decoding step's
+        # `(T, d) @ (d, d_tc)` runs ~1.6x faster on the CPU than through the `(d_tc, d)` view), and bias.
+        self.enc_t: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.gate: TopKGate | None = None  # TopK on the CPU: most tokens skip the full row (topk_gate)
         if self.topk:
             for layer, (w, b) in enumerate(spec.full_encoders):
-                self.enc.append((self._fold(layer, w.to(device).float()), b.to(device).float()))
+                w_t = self._fold(layer, w.to(device).float()).T.contiguous()
+                self.enc_t.append((w_t, b.to(device).float()))
             if torch.device(device).type == "cpu":
-                self.gate = TopKGate(plan.n_layers, self.enc[0][0].shape[0], self.k)
+                self.gate = TopKGate(plan.n_layers, self.enc_t[0][0].shape[1], self.k)
         for j, f in enumerate(plan.server):
             self.set_column(
                 plan.server_columns[j],
@@ -111,11 +114,11 @@ class TapBank:
         x = self.normalized(layer, x_mid)
         pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
         if self.gate is not None:
-            w_full, b_full = self.enc[layer]
-            self.gate.tap(layer, x, w_full, b_full, self.index[lo:hi], self.in_use[lo:hi], pre, active)
+            w_t, b_full = self.enc_t[layer]
+            self.gate.tap(layer, x, w_t, b_full, self.index[lo:hi], self.in_use[lo:hi], pre, active)
         elif self.topk:
-            w_full, b_full = self.enc[layer]
-            full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
+            w_t, b_full = self.enc_t[layer]
+            full = torch.addmm(b_full, x, w_t)  # (T, d_tc)
             kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
             torch.index_select(full, 1, self.index[lo:hi], out=pre)
             # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)

@@ -57,7 +57,7 @@ class TopKGate:
         self,
         layer: int,
         x: torch.Tensor,
-        w_full: torch.Tensor,
+        w_t: torch.Tensor,
         b_full: torch.Tensor,
         index: torch.Tensor,
         in_use: torch.Tensor,
@@ -65,15 +65,15 @@ class TopKGate:
         active: torch.Tensor,
     ) -> None:
         """Fill `pre (T, C)` and `active (T, C)` for the watched features `index (C,)` of `layer` from
-        its (normalized) input `x (T, d)`; `w_full (d_tc, d)`, `b_full (d_tc,)`: the layer's encoder;
+        its (normalized) input `x (T, d)`; `w_t (d, d_tc)` (transposed), `b_full (d_tc,)`: the layer's encoder;
         `in_use (C,)`: the columns someone watches (a request slot never lent holds feature 0 and
         decides nothing)."""
         if not self.ready(layer, x.shape[0]):
-            self._whole(layer, x, w_full, b_full, index, pre, active, learn=self.sentinels[layer] is None)
+            self._whole(layer, x, w_t, b_full, index, pre, active, learn=self.sentinels[layer] is None)
             return
         sub = self._sub.get(layer)
         if sub is None:
-            sub = self._sub[layer] = self.gather(layer, w_full, b_full, index)
+            sub = self._sub[layer] = self.gather(layer, w_t, b_full, index)
         both, kth_s, tol = self.bound(layer, x, sub)
         pre.copy_(both)
         # 3. tokens where a watched feature may be in the row's top k
@@ -83,7 +83,7 @@ class TopKGate:
         self.whole += maybe.numel()
         if maybe.numel():  # 4. the whole row for those tokens only
             p, a = pre[maybe], active[maybe]
-            self._whole(layer, x[maybe], w_full, b_full, index, p, a, learn=False)
+            self._whole(layer, x[maybe], w_t, b_full, index, p, a, learn=False)
             pre[maybe], active[maybe] = p, a
 
     def ready(self, layer: int, n_tokens: int) -> bool:
@@ -92,12 +92,13 @@ class TopKGate:
         return self.sentinels[layer] is not None and n_tokens >= MIN_TOKENS
 
     def gather(
-        self, layer: int, w_full: torch.Tensor, b_full: torch.Tensor, index: torch.Tensor
+        self, layer: int, w_t: torch.Tensor, b_full: torch.Tensor, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step 1's operands for features `index (C,)`: the sentinels' and their encoder rows,
-        transposed `(d, s + C)`, and biases `(s + C,)` (the caller keeps them while `index` holds)."""
+        """Step 1's operands for features `index (C,)` from the layer's transposed encoder `w_t (d, d_tc)`:
+        the sentinels' and their encoder columns `(d, s + C)`, and biases `(s + C,)` (the caller keeps
+        them while `index` holds)."""
         cols = torch.cat([self.sentinels[layer], index])
-        return w_full.index_select(0, cols).T.contiguous(), b_full.index_select(0, cols)
+        return w_t.index_select(1, cols).contiguous(), b_full.index_select(0, cols)
 
     def bound(
         self, layer: int, x: torch.Tensor, sub: tuple[torch.Tensor, torch.Tensor]
@@ -109,8 +110,8 @@ class TopKGate:
         kth_s = both[:, :s].topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
         return both[:, s:], kth_s, _TOL * (kth_s.abs() + 1.0)
 
-    def _whole(self, layer, x, w_full, b_full, index, pre, active, *, learn: bool) -> None:
-        full = torch.addmm(b_full, x, w_full.T)  # (T, d_tc)
+    def _whole(self, layer, x, w_t, b_full, index, pre, active, *, learn: bool) -> None:
+        full = torch.addmm(b_full, x, w_t)  # (T, d_tc)
         top = full.topk(self.k, dim=-1)
         kth = top.values[:, -1:]  # (T, 1)
         torch.index_select(full, 1, index, out=pre)
