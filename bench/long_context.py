@@ -123,17 +123,18 @@ def base_checkout(rev: str, workdir: Path) -> Path:
 
 
 def run_one(server: Path, mdir: Path, tdir: Path, tokens: int, args) -> dict:
+    streamed = server == ROOT / "server"  # this checkout's code; else today's (--base-rev)
     cfg = dict(
         server=str(server),
         model=str(mdir),
         transcoders=str(tdir),
         tokens=tokens,
-        budget=int((args.budget_gib if server == ROOT / "server" else args.today_budget_gib) * 2**30),
+        budget=int((args.budget_gib if streamed else args.today_budget_gib) * 2**30),
         max_feature_nodes=args.max_feature_nodes,
         threads=args.threads,
-        log=str(Path(args.workdir) / f"progress-{'streamed' if server == ROOT / 'server' else 'today'}-{tokens}.jsonl"),
+        log=str(Path(args.workdir) / f"progress-{'streamed' if streamed else 'today'}-{tokens}.jsonl"),
         # the new code picks dense rows where they fit the budget: force the streamed rows it measures
-        extra={} if server != ROOT / "server" else {"dense_rows": False},
+        extra={"dense_rows": False} if streamed else {},
     )
     env = {**os.environ, "PYTHONPATH": str(server)}
     p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env)
