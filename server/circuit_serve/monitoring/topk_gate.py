@@ -65,8 +65,8 @@ class TopKGate:
         active: torch.Tensor,
     ) -> None:
         """Fill `pre (T, C)` and `active (T, C)` for the watched features `index (C,)` of `layer` from
-        its (normalized) input `x (T, d)`; `w_t (d, d_tc)` (transposed), `b_full (d_tc,)`: the layer's encoder;
-        `in_use (C,)`: the columns someone watches (a request slot never lent holds feature 0 and
+        its (normalized) input `x (T, d)`; `w_t (d, d_tc)` (transposed), `b_full (d_tc,)`: the layer's
+        encoder; `in_use (C,)`: the columns someone watches (a request slot never lent holds feature 0 and
         decides nothing)."""
         if not self.ready(layer, x.shape[0]):
             self._whole(layer, x, w_t, b_full, index, pre, active, learn=self.sentinels[layer] is None)
