@@ -27,6 +27,9 @@ SLOW = AttributionSettings(batch_size=1, max_feature_nodes=4096)
 MEDIUM_PROMPT = "The quick brown fox jumps over the lazy dog. The cat sat on the mat. The dog slept by the door."
 LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 6)  # 61 tokens
 SERVER_PREFIX = f"t-{uuid.uuid4().hex[:8]}:"  # the test server's Redis keys
+# long enough in phase 5 for a second request to join it: ~3 s of batches on the 2-core dev machine
+# (600 feature nodes took 1.2 s there, and a faster CI machine had finished before the second arrived)
+JOINABLE = AttributionSettings(batch_size=1, max_feature_nodes=2400)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +225,7 @@ def test_redis_stopped_mid_test_then_restarted(attr_server, graphs, redis_for_se
 
 
 def test_two_identical_concurrent_requests_compute_once(attr_server, graphs):
-    settings = unique(SLOW, max_feature_nodes=600)  # several seconds of batches
+    settings = unique(JOINABLE)
     computations = counter(attr_server, "circuit_attribution_computations_total")
     joins = counter(attr_server, "circuit_attribution_dedup_joins_total")
     first: list = []
@@ -244,7 +247,7 @@ def test_two_replicas_sharing_redis_compute_a_graph_once(
 ):
     # same model, transcoders, Redis and key prefix
     other = launch_server(*server_args(transcoder_dir, redis_for_server), model_dir=random_model_dir)
-    settings = unique(SLOW, max_feature_nodes=600)  # several seconds of batches
+    settings = unique(JOINABLE)
     before = [counter(s, "circuit_attribution_computations_total") for s in (attr_server, other)]
     first: list = []
 
