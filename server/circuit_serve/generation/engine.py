@@ -46,13 +46,6 @@ log = logging.getLogger(__name__)
 
 FinishListener = Callable[[CompletionRecord], None]
 
-# A prompt up to this many characters is tokenized on the event loop: the thread hop costs more
-# than encoding it (demo tokenizer, 2 cores: 27 characters 32 us inline against 187 us through
-# asyncio.to_thread; 64 such prompts at once 4.5 ms against 21 ms, which was most of the gRPC
-# path's extra time to first token at 64 streams). Longer ones go to a thread, as do chat
-# templates, so that no request holds the loop for long.
-INLINE_TOKENIZE_CHARS = 512
-
 _FINISH = {
     "stop": FinishReason.STOP,
     "length": FinishReason.LENGTH,
@@ -181,8 +174,6 @@ class GenerationEngine:
         """`tokenize` with the prompt byte limit checked first, run off the event loop."""
         self._require_ready()
         check_text_bytes(text, self.input_limits.max_prompt_bytes, field="text")
-        if len(text) <= INLINE_TOKENIZE_CHARS:
-            return self.tokenize(text, add_special_tokens=add_special_tokens)
         return await asyncio.to_thread(self.tokenize, text, add_special_tokens=add_special_tokens)
 
     def tokenize_chat(self, messages: Sequence[ChatMessage]) -> tuple[list[int], list[str]]:
@@ -197,8 +188,7 @@ class GenerationEngine:
 
     async def prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The request checked (sizes first) and the prompt ids vLLM is given for it: token ids as
-        sent, or the prompt / chat messages tokenized (off the event loop unless the prompt is short),
-        checked against max_model_len."""
+        sent, or the prompt / chat messages tokenized off the event loop (checked against max_model_len)."""
         self._require_ready()
         assert self._limits is not None
         check_request(request, self._limits)
@@ -206,8 +196,6 @@ class GenerationEngine:
             ids, name = await asyncio.to_thread(self.chat_tokens, request.messages), "messages"
         elif request.prompt_token_ids:
             ids, name = list(request.prompt_token_ids), "prompt_token_ids"
-        elif len(request.prompt) <= INLINE_TOKENIZE_CHARS:
-            ids, name = list(self._tokenizer.encode(request.prompt)), "prompt"
         else:
             ids, name = await asyncio.to_thread(lambda: list(self._tokenizer.encode(request.prompt))), "prompt"
         check_prompt_length(len(ids), self._limits, field=name)
