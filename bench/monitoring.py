@@ -8,8 +8,8 @@ For each model one run starts
   and the rules' logits processor) with a 32-feature watchlist W (one `stop` rule whose threshold
   is never reached, `flag` and `record` rules), and
 - a plain server (no transcoders: vLLM exactly as without the plugin), and
-- a second plain server with the same flags, the control: how far two identical servers drift
-  apart on this machine (where their processes land, what else runs),
+- a second plain server with the same flags, the control: how far two servers running the same
+  code drift apart on this machine,
 then, per workload, runs 16 concurrent GenerateStream calls x 128 new tokens (temperature 0.8,
 ignore_eos) on four paths: unmonitored on the monitoring server, monitored (`monitor=true`) on
 it, and on each plain server; one warm-up round of each, then `--repeats` timed rounds, the paths'
@@ -174,13 +174,13 @@ async def measure(
             assert (report is not None) == monitor and (report is None or report.stopped_by is None)
             return n
 
+        paths = [
+            ("unmonitored", client, False),
+            ("monitored", client, True),
+            ("plain", plain, False),
+            ("plain_b", plain_b, False),
+        ]
         for run in range(args.repeats + 1):
-            paths = [
-                ("unmonitored", client, False),
-                ("monitored", client, True),
-                ("plain", plain, False),
-                ("plain_b", plain_b, False),
-            ]
             turn = run % len(paths)
             for k, (path, c, monitor) in enumerate(paths[turn:] + paths[:turn]):  # each path in each slot
                 batch = prompts(model, workload, args.streams, seed=100 * run + k + 1)  # new every round
