@@ -43,7 +43,7 @@ from circuit_serve.config.describe import describe_limits
 from circuit_serve.config.security import Reflection, is_loopback
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.features.service import FeaturesService
-from circuit_serve.generation.engine import GenerationEngine
+from circuit_serve.generation.engine import GenerationEngine, cache_vllm_environment
 from circuit_serve.jobs import WorkerPool
 from circuit_serve.jobs.executor import BoundedExecutor
 from circuit_serve.metrics import CollectorRegistry, new_registry
@@ -364,6 +364,7 @@ async def serve(config: ServeConfig) -> int:
             await health_state.set(runtime.failed_services, serving=False)
             log.info("SERVING %s", ", ".join(n for n in serving if n not in runtime.failed_services))
             if runtime.config.attribution.role != "attribution":
+                cache_vllm_environment()
                 watchdog = asyncio.create_task(watch_engine(runtime.generation, health_state, engine_died))
             await stopping
         else:

@@ -322,6 +322,20 @@ class GenerationEngine:
                 log.exception("finish listener %r failed for %s", listener, record.request_id)
 
 
+def cache_vllm_environment() -> None:
+    """Have vLLM read its environment variables once from now on, as its engine core process does.
+
+    `vllm.envs` answers each attribute with `os.getenv` until `enable_envs_cache()`; vLLM's engine
+    core turns the cache on when it starts, its frontend (this process) never does, and the output
+    handler reads one variable per request output per step (`VLLM_COMPUTE_NANS_IN_LOGITS`, in its
+    iteration stats): 4% of the event loop's samples at 64 streams x 32 tokens on the demo model. For
+    the serving process only, once the engine is up: nothing sets a VLLM_ variable after that.
+    """
+    from vllm import envs
+
+    envs.enable_envs_cache()
+
+
 def _sampling_params(s: SamplingOptions, output_kind: Any, **overrides: Any) -> Any:
     from vllm import SamplingParams
 
