@@ -103,3 +103,36 @@ def test_gated_taps_equal_the_full_row_and_the_tracing_engine(recorded, watch):
     print(f"{watch}: {share:.3f} of the tokens after warm-up took the full row")
     if watch == "spread":  # most tokens skip the full row (the point of the gate)
         assert share < 0.15, share
+
+
+def test_both_encoder_layouts_give_the_same_taps(recorded, monkeypatch):
+    """The bank keeps each TopK encoder as a transposed copy or a transposed view, whichever this
+    machine multiplies faster (`transposed_copy_is_faster`): either one, gated or not, gives the
+    same values and masks as the tracing engine."""
+    from circuit_serve.monitoring import taps as taps_module
+
+    tcs, x_in = recorded
+    L, F = tcs.n_layers, tcs.d_transcoder
+    server = [FeatureRef(i % L, (97 * i + 5) % F) for i in range(32)]
+    made = {}
+    for copy in (True, False):
+        monkeypatch.setattr(taps_module, "transposed_copy_is_faster", lambda w, copy=copy: copy)
+        made[copy] = banks(tcs, server)
+        assert made[copy][0].enc_t[0][0].is_contiguous() == copy
+    x = [xs[: WARMUP_TOKENS + 300] for xs in x_in]  # past the warm-up: the gated banks use their gate
+    for layer in range(L):
+        for bank in (b for pair in made.values() for b in pair):
+            bank.enabled = True
+            for at in range(0, x[layer].shape[0], 128):
+                bank.tap(layer, x[layer][at : at + 128])
+        plan = made[True][0].plan
+        lo, hi = plan.offset(layer), plan.offset(layer + 1)
+        n = x[layer].shape[0] - (x[layer].shape[0] - 1) // 128 * 128  # the last step's rows
+        act = tcs.activate(layer, tcs.pre_activations(layer, x[layer][-n:])) != 0
+        want = act[:, made[True][0].index[lo:hi]]
+        pres = [b.pre[layer][:n] for pair in made.values() for b in pair]
+        for bank in (b for pair in made.values() for b in pair):
+            assert torch.equal(bank.active[layer][:n], want), layer
+        for pre in pres[1:]:
+            assert torch.allclose(pre, pres[0], rtol=1e-5, atol=1e-5 * float(pres[0].abs().max()))
+    assert all(pair[0].gate.tokens > 0 for pair in made.values())
