@@ -21,6 +21,9 @@ preallocated table). Reading the table and applying rules is the logits processo
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 from torch import nn
 
@@ -52,14 +55,17 @@ class TapBank:
         self.threshold = torch.zeros(n_cols, device=device)
         self.index = torch.zeros(n_cols, dtype=torch.long, device=device)  # feature index (TopK gather)
         self.in_use = torch.zeros(n_cols, dtype=torch.bool, device=device)  # server columns, lent slots
-        # TopK: each layer's whole encoder transposed, `(d, d_tc)`, in the faster layout (transposed_for_products), and bias.
+        # TopK: each layer's whole encoder transposed, `(d, d_tc)`, as a copy or a view, whichever
+        # multiplies faster here (transposed_copy_is_faster), and bias.
         self.enc_t: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.gate: TopKGate | None = None  # TopK on the CPU: most tokens skip the full row (topk_gate)
         if self.topk:
-            folded = [self._fold(layer, w.to(device).float()) for layer, (w, _) in enumerate(spec.full_encoders)]
-            copy = transposed_copy_is_faster(folded[0])
-            for w, (_, b) in zip(folded, spec.full_encoders, strict=True):
-                self.enc_t.append((w.T.contiguous() if copy else w.T, b.to(device).float()))
+            encoders = [
+                (self._fold(layer, w.to(device).float()), b.to(device).float())
+                for layer, (w, b) in enumerate(spec.full_encoders)
+            ]
+            copy = transposed_copy_is_faster(encoders[0][0])
+            self.enc_t = [(w.T.contiguous() if copy else w.T, b) for w, b in encoders]
             if torch.device(device).type == "cpu":
                 self.gate = TopKGate(plan.n_layers, self.enc_t[0][0].shape[1], self.k)
         for j, f in enumerate(plan.server):
@@ -161,14 +167,11 @@ class TapBank:
 def transposed_copy_is_faster(w: torch.Tensor, *, tokens: int = 16, rounds: int = 7, reps: int = 10) -> bool:
     """Whether a decoding step's `x (tokens, d) @ w.T` runs faster on a contiguous copy of `w.T`
     than on the view of `w (d_tc, d)`, timed here (the median of `rounds` interleaved runs of `reps`
-    products each, single products take tens of microseconds); off the CPU: the copy. The two differ
+    products each: one product takes tens of microseconds); off the CPU: the copy. The two differ
     by machine: a (16, 128) x (128, 1,024) product took 28 us on the copy and 44 us through the view
     on one 2-core machine, 76 us and 56 us on another."""
     if w.device.type != "cpu":
         return True
-    import statistics
-    import time
-
     x = torch.randn(tokens, w.shape[1], dtype=w.dtype)
     layouts = (w.T.contiguous(), w.T)
     times: tuple[list[float], list[float]] = ([], [])
