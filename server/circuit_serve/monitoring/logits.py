@@ -185,7 +185,9 @@ class MonitorLogitsProcessor(LogitsProcessor):
             self._socket.setsockopt(zmq.SNDHWM, 0)  # never drop a step's values
             self._socket.setsockopt(zmq.LINGER, 1000)
             self._socket.connect(endpoint)
-        self._socket.send_multipart(frames, copy=False)
+        # Copied into zmq's own frames: a step's few KB go faster so than zero-copy, whose frames
+        # carry a release callback each (20 us less a step, 35 against 55, 16 requests x 32 columns).
+        self._socket.send_multipart(frames, copy=True)
 
 
 @dataclass(frozen=True)
