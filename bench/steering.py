@@ -155,8 +155,9 @@ def run_model(name: str, model: Path, transcoders: Path, args) -> dict:
         replacement = start_server(model, [*common, "--role", "attribution"], log_prefix=f"bench-steering-{name}-rm-")
         try:
             targets = {"vllm": server.target, "replacement": replacement.target}
-            with frontends_placed(args, server.pid, replacement.pid):
-                row["steer"] = asyncio.run(steer_calls(targets, model, ivs, args))
+            # Not placed: the replacement model computes in its serving process, which would get
+            # the front ends' cores only.
+            row["steer"] = asyncio.run(steer_calls(targets, model, ivs, args))
             print(f"{name} Steer tokens/s: {row['steer'][1]}", flush=True)
         finally:
             replacement.stop()
