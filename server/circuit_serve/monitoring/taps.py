@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -31,6 +32,17 @@ from circuit_serve.monitoring.spec import MonitorSpec
 from circuit_serve.monitoring.topk_gate import TopKGate
 
 _BANK: TapBank | None = None  # this process's bank (one model per worker process)
+
+
+class _LayerColumns(NamedTuple):
+    """One layer's block of columns: views of the bank's tensors."""
+
+    any: bool  # the layer has columns
+    w_t: torch.Tensor  # (d, C_l) encoder rows, folded, transposed
+    b: torch.Tensor  # (C_l,)
+    threshold: torch.Tensor  # (C_l,)
+    index: torch.Tensor  # (C_l,) feature indices (TopK gather)
+    in_use: torch.Tensor  # (C_l,) bool
 
 
 def current_bank() -> TapBank | None:
@@ -83,6 +95,14 @@ class TapBank:
         self.pre = [torch.zeros(max_tokens, c, device=device) for c in caps]
         self.active = [torch.zeros(max_tokens, c, dtype=torch.bool, device=device) for c in caps]
         self.Wt = self.W.T  # (d, C): each layer's columns are a contiguous slice of it
+        # Each layer's slices of the columns' tensors, made once (views: set_column's writes show
+        # through); a tap slices only its outputs, by the step's token count.
+        self._columns = [
+            _LayerColumns(
+                hi > lo, self.Wt[:, lo:hi], self.b[lo:hi], self.threshold[lo:hi], self.index[lo:hi], self.in_use[lo:hi]
+            )
+            for lo, hi in ((plan.offset(layer), plan.offset(layer + 1)) for layer in range(plan.n_layers))
+        ]
         # Off while no monitored request is in the batch (set by the logits processor before each
         # forward pass): unmonitored traffic then runs the model alone.
         self.enabled = False
@@ -113,25 +133,25 @@ class TapBank:
 
     def tap(self, layer: int, x_mid: torch.Tensor) -> None:
         """Fill layer `layer`'s columns of the table from its residual `x_mid (T, d)`."""
-        lo, hi = self.plan.offset(layer), self.plan.offset(layer + 1)
-        if hi == lo or not self.enabled:
+        cols = self._columns[layer]
+        if not cols.any or not self.enabled:
             return
         n = x_mid.shape[0]
         x = self.normalized(layer, x_mid)
         pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l) outputs
         if self.gate is not None:
             w_t, b_full = self.enc_t[layer]
-            self.gate.tap(layer, x, w_t, b_full, self.index[lo:hi], self.in_use[lo:hi], pre, active)
+            self.gate.tap(layer, x, w_t, b_full, cols.index, cols.in_use, pre, active)
         elif self.topk:
             w_t, b_full = self.enc_t[layer]
             full = torch.addmm(b_full, x, w_t)  # (T, d_tc)
             kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
-            torch.index_select(full, 1, self.index[lo:hi], out=pre)
+            torch.index_select(full, 1, cols.index, out=pre)
             # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
             torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
         else:
-            torch.addmm(self.b[lo:hi], x, self.Wt[:, lo:hi], out=pre)  # (T, C_l)
-            torch.gt(pre, self.threshold[lo:hi], out=active)
+            torch.addmm(cols.b, x, cols.w_t, out=pre)  # (T, C_l)
+            torch.gt(pre, cols.threshold, out=active)
 
     def normalized(self, layer: int, x_mid: torch.Tensor) -> torch.Tensor:
         """`(T, d)` float32 `x_mid`, times the norm's scale `r` unless the read point is hook_resid_mid
