@@ -94,12 +94,12 @@ class TapBank:
         caps = [plan.capacity(layer) for layer in range(plan.n_layers)]
         self.pre = [torch.zeros(max_tokens, c, device=device) for c in caps]
         self.active = [torch.zeros(max_tokens, c, dtype=torch.bool, device=device) for c in caps]
-        self.Wt = self.W.T  # (d, C): each layer's columns are a contiguous slice of it
         # Each layer's slices of the columns' tensors, made once (views: set_column's writes show
         # through); a tap slices only its outputs, by the step's token count.
+        w_t = self.W.T  # (d, C): each layer's columns are a contiguous slice of it
         self._columns = [
             _LayerColumns(
-                hi > lo, self.Wt[:, lo:hi], self.b[lo:hi], self.threshold[lo:hi], self.index[lo:hi], self.in_use[lo:hi]
+                hi > lo, w_t[:, lo:hi], self.b[lo:hi], self.threshold[lo:hi], self.index[lo:hi], self.in_use[lo:hi]
             )
             for lo, hi in ((plan.offset(layer), plan.offset(layer + 1)) for layer in range(plan.n_layers))
         ]
