@@ -84,6 +84,7 @@ def test_gated_taps_equal_the_full_row_and_the_tracing_engine(recorded, watch):
             bank.enabled = True
             for layer in range(L):
                 bank.tap(layer, x_in[layer][at : at + n])
+            bank.finish_pass()  # as the model's forward ends: decode-sized steps' rows, all layers at once
         for layer in range(L):
             lo, hi = plan.offset(layer), plan.offset(layer + 1)
             used = gated.in_use[lo:hi]
@@ -125,6 +126,7 @@ def test_both_encoder_layouts_give_the_same_taps(recorded, monkeypatch):
             bank.enabled = True
             for at in range(0, x[layer].shape[0], 128):
                 bank.tap(layer, x[layer][at : at + 128])
+                bank.finish_pass()  # the last step is decode-sized: its row comes from finish_pass
         plan = made[True][0].plan
         lo, hi = plan.offset(layer), plan.offset(layer + 1)
         n = x[layer].shape[0] - (x[layer].shape[0] - 1) // 128 * 128  # the last step's rows

@@ -53,6 +53,7 @@ class _Tapped:
             if steering:
                 bank.steer.end_pass()
         if bank is not None:  # no batch layout read (no device sync) while nobody is monitored
+            bank.finish_pass()
             bank.note_batch(positions, _query_start() if bank.enabled else None)
         return out
 
