@@ -125,9 +125,9 @@ class ValueChannel:
     async def _read(self) -> None:
         assert self._socket is not None
         while True:
-            frames = await self._socket.recv_multipart()
+            message = await self._socket.recv()
             try:
-                steps = decode_step(frames)
+                steps = decode_step(message)
             except Exception:  # a malformed message must not stop the reader
                 log.exception("malformed monitor message from the engine")
                 continue

@@ -11,8 +11,10 @@
    (float32) and active mask (uint8) of its columns, the first firing of a `stop` rule
    (column index in the request's list and position) when this step found it, and the `steer`
    rules this step switched on (column index, first steered position).
-   Frames: [header (JSON), pre-activations (float32 bytes), active mask (uint8 bytes)]; each
-   request's block follows the previous one's in both byte frames.
+   One frame: the header's length (4 bytes, little-endian), the header (JSON, padded with spaces
+   to a multiple of 4 bytes), the pre-activations (float32), the active mask (uint8); each
+   request's block follows the previous one's in both arrays. (One frame, not three: a zmq send
+   per frame cost 15 us a step against 6 us for one, timed alone.)
 3. Server -> worker, with a steered request (`SamplingParams.extra_args[STEER_KEY]`): `SteerArgs`,
    its interventions with the rows the worker needs (encoder row, bias, threshold, decoder rows);
    an intervention of a `steer` rule names the rule (its column index) and waits for its firing.
@@ -167,20 +169,28 @@ class StepValues:
     steered: tuple[tuple[int, int], ...] = ()  # (index into the request's columns, first steered position)
 
 
-def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> list[bytes]:
-    """The frames of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
-    position, [[steer column, first steered position], ...]) and blocks holding those requests' rows in header order (several requests per block)."""
-    return [
-        json.dumps(header).encode(),
-        b"".join(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
-        b"".join(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active),
-    ]
+def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.ndarray]) -> bytes:
+    """The message of one step from its header rows (rid, first_pos, n, n_cols, fired column, fired
+    position, [[steer column, first steered position], ...]) and blocks holding those requests' rows
+    in header order (several requests per block)."""
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 4)  # the float32 array starts 4-byte aligned
+    return b"".join(
+        [
+            len(head).to_bytes(4, "little"),
+            head,
+            *(np.ascontiguousarray(b, dtype=np.float32).tobytes() for b in pre),
+            *(np.ascontiguousarray(b, dtype=np.uint8).tobytes() for b in active),
+        ]
+    )
 
 
-def decode_step(frames: list[bytes]) -> list[StepValues]:
-    header = json.loads(frames[0])
-    pre = np.frombuffer(frames[1], dtype=np.float32)
-    active = np.frombuffer(frames[2], dtype=np.bool_)  # written as 0/1 bytes
+def decode_step(message: bytes) -> list[StepValues]:
+    size = int.from_bytes(message[:4], "little")
+    header = json.loads(message[4 : 4 + size])
+    total = sum(n * n_cols for _, _, n, n_cols, *_ in header)
+    pre = np.frombuffer(message, dtype=np.float32, count=total, offset=4 + size)
+    active = np.frombuffer(message, dtype=np.bool_, count=total, offset=4 + size + 4 * total)  # 0/1 bytes
     out, at = [], 0
     for rid, first_pos, n, n_cols, fired_col, fired_pos, steered in header:
         size = n * n_cols
