@@ -2,8 +2,10 @@
 
 Runs in vLLM's worker process (the engine core's, by default its own process). One `TapBank`
 per worker holds the watched encoder rows of every column (see `columns`) and the step's
-output table; each decoder layer's pre-MLP norm gets a subclass whose forward,, in the model's own forward
-pass, it also computes its layer's block of columns from the residual stream it returns:
+output table; each decoder layer's pre-MLP norm gets a subclass whose forward, in the model's own forward
+pass, also computes its layer's block of columns from the residual stream it returns (TopK on
+the CPU, a step of at most `HELD_TOKENS`: it keeps the normalized input, and the model's forward
+computes every layer's full rows at once when the pass ends, `TapBank.finish_pass`):
 
     x      = x_mid (T, d)                      # the residual entering the pre-MLP norm
     r      = 1 / sqrt(mean(x^2) + eps)  (T, 1)  # the norm's scale, in float32
