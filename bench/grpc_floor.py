@@ -260,19 +260,16 @@ def write(rows: list[tuple], args) -> None:
     print(RESULTS.read_text())
 
 
-def workload(text: str) -> tuple[int, int]:
-    s, t = text.split("x")
-    return int(s), int(t)
-
-
 def main() -> int:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from front_doors import workload
+    from monitoring import add_load_args, server_environment
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", type=workload, default=[(64, 32), (16, 128)])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tick", type=float, help=argparse.SUPPRESS)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from monitoring import add_load_args, server_environment
 
     add_load_args(parser, workload=False)
     args = parser.parse_args()
