@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,26 +30,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from front_doors import ENGINE, ENV, PROMPTS, workload  # bench/ is on the path: the script's directory
+from generation import process_cpu, self_cpu
+
 from circuit_serve.launch import free_port, start_server, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "grpc_floor.md"
-ENGINE = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING", "TOKENIZERS_PARALLELISM": "false"}
-PROMPTS = ["The capital of France is", "One, two, three,", "A transcoder reads", "Michael Jordan played"]
 RID = "gen-0123456789abcdef0123456789abcdef"  # as long as the server's request ids
 LABELS = {"raw": "raw AsyncLLM (in-process)", "ours": "circuit-serve GenerateStream", "bare": "bare grpc.aio server"}
-
-
-def process_cpu(pid: int) -> float:
-    """User + system seconds of process `pid`'s own threads (not its children)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 @dataclass
@@ -261,8 +249,6 @@ def write(rows: list[tuple], args) -> None:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from front_doors import workload
     from monitoring import add_load_args, server_environment
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

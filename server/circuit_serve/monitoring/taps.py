@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from circuit_serve.monitoring.spec import MonitorSpec
-from circuit_serve.monitoring.topk_gate import TopKGate
+from circuit_serve.monitoring.topk_gate import TopKGate, watched_of_rows
 
 _BANK: TapBank | None = None  # this process's bank (one model per worker process)
 # TopK steps of at most this many tokens (decoding) compute their full rows after the pass, all
@@ -170,10 +170,7 @@ class TapBank:
         elif self.topk:
             w_t, b_full = self.enc_t[layer]
             full = torch.addmm(b_full, x, w_t)  # (T, d_tc)
-            kth = full.topk(self.k, dim=-1).values[:, -1:]  # (T, 1)
-            torch.index_select(full, 1, cols.index, out=pre)
-            # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
-            torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
+            watched_of_rows(full, full.topk(self.k, dim=-1).values[:, -1:], cols.index, pre, active)
         else:
             torch.addmm(cols.b, x, cols.w_t, out=pre)  # (T, C_l)
             torch.gt(pre, cols.threshold, out=active)
@@ -192,14 +189,10 @@ class TapBank:
             full = torch.baddbmm(self._enc_b, self._held[:, :n], self._enc_w)  # (L, T, d_tc)
         else:  # some layers: one product each (a batched one would copy their encoders)
             full = torch.stack([torch.addmm(self._enc_b[i, 0], self._held[i, :n], self._enc_w[i]) for i in layers])
-        top = full.topk(self.k, dim=-1)
-        # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
-        kth = top.values[..., -1:].clamp_(min=torch.finfo(torch.float32).tiny)  # (L', T, 1)
+        top = full.topk(self.k, dim=-1)  # (L', T, k)
         for j, layer in enumerate(layers):
-            cols = self._columns[layer]
             pre, active = self.pre[layer][:n], self.active[layer][:n]  # (T, C_l)
-            torch.index_select(full[j], 1, cols.index, out=pre)
-            torch.ge(pre, kth[j], out=active)
+            watched_of_rows(full[j], top.values[j, :, -1:], self._columns[layer].index, pre, active)
             if self.gate is not None and self.gate.sentinels[layer] is None:
                 self.gate.learn(layer, top.indices[j])
 

@@ -113,10 +113,7 @@ class TopKGate:
     def _whole(self, layer, x, w_t, b_full, index, pre, active, *, learn: bool) -> None:
         full = torch.addmm(b_full, x, w_t)  # (T, d_tc)
         top = full.topk(self.k, dim=-1)
-        kth = top.values[:, -1:]  # (T, 1)
-        torch.index_select(full, 1, index, out=pre)
-        # active: among the top k and positive, i.e. pre >= max(kth, the smallest positive float)
-        torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
+        watched_of_rows(full, top.values[:, -1:], index, pre, active)
         if learn:
             self.learn(layer, top.indices)
 
@@ -127,6 +124,16 @@ class TopKGate:
         self.seen[layer] += top.shape[0]
         if self.seen[layer] >= self.warmup:
             self.sentinels[layer] = counts.topk(self.s).indices.sort().values.to(top.device)
+
+
+def watched_of_rows(
+    full: torch.Tensor, kth: torch.Tensor, index: torch.Tensor, pre: torch.Tensor, active: torch.Tensor
+) -> None:
+    """From whole rows `full (T, d_tc)` and their k-th largest values `kth (T, 1)`: the watched
+    features `index (C,)` into `pre (T, C)`, and into `active (T, C)` whether each is among its row's
+    top k and positive, i.e. `pre >= max(kth, the smallest positive float)` (`kth` is clamped in place)."""
+    torch.index_select(full, 1, index, out=pre)
+    torch.ge(pre, kth.clamp_(min=torch.finfo(torch.float32).tiny), out=active)
 
 
 def may_pass(pre: torch.Tensor, kth_s: torch.Tensor, tol: torch.Tensor) -> torch.Tensor:

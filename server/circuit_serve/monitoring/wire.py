@@ -186,11 +186,11 @@ def encode_blocks(header: list[list], pre: list[np.ndarray], active: list[np.nda
 
 
 def decode_step(message: bytes) -> list[StepValues]:
-    size = int.from_bytes(message[:4], "little")
-    header = json.loads(message[4 : 4 + size])
+    head = 4 + int.from_bytes(message[:4], "little")  # where the arrays start
+    header = json.loads(message[4:head])
     total = sum(n * n_cols for _, _, n, n_cols, *_ in header)
-    pre = np.frombuffer(message, dtype=np.float32, count=total, offset=4 + size)
-    active = np.frombuffer(message, dtype=np.bool_, count=total, offset=4 + size + 4 * total)  # 0/1 bytes
+    pre = np.frombuffer(message, dtype=np.float32, count=total, offset=head)
+    active = np.frombuffer(message, dtype=np.bool_, count=total, offset=head + 4 * total)  # 0/1 bytes
     out, at = [], 0
     for rid, first_pos, n, n_cols, fired_col, fired_pos, steered in header:
         size = n * n_cols
