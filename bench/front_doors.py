@@ -2,7 +2,10 @@
 
 - HTTP: this server's OpenAI front door (`--http-port`) vs vLLM's own OpenAI server
   (`python -m vllm.entrypoints.openai.api_server`, the same model and engine settings), both driven
-  by the official `openai` SDK's asyncio client, streaming completions;
+  by one aiohttp client reading the server-sent events of streaming completions (the official
+  `openai` SDK's asyncio client, used before, sent some requests' bodies up to seconds after their
+  headers on this 2-core machine, in bursts of 64, whichever server it called; `tests/http_front_door`
+  runs the SDK itself against this server);
 - gRPC: this server's `GenerateStream` vs the raw `AsyncLLM` in this process.
 
     .venv/bin/python bench/front_doors.py                          # demo + wide, 16x128 and 64x32
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -77,6 +81,14 @@ async def timed(streams: int, tokens: int, one) -> tuple[float, list[Stream]]:
     return streams * tokens / (time.perf_counter() - start), out
 
 
+def sse_text_events(line: bytes) -> int:
+    """1 for a server-sent completion chunk that carries text, else 0 (blank lines, `[DONE]`, usage)."""
+    if not line.startswith(b"data: {"):
+        return 0
+    choices = json.loads(line[6:]).get("choices")
+    return 1 if choices and choices[0].get("text") else 0
+
+
 def record(path: Path_, rate: float, streams: list[Stream], tokens: int) -> None:
     path.rates.append(rate)
     path.tokens += tokens * len(streams)
@@ -106,7 +118,7 @@ def start_vllm_server(model: Path) -> tuple[subprocess.Popen, int]:
 
 
 async def run_model(name: str, model: Path, args) -> list[tuple]:
-    import openai
+    import aiohttp
     import psutil
     from monitoring import ENGINE_IDLE_S, frontends_placed, placement
     from vllm import AsyncEngineArgs, SamplingParams
@@ -145,19 +157,17 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     max_tokens=tokens, temperature=0.8, ignore_eos=True, output_kind=RequestOutputKind.DELTA
                 )
                 sampling = Sampling(max_new_tokens=tokens, temperature=0.8, ignore_eos=True)
-                body = {"max_tokens": tokens, "temperature": 0.8, "stream": True, "extra_body": {"ignore_eos": True}}
-                t = args.round_timeout
-                http = {
-                    "vllm": openai.AsyncOpenAI(
-                        base_url=f"http://127.0.0.1:{vllm_port}/v1", api_key="x", max_retries=0, timeout=t
-                    ),
-                    "ours": openai.AsyncOpenAI(
-                        base_url=f"http://127.0.0.1:{http_port}/v1", api_key="x", max_retries=0, timeout=t
-                    ),
+                body = {"max_tokens": tokens, "temperature": 0.8, "stream": True, "ignore_eos": True}
+                url = {
+                    "vllm": f"http://127.0.0.1:{vllm_port}/v1/completions",
+                    "ours": f"http://127.0.0.1:{http_port}/v1/completions",
                 }
                 served = {"vllm": str(model), "ours": model.name}
                 run = 0
-                async with AsyncCircuitClient(ours.target, timeout=600) as grpc_client:
+                async with (
+                    AsyncCircuitClient(ours.target, timeout=600) as grpc_client,
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+                ):
 
                     async def raw_one(i: int) -> Stream:
                         s = Stream()
@@ -174,10 +184,10 @@ async def run_model(name: str, model: Path, args) -> list[tuple]:
                     def http_one(door: str):
                         async def one(i: int) -> Stream:
                             s = Stream()
-                            async for c in await http[door].completions.create(
-                                model=served[door], prompt=texts[i], **body
-                            ):
-                                s.got(1 if c.choices and c.choices[0].text else 0)
+                            request = {"model": served[door], "prompt": texts[i], **body}
+                            async with http.post(url[door], json=request, raise_for_status=True) as response:
+                                async for line in response.content:  # server-sent events, a line each
+                                    s.got(sse_text_events(line))
                             return s
 
                         return one
