@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import grpc
 import pytest
 
+from circuit_proto.v1 import generation_pb2 as pb
 from circuit_serve.config.limits import InputLimits
 from circuit_serve.config.serve import ServeConfig
 from circuit_serve.domain import errors
-from circuit_serve.domain.generation import GenerationRequest, SamplingOptions
+from circuit_serve.domain.generation import GenerationChunk, GenerationRequest, SamplingOptions
 from circuit_serve.domain.generation_checks import Limits, check_prompt_length, check_request
+from circuit_serve.rpc.generation_servicer import GenerationServicer
 from circuit_serve.rpc.status import status_for
 
 _FLAGS = InputLimits()  # the flags' defaults
@@ -181,3 +184,29 @@ def test_input_limit_flags():
         ServeConfig.from_args(parser.parse_args(["--model", "/m", "--max-attribution-targets", "5"]))
     with pytest.raises(ValueError, match="--max-concurrent-rpcs must be >= 1"):
         ServeConfig.from_args(parser.parse_args(["--model", "/m", "--max-concurrent-rpcs", "0"]))
+
+
+def test_closed_stream_closes_the_engine_stream_before_returning():
+    """GenerateStream closed at a message (a cancelled call: grpc cancels the task while it
+    writes) closes the engine's stream, which aborts the request in vLLM, before the close
+    returns; left to the garbage collector, vLLM generated a cancelled stream out to the end."""
+    closed: list[str] = []
+
+    class Engine:  # the part of GenerationEngine that GenerateStream uses
+        def stream(self, request: GenerationRequest):
+            async def chunks():
+                try:
+                    while True:
+                        yield GenerationChunk(request_id="gen-1", text="a", token_ids=(5,))
+                finally:
+                    closed.append("engine stream")
+
+            return chunks()
+
+    async def cancel_after_one_message() -> list[str]:
+        responses = GenerationServicer(Engine()).GenerateStream(pb.GenerateRequest(prompt="x"), None)
+        await anext(responses)
+        await responses.aclose()
+        return list(closed)
+
+    assert asyncio.run(cancel_after_one_message()) == ["engine stream"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 
@@ -51,9 +52,12 @@ class GenerationServicer(pb_grpc.GenerationServicer):
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        async for chunk in self._engine.stream(self._request(request)):
-            for message in convert.chunk_to_pb(chunk):
-                yield message
+        # closed with this stream: a cancel that lands while a message is written aborts the
+        # request in vLLM at once, not when the garbage collector reaches the engine's stream
+        async with contextlib.aclosing(self._engine.stream(self._request(request))) as chunks:
+            async for chunk in chunks:
+                for message in convert.chunk_to_pb(chunk):
+                    yield message
 
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         messages = convert.messages_from_pb(request.messages)
