@@ -126,6 +126,34 @@ class ServerProcess:
         return self.process.returncode
 
 
+def cancelled_stream_tokens(server: ServerProcess, hang_up: Callable[[], None], max_new_tokens: int) -> list[float]:
+    """vLLM's tokens for each call of `hang_up` (open a stream asking `max_new_tokens`, read its first
+    message, close it) until one stops short of `max_new_tokens`, three tries at most. After every try
+    nothing runs or waits, and no token is generated in the following second.
+
+    A try that ran out proves nothing: the demo model generates 256 tokens in about half a second, and
+    with the cores taken by other work the first message reached the client only when the last token was
+    generated (13 of 15 tries with two busy loops on a 2-core machine), leaving nothing to abort. A server
+    that never aborts fails every try."""
+
+    def quiet() -> bool:
+        deadline = time.monotonic() + 15.0
+        while server.vllm("vllm:num_requests_running") != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return server.vllm("vllm:num_requests_running") == server.vllm("vllm:num_requests_waiting") == 0
+
+    counts: list[float] = []
+    while len(counts) < 3 and (not counts or counts[-1] >= max_new_tokens):
+        before = server.vllm("vllm:generation_tokens_total")
+        hang_up()
+        assert quiet(), "a request still runs or waits after its stream was closed"
+        generated = server.vllm("vllm:generation_tokens_total")
+        time.sleep(1.0)
+        assert server.vllm("vllm:generation_tokens_total") == generated  # nothing generates for nobody
+        counts.append(generated - before)
+    return counts
+
+
 def start_server(
     model_dir: Path, log_path: Path, *extra_args: str, env: dict[str, str] | None = None, credentials=None
 ) -> ServerProcess:

@@ -11,6 +11,7 @@ import urllib.request
 
 import openai
 import pytest
+from conftest import cancelled_stream_tokens
 
 from circuit_client import CircuitClient, Credentials, Sampling
 from circuit_client.attribution import AttributionClient, AttributionSettings
@@ -225,6 +226,23 @@ def test_over_the_limit_is_429_and_the_sdk_retries(http_server, client):
     assert patient.completions.create(model=m, prompt=PROMPT, max_tokens=1).choices[0].finish_reason
     after = http_server.process.metric("circuit_http_requests_total", route="/v1/completions", status="429")
     assert after >= before + 1  # its first tries were refused while the streams were held
+
+
+def test_a_client_that_hangs_up_aborts_its_stream(http_server, client):
+    """Closing an SSE stream (the client goes away) aborts the request in vLLM, as a cancelled gRPC
+    stream does; the door keeps serving."""
+    m = http_server.model
+
+    def hang_up() -> None:
+        stream = client.completions.create(
+            model=m, prompt=PROMPT, max_tokens=256, stream=True, extra_body={"ignore_eos": True}
+        )
+        next(iter(stream))
+        stream.close()
+
+    counts = cancelled_stream_tokens(http_server.process, hang_up, 256)
+    assert counts[-1] < 256, f"every try ran out to max_tokens (tokens per try: {counts})"
+    assert client.completions.create(model=m, prompt=PROMPT, max_tokens=2).choices[0].finish_reason == "length"
 
 
 def test_an_http_completion_is_audited_by_request_id_over_grpc(http_server, client):

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from conftest import cancelled_stream_tokens
 
 from circuit_client import AsyncCircuitClient, CircuitClient, FinishReason, Sampling
 
@@ -152,33 +153,17 @@ def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
 
 
 def test_cancelled_stream_stops_generating(server, client):
-    """Closing a stream aborts its request in vLLM: it stops short of max_new_tokens, nothing
-    generates for nobody afterwards, and the call counts as CANCELLED.
-
-    The demo model generates the 256 tokens in about half a second. With the cores taken by other
-    work the stream's first message can reach the client only when the last token is generated
-    (13 of 15 tries with two busy loops on this 2-core machine), and then there is nothing left to
-    abort: such a try proves nothing, so up to three tries are made and one must stop short.
-    """
+    """Closing a stream aborts its request in vLLM: it stops short of max_new_tokens, nothing generates
+    for nobody afterwards, and the call counts as CANCELLED (see `cancelled_stream_tokens` for the tries)."""
     method = "circuit.v1.Generation/GenerateStream"
     cancelled_before = server.metric("circuit_rpc_requests_total", method=method, code="CANCELLED")
 
-    def one_try() -> float:
-        generated_before = server.vllm("vllm:generation_tokens_total")
+    def hang_up() -> None:
         stream = client.stream(PROMPTS[0], Sampling(max_new_tokens=256, ignore_eos=True))
         next(stream)
-        # cancel at once: a metrics scrape between reading and closing once let all 256 tokens finish first
-        stream.close()
-        assert _wait_for(lambda: server.vllm("vllm:num_requests_running") == 0)
-        assert server.vllm("vllm:num_requests_waiting") == 0
-        generated = server.vllm("vllm:generation_tokens_total")
-        time.sleep(1.0)
-        assert server.vllm("vllm:generation_tokens_total") == generated  # nothing generates for nobody
-        return generated - generated_before
+        stream.close()  # at once: a metrics scrape between reading and closing once let all 256 tokens finish
 
-    counts = [one_try()]
-    while counts[-1] >= 256 and len(counts) < 3:
-        counts.append(one_try())
+    counts = cancelled_stream_tokens(server, hang_up, 256)
     assert counts[-1] < 256, f"every try ran out to max_new_tokens (tokens per try: {counts})"
     assert _wait_for(
         lambda: (
