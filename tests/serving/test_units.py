@@ -189,7 +189,7 @@ def test_input_limit_flags():
 def test_closed_stream_closes_the_engine_stream_before_returning():
     """GenerateStream closed at a message (a cancelled call: grpc cancels the task while it
     writes) closes the engine's stream, which aborts the request in vLLM, before the close
-    returns; left to the garbage collector, vLLM generated a cancelled stream out to the end."""
+    returns, rather than when the garbage collector finalizes the engine's stream."""
     closed: list[str] = []
 
     class Engine:  # the part of GenerationEngine that GenerateStream uses
