@@ -126,6 +126,16 @@ class ServerProcess:
         return self.process.returncode
 
 
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    """Whether `predicate` held within `timeout_s` (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
 def cancelled_stream_tokens(server: ServerProcess, hang_up: Callable[[], None], max_new_tokens: int) -> list[float]:
     """vLLM's tokens for each call of `hang_up` (open a stream asking `max_new_tokens`, read its first
     message, close it) until one stops short of `max_new_tokens`, three tries at most. After every try
@@ -136,17 +146,12 @@ def cancelled_stream_tokens(server: ServerProcess, hang_up: Callable[[], None], 
     generated (13 of 15 tries with two busy loops on a 2-core machine), leaving nothing to abort. A server
     that never aborts fails every try."""
 
-    def quiet() -> bool:
-        deadline = time.monotonic() + 15.0
-        while server.vllm("vllm:num_requests_running") != 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return server.vllm("vllm:num_requests_running") == server.vllm("vllm:num_requests_waiting") == 0
-
     counts: list[float] = []
     while len(counts) < 3 and (not counts or counts[-1] >= max_new_tokens):
         before = server.vllm("vllm:generation_tokens_total")
         hang_up()
-        assert quiet(), "a request still runs or waits after its stream was closed"
+        assert wait_for(lambda: server.vllm("vllm:num_requests_running") == 0), "still running after the close"
+        assert server.vllm("vllm:num_requests_waiting") == 0
         generated = server.vllm("vllm:generation_tokens_total")
         time.sleep(1.0)
         assert server.vllm("vllm:generation_tokens_total") == generated  # nothing generates for nobody

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
-from conftest import cancelled_stream_tokens
+from conftest import cancelled_stream_tokens, wait_for
 
 from circuit_client import AsyncCircuitClient, CircuitClient, FinishReason, Sampling
 
@@ -143,15 +142,6 @@ def test_seeded_requests_with_long_prompts_at_once(server):
         assert len(client.generate("the sea", Sampling(max_new_tokens=3, ignore_eos=True)).token_ids) == 3
 
 
-def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 def test_cancelled_stream_stops_generating(server, client):
     """Closing a stream aborts its request in vLLM: it stops short of max_new_tokens, nothing generates
     for nobody afterwards, and the call counts as CANCELLED (see `cancelled_stream_tokens` for the tries)."""
@@ -165,7 +155,7 @@ def test_cancelled_stream_stops_generating(server, client):
 
     counts = cancelled_stream_tokens(server, hang_up, 256)
     assert counts[-1] < 256, f"every try ran out to max_new_tokens (tokens per try: {counts})"
-    assert _wait_for(
+    assert wait_for(
         lambda: (
             cancelled_before + 1
             <= server.metric("circuit_rpc_requests_total", method=method, code="CANCELLED")
