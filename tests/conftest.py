@@ -126,13 +126,13 @@ class ServerProcess:
         return self.process.returncode
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    """Whether `predicate` held within `timeout_s` (polled every 0.2 s)."""
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, every_s: float = 0.2) -> bool:
+    """Whether `predicate` held within `timeout_s` (polled every `every_s`)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.2)
+        time.sleep(every_s)
     return predicate()
 
 

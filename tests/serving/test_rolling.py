@@ -8,6 +8,8 @@ import signal
 import threading
 import time
 
+from conftest import wait_for
+
 from circuit_client import CircuitClient, CircuitRpcError, Sampling
 
 WORKERS = 3
@@ -18,15 +20,6 @@ MAX_STREAMS = 400  # a bound on the load, whatever the machine's speed
 
 def count_streams(server) -> float:
     return server.metric("circuit_rpc_requests_total", method="circuit.v1.Generation/GenerateStream", code="OK")
-
-
-def wait_for(predicate, timeout_s: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_sigterm_under_load_fails_no_request(launch_server):
@@ -54,11 +47,13 @@ def test_sigterm_under_load_fails_no_request(launch_server):
     workers = [threading.Thread(target=load) for _ in range(WORKERS)]
     for w in workers:
         w.start()
-    assert wait_for(lambda: count_streams(first) > 0 and count_streams(second) > 0)  # both take traffic
+    assert wait_for(lambda: count_streams(first) > 0 and count_streams(second) > 0, 120.0, 0.1)  # both take traffic
     before = count_streams(second)
     first.process.send_signal(signal.SIGTERM)  # as the kubelet sends it
     sigterm = time.monotonic()
-    assert wait_for(lambda: count_streams(second) >= before + AFTER and time.monotonic() - sigterm > DRAIN_S)
+    assert wait_for(
+        lambda: count_streams(second) >= before + AFTER and time.monotonic() - sigterm > DRAIN_S, 120.0, 0.1
+    )
     stop.set()
     for w in workers:
         w.join(60)
